@@ -1,0 +1,214 @@
+"""What every ``ae-*`` command shares: options, logging, progress, errors, exit codes.
+
+Exit codes (documented in the README):
+  0  success
+  1  runtime or data error (too many bad inputs, NaN loss, ...)
+  2  usage error or bad input (missing file, bad option value, missing column, ...)
+  3  ae-train only: stopped by SIGTERM/SIGUSR1 after writing a resumable checkpoint
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import shlex
+import sys
+import time
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
+import click
+
+from aekit.errors import AekitError
+
+LOG = logging.getLogger("aekit")
+
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+class CommandError(click.ClickException):
+    """An expected failure: printed as one line ``prog: error: message``, no traceback."""
+
+    def __init__(self, message: str, exit_code: int = 1):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+    def show(self, file=None) -> None:
+        prog = _prog_name()
+        click.echo(f"{prog}: error: {self.format_message()}", err=True)
+
+
+def _prog_name() -> str:
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None and ctx.find_root().info_name:
+        return ctx.find_root().info_name
+    return os.path.basename(sys.argv[0]) or "aekit"
+
+
+class AeCommand(click.Command):
+    """click.Command that turns library errors into one-line messages with our exit codes."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except AekitError as exc:
+            raise CommandError(str(exc), exit_code=exc.exit_code) from None
+        except MemoryError:
+            raise CommandError("out of memory; try a smaller --batch-size or --block-size") from None
+
+
+def command(name: str, **kwargs):
+    """Decorator for an ae-* command: our Command class, -h/--help, shared context settings."""
+    kwargs.setdefault("context_settings", CONTEXT_SETTINGS)
+    return click.command(name, cls=AeCommand, **kwargs)
+
+
+def run(cli: click.Command, prog_name: str) -> None:
+    """Console-script entry point: run ``cli``; a closed stdout (``| head``) is not an error."""
+    try:
+        cli.main(prog_name=prog_name)
+    except BrokenPipeError:
+        # The reader went away. Point stdout at /dev/null so the interpreter's
+        # final flush does not raise again, and exit like a Unix tool would.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        sys.exit(141)
+
+
+# --------------------------------------------------------------------------- logging
+
+def verbosity_options(f: Callable) -> Callable:
+    """-q/--quiet and -v/--verbose, and logging set up before the command body runs."""
+
+    @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors on stderr.")
+    @click.option("-v", "--verbose", is_flag=True, help="Debug messages on stderr.")
+    @functools.wraps(f)
+    def wrapper(*args, quiet: bool, verbose: bool, **kwargs):
+        setup_logging(quiet=quiet, verbose=verbose)
+        LOG.info("%s", command_line())
+        return f(*args, **kwargs)
+
+    return wrapper
+
+
+def stderr_is_terminal() -> bool:
+    try:
+        return sys.stderr.isatty() and os.environ.get("TERM") != "dumb"
+    except (AttributeError, ValueError):
+        return False
+
+
+def setup_logging(quiet: bool = False, verbose: bool = False) -> None:
+    """Log records of the 'aekit' logger to the current stderr: rich on a terminal, plain lines otherwise."""
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose else logging.INFO)
+    for h in list(LOG.handlers):
+        LOG.removeHandler(h)
+    prog = _prog_name()
+    if stderr_is_terminal():
+        from rich.console import Console
+        from rich.logging import RichHandler
+
+        handler: logging.Handler = RichHandler(
+            console=Console(stderr=True), show_path=False, show_time=False, markup=False
+        )
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(f"{prog}: %(levelname)s: %(message)s"))
+    LOG.addHandler(handler)
+    LOG.setLevel(level)
+    LOG.propagate = False
+    # Progress is shown only when informational messages are.
+    LOG.quiet = quiet  # type: ignore[attr-defined]
+
+
+def command_line() -> str:
+    """The command line as typed (program basename + arguments), for logs and provenance."""
+    argv = [os.path.basename(sys.argv[0])] + sys.argv[1:]
+    return shlex.join(argv)
+
+
+# --------------------------------------------------------------------------- progress
+
+@contextmanager
+def progress(total: int | None, description: str, unit: str = "items") -> Iterator[Callable[[int], None]]:
+    """Yield ``advance(n)``: a rich bar on a terminal, a plain log line every ~5% or 10 s otherwise."""
+    quiet = getattr(LOG, "quiet", False) or not LOG.isEnabledFor(logging.INFO)
+    if quiet:
+        yield lambda n=1: None
+        return
+    if stderr_is_terminal():
+        from rich.console import Console
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                   TimeElapsedColumn, TimeRemainingColumn)
+
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                      TimeElapsedColumn(), TimeRemainingColumn(),
+                      console=Console(stderr=True), transient=False) as bar:
+            task = bar.add_task(description, total=total)
+            yield lambda n=1: bar.advance(task, n)
+        return
+
+    state = {"done": 0, "last_t": time.monotonic(), "last_frac": 0.0}
+    start = time.monotonic()
+    step = 0.05
+
+    def advance(n: int = 1) -> None:
+        state["done"] += n
+        now = time.monotonic()
+        frac = state["done"] / total if total else 0.0
+        if (total and frac - state["last_frac"] >= step) or now - state["last_t"] >= 10.0:
+            state["last_t"], state["last_frac"] = now, frac
+            rate = state["done"] / max(now - start, 1e-9)
+            of = f"/{total}" if total else ""
+            LOG.info("%s: %d%s %s (%.1f %s/s)", description, state["done"], of, unit, rate, unit)
+
+    yield advance
+
+
+# --------------------------------------------------------------------------- shared options
+
+def output_option(required: bool = False, allow_dash: bool = True, help: str | None = None):
+    """-o/--output: a file (written atomically), or '-' for stdout where a stream makes sense."""
+    default_help = ("Output file, written atomically; '-' or omitted: stdout."
+                    if allow_dash else "Output file (written atomically).")
+    return click.option("-o", "--output", "output", required=required,
+                        default=None if required else ("-" if allow_dash else None),
+                        type=click.Path(dir_okay=False, allow_dash=allow_dash),
+                        help=help or default_help)
+
+
+def seed_option(default: int = 42):
+    return click.option("--seed", type=int, default=default, show_default=True,
+                        help="Random seed: same inputs + same seed -> identical outputs.")
+
+
+def device_option(f: Callable) -> Callable:
+    return click.option(
+        "--device", default="auto", show_default=True,
+        help="auto (CUDA, else Apple MPS, else CPU), cpu, cuda, cuda:N or mps.")(f)
+
+
+def selection_options(f: Callable) -> Callable:
+    """--splits/--split/--fold: pick rows of a features file using an ae-split CSV."""
+    f = click.option("--fold", type=click.IntRange(min=0), default=None,
+                     help="Fold number K from the splits file.")(f)
+    f = click.option("--split", "split_name",
+                     type=click.Choice(["train", "val", "test", "all"]), default=None,
+                     help="Which rows: test (split=test), val (train rows of fold K), "
+                          "train (train rows not in fold K), all.")(f)
+    f = click.option("--splits", "splits_path", type=click.Path(dir_okay=False, allow_dash=True),
+                     default=None, help="Split CSV from ae-split (columns id,split,fold).")(f)
+    return f
+
+
+def labels_option(f: Callable) -> Callable:
+    return click.option("--labels", "labels_path",
+                        type=click.Path(dir_okay=False, allow_dash=True), default=None,
+                        help="CSV with an 'id' column and label columns, joined by id.")(f)
+
+
+def fail_usage(message: str) -> None:
+    """Raise a one-line usage error (exit status 2)."""
+    raise CommandError(message, exit_code=2)

@@ -1,0 +1,24 @@
+"""Exceptions the library raises for expected failures.
+
+The commands translate them into one-line messages and exit codes:
+``InputError`` -> 2 (bad input or usage), ``DataError`` -> 1 (runtime/data).
+Anything else is a bug and keeps its traceback.
+"""
+
+
+class AekitError(Exception):
+    """Base class for failures a user can act on."""
+
+    exit_code = 1
+
+
+class DataError(AekitError):
+    """The inputs were valid but the work failed (too many bad files, NaN loss...)."""
+
+    exit_code = 1
+
+
+class InputError(AekitError):
+    """An input, option value or file is unusable as given."""
+
+    exit_code = 2

@@ -1,0 +1,124 @@
+"""Choosing rows of a features file: split CSVs from ae-split and label CSVs joined by id.
+
+Split CSV contract (written by ae-split): columns ``id,split,fold``; ``split`` is
+``train`` or ``test``; ``fold`` is 0..K-1 on train rows and empty on test rows.
+For fold K: *val* = train rows with fold == K, *train* = train rows with fold != K,
+*test* = test rows. Test rows are never used for fitting anything.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from .errors import InputError
+from .fileio import read_csv
+
+
+def _preview(items: Sequence, k: int = 5) -> str:
+    items = list(items)
+    more = f" (and {len(items) - k} more)" if len(items) > k else ""
+    return ", ".join(map(str, items[:k])) + more
+
+
+def load_splits(path: str | os.PathLike, ids: Sequence[str] | None = None) -> pd.DataFrame:
+    """Read an ae-split CSV, indexed by id, with columns split (str) and fold (Int64, <NA> on test)."""
+    df = read_csv(path, dtype={"id": str, "split": str}, keep_default_na=False)
+    name = "<stdin>" if str(path) == "-" else str(path)
+    missing = [c for c in ("id", "split", "fold") if c not in df.columns]
+    if missing:
+        raise InputError(f"{name}: not a split file: missing column(s) {', '.join(missing)}; "
+                         f"columns are: {', '.join(map(str, df.columns))}")
+    if df["id"].duplicated().any():
+        raise InputError(f"{name}: duplicate ids: {_preview(df.loc[df['id'].duplicated(), 'id'].unique())}")
+    bad = sorted(set(df["split"]) - {"train", "test"})
+    if bad:
+        raise InputError(f"{name}: split must be 'train' or 'test', found: {_preview(bad)}")
+    fold = pd.to_numeric(df["fold"].replace("", np.nan), errors="coerce")
+    if (df["split"].eq("train") & fold.isna()).any():
+        raise InputError(f"{name}: train rows without a fold number")
+    df["fold"] = fold.astype("Int64")
+    df = df.set_index("id")
+    if ids is not None:
+        unknown = df.index.difference(pd.Index(ids))
+        if len(unknown):
+            raise InputError(f"{name}: {len(unknown)} id(s) not in the features file: "
+                             f"{_preview(sorted(unknown))}")
+    return df
+
+
+def num_folds(splits: pd.DataFrame) -> int:
+    f = splits["fold"].dropna()
+    return int(f.max()) + 1 if len(f) else 0
+
+
+def select_rows(ids: Sequence[str], splits: pd.DataFrame | None, split: str | None,
+                fold: int | None) -> np.ndarray:
+    """Indices (ascending) into ``ids`` of the rows in ``split`` for ``fold``.
+
+    split: 'train', 'val', 'test', 'all' or None (= all). Without a splits table every row
+    is selected. 'train' without a fold means every train row.
+    """
+    n = len(ids)
+    if splits is None:
+        if split not in (None, "all"):
+            raise InputError(f"--split {split} needs --splits")
+        if fold is not None:
+            raise InputError("--fold needs --splits")
+        return np.arange(n)
+    k = num_folds(splits)
+    if fold is not None and not (0 <= fold < k):
+        raise InputError(f"fold {fold} is out of range: the split file has folds 0..{k - 1}")
+    if split == "val" and fold is None:
+        raise InputError("--split val needs --fold")
+    s = splits.reindex(pd.Index(ids))
+    sp = s["split"].to_numpy()
+    fd = s["fold"]
+    if split in (None, "all"):
+        mask = pd.notna(sp)
+    elif split == "test":
+        mask = sp == "test"
+    elif split == "train":
+        mask = sp == "train"
+        if fold is not None:
+            mask &= (fd != fold).fillna(False).to_numpy(dtype=bool)
+    elif split == "val":
+        mask = (sp == "train") & (fd == fold).fillna(False).to_numpy(dtype=bool)
+    else:
+        raise InputError(f"unknown split {split!r}: use train, val, test or all")
+    return np.flatnonzero(np.asarray(mask, dtype=bool))
+
+
+def load_labels(path: str | os.PathLike, ids: Sequence[str], id_column: str = "id",
+                require_all: bool = True) -> pd.DataFrame:
+    """Label CSV joined to ``ids``: a DataFrame indexed by id in the order of ``ids``.
+
+    Raises InputError when the id column is missing, ids repeat, or (require_all) some ids
+    have no labels.
+    """
+    df = read_csv(path, dtype={id_column: str})
+    name = "<stdin>" if str(path) == "-" else str(path)
+    if id_column not in df.columns:
+        raise InputError(f"{name}: column '{id_column}' not found; columns are: "
+                         f"{', '.join(map(str, df.columns))}")
+    if df[id_column].duplicated().any():
+        raise InputError(f"{name}: duplicate ids: {_preview(df.loc[df[id_column].duplicated(), id_column].unique())}")
+    df = df.set_index(id_column)
+    if require_all:
+        missing = pd.Index(ids).difference(df.index)
+        if len(missing):
+            raise InputError(f"{name}: labels missing for {len(missing)} id(s): {_preview(sorted(missing))}")
+    return df.reindex(pd.Index(ids, name="id"))
+
+
+def query_rows(labels: pd.DataFrame, expr: str) -> np.ndarray:
+    """Boolean mask over labels rows matching a pandas query expression (e.g. 'anomaly == 0')."""
+    try:
+        kept = labels.query(expr, engine="python")
+    except Exception as exc:  # pandas raises many types for a bad expression
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputError(f"bad --where expression {expr!r}: {msg}") from None
+    return labels.index.isin(kept.index)

@@ -1,0 +1,263 @@
+"""The features file: the HDF5 layout ae-featurize writes and every later command reads.
+
+Layout (format ``aekit-features``, version 1)::
+
+    /features            float32 [N, C, n_mels, frames]   chunked one clip per chunk
+    /ids                 utf-8 str [N]    unique keys (path relative to the inputs' common root,
+                                          without extension, unless given otherwise)
+    /paths               utf-8 str [N]    the file each clip was read from
+    /source_sample_rate  int32 [N]        the file's own rate (Hz)
+    /source_channels     int16 [N]        the file's own channel count
+    /source_frames       int64 [N]        the file's length in its own samples
+    /valid_samples       int64 [N]        samples at the target rate before zero-padding
+                                          (<= num_samples; < num_samples means padded)
+    /failed/paths        utf-8 str [F]    inputs that could not be featurized
+    /failed/reasons      utf-8 str [F]    one line each
+    attrs: format, format_version, aekit_version, command, sample_rate, num_samples,
+           n_fft, hop_length, n_mels, top_db, f_min, f_max, window, power, mel_scale,
+           channels, channel_policy, num_inputs, shard_index, shard_count
+
+No pickled objects anywhere: strings are HDF5 variable-length UTF-8, numbers are
+plain datasets and attributes.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import h5py
+import numpy as np
+
+from . import __version__
+from .errors import InputError
+
+FORMAT = "aekit-features"
+FORMAT_VERSION = 1
+
+#: Attributes that define the features; two files are compatible when these are equal.
+FEATURE_PARAM_KEYS = (
+    "sample_rate", "num_samples", "n_fft", "hop_length", "n_mels", "top_db",
+    "f_min", "f_max", "window", "power", "mel_scale", "channels", "channel_policy",
+)
+
+STR = h5py.string_dtype(encoding="utf-8")
+
+PER_CLIP = {
+    "source_sample_rate": np.int32,
+    "source_channels": np.int16,
+    "source_frames": np.int64,
+    "valid_samples": np.int64,
+}
+
+
+def _attr(value):
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def feature_params(attrs) -> dict:
+    """The feature-defining parameters of an attrs mapping (HDF5 attrs or a dict)."""
+    out = {}
+    for k in FEATURE_PARAM_KEYS:
+        if k in attrs:
+            v = _attr(attrs[k])
+            out[k] = None if (isinstance(v, str) and v == "none") else v
+    return out
+
+
+def params_mismatch(a: dict, b: dict) -> list[str]:
+    """Human-readable differences between two feature-parameter dicts ('' when equal)."""
+    diffs = []
+    for k in FEATURE_PARAM_KEYS:
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, float) or isinstance(vb, float):
+            same = va == vb or (va is not None and vb is not None and abs(float(va) - float(vb)) < 1e-9)
+        else:
+            same = va == vb
+        if not same:
+            diffs.append(f"{k}={va} vs {vb}")
+    return diffs
+
+
+class FeatureWriter:
+    """Append-only writer of a features file (use on a temporary path, then rename)."""
+
+    def __init__(self, path: str | os.PathLike, params: dict, shape: Sequence[int],
+                 command: str = "", extra_attrs: dict | None = None, expected: int = 0):
+        c, m, t = (int(x) for x in shape)
+        self.clip_shape = (c, m, t)
+        self.f = h5py.File(path, "w", libver=("earliest", "v110"), track_order=False)
+        f = self.f
+        f.attrs["format"] = FORMAT
+        f.attrs["format_version"] = FORMAT_VERSION
+        f.attrs["aekit_version"] = __version__
+        f.attrs["command"] = command
+        for k, v in params.items():
+            f.attrs[k] = "none" if v is None else v
+        for k, v in (extra_attrs or {}).items():
+            f.attrs[k] = v
+        start = max(int(expected), 1)
+        f.create_dataset("features", shape=(0, c, m, t), maxshape=(None, c, m, t),
+                         dtype=np.float32, chunks=(1, c, m, t))
+        f.create_dataset("ids", shape=(0,), maxshape=(None,), dtype=STR, chunks=(min(start, 4096),))
+        f.create_dataset("paths", shape=(0,), maxshape=(None,), dtype=STR, chunks=(min(start, 4096),))
+        for name, dt in PER_CLIP.items():
+            f.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dt, chunks=(min(start, 4096),))
+        self.n = 0
+        self.failed_paths: list[str] = []
+        self.failed_reasons: list[str] = []
+
+    def append(self, features: np.ndarray, ids: Sequence[str], paths: Sequence[str],
+               meta: dict[str, Sequence[int]]) -> None:
+        k = len(ids)
+        if k == 0:
+            return
+        assert features.shape[1:] == self.clip_shape, (features.shape, self.clip_shape)
+        n0, n1 = self.n, self.n + k
+        f = self.f
+        for name in ("features", "ids", "paths", *PER_CLIP):
+            f[name].resize((n1,) + f[name].shape[1:])
+        f["features"][n0:n1] = features.astype(np.float32, copy=False)
+        f["ids"][n0:n1] = list(ids)
+        f["paths"][n0:n1] = list(paths)
+        for name, dt in PER_CLIP.items():
+            f[name][n0:n1] = np.asarray(meta[name], dtype=dt)
+        self.n = n1
+
+    def add_failures(self, paths: Sequence[str], reasons: Sequence[str]) -> None:
+        self.failed_paths.extend(paths)
+        self.failed_reasons.extend(reasons)
+
+    def close(self) -> None:
+        if self.f.id.valid:
+            g = self.f.create_group("failed")
+            g.create_dataset("paths", data=np.array(self.failed_paths, dtype=object), dtype=STR)
+            g.create_dataset("reasons", data=np.array(self.failed_reasons, dtype=object), dtype=STR)
+            self.f.close()
+
+    def abort(self) -> None:
+        if self.f.id.valid:
+            self.f.close()
+
+
+def _strings(ds) -> list[str]:
+    return [s.decode("utf-8") if isinstance(s, bytes) else str(s) for s in ds[()]]
+
+
+class FeatureFile:
+    """Read access to a features file. Use as a context manager or call close().
+
+    ``read(indices)`` returns float32 [len(indices), C, M, T] in the order given.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        if str(path) == "-":
+            raise InputError("features must be an HDF5 file path, not '-' (HDF5 cannot be streamed)")
+        if not self.path.exists():
+            raise InputError(f"{self.path}: no such file")
+        if self.path.is_dir():
+            raise InputError(f"{self.path}: is a directory, expected an HDF5 features file")
+        try:
+            self.f = h5py.File(self.path, "r")
+        except OSError:
+            raise InputError(f"{self.path}: not an HDF5 file") from None
+        fmt = _attr(self.f.attrs.get("format", ""))
+        if fmt != FORMAT or "features" not in self.f or "ids" not in self.f:
+            self.f.close()
+            raise InputError(f"{self.path}: not an aekit features file (format={fmt!r}); "
+                             "make one with ae-featurize")
+        self.features = self.f["features"]
+        self._ids: list[str] | None = None
+
+    # -- metadata
+    @property
+    def attrs(self) -> dict:
+        return {k: _attr(v) for k, v in self.f.attrs.items()}
+
+    @property
+    def params(self) -> dict:
+        return feature_params(self.f.attrs)
+
+    @property
+    def clip_shape(self) -> tuple[int, int, int]:
+        return tuple(int(x) for x in self.features.shape[1:])  # type: ignore[return-value]
+
+    @property
+    def width(self) -> int:
+        c, m, t = self.clip_shape
+        return c * m * t
+
+    def __len__(self) -> int:
+        return int(self.features.shape[0])
+
+    @property
+    def ids(self) -> list[str]:
+        if self._ids is None:
+            self._ids = _strings(self.f["ids"])
+        return self._ids
+
+    @property
+    def paths(self) -> list[str]:
+        return _strings(self.f["paths"])
+
+    def column(self, name: str) -> np.ndarray:
+        return self.f[name][()]
+
+    def failures(self) -> list[tuple[str, str]]:
+        if "failed" not in self.f:
+            return []
+        return list(zip(_strings(self.f["failed/paths"]), _strings(self.f["failed/reasons"])))
+
+    # -- data
+    def read(self, indices: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
+        """Features of the given rows (all when None), in the order given."""
+        if indices is None:
+            return self.features[()]
+        idx = np.asarray(indices, dtype=np.int64)
+        if idx.size == 0:
+            return np.zeros((0, *self.clip_shape), dtype=np.float32)
+        order = np.argsort(idx, kind="stable")
+        sorted_idx = idx[order]
+        out = np.empty((idx.size, *self.clip_shape), dtype=np.float32)
+        # Read runs of consecutive rows as slices: far faster than h5py fancy indexing.
+        breaks = np.flatnonzero(np.diff(sorted_idx) != 1) + 1
+        starts = np.concatenate([[0], breaks])
+        ends = np.concatenate([breaks, [sorted_idx.size]])
+        tmp = np.empty((idx.size, *self.clip_shape), dtype=np.float32)
+        for s, e in zip(starts, ends):
+            lo, hi = int(sorted_idx[s]), int(sorted_idx[e - 1]) + 1
+            if hi - lo == e - s:
+                self.features.read_direct(tmp, np.s_[lo:hi], np.s_[s:e])
+            else:  # duplicates in the index
+                tmp[s:e] = self.features[lo:hi][sorted_idx[s:e] - lo]
+        out[order] = tmp
+        return out
+
+    def iter_blocks(self, indices: Sequence[int] | np.ndarray | None = None,
+                    block: int = 256) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Yield (row indices, features) in blocks of at most ``block`` rows; memory stays flat."""
+        idx = np.arange(len(self)) if indices is None else np.asarray(indices, dtype=np.int64)
+        for s in range(0, idx.size, block):
+            part = idx[s:s + block]
+            yield part, self.read(part)
+
+    def close(self) -> None:
+        if self.f.id.valid:
+            self.f.close()
+
+    def __enter__(self) -> "FeatureFile":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def read_ids(path: str | os.PathLike) -> list[str]:
+    with FeatureFile(path) as ff:
+        return list(ff.ids)
