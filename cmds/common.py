@@ -49,6 +49,12 @@ def _prog_name() -> str:
 class AeCommand(click.Command):
     """click.Command that turns library errors into one-line messages with our exit codes."""
 
+    def make_context(self, info_name, args, parent=None, **extra):
+        line = shlex.join([info_name or self.name or "", *args])
+        ctx = super().make_context(info_name, args, parent=parent, **extra)
+        ctx.meta["aekit.command_line"] = line
+        return ctx
+
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
@@ -125,6 +131,9 @@ def setup_logging(quiet: bool = False, verbose: bool = False) -> None:
 
 def command_line() -> str:
     """The command line as typed (program basename + arguments), for logs and provenance."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None and "aekit.command_line" in ctx.meta:
+        return ctx.meta["aekit.command_line"]
     argv = [os.path.basename(sys.argv[0])] + sys.argv[1:]
     return shlex.join(argv)
 
@@ -173,10 +182,10 @@ def output_option(required: bool = False, allow_dash: bool = True, help: str | N
     """-o/--output: a file (written atomically), or '-' for stdout where a stream makes sense."""
     default_help = ("Output file, written atomically; '-' or omitted: stdout."
                     if allow_dash else "Output file (written atomically).")
+    kwargs = {} if required else {"default": "-" if allow_dash else None}
     return click.option("-o", "--output", "output", required=required,
-                        default=None if required else ("-" if allow_dash else None),
                         type=click.Path(dir_okay=False, allow_dash=allow_dash),
-                        help=help or default_help)
+                        help=help or default_help, **kwargs)
 
 
 def seed_option(default: int = 42):
@@ -212,3 +221,49 @@ def labels_option(f: Callable) -> Callable:
 def fail_usage(message: str) -> None:
     """Raise a one-line usage error (exit status 2)."""
     raise CommandError(message, exit_code=2)
+
+
+def mel_options(f: Callable) -> Callable:
+    """The feature-parameter options, defined once with the library's defaults (MelParams)."""
+    from aekit.features import MelParams
+
+    d = MelParams()
+    opts = [
+        click.option("--sample-rate", type=click.IntRange(min=1), default=d.sample_rate,
+                     show_default=True, help="Resample every clip to this rate (Hz) first."),
+        click.option("--num-samples", type=click.IntRange(min=1), default=d.num_samples,
+                     show_default=True, help="Clip length at that rate: longer truncated, shorter zero-padded."),
+        click.option("--channels", type=click.IntRange(min=1), default=d.channels, show_default=True,
+                     help="Channels per clip: fewer are repeated (mono -> stereo), more are cut."),
+        click.option("--channel-policy", type=click.Choice(["first", "mix"]), default=d.channel_policy,
+                     show_default=True, help="With more channels than asked: keep the first N, or mix down."),
+        click.option("--n-fft", type=click.IntRange(min=2), default=d.n_fft, show_default=True,
+                     help="FFT size (Hann window of the same length)."),
+        click.option("--hop-length", type=click.IntRange(min=1), default=d.hop_length,
+                     show_default=True, help="Samples between STFT frames."),
+        click.option("--n-mels", type=click.IntRange(min=1), default=d.n_mels, show_default=True,
+                     help="Mel bands."),
+        click.option("--top-db", type=click.FloatRange(min=0, min_open=True), default=d.top_db,
+                     show_default=True, help="Dynamic range kept below each clip's maximum (dB)."),
+        click.option("--f-min", type=click.FloatRange(min=0), default=d.f_min, show_default=True,
+                     help="Lowest Mel filter edge (Hz)."),
+        click.option("--f-max", type=click.FloatRange(min=0, min_open=True), default=None,
+                     help="Highest Mel filter edge (Hz) [default: sample-rate / 2]."),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def mel_params_from(kwargs: dict):
+    """Pop the mel_options values out of a command's kwargs into a MelParams."""
+    from aekit.features import MelParams
+
+    names = ("sample_rate", "num_samples", "channels", "channel_policy", "n_fft", "hop_length",
+             "n_mels", "top_db", "f_min", "f_max")
+    return MelParams(**{k: kwargs.pop(k) for k in names})
+
+
+def jobs_option(f: Callable) -> Callable:
+    return click.option("-j", "--jobs", type=click.IntRange(min=1), default=None,
+                        help="Worker processes [default: all available cores].")(f)

@@ -261,3 +261,73 @@ class FeatureFile:
 def read_ids(path: str | os.PathLike) -> list[str]:
     with FeatureFile(path) as ff:
         return list(ff.ids)
+
+
+def merge_shards(inputs: Sequence[str | os.PathLike], output: str | os.PathLike,
+                 command: str = "", block: int = 256) -> int:
+    """Join the shard files of one ``ae-featurize --shard I/N`` job into one file.
+
+    The result holds the same rows, in the same order, with the same per-clip data and
+    failure records as a single unsharded run. Refuses shards made with different
+    parameters, from a different input list, or an incomplete or repeated set of shards.
+    Returns the number of clips written.
+    """
+    from .fileio import atomic_path
+
+    if not inputs:
+        raise InputError("no shard files given")
+    files = [FeatureFile(p) for p in inputs]
+    try:
+        first = files[0]
+        ref = first.params
+        shape = first.clip_shape
+        count = int(first.attrs.get("shard_count", 1))
+        total_inputs = first.attrs.get("num_inputs")
+        seen: dict[int, FeatureFile] = {}
+        for ff in files:
+            diffs = params_mismatch(ref, ff.params)
+            if diffs:
+                raise InputError(f"{ff.path} was made with different parameters than "
+                                 f"{first.path}: {'; '.join(diffs)}")
+            if ff.clip_shape != shape:
+                raise InputError(f"{ff.path}: clip shape {ff.clip_shape} differs from {shape}")
+            a = ff.attrs
+            if int(a.get("shard_count", 1)) != count or a.get("num_inputs") != total_inputs:
+                raise InputError(f"{ff.path} belongs to a different sharded run "
+                                 f"(shard_count {a.get('shard_count')}, num_inputs {a.get('num_inputs')}) "
+                                 f"than {first.path} (shard_count {count}, num_inputs {total_inputs})")
+            i = int(a.get("shard_index", 0))
+            if i in seen:
+                raise InputError(f"shard {i}/{count} given twice: {seen[i].path} and {ff.path}")
+            seen[i] = ff
+        missing = sorted(set(range(count)) - set(seen))
+        if missing:
+            raise InputError(f"incomplete set of shards: missing {', '.join(f'{i}/{count}' for i in missing)}")
+        ordered = [seen[i] for i in range(count)]
+        all_ids = [x for ff in ordered for x in ff.ids]
+        if len(set(all_ids)) != len(all_ids):
+            raise InputError("the shards share ids: they do not come from one sharded run")
+        n_total = sum(len(ff) for ff in ordered)
+        extra = {k: first.attrs[k] for k in first.attrs
+                 if k not in FEATURE_PARAM_KEYS and k not in (
+                     "format", "format_version", "aekit_version", "command", "shard_index", "shard_count")}
+        extra.update(shard_index=0, shard_count=1)
+        with atomic_path(output) as tmp:
+            w = FeatureWriter(tmp, {k: first.f.attrs[k] for k in FEATURE_PARAM_KEYS if k in first.f.attrs},
+                              shape, command=command, extra_attrs=extra, expected=n_total)
+            try:
+                for ff in ordered:
+                    n = len(ff)
+                    for s in range(0, n, block):
+                        e = min(n, s + block)
+                        meta = {name: ff.f[name][s:e] for name in PER_CLIP}
+                        w.append(ff.features[s:e], ff.ids[s:e], _strings(ff.f["paths"])[s:e], meta)
+                    fails = ff.failures()
+                    w.add_failures([p for p, _ in fails], [r for _, r in fails])
+                w.close()
+            finally:
+                w.abort()
+        return n_total
+    finally:
+        for ff in files:
+            ff.close()

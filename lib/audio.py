@@ -1,0 +1,167 @@
+"""Finding audio files and decoding one clip: resample, fix channels, truncate or pad.
+
+Decoding uses soundfile (libsndfile: WAV, FLAC, OGG/Vorbis, Opus, MP3, AIFF, ...), not
+torchaudio.load, which hands off to FFmpeg from torchaudio 2.9 on. Only the samples
+that are kept are read: a one-hour recording costs what its first seconds cost.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from .errors import InputError
+
+AUDIO_EXTENSIONS = frozenset({
+    ".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".aifc",
+    ".au", ".snd", ".w64", ".rf64", ".caf",
+})
+
+CHANNEL_POLICIES = ("first", "mix")
+
+#: Extra input frames read past what the target length needs, so the resampler's
+#: filter sees real signal (not an artificial end) at the last kept sample.
+RESAMPLE_MARGIN = 2048
+
+
+class AudioError(Exception):
+    """One input could not be turned into a clip; the message is the reason."""
+
+
+def discover(inputs: Sequence[str], stdin_lines: Iterable[str] | None = None) -> list[Path]:
+    """Expand inputs into a list of files: directories are searched recursively for audio
+    extensions (sorted), files are taken as given, '-' (alone) reads paths from stdin.
+
+    Order is deterministic: inputs in the order given, each directory's files sorted.
+    Duplicates are dropped. A missing input is an InputError.
+    """
+    if list(inputs) == ["-"]:
+        raw = [ln.strip() for ln in (stdin_lines or []) if ln.strip()]
+        if not raw:
+            raise InputError("no paths on stdin")
+        items = raw
+    else:
+        if "-" in inputs:
+            raise InputError("'-' (paths on stdin) must be the only input")
+        items = list(inputs)
+    out: list[Path] = []
+    seen: set[str] = set()
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(
+                (q for q in p.rglob("*") if q.suffix.lower() in AUDIO_EXTENSIONS and q.is_file()),
+                key=lambda q: q.as_posix(),
+            )
+        elif p.exists():
+            found = [p]
+        else:
+            raise InputError(f"{item}: no such file or directory")
+        for q in found:
+            key = os.path.abspath(q)
+            if key not in seen:
+                seen.add(key)
+                out.append(q)
+    if not out:
+        raise InputError("no audio files found in the inputs "
+                         f"(extensions: {', '.join(sorted(AUDIO_EXTENSIONS))})")
+    return out
+
+
+def make_ids(paths: Sequence[Path]) -> list[str]:
+    """Unique ids: each path relative to the inputs' common root, without extension, '/'-separated.
+
+    When two files differ only by extension (a.wav, a.flac) both keep their extension.
+    """
+    absolute = [Path(os.path.abspath(p)) for p in paths]
+    root = Path(os.path.commonpath([str(p.parent) for p in absolute])) if absolute else Path(".")
+    rel = [p.relative_to(root) for p in absolute]
+    ids = [r.with_suffix("").as_posix() for r in rel]
+    counts: dict[str, int] = {}
+    for i in ids:
+        counts[i] = counts.get(i, 0) + 1
+    return [r.as_posix() if counts[i] > 1 else i for i, r in zip(ids, rel)]
+
+
+@dataclass
+class Clip:
+    samples: np.ndarray  # float32 [channels, num_samples] at the target rate
+    source_sample_rate: int
+    source_channels: int
+    source_frames: int  # the file's length in its own samples
+    valid_samples: int  # samples at the target rate before zero-padding
+    channels_cut: bool = False  # the file had more channels than kept
+
+
+def resample(x: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
+    """[n, ch] float32 -> [n', ch] float32 with soxr (high quality, linear phase)."""
+    if sr_in == sr_out:
+        return x
+    import soxr
+
+    return soxr.resample(x, sr_in, sr_out, quality="HQ").astype(np.float32, copy=False)
+
+
+def fix_channels(x: np.ndarray, channels: int, policy: str = "first") -> tuple[np.ndarray, bool]:
+    """[ch, n] -> [channels, n]. Fewer channels are repeated cyclically (mono -> the
+    tutorial's stereo shape); more are cut to the first ``channels`` ('first') or mixed
+    down to mono and repeated ('mix'). Returns (array, whether channels were cut)."""
+    ch = x.shape[0]
+    if ch == channels:
+        return x, False
+    if ch > channels:
+        if policy == "mix":
+            mono = x.mean(axis=0, keepdims=True)
+            return np.repeat(mono, channels, axis=0), False
+        return x[:channels], True
+    reps = math.ceil(channels / ch)
+    return np.tile(x, (reps, 1))[:channels], False
+
+
+def load_clip(path: str | os.PathLike, sample_rate: int, num_samples: int, channels: int,
+              channel_policy: str = "first") -> Clip:
+    """Decode the part of ``path`` that is kept, as float32 [channels, num_samples].
+
+    Raises AudioError with a one-line reason for anything that is not usable audio.
+    """
+    import soundfile as sf
+
+    try:
+        if os.path.getsize(path) == 0:
+            raise AudioError("empty file (0 bytes)")
+    except OSError as exc:
+        raise AudioError(f"cannot read: {exc.strerror}") from None
+    try:
+        with sf.SoundFile(str(path)) as f:
+            sr, ch, frames = int(f.samplerate), int(f.channels), int(f.frames)
+            if sr <= 0 or ch <= 0:
+                raise AudioError(f"invalid header (rate {sr}, channels {ch})")
+            if sr == sample_rate:
+                need = num_samples
+            else:
+                need = math.ceil(num_samples * sr / sample_rate) + RESAMPLE_MARGIN
+            data = f.read(frames=need if frames <= 0 else min(need, frames),
+                          dtype="float32", always_2d=True)  # [n, ch]
+    except AudioError:
+        raise
+    except sf.LibsndfileError as exc:
+        msg = getattr(exc, "error_string", None) or str(exc)
+        raise AudioError(f"cannot decode: {msg.strip().rstrip('.')}") from None
+    except (RuntimeError, ValueError, OSError, EOFError) as exc:
+        raise AudioError(f"cannot decode: {str(exc).strip() or type(exc).__name__}") from None
+    if data.shape[0] == 0:
+        raise AudioError("no samples (empty or truncated audio data)")
+    if not np.isfinite(data).all():
+        raise AudioError("samples contain NaN or Inf")
+    frames = frames if frames > 0 else data.shape[0]
+    y = resample(data, sr, sample_rate)[:num_samples]  # [n', ch]
+    valid = min(num_samples, int(round(frames * sample_rate / sr)), max(y.shape[0], 0))
+    x, cut = fix_channels(np.ascontiguousarray(y.T), channels, channel_policy)  # [C, n']
+    if x.shape[1] < num_samples:
+        x = np.pad(x, ((0, 0), (0, num_samples - x.shape[1])))  # zero-pad on the right
+    return Clip(np.ascontiguousarray(x, dtype=np.float32), sr, ch, frames, valid, cut)

@@ -1,0 +1,119 @@
+"""Log-Mel dB features: the tutorial's MelSpectrogram + AmplitudeToDB, computed fast.
+
+``MelFrontend`` is numerically the tutorial's pipeline (torchaudio MelSpectrogram with a
+Hann window, power 2, HTK Mel scale, no filterbank norm; AmplitudeToDB power->dB with
+amin 1e-10, ref 1.0) but built once and reused, and with the ``top_db`` floor taken per
+clip across that clip's channels, exactly as AmplitudeToDB does on one [C, M, T] clip.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+import torch
+
+AMIN = 1e-10  # torchaudio AmplitudeToDB default
+
+
+@dataclass(frozen=True)
+class MelParams:
+    """Feature parameters; the defaults are the tutorial's (plus one sample rate for all)."""
+
+    sample_rate: int = 16000  # every clip is resampled to this rate first
+    num_samples: int = 100_000  # ~6.25 s at 16 kHz; longer clips truncated, shorter zero-padded
+    n_fft: int = 1024
+    hop_length: int = 256
+    n_mels: int = 32
+    top_db: float | None = 80.0  # dynamic range kept below each clip's maximum
+    f_min: float = 0.0
+    f_max: float | None = None  # None: Nyquist
+    channels: int = 2  # the tutorial's model assumes stereo: 2 x 32 x 391 = 25,024 values
+    channel_policy: str = "first"  # more channels than asked: keep the first N, or 'mix'
+
+    def __post_init__(self) -> None:
+        from .errors import InputError
+
+        checks = [
+            (self.sample_rate > 0, "sample rate must be positive"),
+            (self.num_samples > 0, "num-samples must be positive"),
+            (self.n_fft > 1, "n-fft must be at least 2"),
+            (self.hop_length > 0, "hop-length must be positive"),
+            (self.n_mels > 0, "n-mels must be positive"),
+            (self.channels > 0, "channels must be positive"),
+            (self.top_db is None or self.top_db > 0, "top-db must be positive"),
+            (self.channel_policy in ("first", "mix"), "channel policy must be 'first' or 'mix'"),
+            (self.num_samples > self.n_fft // 2,
+             "num-samples must exceed n-fft/2 (reflect padding of the STFT)"),
+            (self.f_max is None or self.f_min < self.f_max <= self.sample_rate / 2,
+             "f-max must be above f-min and at most half the sample rate"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise InputError(msg)
+
+    @property
+    def frames(self) -> int:
+        return self.num_samples // self.hop_length + 1  # center=True
+
+    @property
+    def clip_shape(self) -> tuple[int, int, int]:
+        return (self.channels, self.n_mels, self.frames)
+
+    def to_attrs(self) -> dict:
+        """The features file's parameter attributes (see aekit.store.FEATURE_PARAM_KEYS)."""
+        d = asdict(self)
+        d.update(window="hann", power=2.0, mel_scale="htk")
+        d["f_max"] = float(self.sample_rate / 2) if self.f_max is None else float(self.f_max)
+        d["top_db"] = None if self.top_db is None else float(self.top_db)
+        d["f_min"] = float(self.f_min)
+        return d
+
+    @classmethod
+    def from_attrs(cls, attrs: dict) -> "MelParams":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in attrs.items() if k in names})
+
+
+class MelFrontend:
+    """waveforms [B, C, N] (or [C, N]) -> log-Mel dB [B, C, n_mels, frames] (or [C, ...])."""
+
+    def __init__(self, params: MelParams, device: str | torch.device = "cpu"):
+        import torchaudio.functional as AF
+
+        self.params = p = params
+        f_max = p.f_max if p.f_max is not None else p.sample_rate / 2
+        self.window = torch.hann_window(p.n_fft, device=device)
+        # [n_freqs, n_mels], exactly the matrix torchaudio's MelScale uses
+        self.fb = AF.melscale_fbanks(p.n_fft // 2 + 1, p.f_min, f_max, p.n_mels, p.sample_rate,
+                                     norm=None, mel_scale="htk").to(device)
+
+    def __call__(self, wave: torch.Tensor) -> torch.Tensor:
+        p = self.params
+        single = wave.dim() == 2
+        x = wave.unsqueeze(0) if single else wave  # [B, C, N]
+        b, c, n = x.shape
+        spec = torch.stft(x.reshape(b * c, n), p.n_fft, p.hop_length, win_length=p.n_fft,
+                          window=self.window, center=True, pad_mode="reflect",
+                          normalized=False, onesided=True, return_complex=True)  # [BC, F, T]
+        power = torch.view_as_real(spec).pow(2).sum(-1)  # |X|^2, [BC, F, T]
+        mel = torch.matmul(power.transpose(1, 2), self.fb).transpose(1, 2)  # [BC, M, T]
+        db = 10.0 * torch.log10(torch.clamp(mel, min=AMIN))
+        db = db.reshape(b, c, p.n_mels, -1)  # [B, C, M, T]
+        if p.top_db is not None:
+            # The floor is per clip, across its channels: never across the batch.
+            floor = db.amax(dim=(1, 2, 3), keepdim=True) - p.top_db
+            db = torch.maximum(db, floor)
+        return db[0] if single else db
+
+
+def tutorial_features(waveform: torch.Tensor, sample_rate: int, params: MelParams) -> torch.Tensor:
+    """The tutorial's own code path for one clip [C, N]: transforms built anew for each file.
+
+    Kept as the reference that MelFrontend is tested and benchmarked against.
+    """
+    import torchaudio.transforms as T
+
+    mel = T.MelSpectrogram(sample_rate=sample_rate, n_fft=params.n_fft,
+                           hop_length=params.hop_length, n_mels=params.n_mels)
+    to_db = T.AmplitudeToDB(top_db=params.top_db)
+    return to_db(mel(waveform))

@@ -1,0 +1,211 @@
+"""Audio files -> one features file: decode and compute in worker processes, write in blocks.
+
+Work is cut into small tasks of a few files; each worker process (one torch thread)
+decodes its files and computes their features with one reusable MelFrontend; the
+parent writes results in input order, block by block, so memory stays flat whatever
+the number of files. Failures are recorded and skipped, or stop the run, as asked.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .audio import AudioError, load_clip
+from .errors import DataError, InputError
+from .features import MelFrontend, MelParams
+from .fileio import atomic_path
+from .store import PER_CLIP, FeatureWriter
+
+LOG = logging.getLogger("aekit")
+
+TASK_FILES = 4  # files per task: small, so results stream back in order without stalls
+
+
+def available_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def parse_shard(spec: str | None) -> tuple[int, int]:
+    """'I/N' -> (I, N) with 0 <= I < N; None -> (0, 1)."""
+    if spec is None:
+        return 0, 1
+    try:
+        i, n = (int(x) for x in spec.split("/"))
+    except ValueError:
+        raise InputError(f"bad shard {spec!r}: expected I/N, e.g. 0/4") from None
+    if n < 1 or not 0 <= i < n:
+        raise InputError(f"bad shard {spec!r}: need 0 <= I < N")
+    return i, n
+
+
+def shard_indices(n_items: int, shard: tuple[int, int]) -> np.ndarray:
+    """The I-th of N contiguous, deterministic parts (numpy.array_split sizes)."""
+    i, n = shard
+    return np.array_split(np.arange(n_items), n)[i]
+
+
+# ------------------------------------------------------------------ worker side
+
+_WORKER: dict = {}
+
+
+def _init_worker(params: MelParams, threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    _WORKER["params"] = params
+    _WORKER["frontend"] = MelFrontend(params)
+
+
+def _process(task: list[tuple[int, str]]):
+    """Decode and featurize a few files. Returns (ok rows, failures) in task order."""
+    import torch
+
+    params: MelParams = _WORKER["params"]
+    frontend: MelFrontend = _WORKER["frontend"]
+    ok, failed = [], []
+    for index, path in task:
+        try:
+            clip = load_clip(path, params.sample_rate, params.num_samples, params.channels,
+                             params.channel_policy)
+        except AudioError as exc:
+            failed.append((index, path, str(exc)))
+            continue
+        with torch.inference_mode():
+            feats = frontend(torch.from_numpy(clip.samples)).numpy()  # [C, M, T]
+        meta = (clip.source_sample_rate, clip.source_channels, clip.source_frames,
+                clip.valid_samples, clip.channels_cut)
+        ok.append((index, feats, meta))
+    return ok, failed
+
+
+# ------------------------------------------------------------------ parent side
+
+@dataclass
+class FeaturizeReport:
+    output: Path
+    total: int
+    written: int
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    channels_cut: int = 0
+
+
+def featurize(paths: Sequence[os.PathLike | str], ids: Sequence[str], output: os.PathLike | str,
+              params: MelParams, *, jobs: int | None = None, block_size: int = 64,
+              on_error: str = "skip", max_fail_frac: float = 0.05,
+              shard: tuple[int, int] = (0, 1), command: str = "",
+              on_failure: Callable[[str, str], None] | None = None,
+              progress: Callable[[int], None] | None = None) -> FeaturizeReport:
+    """Featurize ``paths`` (shard ``shard`` of them) into the HDF5 file ``output``, atomically.
+
+    ``ids`` are the keys stored for each path (same length as ``paths``). Raises
+    DataError when more than ``max_fail_frac`` of the inputs fail, when nothing could be
+    featurized, or at the first failure with ``on_error='fail'``; no output is left then.
+    """
+    if len(paths) != len(ids):
+        raise ValueError("paths and ids differ in length")
+    if len(set(ids)) != len(ids):
+        raise InputError("ids are not unique")
+    if on_error not in ("skip", "fail"):
+        raise InputError("on-error must be 'skip' or 'fail'")
+    if not 0.0 <= max_fail_frac <= 1.0:
+        raise InputError("max-fail-frac must be between 0 and 1")
+    jobs = max(1, int(jobs or available_cpus()))
+    block_size = max(1, int(block_size))
+    sel = shard_indices(len(paths), shard)
+    work = [(int(i), str(paths[i])) for i in sel]
+    total = len(work)
+    tasks = [work[s:s + TASK_FILES] for s in range(0, total, TASK_FILES)]
+    report = FeaturizeReport(Path(output), total, 0)
+    extra = {"num_inputs": len(paths), "shard_index": shard[0], "shard_count": shard[1]}
+
+    with atomic_path(output) as tmp:
+        writer = FeatureWriter(tmp, params.to_attrs(), params.clip_shape, command=command,
+                               extra_attrs=extra, expected=total)
+        try:
+            _run(tasks, params, jobs, block_size, on_error, writer, report, ids,
+                 on_failure, progress)
+            n_failed = len(report.failures)
+            if total and n_failed / total > max_fail_frac:
+                raise DataError(f"{n_failed} of {total} inputs failed ({100 * n_failed / total:.1f}% "
+                                f"> --max-fail-frac {max_fail_frac:g}); no output written")
+            if report.written == 0:
+                raise DataError("no input could be featurized; no output written")
+            writer.close()
+        finally:
+            writer.abort()
+    return report
+
+
+def _run(tasks, params, jobs, block_size, on_error, writer, report, ids, on_failure, progress):
+    buf_feats: list[np.ndarray] = []
+    buf_rows: list[tuple[int, tuple]] = []
+
+    def flush() -> None:
+        if not buf_rows:
+            return
+        feats = np.stack(buf_feats)
+        idx = [i for i, _ in buf_rows]
+        metas = [m for _, m in buf_rows]
+        meta = {name: [m[k] for m in metas] for k, name in enumerate(PER_CLIP)}
+        writer.append(feats, [ids[i] for i in idx], [str(p) for p in (_paths[i] for i in idx)], meta)
+        report.written += len(idx)
+        buf_feats.clear()
+        buf_rows.clear()
+
+    _paths = {i: p for task in tasks for i, p in task}
+
+    def consume(result) -> None:
+        ok, failed = result
+        for index, path, reason in failed:
+            report.failures.append((path, reason))
+            writer.add_failures([path], [reason])
+            if on_failure:
+                on_failure(path, reason)
+            if on_error == "fail":
+                raise DataError(f"{path}: {reason} (stopping: --on-error fail); no output written")
+        for index, feats, meta in ok:
+            buf_feats.append(feats)
+            buf_rows.append((index, meta[:4]))
+            report.channels_cut += int(meta[4])
+        if progress:
+            progress(len(ok) + len(failed))
+        if len(buf_rows) >= block_size:
+            flush()
+
+    if jobs == 1 or len(tasks) <= 1:
+        import torch
+
+        threads = torch.get_num_threads()
+        _init_worker(params, threads)
+        for task in tasks:
+            consume(_process(task))
+    else:
+        # fork is cheapest (workers inherit imported torch); elsewhere spawn.
+        method = "fork" if "fork" in mp.get_all_start_methods() and os.name == "posix" \
+            and not _is_macos() else "spawn"
+        ctx = mp.get_context(method)
+        with ctx.Pool(min(jobs, len(tasks)), initializer=_init_worker, initargs=(params, 1)) as pool:
+            try:
+                for result in pool.imap(_process, tasks):
+                    consume(result)
+            except BaseException:
+                pool.terminate()
+                raise
+    flush()
+
+
+def _is_macos() -> bool:
+    import sys
+
+    return sys.platform == "darwin"

@@ -1,0 +1,71 @@
+"""MelFrontend against the tutorial's torchaudio pipeline; shapes; per-clip top_db."""
+
+import pytest
+import torch
+
+from aekit.errors import InputError
+from aekit.features import MelFrontend, MelParams, tutorial_features
+
+
+def test_default_shape_is_the_tutorials():
+    p = MelParams()
+    assert p.clip_shape == (2, 32, 391)
+    assert p.frames == 391
+    assert MelFrontend(p)(torch.zeros(2, 100_000)).shape == (2, 32, 391)
+
+
+@pytest.mark.parametrize("scale", [1e-4, 0.1, 1.0])
+def test_equals_tutorial_pipeline(scale):
+    p = MelParams()
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, p.num_samples, generator=g) * scale
+    ours = MelFrontend(p)(x)
+    ref = tutorial_features(x, p.sample_rate, p)
+    assert ours.shape == ref.shape
+    assert (ours - ref).abs().max().item() < 0.01
+
+
+def test_top_db_is_per_clip_in_a_batch():
+    """A quiet clip next to a loud one must get the floor of its own maximum."""
+    p = MelParams(num_samples=8000)
+    g = torch.Generator().manual_seed(1)
+    loud = torch.randn(2, p.num_samples, generator=g)
+    quiet = torch.randn(2, p.num_samples, generator=g) * 1e-5
+    fe = MelFrontend(p)
+    batch = fe(torch.stack([loud, quiet]))
+    for i, clip in enumerate((loud, quiet)):
+        ref = tutorial_features(clip, p.sample_rate, p)
+        assert (batch[i] - ref).abs().max().item() < 0.01
+        assert batch[i].max() - batch[i].min() <= p.top_db + 1e-4
+
+
+def test_floor_spans_channels_of_one_clip():
+    """AmplitudeToDB on one [C, M, T] clip takes one floor across channels."""
+    p = MelParams(num_samples=8000)
+    x = torch.stack([torch.randn(p.num_samples), torch.randn(p.num_samples) * 1e-6])
+    db = MelFrontend(p)(x)
+    assert db[1].min() == pytest.approx(db.max().item() - 80.0, abs=1e-3)
+    assert (db - tutorial_features(x, p.sample_rate, p)).abs().max().item() < 0.01
+
+
+def test_other_parameters_match_tutorial_transforms():
+    p = MelParams(sample_rate=22050, num_samples=30000, n_fft=512, hop_length=128, n_mels=64, channels=1)
+    x = torch.randn(1, p.num_samples) * 0.3
+    assert (MelFrontend(p)(x) - tutorial_features(x, p.sample_rate, p)).abs().max().item() < 0.01
+    assert MelFrontend(p)(x).shape == p.clip_shape
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"n_mels": 0}, {"hop_length": 0}, {"num_samples": 100}, {"top_db": -1.0},
+    {"f_max": 9000.0}, {"channel_policy": "average"},
+])
+def test_bad_parameters_are_input_errors(kwargs):
+    with pytest.raises(InputError):
+        MelParams(**kwargs)
+
+
+def test_attrs_roundtrip():
+    p = MelParams(sample_rate=8000, num_samples=20000)
+    a = p.to_attrs()
+    assert a["f_max"] == 4000.0 and a["window"] == "hann" and a["mel_scale"] == "htk"
+    assert MelParams.from_attrs(a).clip_shape == p.clip_shape
