@@ -33,10 +33,10 @@ class CommandError(click.ClickException):
     def __init__(self, message: str, exit_code: int = 1):
         super().__init__(message)
         self.exit_code = exit_code
+        self.prog = _prog_name()  # now, while the click context is still current
 
     def show(self, file=None) -> None:
-        prog = _prog_name()
-        click.echo(f"{prog}: error: {self.format_message()}", err=True)
+        click.echo(f"{self.prog}: error: {self.format_message()}", err=True)
 
 
 def _prog_name() -> str:

@@ -22,3 +22,10 @@ class InputError(AekitError):
     """An input, option value or file is unusable as given."""
 
     exit_code = 2
+
+
+def preview(items, k: int = 5) -> str:
+    """'a, b, c, d, e (and 7 more)': a short list for one-line error messages."""
+    items = list(items)
+    more = f" (and {len(items) - k} more)" if len(items) > k else ""
+    return ", ".join(map(str, items[:k])) + more

@@ -14,14 +14,10 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from .errors import InputError
+from .errors import InputError, preview
 from .fileio import read_csv
 
 
-def _preview(items: Sequence, k: int = 5) -> str:
-    items = list(items)
-    more = f" (and {len(items) - k} more)" if len(items) > k else ""
-    return ", ".join(map(str, items[:k])) + more
 
 
 def load_splits(path: str | os.PathLike, ids: Sequence[str] | None = None) -> pd.DataFrame:
@@ -33,10 +29,10 @@ def load_splits(path: str | os.PathLike, ids: Sequence[str] | None = None) -> pd
         raise InputError(f"{name}: not a split file: missing column(s) {', '.join(missing)}; "
                          f"columns are: {', '.join(map(str, df.columns))}")
     if df["id"].duplicated().any():
-        raise InputError(f"{name}: duplicate ids: {_preview(df.loc[df['id'].duplicated(), 'id'].unique())}")
+        raise InputError(f"{name}: duplicate ids: {preview(df.loc[df['id'].duplicated(), 'id'].unique())}")
     bad = sorted(set(df["split"]) - {"train", "test"})
     if bad:
-        raise InputError(f"{name}: split must be 'train' or 'test', found: {_preview(bad)}")
+        raise InputError(f"{name}: split must be 'train' or 'test', found: {preview(bad)}")
     fold = pd.to_numeric(df["fold"].replace("", np.nan), errors="coerce")
     if (df["split"].eq("train") & fold.isna()).any():
         raise InputError(f"{name}: train rows without a fold number")
@@ -46,7 +42,7 @@ def load_splits(path: str | os.PathLike, ids: Sequence[str] | None = None) -> pd
         unknown = df.index.difference(pd.Index(ids))
         if len(unknown):
             raise InputError(f"{name}: {len(unknown)} id(s) not in the features file: "
-                             f"{_preview(sorted(unknown))}")
+                             f"{preview(sorted(unknown))}")
     return df
 
 
@@ -105,12 +101,12 @@ def load_labels(path: str | os.PathLike, ids: Sequence[str], id_column: str = "i
         raise InputError(f"{name}: column '{id_column}' not found; columns are: "
                          f"{', '.join(map(str, df.columns))}")
     if df[id_column].duplicated().any():
-        raise InputError(f"{name}: duplicate ids: {_preview(df.loc[df[id_column].duplicated(), id_column].unique())}")
+        raise InputError(f"{name}: duplicate ids: {preview(df.loc[df[id_column].duplicated(), id_column].unique())}")
     df = df.set_index(id_column)
     if require_all:
         missing = pd.Index(ids).difference(df.index)
         if len(missing):
-            raise InputError(f"{name}: labels missing for {len(missing)} id(s): {_preview(sorted(missing))}")
+            raise InputError(f"{name}: labels missing for {len(missing)} id(s): {preview(sorted(missing))}")
     return df.reindex(pd.Index(ids, name="id"))
 
 
