@@ -9,8 +9,10 @@ clip across that clip's channels, exactly as AmplitudeToDB does on one [C, M, T]
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch is imported where it is used, so option parsing stays instant
+    import torch
 
 AMIN = 1e-10  # torchaudio AmplitudeToDB default
 
@@ -78,6 +80,7 @@ class MelFrontend:
     """waveforms [B, C, N] (or [C, N]) -> log-Mel dB [B, C, n_mels, frames] (or [C, ...])."""
 
     def __init__(self, params: MelParams, device: str | torch.device = "cpu"):
+        import torch
         import torchaudio.functional as AF
 
         self.params = p = params
@@ -89,6 +92,8 @@ class MelFrontend:
         self.fb_t = self.fb.T.contiguous()  # [n_mels, n_freqs]
 
     def __call__(self, wave: torch.Tensor) -> torch.Tensor:
+        import torch
+
         p = self.params
         single = wave.dim() == 2
         x = wave.unsqueeze(0) if single else wave  # [B, C, N]
