@@ -48,13 +48,13 @@ See also: ae-merge, ae-split, ae-train, ae-encode, ae-eval.
               help="Process only the I-th of N deterministic parts (job arrays); join with ae-merge.")
 @common.verbosity_options
 def cli(inputs, output, jobs, block_size, on_error, max_fail_frac, shard, **kwargs):
-    from aekit.audio import discover, make_ids
+    from aekit.audio import common_root, discover, make_ids
     from aekit.featurize import available_cpus, featurize, parse_shard
 
     params = common.mel_params_from(kwargs)
     shard_ix = parse_shard(shard)
     paths = discover(list(inputs), sys.stdin if list(inputs) == ["-"] else None)
-    ids = make_ids(paths)
+    ids = make_ids(paths, common_root(list(inputs), paths))
     jobs = jobs or available_cpus()
     LOG.info("%d input file(s)%s, %d job(s); clip shape %s", len(paths),
              f", shard {shard_ix[0]}/{shard_ix[1]}" if shard else "", jobs, list(params.clip_shape))

@@ -73,13 +73,26 @@ def discover(inputs: Sequence[str], stdin_lines: Iterable[str] | None = None) ->
     return out
 
 
-def make_ids(paths: Sequence[Path]) -> list[str]:
-    """Unique ids: each path relative to the inputs' common root, without extension, '/'-separated.
+def common_root(inputs: Sequence[str | os.PathLike], paths: Sequence[Path]) -> Path:
+    """The inputs' common root: the common path of the directories given (a file given
+    counts as its parent directory). With paths from stdin, the files' common parent."""
+    dirs = [os.path.abspath(i) if Path(i).is_dir() else os.path.dirname(os.path.abspath(i))
+            for i in inputs if str(i) != "-"]
+    if not dirs:
+        dirs = [os.path.dirname(os.path.abspath(p)) for p in paths]
+    return Path(os.path.commonpath(dirs)) if dirs else Path(".")
+
+
+def make_ids(paths: Sequence[Path], root: str | os.PathLike | None = None) -> list[str]:
+    """Unique ids: each path relative to ``root`` (default: the files' common parent),
+    without extension, '/'-separated.
 
     When two files differ only by extension (a.wav, a.flac) both keep their extension.
     """
     absolute = [Path(os.path.abspath(p)) for p in paths]
-    root = Path(os.path.commonpath([str(p.parent) for p in absolute])) if absolute else Path(".")
+    if root is None:
+        root = os.path.commonpath([str(p.parent) for p in absolute]) if absolute else "."
+    root = Path(os.path.abspath(root))
     rel = [p.relative_to(root) for p in absolute]
     ids = [r.with_suffix("").as_posix() for r in rel]
     counts: dict[str, int] = {}

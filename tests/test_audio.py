@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from aekit.audio import AudioError, discover, fix_channels, load_clip, make_ids
+from aekit.audio import AudioError, common_root, discover, fix_channels, load_clip, make_ids
 from aekit.errors import InputError
 
 
@@ -92,6 +92,9 @@ def test_discover_and_ids(tmp_path, tone):
     paths = discover([str(tmp_path / "d")])
     assert [p.name for p in paths] == ["b.wav", "a.flac"]
     assert make_ids(paths) == ["b", "sub/a"]
+    only_sub = discover([str(tmp_path / "d")])[1:]
+    assert make_ids(only_sub) == ["a"]
+    assert make_ids(only_sub, common_root([str(tmp_path / "d")], only_sub)) == ["sub/a"]
     assert discover(["-"], iter([str(paths[1]) + "\n", "\n"])) == [paths[1]]
     with pytest.raises(InputError, match="no such file"):
         discover([str(tmp_path / "nope")])
