@@ -1,0 +1,208 @@
+"""ae-eval: reconstruction scores, anomaly AUC/pAUC, a linear probe, plots, and the K-fold verdict.
+
+The report (``ae-eval MODEL FEATURES``), JSON, sections present only when asked for::
+
+    format "aekit-eval", format_version 1, aekit_version, command
+    model       {path, sha256, arch, latent, input_shape}
+    features    {path, sha256, count}            count = clips in the file
+    selection   {splits, splits_sha256, split, fold}
+    reconstruction {count, mse: S, mae: S, per_split: {NAME: {count, mse: S, mae: S}}}
+                S = {count, mean, std, min, p5, p25, median, p75, p95, max}; mse in dB^2, mae in dB;
+                per_split only when the rows span several of train / val / test
+    anomaly     {column, score, pauc_definition, group_by, count, normal, anomalous, max_fpr,
+                 auc, pauc (DCASE: raw area for FPR <= max_fpr, / max_fpr),
+                 pauc_mcclish (scikit-learn roc_auc_score(max_fpr=...)),
+                 groups: {NAME: {count, normal, anomalous, auc, pauc}},
+                 group_mean: {auc_arithmetic, pauc_arithmetic, auc_harmonic, pauc_harmonic}}
+    probe       {column, model, train_count, count, classes, accuracy, macro_f1,
+                 majority_accuracy, converged}
+    plots       {loss, spectrograms_best, spectrograms_worst, scores, roc: PATH}
+
+The summary (``ae-eval --summarize``)::
+
+    format "aekit-eval-summary", format_version 1, count, reports, folds, std, command,
+    metrics {DOTTED.KEY: {mean, std, min, max, n, values}}   e.g. "anomaly.auc"
+"""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from aekit.cmds import common
+
+HELP = """Evaluate a trained autoencoder on a features file, or summarize per-fold reports.
+
+\b
+ae-eval MODEL FEATURES [options]
+  Per-clip reconstruction error (MSE in dB², MAE in dB) of the selected rows; a JSON report
+  on stdout (or -o): count, mean, std, median, percentiles, per split when several occur.
+  --scores CSV   per-clip table: id,split,mse,mae (+ the label columns with --labels).
+  --anomaly-column COL (1 = anomalous): ROC AUC and DCASE pAUC (raw area for FPR in [0, p]
+                 divided by p, p = --max-fpr), overall and per --group-by COL with arithmetic
+                 and harmonic means; 'pauc_mcclish' is scikit-learn's standardized variant.
+  --probe-column COL: logistic regression on the standardized codes z, fitted on the train
+                 rows of the fold (from --splits), scored on the evaluated rows.
+  --plots DIR    loss.png, spectrograms_best.png, spectrograms_worst.png, scores.png, roc.png.
+
+\b
+ae-eval --summarize REPORT.json...
+  The K-fold verdict: mean ± std (sample, ddof=1), min, max of every numeric metric over the
+  reports; JSON on stdout (or -o), or a plain-text table with --table (headline metrics;
+  --all-metrics for every one).
+
+Features whose parameters or clip shape differ from the model's are refused.
+
+\b
+Examples:
+  ae-eval model1.safetensors features.h5 --splits splits.csv --split val --fold 1 \\
+      --labels labels.csv --anomaly-column anomaly --group-by machine --plots plots1 -o fold1.json
+  ae-eval --summarize fold*.json --table
+
+\b
+See also: ae-train (makes MODEL), ae-encode (latent codes), ae-split (folds).
+"""
+
+
+def _stdout_conflict(output: str | None, scores: str | None, table: bool) -> None:
+    to_stdout = []
+    if (output in (None, "-")) and not table:
+        to_stdout.append("the JSON report")
+    if table:
+        to_stdout.append("--table")
+    if scores == "-":
+        to_stdout.append("--scores -")
+    if len(to_stdout) > 1:
+        common.fail_usage(f"{' and '.join(to_stdout)} would both go to stdout; "
+                          "send one to a file with -o")
+
+
+def _write_json(obj: dict, output: str | None) -> None:
+    from aekit.fileio import open_output
+
+    with open_output(output) as fh:
+        fh.write(json.dumps(obj, indent=2) + "\n")
+
+
+def _summarize(reports: tuple[str, ...], output: str | None, table: bool,
+               all_metrics: bool) -> None:
+    from aekit import metrics
+    from aekit.errors import InputError
+    from aekit.fileio import read_text_input
+
+    loaded = []
+    for path in reports:
+        text = read_text_input(path)
+        try:
+            rep = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{path}: not JSON ({exc.msg} at line {exc.lineno})") from None
+        if not isinstance(rep, dict) or rep.get("format") != "aekit-eval":
+            raise InputError(f"{path}: not an ae-eval report (expected \"format\": \"aekit-eval\")")
+        loaded.append(rep)
+    summary = metrics.summarize_reports(loaded, list(reports))
+    summary["command"] = common.command_line()
+    if output not in (None, "-") or not table:
+        _write_json(summary, output)
+    if table:
+        click.echo(metrics.format_table(summary, all_metrics), nl=False)
+    common.LOG.info("Done: %d report(s) summarized, %d metric(s)", len(loaded),
+                    len(summary["metrics"]))
+
+
+@common.command("ae-eval", help=HELP)
+@click.argument("inputs", nargs=-1, required=True, metavar="MODEL FEATURES | REPORT.json...",
+                type=click.Path(dir_okay=False, allow_dash=True))
+@click.option("--summarize", is_flag=True,
+              help="Combine per-fold JSON reports (the arguments) into mean ± std per metric.")
+@click.option("--table", is_flag=True,
+              help="Print a plain-text table of the headline metrics on stdout instead of JSON "
+                   "(the JSON still goes to -o FILE when given).")
+@click.option("--all-metrics", is_flag=True,
+              help="With --table: every metric, counts and percentiles included.")
+@common.output_option(help="JSON report (or summary), written atomically; '-' or omitted: stdout.")
+@common.selection_options
+@common.labels_option
+@click.option("--anomaly-column", default=None, metavar="COL",
+              help="Label column with 1 = anomalous, 0 = normal: ROC AUC and DCASE pAUC.")
+@click.option("--group-by", default=None, metavar="COL",
+              help="Label column (e.g. machine ID): AUC/pAUC per group, and their "
+                   "arithmetic and harmonic means.")
+@click.option("--probe-column", default=None, metavar="COL",
+              help="Label column for a linear probe on the codes z (needs --splits).")
+@click.option("--score", "score_name", type=click.Choice(["mse", "mae"]), default="mse",
+              show_default=True, help="Which reconstruction error is the anomaly score.")
+@click.option("--max-fpr", type=click.FloatRange(0, 1, min_open=True), default=0.1,
+              show_default=True, help="Upper FPR bound p of the partial AUC (DCASE: 0.1).")
+@click.option("--scores", "scores_path", type=click.Path(dir_okay=False, allow_dash=True),
+              default=None, help="Write per-clip scores CSV (id,split,mse,mae,+labels).")
+@click.option("--plots", "plots_dir", type=click.Path(file_okay=False), default=None,
+              help="Directory for PNG plots (created if missing).")
+@click.option("--log", "log_path", type=click.Path(dir_okay=False, allow_dash=True), default=None,
+              help="ae-train --log CSV for the loss plot (default: the model's own history).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True,
+              help="Clips per forward pass.")
+@common.seed_option()
+@common.device_option
+@common.verbosity_options
+def cli(inputs, summarize: bool, table: bool, all_metrics: bool, output: str | None,
+        **opts) -> None:
+    _stdout_conflict(output, opts["scores_path"], table)
+    if summarize:
+        model_only = {"--splits": "splits_path", "--split": "split_name", "--fold": "fold",
+                      "--labels": "labels_path", "--anomaly-column": "anomaly_column",
+                      "--group-by": "group_by", "--probe-column": "probe_column",
+                      "--scores": "scores_path", "--plots": "plots_dir", "--log": "log_path"}
+        used = [flag for flag, name in model_only.items() if opts[name] is not None]
+        if used:
+            common.fail_usage(f"{', '.join(used)} cannot be used with --summarize "
+                              "(its arguments are JSON reports)")
+        _summarize(inputs, output, table, all_metrics)
+        return
+    if len(inputs) != 2:
+        common.fail_usage(f"expected MODEL FEATURES, got {len(inputs)} argument(s); "
+                          "to combine reports use --summarize")
+    _evaluate(*inputs, output=output, table=table, all_metrics=all_metrics, **opts)
+
+
+def _evaluate(model: str, features: str, *, output, table, all_metrics, splits_path, split_name,
+              fold, labels_path, anomaly_column, group_by, probe_column, score_name, max_fpr,
+              scores_path, plots_dir, log_path, batch_size, seed, device) -> None:
+    from aekit import inference, metrics
+    from aekit.device import resolve_device
+    from aekit.fileio import open_output
+
+    opts = inference.EvalOptions(
+        labels_path=labels_path, anomaly_column=anomaly_column, group_by=group_by,
+        probe_column=probe_column, score=score_name, max_fpr=max_fpr, plots_dir=plots_dir,
+        seed=seed)
+    report, per_clip = inference.evaluate_file(
+        model, features, opts, splits_path, split_name, fold, batch_size, resolve_device(device),
+        command=common.command_line(), log_path=log_path, progress=common.progress)
+    if scores_path:
+        with open_output(scores_path) as fh:
+            per_clip.to_csv(fh, index=False, float_format="%.6g")
+    if output not in (None, "-") or not table:
+        _write_json(report, output)
+    if table:
+        flat = {k: v for k, v in metrics.flatten_metrics(report).items()
+                if all_metrics or metrics.is_headline(k)}
+        width = max(len(k) for k in flat)
+        click.echo("\n".join(f"{k.ljust(width)}  {v:.6g}" for k, v in flat.items()))
+    rec = report["reconstruction"]
+    msg = f"Done: {rec['count']} clips, mean MSE {rec['mse']['mean']:.4g} dB²"
+    if "anomaly" in report:
+        a = report["anomaly"]
+        msg += f", AUC {a['auc']:.4f}, pAUC {a['pauc']:.4f}"
+    if "probe" in report:
+        msg += f", probe accuracy {report['probe']['accuracy']:.4f}"
+    common.LOG.info("%s", msg)
+
+
+def main() -> None:
+    common.run(cli, "ae-eval")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,186 @@
+"""ae-encode and aekit.inference: latent shapes and ids, provenance, determinism, refusals."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from click.testing import CliRunner
+
+from aekit import inference, store
+from aekit.cmds.encode import cli
+from aekit.fileio import file_sha256
+from aekit.modelfile import Normalizer, load_model, save_model
+from aekit.models import AEConfig, build_model
+
+BIN = Path(sys.executable).parent
+SHAPE = (2, 4, 10)
+PARAMS = dict(sample_rate=16000, num_samples=2304, n_fft=1024, hop_length=256, n_mels=4,
+              top_db=80.0, f_min=0.0, f_max=None, window="hann", power=2.0, mel_scale="htk",
+              channels=2, channel_policy="keep")
+
+
+def write_features(path, n=30, params=PARAMS, shape=SHAPE, seed=0):
+    x = np.random.default_rng(seed).normal(-40, 6, (n, *shape)).astype(np.float32)
+    ids = [f"clip{i:03d}" for i in range(n)]
+    w = store.FeatureWriter(path, params, shape)
+    w.append(x, ids, [f"{i}.wav" for i in ids], {k: [1] * n for k in store.PER_CLIP})
+    w.close()
+    return x, ids
+
+
+def write_model(path, x, params=PARAMS, seed=0):
+    torch.manual_seed(seed)
+    model = build_model(AEConfig(input_shape=SHAPE, hidden=(32, 16), latent=8)).eval()
+    save_model(path, model, Normalizer("global", dim=x[0].size).fit([x]), params,
+               history=[{"epoch": 1, "train_loss": 50.0, "val_loss": 60.0, "lr": 1e-3}])
+
+
+def write_splits(path, ids, n_test=6, k=3):
+    rows = [(i, "test", "") if j < n_test else (i, "train", (j - n_test) % k)
+            for j, i in enumerate(ids)]
+    pd.DataFrame(rows, columns=["id", "split", "fold"]).to_csv(path, index=False)
+
+
+@pytest.fixture()
+def data(tmp_path):
+    x, ids = write_features(tmp_path / "f.h5")
+    write_model(tmp_path / "m.safetensors", x)
+    write_splits(tmp_path / "splits.csv", ids)
+    return tmp_path, x, ids
+
+
+def run(args, cwd):
+    return CliRunner().invoke(cli, [str(a) for a in args], prog_name="ae-encode",
+                              catch_exceptions=False)
+
+
+def read_latents(path):
+    with h5py.File(path, "r") as f:
+        return f["latents"][()], [s.decode() for s in f["ids"][()]], dict(f.attrs)
+
+
+def test_latents_shape_ids_and_provenance(data):
+    d, x, ids = data
+    r = run([d / "m.safetensors", d / "f.h5", "-o", d / "z.h5"], d)
+    assert r.exit_code == 0, r.stderr
+    assert r.stdout == ""
+    z, zids, attrs = read_latents(d / "z.h5")
+    assert z.shape == (30, 8) and z.dtype == np.float32
+    assert zids == ids
+    assert attrs["format"] == "aekit-latents"
+    assert attrs["model_sha256"] == file_sha256(d / "m.safetensors")
+    assert attrs["features_sha256"] == file_sha256(d / "f.h5")
+    assert attrs["command"]  # the command line is recorded
+    # the codes are the model's encoder output
+    lm = load_model(d / "m.safetensors")
+    with torch.no_grad():
+        ref = lm.encode(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(z, ref, rtol=1e-5, atol=1e-5)
+    lf = inference.LatentsFile(d / "z.h5")
+    assert lf.ids == ids and lf.attrs["latent"] == 8
+
+
+def test_selection_by_split_and_fold(data):
+    d, x, ids = data
+    r = run([d / "m.safetensors", d / "f.h5", "-o", d / "t.h5", "--splits", d / "splits.csv",
+             "--split", "test"], d)
+    assert r.exit_code == 0, r.stderr
+    z, zids, attrs = read_latents(d / "t.h5")
+    assert zids == ids[:6] and z.shape == (6, 8)
+    assert attrs["split"] == "test" and attrs["splits_sha256"] == file_sha256(d / "splits.csv")
+    r = run([d / "m.safetensors", d / "f.h5", "-o", d / "tr.h5", "--splits", d / "splits.csv",
+             "--split", "train", "--fold", "1"], d)
+    assert r.exit_code == 0, r.stderr
+    _, zids, attrs = read_latents(d / "tr.h5")
+    assert zids == [i for j, i in enumerate(ids) if j >= 6 and (j - 6) % 3 != 1]
+    assert attrs["fold"] == 1
+
+
+def test_deterministic_and_batch_independent(data):
+    d, _, _ = data
+    for name, bs in (("a.h5", "256"), ("b.h5", "256"), ("c.h5", "7")):
+        r = run([d / "m.safetensors", d / "f.h5", "-o", d / name, "--batch-size", bs, "-q"], d)
+        assert r.exit_code == 0 and r.stderr == ""
+    a, b, c = (read_latents(d / n)[0] for n in ("a.h5", "b.h5", "c.h5"))
+    assert np.array_equal(a, b)
+    np.testing.assert_allclose(a, c, rtol=1e-5, atol=1e-6)
+
+
+def test_blocks_bound_memory(data, monkeypatch):
+    d, _, _ = data
+    seen = []
+    orig = store.FeatureFile.read
+
+    def spy(self, indices=None):
+        seen.append(len(indices) if indices is not None else len(self))
+        return orig(self, indices)
+
+    monkeypatch.setattr(store.FeatureFile, "read", spy)
+    lm = load_model(d / "m.safetensors")
+    with store.FeatureFile(d / "f.h5") as ff:
+        n = inference.write_latents(d / "z.h5", lm, ff, batch_size=4)
+    assert n == 30 and max(seen) <= 4
+
+
+def test_refuses_other_feature_params(tmp_path):
+    x, _ = write_features(tmp_path / "f.h5")
+    write_model(tmp_path / "m.safetensors", x, params={**PARAMS, "top_db": 60.0})
+    r = run([tmp_path / "m.safetensors", tmp_path / "f.h5", "-o", tmp_path / "z.h5"], tmp_path)
+    assert r.exit_code == 2
+    line = r.stderr.strip().splitlines()[-1]
+    assert line.startswith("ae-encode: error: feature parameters differ: top_db=80.0 vs 60.0")
+    assert "f.h5" in line and "m.safetensors" in line
+    assert not (tmp_path / "z.h5").exists()
+
+
+def test_refuses_other_clip_shape(tmp_path):
+    x, _ = write_features(tmp_path / "m.h5")
+    write_model(tmp_path / "m.safetensors", x)
+    write_features(tmp_path / "f.h5", shape=(2, 4, 12))
+    r = run([tmp_path / "m.safetensors", tmp_path / "f.h5", "-o", tmp_path / "z.h5"], tmp_path)
+    assert r.exit_code == 2
+    assert "clip shape differs: 2x4x12 vs 2x4x10" in r.stderr
+    assert len([ln for ln in r.stderr.splitlines() if "error" in ln]) == 1
+
+
+def test_missing_inputs_and_usage(data):
+    d, _, _ = data
+    r = run([d / "nope.safetensors", d / "f.h5", "-o", d / "z.h5"], d)
+    assert r.exit_code == 2 and "no such" in r.stderr
+    r = run([d / "m.safetensors", d / "nope.h5", "-o", d / "z.h5"], d)
+    assert r.exit_code == 2 and "no such file" in r.stderr
+    r = run([d / "m.safetensors", d / "f.h5"], d)  # -o is required
+    assert r.exit_code == 2
+    r = run([d / "m.safetensors", d / "f.h5", "-o", d / "z.h5", "--splits", d / "splits.csv",
+             "--split", "val"], d)
+    assert r.exit_code == 2 and "--fold" in r.stderr
+
+
+def test_no_rows_selected(data):
+    d, _, ids = data
+    (d / "train_only.csv").write_text("id,split,fold\n" + "".join(f"{i},train,0\n" for i in ids))
+    r = run([d / "m.safetensors", d / "f.h5", "-o", d / "z.h5", "--splits", d / "train_only.csv",
+             "--split", "test"], d)
+    assert r.exit_code == 2 and "no rows selected" in r.stderr
+    assert not (d / "z.h5").exists()
+
+
+def test_installed_executable(data):
+    d, _, ids = data
+    exe = BIN / "ae-encode"
+    p = subprocess.run([str(exe), "m.safetensors", "f.h5", "-o", "z.h5", "--splits", "splits.csv",
+                        "--split", "test"], cwd=d, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout == "" and "Done: 6 of 30" in p.stderr
+    z, zids, attrs = read_latents(d / "z.h5")
+    assert zids == ids[:6]
+    assert attrs["command"].startswith("ae-encode m.safetensors f.h5 -o z.h5")
+    h = subprocess.run([str(exe), "--help"], capture_output=True, text=True)
+    assert h.returncode == 0 and "Example" in h.stdout and "See also" in h.stdout

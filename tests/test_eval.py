@@ -1,0 +1,295 @@
+"""ae-eval: reconstruction scores, anomaly AUC/pAUC, linear probe, plots, --summarize, refusals."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from click.testing import CliRunner
+from sklearn.metrics import roc_auc_score
+
+from aekit import store
+from aekit.cmds.eval import cli
+from aekit.fileio import file_sha256
+from aekit.modelfile import Normalizer, load_model, save_model
+from aekit.models import AEConfig, build_model
+
+BIN = Path(sys.executable).parent
+SHAPE = (2, 4, 10)
+N = 36
+PARAMS = dict(sample_rate=16000, num_samples=2304, n_fft=1024, hop_length=256, n_mels=4,
+              top_db=80.0, f_min=0.0, f_max=None, window="hann", power=2.0, mel_scale="htk",
+              channels=2, channel_policy="keep")
+
+
+def make_dataset(d: Path, params=PARAMS, seed=0):
+    """Features where every 4th clip is 'anomalous' (3x the deviation), a model, splits, labels."""
+    rng = np.random.default_rng(seed)
+    anomaly = (np.arange(N) % 4 == 0).astype(int)
+    x = (-40 + rng.normal(0, 4, (N, *SHAPE)) * np.where(anomaly, 3.0, 1.0)[:, None, None, None])
+    x = x.astype(np.float32)
+    ids = [f"clip{i:03d}" for i in range(N)]
+    w = store.FeatureWriter(d / "f.h5", params, SHAPE)
+    w.append(x, ids, [f"{i}.wav" for i in ids], {k: [1] * N for k in store.PER_CLIP})
+    w.close()
+    torch.manual_seed(seed)
+    model = build_model(AEConfig(input_shape=SHAPE, hidden=(32, 16), latent=8)).eval()
+    hist = [{"epoch": e, "train_loss": 100.0 / e, "val_loss": 110.0 / e, "lr": 1e-3}
+            for e in range(1, 6)]
+    save_model(d / "m.safetensors", model, Normalizer("global", dim=x[0].size).fit([x]), PARAMS,
+               history=hist)
+    # 6 test rows (clip000..clip005), then 3 folds over the rest
+    split = ["test" if i < 6 else "train" for i in range(N)]
+    fold = ["" if i < 6 else (i - 6) % 3 for i in range(N)]
+    pd.DataFrame({"id": ids, "split": split, "fold": fold}).to_csv(d / "splits.csv", index=False)
+    machine = np.array(["fan", "pump", "valve"])[np.arange(N) % 3]
+    kind = np.where(anomaly == 1, "loud", "quiet")
+    pd.DataFrame({"id": ids, "anomaly": anomaly, "machine": machine, "kind": kind}).to_csv(
+        d / "labels.csv", index=False)
+    return x, ids, anomaly
+
+
+@pytest.fixture()
+def data(tmp_path):
+    x, ids, anomaly = make_dataset(tmp_path)
+    return tmp_path, x, ids, anomaly
+
+
+def run(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args], prog_name="ae-eval",
+                              catch_exceptions=False)
+
+
+def one_error_line(r) -> str:
+    lines = [ln for ln in r.stderr.splitlines() if ": error:" in ln]
+    assert len(lines) == 1 and lines[0].startswith("ae-eval: error: "), r.stderr
+    return lines[0]
+
+
+def test_report_and_scores_csv(data):
+    d, x, ids, _ = data
+    r = run(d / "m.safetensors", d / "f.h5", "--scores", d / "s.csv")
+    assert r.exit_code == 0, r.stderr
+    rep = json.loads(r.stdout)
+    assert rep["format"] == "aekit-eval"
+    assert rep["model"]["sha256"] == file_sha256(d / "m.safetensors")
+    assert rep["features"]["sha256"] == file_sha256(d / "f.h5")
+    rec = rep["reconstruction"]
+    assert rec["count"] == N and "per_split" not in rec
+    assert set(rec["mse"]) >= {"count", "mean", "median", "p5", "p25", "p75", "p95", "min", "max"}
+    df = pd.read_csv(d / "s.csv")
+    assert list(df.columns) == ["id", "split", "mse", "mae"]
+    assert df["id"].tolist() == ids and set(df["split"]) == {"all"}
+    lm = load_model(d / "m.safetensors")
+    recon, _ = lm.reconstruct(torch.from_numpy(x))
+    diff = (recon - torch.from_numpy(x)).flatten(1)
+    np.testing.assert_allclose(df["mse"], diff.square().mean(1).numpy(), rtol=1e-5)
+    np.testing.assert_allclose(df["mae"], diff.abs().mean(1).numpy(), rtol=1e-5)
+    assert rec["mse"]["mean"] == pytest.approx(df["mse"].mean(), rel=1e-5)
+    assert rec["mse"]["median"] == pytest.approx(df["mse"].median(), rel=1e-5)
+    again = run(d / "m.safetensors", d / "f.h5", "--scores", d / "s.csv", "--batch-size", "256")
+    rep2 = json.loads(again.stdout)
+    rep2["command"] = rep["command"]
+    assert rep2 == rep  # deterministic
+
+
+def test_per_split_summary(data):
+    d, *_ = data
+    r = run(d / "m.safetensors", d / "f.h5", "--splits", d / "splits.csv", "--fold", "1")
+    assert r.exit_code == 0, r.stderr
+    per = json.loads(r.stdout)["reconstruction"]["per_split"]
+    assert {k: v["count"] for k, v in per.items()} == {"test": 6, "train": 20, "val": 10}
+    r = run(d / "m.safetensors", d / "f.h5", "--splits", d / "splits.csv", "--split", "val",
+            "--fold", "1")
+    rep = json.loads(r.stdout)
+    assert rep["reconstruction"]["count"] == 10 and "per_split" not in rep["reconstruction"]
+    assert rep["selection"] == {"splits": str(d / "splits.csv"), "split": "val", "fold": 1,
+                                "splits_sha256": file_sha256(d / "splits.csv")}
+
+
+def test_anomaly_auc_matches_sklearn(data):
+    d, _, _, anomaly = data
+    r = run(d / "m.safetensors", d / "f.h5", "--labels", d / "labels.csv", "--anomaly-column",
+            "anomaly", "--group-by", "machine", "--scores", d / "s.csv", "-o", d / "r.json")
+    assert r.exit_code == 0, r.stderr
+    assert r.stdout == ""
+    a = json.loads((d / "r.json").read_text())["anomaly"]
+    df = pd.read_csv(d / "s.csv")
+    assert list(df.columns) == ["id", "split", "mse", "mae", "anomaly", "machine", "kind"]
+    assert a["auc"] == pytest.approx(roc_auc_score(df["anomaly"], df["mse"]))
+    assert a["auc"] > 0.9  # the loud clips reconstruct worse
+    assert 0 <= a["pauc"] <= 1 and a["max_fpr"] == 0.1 and "dcase" in a["pauc_definition"]
+    assert a["pauc_mcclish"] == pytest.approx(roc_auc_score(df["anomaly"], df["mse"], max_fpr=0.1))
+    assert set(a["groups"]) == {"fan", "pump", "valve"}
+    for g, v in a["groups"].items():
+        m = df["machine"] == g
+        assert v["auc"] == pytest.approx(roc_auc_score(df.loc[m, "anomaly"], df.loc[m, "mse"]))
+    aucs = [v["auc"] for v in a["groups"].values()]
+    assert a["group_mean"]["auc_arithmetic"] == pytest.approx(np.mean(aucs))
+    assert a["group_mean"]["auc_harmonic"] == pytest.approx(len(aucs) / sum(1 / v for v in aucs))
+    r = run(d / "m.safetensors", d / "f.h5", "--labels", d / "labels.csv", "--anomaly-column",
+            "anomaly", "--score", "mae")
+    auc_mae = json.loads(r.stdout)["anomaly"]["auc"]
+    assert auc_mae == pytest.approx(roc_auc_score(df["anomaly"], df["mae"]))
+
+
+def test_linear_probe(data):
+    d, *_ = data
+    args = [d / "m.safetensors", d / "f.h5", "--splits", d / "splits.csv", "--split", "val",
+            "--fold", "0", "--labels", d / "labels.csv", "--probe-column", "kind"]
+    r1, r2 = run(*args), run(*args)
+    assert r1.exit_code == 0, r1.stderr
+    p1, p2 = json.loads(r1.stdout)["probe"], json.loads(r2.stdout)["probe"]
+    assert p1 == p2  # deterministic
+    assert p1["train_count"] == 20 and p1["count"] == 10
+    assert p1["classes"] == ["loud", "quiet"]
+    assert 0 <= p1["accuracy"] <= 1 and 0 <= p1["macro_f1"] <= 1
+
+
+def test_plots(data):
+    d, *_ = data
+    r = run(d / "m.safetensors", d / "f.h5", "--labels", d / "labels.csv", "--anomaly-column",
+            "anomaly", "--group-by", "machine", "--plots", d / "plots")
+    assert r.exit_code == 0, r.stderr
+    plots = json.loads(r.stdout)["plots"]
+    names = {"loss.png", "spectrograms_best.png", "spectrograms_worst.png", "scores.png", "roc.png"}
+    assert {Path(p).name for p in plots.values()} == names
+    for name in names:
+        data_ = (d / "plots" / name).read_bytes()
+        assert len(data_) > 1000 and data_[:4] == b"\x89PNG"
+    # an ae-train --log CSV replaces the model's history; no labels: no ROC
+    (d / "log.csv").write_text("epoch,train_loss,val_loss,lr\n1,9.0,,0.001\n2,4.0,,0.001\n")
+    r = run(d / "m.safetensors", d / "f.h5", "--plots", d / "p2", "--log", d / "log.csv")
+    assert r.exit_code == 0, r.stderr
+    assert sorted(p.name for p in (d / "p2").iterdir()) == sorted(names - {"roc.png"})
+
+
+def test_summarize_folds(data):
+    d, *_ = data
+    reports = []
+    for k in range(3):
+        out = d / f"fold{k}.json"
+        r = run(d / "m.safetensors", d / "f.h5", "--splits", d / "splits.csv", "--split", "val",
+                "--fold", k, "--labels", d / "labels.csv", "--anomaly-column", "anomaly", "-o", out)
+        assert r.exit_code == 0, r.stderr
+        reports.append(json.loads(out.read_text()))
+    r = run("--summarize", *(d / f"fold{k}.json" for k in range(3)))
+    assert r.exit_code == 0, r.stderr
+    s = json.loads(r.stdout)
+    assert s["format"] == "aekit-eval-summary" and s["count"] == 3 and s["folds"] == [0, 1, 2]
+    aucs = [rep["anomaly"]["auc"] for rep in reports]
+    assert s["metrics"]["anomaly.auc"]["mean"] == pytest.approx(np.mean(aucs))
+    assert s["metrics"]["anomaly.auc"]["std"] == pytest.approx(np.std(aucs, ddof=1))
+    mses = [rep["reconstruction"]["mse"]["mean"] for rep in reports]
+    assert s["metrics"]["reconstruction.mse.mean"]["values"] == pytest.approx(mses)
+    r = run("--summarize", "--table", "-o", d / "summary.json",
+            *(d / f"fold{k}.json" for k in range(3)))
+    assert r.exit_code == 0, r.stderr
+    assert r.stdout.splitlines()[0].split() == ["metric", "mean", "std", "min", "max", "n"]
+    assert "anomaly.auc" in r.stdout
+    assert json.loads((d / "summary.json").read_text())["count"] == 3
+    # refusals
+    r = run("--summarize", "--labels", d / "labels.csv", d / "fold0.json")
+    assert r.exit_code == 2 and "--labels cannot be used with --summarize" in one_error_line(r)
+    r = run("--summarize", d / "labels.csv")
+    assert r.exit_code == 2 and "not JSON" in one_error_line(r)
+    (d / "other.json").write_text('{"a": 1}')
+    r = run("--summarize", d / "other.json")
+    assert r.exit_code == 2 and "not an ae-eval report" in one_error_line(r)
+    r = run(d / "fold0.json", d / "fold1.json", d / "fold2.json")
+    assert r.exit_code == 2 and "--summarize" in one_error_line(r)
+
+
+def _labels_where(lab, d, **columns):
+    lab.assign(**columns).to_csv(d / "l.csv", index=False)
+    return ["--labels", d / "l.csv"]
+
+
+ANOMALY = ["--anomaly-column", "anomaly"]
+VAL0 = ["--split", "val", "--fold", "0"]
+
+# case: (labels and arguments after MODEL FEATURES, given the labels table and the folder;
+#        the message expected in the one error line)
+REFUSALS = {
+    "missing_ids": (lambda lab, d: [*_labels_where(lab.iloc[:-2], d), *ANOMALY],
+                    "labels missing for 2 id(s)"),
+    "not_binary": (lambda lab, d: [*_labels_where(lab, d, anomaly=lab["anomaly"] * 2), *ANOMALY],
+                   "must hold 0 (normal) or 1"),
+    "single_class": (lambda lab, d: [*_labels_where(lab, d, anomaly=0), *ANOMALY],
+                     "AUC needs both"),
+    "empty_cells": (lambda lab, d: [*_labels_where(lab, d, anomaly=lab["anomaly"].astype(object)
+                                                   .where(lab.index > 0, "")), *ANOMALY],
+                    "is empty for 1 id(s): clip000"),
+    "group_one_class": (lambda lab, d: [*_labels_where(lab, d, anomaly=np.where(
+                        lab["machine"] == "valve", 0, lab["anomaly"])), *ANOMALY,
+                        "--group-by", "machine"],
+                        "group 'valve' of 'machine' has only normal (0) clips"),
+    "no_column": (lambda lab, d: ["--labels", d / "labels.csv", "--anomaly-column", "nope"],
+                  "column 'nope' not found"),
+    "group_needs_anomaly": (lambda lab, d: ["--labels", d / "labels.csv", "--group-by", "machine"],
+                            "--group-by needs --anomaly-column"),
+    "column_needs_labels": (lambda lab, d: ANOMALY, "need --labels"),
+    "probe_needs_splits": (lambda lab, d: ["--labels", d / "labels.csv", "--probe-column", "kind"],
+                           "needs --splits"),
+    "probe_one_class": (lambda lab, d: ["--splits", d / "splits.csv", *VAL0,
+                                        *_labels_where(lab, d, kind="same"),
+                                        "--probe-column", "kind"],
+                        "at least two classes"),
+    "stdout_twice": (lambda lab, d: ["--scores", "-"], "would both go to stdout"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REFUSALS))
+def test_refusals(data, case):
+    d, *_ = data
+    make_args, msg = REFUSALS[case]
+    r = run(d / "m.safetensors", d / "f.h5", *make_args(pd.read_csv(d / "labels.csv"), d))
+    assert r.exit_code == 2, (r.exit_code, r.stderr)
+    assert msg in one_error_line(r)
+    assert r.stdout == ""
+
+
+def test_refuses_other_feature_params(tmp_path):
+    make_dataset(tmp_path, params={**PARAMS, "n_fft": 512})  # the model keeps PARAMS
+    r = run(tmp_path / "m.safetensors", tmp_path / "f.h5")
+    assert r.exit_code == 2
+    line = one_error_line(r)
+    assert "n_fft=512 vs 1024" in line and "f.h5" in line and "m.safetensors" in line
+
+
+def test_installed_executable_in_a_pipe(data):
+    d, *_ = data
+    exe = str(BIN / "ae-eval")
+    reader = "import json, sys; print(json.load(sys.stdin)['anomaly']['auc'])"
+    p = subprocess.run(f"'{exe}' m.safetensors f.h5 --labels labels.csv --anomaly-column anomaly "
+                       f"| '{sys.executable}' -c \"{reader}\"",
+                       shell=True, cwd=d, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert 0.9 < float(p.stdout) <= 1.0
+    assert "ae-eval: INFO: Done: 36 clips" in p.stderr
+    p = subprocess.run([exe, "m.safetensors", "f.h5", "--splits", "splits.csv", "--split", "test",
+                        "--labels", "labels.csv", "--anomaly-column", "nope"], cwd=d,
+                       capture_output=True, text=True)
+    assert p.returncode == 2 and p.stdout == ""
+    last = p.stderr.strip().splitlines()[-1]
+    assert last.startswith("ae-eval: error: anomaly column 'nope' not found")
+    h = subprocess.run([exe, "--help"], capture_output=True, text=True)
+    assert h.returncode == 0 and "Example" in h.stdout and "See also" in h.stdout
+
+
+def test_library_entry_point(data):
+    """The notebook path: aekit.inference.evaluate_file gives the same report as the command."""
+    from aekit import inference
+
+    d, *_ = data
+    opts = inference.EvalOptions(labels_path=str(d / "labels.csv"), anomaly_column="anomaly")
+    report, per_clip = inference.evaluate_file(d / "m.safetensors", d / "f.h5", opts)
+    r = run(d / "m.safetensors", d / "f.h5", "--labels", d / "labels.csv", *ANOMALY)
+    assert report["anomaly"] == json.loads(r.stdout)["anomaly"]
+    assert len(per_clip) == N and {"id", "split", "mse", "mae", "anomaly"} <= set(per_clip.columns)
