@@ -1,0 +1,219 @@
+"""ae-train speed against the tutorial's own training loop, measured side by side in one run.
+
+    python bench/bench_train.py            # full-size improved model, batch 25, CPU (~2-3 min)
+    python bench/bench_train.py --small    # a quick check of the script itself
+
+Each configuration runs in its own subprocess (fresh memory, its own peak RSS) on the same
+synthetic in-memory features (2 x 32 x 391 dB-like values). Printed as ratios:
+samples/s against the tutorial's loop, achieved GFLOP/s (6 x parameters x samples/s) against
+a matmul peak measured in the same run, and peak RSS.
+
+  tutorial       the tutorial as written: its nn.Module, DataLoader(TensorDataset,
+                 batch_size=25, shuffle=True), Adam(lr=1e-3) with torch's defaults,
+                 x = x.view(B, -1); out, _ = model(x); loss = mse(out, x); zero_grad;
+                 backward; step
+  ae-train       aekit.train.train_step as ae-train runs it: rows pre-loaded as one tensor
+                 indexed by the epoch's permutation (no DataLoader), fused Adam,
+                 zero_grad(set_to_none=True), no per-step host sync
+  ae-train/foreach   the same with the multi-tensor Adam instead of the fused one (ablation)
+  ae-train/bf16  ae-train with --precision bf16 (autocast), where the CPU supports it
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+FULL = dict(shape=(2, 32, 391), hidden=(8224, 2056, 1024, 512), latent=256)
+SMALL = dict(shape=(2, 32, 40), hidden=(512, 256, 128, 64), latent=32)
+
+
+def peak_rss_mb() -> float:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def synthetic(n: int, shape, seed: int = 0):
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    return (-40 + 20 * torch.randn(n, *shape, generator=g)).clamp_min(-100)  # dB-like [N, C, M, T]
+
+
+def matmul_peak(dtype_name: str, seconds: float = 3.0) -> float:
+    """GFLOP/s of a large square matmul: the machine's practical ceiling for this dtype."""
+    import torch
+
+    dtype = getattr(torch, dtype_name)
+    n = 2048
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    a @ b
+    reps, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        a @ b
+        reps += 1
+    return 2 * n ** 3 * reps / (time.perf_counter() - t0) / 1e9
+
+
+def tutorial_model(cfg):
+    """The tutorial's improved autoencoder, written as its listing does."""
+    from torch import nn
+
+    class AutoEncoder(nn.Module):
+        def __init__(self, input_dim, hidden, latent):
+            super().__init__()
+            enc, dims = [], [input_dim, *hidden, latent]
+            for a, b in zip(dims[:-1], dims[1:]):
+                enc += [nn.Linear(a, b), nn.BatchNorm1d(b), nn.LeakyReLU(0.1)]
+            dec, back = [], dims[::-1]
+            for a, b in zip(back[:-2], back[1:-1]):
+                dec += [nn.Linear(a, b), nn.BatchNorm1d(b), nn.LeakyReLU(0.1)]
+            dec.append(nn.Linear(back[-2], back[-1]))
+            self.encoder, self.decoder = nn.Sequential(*enc), nn.Sequential(*dec)
+
+        def forward(self, x):
+            z = self.encoder(x)
+            return self.decoder(z), z
+
+    c, m, t = cfg["shape"]
+    return AutoEncoder(c * m * t, cfg["hidden"], cfg["latent"])
+
+
+def run_one(name: str, cfg, warmup: int, steps: int, n: int) -> dict:
+    import torch
+
+    torch.manual_seed(0)
+    x = synthetic(n, cfg["shape"])
+    batch = 25
+    if name == "tutorial":
+        from torch import nn
+        from torch.utils.data import DataLoader, TensorDataset
+
+        model = tutorial_model(cfg)
+        params = sum(p.numel() for p in model.parameters())
+        loader = DataLoader(TensorDataset(x), batch_size=batch, shuffle=True)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        mse = nn.MSELoss()
+
+        def batches():
+            while True:
+                for (xb,) in loader:
+                    yield xb
+
+        it = batches()
+
+        def step():
+            xb = next(it)
+            xb = xb.view(xb.size(0), -1)
+            out, _ = model(xb)
+            loss = mse(out, xb)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            return xb.size(0)
+    else:
+        from aekit import train as tr
+        from aekit.data import MemorySource, batch_sizes, epoch_order
+        from aekit.modelfile import Normalizer
+        from aekit.models import AEConfig, build_model, count_parameters
+
+        dev = torch.device("cpu")
+        precision = "bf16" if name.endswith("bf16") else "fp32"
+        model = build_model(AEConfig(arch="improved", input_shape=cfg["shape"],
+                                     hidden=cfg["hidden"], latent=cfg["latent"]), dev)
+        params = count_parameters(model)
+        if name.endswith("foreach"):
+            opt = torch.optim.Adam(model.parameters(), lr=1e-3, foreach=True)
+        else:
+            opt = tr.make_optimizer(model.parameters(), 1e-3, dev)
+        norm = Normalizer("none")
+        src = MemorySource.from_tensor(x, norm, dev)
+        src.prepare()
+        amp = tr.autocast_for(dev, precision)
+        sizes = batch_sizes(n, batch, balanced=False)
+
+        def batches():
+            epoch = 0
+            while True:
+                yield from src.batches(epoch_order(n, 0, epoch), sizes)
+                epoch += 1
+
+        it = batches()
+
+        def step():
+            xb = next(it)
+            tr.train_step(model, opt, xb, None, amp)
+            return xb.shape[0]
+
+    model.train()
+    for _ in range(warmup):
+        step()
+    t0 = time.perf_counter()
+    rows = sum(step() for _ in range(steps))
+    dt = time.perf_counter() - t0
+    return {"name": name, "samples_per_s": rows / dt, "step_s": dt / steps, "params": params,
+            "peak_rss_mb": peak_rss_mb()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--small", action="store_true", help="small widths: check the script quickly")
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--rows", type=int, default=100, help="synthetic clips in memory")
+    ap.add_argument("--no-bf16", action="store_true")
+    ap.add_argument("--one", help=argparse.SUPPRESS)
+    ap.add_argument("--peak", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    cfg = SMALL if args.small else FULL
+
+    if args.peak:
+        print(json.dumps({"peak": matmul_peak(args.peak)}))
+        return
+    if args.one:
+        print(json.dumps(run_one(args.one, cfg, args.warmup, args.steps, args.rows)))
+        return
+
+    import torch
+
+    def sub(*extra) -> dict:
+        cmd = [sys.executable, os.path.abspath(__file__), *extra, "--warmup", str(args.warmup),
+               "--steps", str(args.steps), "--rows", str(args.rows)]
+        cmd += ["--small"] if args.small else []
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+        return json.loads(out.strip().splitlines()[-1])
+
+    bf16_ok = not args.no_bf16 and torch.backends.mkldnn.is_available()
+    names = ["tutorial", "ae-train", "ae-train/foreach"] + (["ae-train/bf16"] if bf16_ok else [])
+    t0 = time.time()
+    peak32 = sub("--peak", "float32")["peak"]
+    peak16 = sub("--peak", "bfloat16")["peak"] if bf16_ok else float("nan")
+    results = [sub("--one", n) for n in names]
+    base = results[0]["samples_per_s"]
+    c, m, t = cfg["shape"]
+    widths = ",".join(map(str, cfg["hidden"]))
+    print(f"ae-train benchmark: improved model {c}x{m}x{t} -> {widths} -> {cfg['latent']}, "
+          f"{results[0]['params'] / 1e6:.1f} M parameters, batch 25, CPU, "
+          f"{torch.get_num_threads()} threads, torch {torch.__version__}")
+    print(f"matmul peak: fp32 {peak32:.0f} GFLOP/s, bf16 {peak16:.0f} GFLOP/s (2048^3)")
+    print(f"{'config':18s} {'samples/s':>10s} {'vs tutorial':>12s} {'s/step':>8s} "
+          f"{'GFLOP/s':>8s} {'of peak':>8s} {'peak RSS':>10s}")
+    for r in results:
+        gflops = 6 * r["params"] * r["samples_per_s"] / 1e9
+        peak = peak16 if r["name"].endswith("bf16") else peak32
+        print(f"{r['name']:18s} {r['samples_per_s']:10.1f} {r['samples_per_s'] / base:11.2f}x "
+              f"{r['step_s']:8.3f} {gflops:8.1f} {gflops / peak:8.0%} "
+              f"{r['peak_rss_mb'] / 1024:8.2f} GB")
+    print(f"({args.warmup} warm-up + {args.steps} timed steps each, "
+          f"{time.time() - t0:.0f} s in all)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,199 @@
+"""ae-train: train the tutorial's autoencoder (baseline or improved) on a features file."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import threading
+
+import click
+
+from aekit.cmds import common
+from aekit.errors import InputError
+
+HELP = """Train an autoencoder on FEATURES (an HDF5 file from ae-featurize) and write one
+model file (safetensors: weights, architecture, feature parameters, normalization,
+history, seed, versions).
+
+\b
+Defaults train stably (input normalization, balanced batches, warm-up + cosine
+learning rate, best validation epoch kept); --preset tutorial is the tutorial exactly
+(raw dB, Adam lr 1e-3 constant, batch 25, 20 epochs, last epoch kept). Losses are MSE
+in dB squared either way.
+
+\b
+Checkpoints go to OUTPUT.ckpt/ (--checkpoint-dir): last.pt (resumable, every epoch
+and on SIGTERM/SIGUSR1, after which the exit status is 3) and best.pt (lowest
+validation loss). --resume continues from last.pt, bit for bit on CPU.
+Under torchrun or srun (SLURM_PROCID/SLURM_NTASKS + MASTER_ADDR/MASTER_PORT) it runs
+as DistributedDataParallel; --batch-size is per process.
+
+\b
+Example:
+  ae-train feats.h5 --splits splits.csv --fold 0 --labels labels.csv \\
+      --where 'anomaly == 0' --log train.csv -o model.safetensors
+  torchrun --nproc-per-node 4 -m aekit.cmds.train -- feats.h5 --log train.csv \\
+      -o model.safetensors     # '--': torchrun would take --log for its --log-dir
+
+\b
+See also: ae-featurize, ae-split, ae-encode, ae-eval.
+"""
+
+#: Set by the test suite: the process sends itself SIGTERM after this global step.
+SIGTERM_AT_STEP_ENV = "AEKIT_TRAIN_SIGTERM_AT_STEP"
+
+
+def _widths(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        widths = tuple(int(v) for v in value.replace(" ", "").split(",") if v)
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got {value!r}") from None
+    if not widths or any(w <= 0 for w in widths):
+        raise click.BadParameter(f"expected positive widths, got {value!r}")
+    return widths
+
+
+@contextlib.contextmanager
+def stop_signals():
+    """Yield a 'stop requested?' callable set by SIGTERM or SIGUSR1 (SLURM preemption)."""
+    state = {"signal": None}
+
+    def handler(signum, frame):
+        state["signal"] = signum
+
+    sigs = [signal.SIGTERM] + ([signal.SIGUSR1] if hasattr(signal, "SIGUSR1") else [])
+    old = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in sigs:
+            old[sig] = signal.signal(sig, handler)
+    try:
+        yield lambda: state["signal"] is not None
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
+
+
+def _self_sigterm_hook():
+    at = os.environ.get(SIGTERM_AT_STEP_ENV)
+    if not at:
+        return None
+    at_step = int(at)
+
+    def on_step(step: int) -> None:
+        if step == at_step:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return on_step
+
+
+@common.command("ae-train", help=HELP)
+@click.argument("features", type=click.Path(dir_okay=False))
+@common.output_option(required=True, allow_dash=False,
+                      help="Model file to write (.safetensors, atomically).")
+@click.option("--preset", type=click.Choice(["default", "tutorial"]), default="default",
+              show_default=True,
+              help="default: stable training; tutorial: the tutorial's exact settings. "
+                   "Options given explicitly override the preset.")
+@click.option("--arch", type=click.Choice(["baseline", "improved"]), default="improved",
+              show_default=True,
+              help="baseline: Linear+ReLU; improved: Linear+BatchNorm+LeakyReLU(0.1).")
+@click.option("--hidden", callback=_widths, default="8224,2056,1024,512", show_default=True,
+              help="Hidden layer widths, encoder side (the decoder mirrors them).")
+@click.option("--latent", type=click.IntRange(min=1), default=256, show_default=True,
+              help="Bottleneck width.")
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Epochs [20].")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="Rows per step, per process [25].")
+@click.option("--lr", type=float, default=None, help="Adam learning rate (schedule peak) [1e-3].")
+@click.option("--normalize", type=click.Choice(["none", "global", "per-feature"]), default=None,
+              help="Input normalization fitted on training rows [default: global; tutorial: none].")
+@click.option("--schedule", type=click.Choice(["constant", "cosine"]), default=None,
+              help="Learning rate schedule [default: cosine with warm-up; tutorial: constant].")
+@click.option("--warmup", type=click.FloatRange(min=0), default=None,
+              help="Epochs of linear learning-rate warm-up (cosine) [1].")
+@click.option("--balanced-batches/--no-balanced-batches", default=None,
+              help="Equal batch sizes instead of a small last batch [default: on; tutorial: off].")
+@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default=None,
+              help="bf16: autocast matmuls to bfloat16 where supported [fp32].")
+@click.option("--splits", "splits_path", type=click.Path(dir_okay=False, allow_dash=True),
+              default=None,
+              help="Split CSV from ae-split (columns id,split,fold); test rows are never used.")
+@click.option("--fold", type=click.IntRange(min=0), default=None,
+              help="Validation fold K: train on the other train folds, validate on fold K.")
+@common.labels_option
+@click.option("--where", default=None,
+              help="Keep only rows whose labels match this pandas query, e.g. 'anomaly == 0'.")
+@click.option("--early-stop", type=click.IntRange(min=1), default=None,
+              help="Stop after N epochs without a better validation loss.")
+@click.option("--keep", type=click.Choice(["best", "last"]), default=None,
+              help="Weights in the model file: best validation epoch, or last [default: best; "
+                   "tutorial: last].")
+@click.option("--log", "log_path", type=click.Path(dir_okay=False), default=None,
+              help="CSV log: epoch,train_loss,val_loss,lr,seconds,samples_per_s "
+                   "(rewritten each epoch).")
+@click.option("--resume", is_flag=True,
+              help="Continue from OUTPUT.ckpt/last.pt (error if missing).")
+@click.option("--checkpoint-dir", type=click.Path(file_okay=False), default=None,
+              help="Checkpoint folder [OUTPUT.ckpt].")
+@click.option("--checkpoint-every", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Write last.pt every N epochs (and always on a stop signal).")
+@click.option("--data", "data_mode", type=click.Choice(["auto", "memory", "stream"]),
+              default="auto", show_default=True,
+              help="auto: load into memory when under 25%% of RAM, else stream from HDF5.")
+@click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True,
+              help="DataLoader workers when streaming.")
+@common.seed_option()
+@common.device_option
+@common.verbosity_options
+def cli(features, output, preset, arch, hidden, latent, epochs, batch_size, lr, normalize,
+        schedule, warmup, balanced_batches, precision, splits_path, fold, labels_path, where,
+        early_stop, keep, log_path, resume, checkpoint_dir, checkpoint_every, data_mode, workers,
+        seed, device):
+    from aekit import train as tr  # torch is imported here, not at --help
+
+    settings = tr.make_settings(
+        preset, arch=arch, hidden=hidden, latent=latent, epochs=epochs, batch_size=batch_size,
+        lr=lr, normalize=normalize, schedule=schedule, warmup=warmup,
+        balanced_batches=balanced_batches, precision=precision, early_stop=early_stop,
+        keep=keep, seed=seed)
+    if fold is not None and splits_path is None:
+        raise InputError("--fold needs --splits")
+    with stop_signals() as stop_requested, tr.distributed(device) as (dist, dev):
+        if not dist.is_main:
+            common.LOG.setLevel("WARNING")  # one process reports
+        try:
+            result = tr.train(
+                features, output, settings, splits=splits_path, fold=fold, labels=labels_path,
+                where=where, device=dev, dist=dist, resume=resume, log=log_path,
+                checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every,
+                data_mode=data_mode, workers=workers, stop_requested=stop_requested,
+                on_step=_self_sigterm_hook(),
+                progress=common.progress if dist.is_main else tr._null_progress,
+                meta={"command": common.command_line()})
+        except tr.Preempted as exc:
+            common.LOG.warning("%s", exc)
+            sys.stdout.flush()
+            raise SystemExit(tr.EXIT_PREEMPTED) from None
+    last = result.history[-1] if result.history else {}
+    common.LOG.info("Done: %d epochs, final train loss %.4g%s dB^2; wrote %s (%s weights)",
+                    len(result.history), last.get("train_loss", float("nan")),
+                    "" if result.best_val_loss is None
+                    else f", best val loss {result.best_val_loss:.4g} at epoch {result.best_epoch}",
+                    output, result.weights)
+
+
+def main() -> None:
+    # torchrun's own parser rejects script options that abbreviate its options (--log is a
+    # prefix of --log-dir), so under torchrun the script's arguments follow a '--';
+    # Pythons that keep that '--' in the script's argv would hand it to click: drop it.
+    if len(sys.argv) > 1 and sys.argv[1] == "--":
+        del sys.argv[1]
+    common.run(cli, "ae-train")
+
+
+if __name__ == "__main__":
+    main()

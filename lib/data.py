@@ -1,0 +1,296 @@
+"""Training data for ae-train: which rows, and how batches reach the model.
+
+Rows: ``select_training_rows`` applies a split CSV (validation = fold K, training = the
+other train folds, test rows never touched) and a ``--where`` query on a labels CSV.
+
+Batches: the epoch's order is one permutation of the local training rows, a pure
+function of (seed, epoch, rank, world size), so a resumed run replays it exactly.
+Two sources serve the batches of that order:
+  MemorySource  every row loaded once as one float32 tensor [N, D], normalized once,
+                on the training device (in pinned host memory when it would take more
+                than a tenth of a GPU); a batch is an index into it (no DataLoader).
+  StreamSource  rows read from the HDF5 file batch by batch by DataLoader workers, each
+                opening the file itself; the order shuffles contiguous blocks of rows and
+                rows within a block, so reads stay local.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from .errors import InputError
+from .selection import load_labels, load_splits, query_rows, select_rows
+from .store import FeatureFile
+
+MEMORY_FRACTION = 0.25  # load into memory when the rows take less than this share of RAM
+STREAM_BLOCK_ROWS = 256  # rows per contiguous block when streaming from HDF5
+DEVICE_FRACTION = 0.10  # keep in-memory rows on the GPU when under this share of its memory
+
+
+@dataclass
+class RowSelection:
+    """File row indices (ascending) of the training and validation rows."""
+
+    train: np.ndarray
+    val: np.ndarray
+    ids_digest: str  # identifies the exact rows, so a resume on other rows is refused
+
+    @property
+    def n_train(self) -> int:
+        return int(self.train.size)
+
+    @property
+    def n_val(self) -> int:
+        return int(self.val.size)
+
+
+def _digest(ids: Sequence[str], train: np.ndarray, val: np.ndarray) -> str:
+    h = hashlib.sha256()
+    for part in (train, val):
+        for i in part:
+            h.update(ids[int(i)].encode("utf-8") + b"\0")
+        h.update(b"\1")
+    return h.hexdigest()[:16]
+
+
+def select_training_rows(ids: Sequence[str], splits_path: str | None = None,
+                         fold: int | None = None, labels_path: str | None = None,
+                         where: str | None = None) -> RowSelection:
+    """Training and validation rows of a features file.
+
+    With a split file: train = train rows not in ``fold``, val = train rows of ``fold``
+    (none when fold is None); test rows are never selected. Without one: every row
+    trains and there is no validation. ``where`` keeps only rows whose labels match.
+    """
+    if where is not None and labels_path is None:
+        raise InputError("--where needs --labels")
+    if splits_path is not None:
+        splits = load_splits(splits_path, ids)
+        train = select_rows(ids, splits, "train", fold)
+        val = select_rows(ids, splits, "val", fold) if fold is not None else np.zeros(0, np.int64)
+    else:
+        train = select_rows(ids, None, None, fold)
+        val = np.zeros(0, np.int64)
+    if where is not None:
+        labels = load_labels(labels_path, ids)
+        keep = query_rows(labels, where)
+        n_before = train.size
+        train, val = train[keep[train]], val[keep[val]]
+        if train.size == 0:
+            raise InputError(f"empty training set: no training row matches --where {where!r} "
+                             f"(of {n_before})")
+    if train.size == 0:
+        raise InputError("empty training set: no rows to train on"
+                         + (f" (fold {fold} of the split file leaves none)" if splits_path else ""))
+    train = train.astype(np.int64)
+    val = val.astype(np.int64)
+    return RowSelection(train=train, val=val, ids_digest=_digest(ids, train, val))
+
+
+# --------------------------------------------------------------------------- epoch order
+
+def epoch_order(n: int, seed: int, epoch: int, rank: int = 0, world: int = 1,
+                block: int | None = None) -> torch.Tensor:
+    """This rank's order of local row positions 0..n-1 for one epoch (int64).
+
+    The permutation is drawn from a generator seeded with seed + epoch, as in
+    torch's DistributedSampler; with several processes it is padded (by repeating its
+    head) to a multiple of ``world`` and cut into contiguous equal shards. With ``block``
+    the permutation shuffles blocks of consecutive rows, then rows within each block.
+    """
+    g = torch.Generator()
+    g.manual_seed(int(seed) + int(epoch))
+    if block is None or block >= n:
+        perm = torch.randperm(n, generator=g)
+    else:
+        nb = math.ceil(n / block)
+        parts = []
+        for b in torch.randperm(nb, generator=g).tolist():
+            lo, hi = b * block, min(n, (b + 1) * block)
+            parts.append(lo + torch.randperm(hi - lo, generator=g))
+        perm = torch.cat(parts)
+    if world > 1:
+        per = math.ceil(n / world)
+        total = per * world
+        if total > n:
+            reps = math.ceil(total / n)
+            perm = torch.cat([perm] * reps)[:total]
+        perm = perm[rank * per:(rank + 1) * per]
+    return perm
+
+
+def batch_sizes(n: int, batch_size: int, balanced: bool) -> list[int]:
+    """Sizes of the batches of an epoch of n rows.
+
+    balanced: ceil(n / batch_size) batches whose sizes differ by at most one (184 rows at 25
+    -> 8 batches of 23), so no tiny last batch skews BatchNorm statistics or the step size.
+    Otherwise the tutorial's DataLoader: full batches, then the remainder.
+    """
+    if n <= 0:
+        return []
+    if not balanced:
+        sizes = [batch_size] * (n // batch_size)
+        if n % batch_size:
+            sizes.append(n % batch_size)
+        return sizes
+    k = math.ceil(n / batch_size)
+    base, extra = divmod(n, k)
+    return [base + 1] * extra + [base] * (k - extra)
+
+
+# --------------------------------------------------------------------------- sources
+
+def fits_in_memory(n_rows: int, width: int, copies: int = 1) -> bool:
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return False
+    return n_rows * width * 4 * copies < MEMORY_FRACTION * ram
+
+
+class MemorySource:
+    """Rows held as one normalized float32 tensor [N, D] on the device; batches by indexing."""
+
+    streaming = False
+
+    def __init__(self, ff: FeatureFile, rows: np.ndarray, normalizer, device: torch.device,
+                 check_finite: bool = True):
+        x = torch.from_numpy(ff.read(rows)).reshape(len(rows), -1)  # [N, C*M*T]
+        if check_finite and x.numel():
+            bad = (~torch.isfinite(x)).any(1)
+            if bool(bad.any()):
+                raise InputError(f"{ff.path}: {int(bad.sum())} clip(s) contain NaN or Inf values")
+        self.raw = x
+        self.normalizer = normalizer
+        self.device = device
+        self.home = device  # where the rows live: the device, or pinned host memory
+        self.x: torch.Tensor | None = None
+
+    @classmethod
+    def from_tensor(cls, x: torch.Tensor, normalizer, device: torch.device) -> "MemorySource":
+        """A source over rows already in memory, x [N, D] raw (benchmarks, notebooks)."""
+        self = cls.__new__(cls)
+        self.raw, self.normalizer, self.device = x.reshape(len(x), -1), normalizer, device
+        self.x, self.home = None, device
+        return self
+
+    def fit_blocks(self, block: int = 1024) -> Iterator[torch.Tensor]:
+        for s in range(0, self.raw.shape[0], block):
+            yield self.raw[s:s + block]
+
+    def prepare(self) -> None:
+        """Normalize once (after the normalizer is fitted or restored) and move to the device.
+
+        On a GPU the rows stay in (pinned) host memory when they would take more than a
+        tenth of the GPU's memory, and each batch is copied over as it is used.
+        """
+        raw, self.raw = self.raw, None  # type: ignore[assignment]
+        self.home = self.device
+        if self.device.type == "cuda":
+            total = torch.cuda.get_device_properties(self.device).total_memory
+            if raw.numel() * 4 > DEVICE_FRACTION * total:
+                self.home = torch.device("cpu")
+        if self.home == self.device:
+            self.x = self.normalizer.transform(raw.to(self.device)).contiguous()
+        else:
+            n = self.normalizer
+            x = raw if n.mode == "none" else (raw - n.mean.cpu()) / n.std.cpu()
+            self.x = x.contiguous().pin_memory()
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0] if self.x is not None else self.raw.shape[0])
+
+    def batches(self, order: torch.Tensor, sizes: Sequence[int], start: int = 0
+                ) -> Iterator[torch.Tensor]:
+        order = order.to(self.home)
+        offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
+        for i in range(start, len(sizes)):
+            xb = self.x.index_select(0, order[offsets[i]:offsets[i + 1]])  # [b, D]
+            yield xb if self.home == self.device else xb.to(self.device, non_blocking=True)
+
+    def blocks(self, block: int = 256) -> Iterator[torch.Tensor]:
+        for s in range(0, len(self), block):
+            yield self.x[s:s + block].to(self.device, non_blocking=True)
+
+
+class _BatchReader(torch.utils.data.Dataset):
+    """One item = one batch of file rows; each worker opens the HDF5 file itself."""
+
+    def __init__(self, path: str, batches: list[np.ndarray]):
+        self.path = str(path)
+        self.batches_ = batches
+        self.ff: FeatureFile | None = None
+
+    def __len__(self) -> int:
+        return len(self.batches_)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        if self.ff is None:
+            self.ff = FeatureFile(self.path)
+        rows = self.batches_[i]
+        return torch.from_numpy(self.ff.read(rows)).reshape(len(rows), -1)  # [b, D]
+
+
+def _one_thread(_worker_id: int) -> None:
+    torch.set_num_threads(1)
+
+
+class StreamSource:
+    """Rows read from HDF5 batch by batch (DataLoader workers), normalized on the device."""
+
+    streaming = True
+
+    def __init__(self, ff: FeatureFile, rows: np.ndarray, normalizer, device: torch.device,
+                 workers: int = 2):
+        self.path = str(ff.path)
+        self.rows = rows
+        self.normalizer = normalizer
+        self.device = device
+        self.workers = workers
+
+    def __len__(self) -> int:
+        return int(self.rows.size)
+
+    def fit_blocks(self, block: int = 1024) -> Iterator[np.ndarray]:
+        with FeatureFile(self.path) as ff:
+            for _, b in ff.iter_blocks(self.rows, block=block):
+                yield b
+
+    def prepare(self) -> None:
+        pass
+
+    def _loader(self, batches: list[np.ndarray]):
+        return torch.utils.data.DataLoader(
+            _BatchReader(self.path, batches), batch_size=None, shuffle=False,
+            num_workers=self.workers, worker_init_fn=_one_thread if self.workers else None,
+            pin_memory=self.device.type == "cuda")
+
+    def batches(self, order: torch.Tensor, sizes: Sequence[int], start: int = 0
+                ) -> Iterator[torch.Tensor]:
+        rows = self.rows[order.numpy()]
+        offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
+        parts = [rows[offsets[i]:offsets[i + 1]] for i in range(start, len(sizes))]
+        for xb in self._loader(parts):
+            yield self.normalizer.transform(xb.to(self.device, non_blocking=True))
+
+    def blocks(self, block: int = 256) -> Iterator[torch.Tensor]:
+        parts = [self.rows[s:s + block] for s in range(0, self.rows.size, block)]
+        for xb in self._loader(parts):
+            yield self.normalizer.transform(xb.to(self.device, non_blocking=True))
+
+
+def open_source(ff: FeatureFile, rows: np.ndarray, normalizer, device: torch.device,
+                mode: str = "auto", workers: int = 2, copies: int = 1):
+    """A MemorySource when the rows fit (mode 'auto': < 25% of RAM), else a StreamSource."""
+    if mode not in ("auto", "memory", "stream"):
+        raise InputError(f"unknown data mode {mode!r}: use auto, memory or stream")
+    if mode == "memory" or (mode == "auto" and fits_in_memory(rows.size, ff.width, copies)):
+        return MemorySource(ff, rows, normalizer, device)
+    return StreamSource(ff, rows, normalizer, device, workers=workers)

@@ -1,0 +1,425 @@
+"""ae-train: architectures, loss, resume after SIGTERM, NaN guard, bad inputs (tiny models only)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.torch import load_file
+
+from aekit import store
+from aekit import train as tr
+from aekit.cmds.train import SIGTERM_AT_STEP_ENV, cli
+from aekit.data import batch_sizes, epoch_order
+from aekit.modelfile import load_model, read_info
+from aekit.models import AEConfig, build_model, count_parameters, layer_summary
+
+SMALL = ["--hidden", "32,16", "--latent", "8"]
+BIN = Path(sys.executable).parent
+
+
+def write_features(path, n=40, shape=(2, 4, 10), seed=0, ids=None):
+    """Low-rank dB-like clips (mean -40, std ~20) in an aekit features file."""
+    rng = np.random.default_rng(seed)
+    c, m, t = shape
+    tmpl = rng.normal(0, 15, size=(3, c * m * t))
+    x = -40 + rng.random((n, 3)) @ tmpl + rng.normal(0, 3, size=(n, c * m * t))
+    x = x.astype(np.float32).reshape(n, c, m, t)
+    ids = ids or [f"clip{i:03d}" for i in range(n)]
+    params = {k: 1 for k in store.FEATURE_PARAM_KEYS}
+    params.update(window="hann", mel_scale="htk", channel_policy="keep")
+    w = store.FeatureWriter(path, params, shape)
+    w.append(x, ids, [f"/data/{i}.wav" for i in ids], {k: np.zeros(n) for k in store.PER_CLIP})
+    w.close()
+    return ids, x
+
+
+def write_splits(path, ids, folds=2, test_every=5):
+    lines = ["id,split,fold"]
+    for i, id_ in enumerate(ids):
+        if i % test_every == test_every - 1:
+            lines.append(f"{id_},test,")
+        else:
+            lines.append(f"{id_},train,{i % folds}")
+    Path(path).write_text("\n".join(lines) + "\n")
+
+
+def run(args, env=None):
+    res = CliRunner().invoke(cli, [str(a) for a in args], env=env, catch_exceptions=False)
+    return res
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models on a shared machine: one thread avoids OpenMP spin-waits between cores."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture()
+def feats(tmp_path):
+    p = tmp_path / "f.h5"
+    ids, x = write_features(p)
+    return p, ids, x
+
+
+def tensors(path):
+    return load_file(str(path))
+
+
+def assert_same_weights(a, b):
+    ta, tb = tensors(a), tensors(b)
+    assert ta.keys() == tb.keys()
+    for k in ta:
+        assert torch.equal(ta[k], tb[k]), k
+
+
+# --------------------------------------------------------------------------- architectures
+
+def test_layer_lists_and_parameter_counts_at_default_widths():
+    base = build_model(AEConfig(arch="baseline"), "meta")
+    imp = build_model(AEConfig(arch="improved"), "meta")
+    widths = [25024, 8224, 2056, 1024, 512, 256]
+    enc = list(zip(widths[:-1], widths[1:]))
+    dec = [(b, a) for a, b in reversed(enc)]
+    linears = [f"Linear({a}->{b})" for a, b in enc + dec]
+    assert layer_summary(base) == [x for lin in linears[:-1] for x in (lin, "ReLU")] + [linears[-1]]
+    blocks = [(lin, f"BatchNorm1d({b})", "LeakyReLU(0.1)")
+              for (a, b), lin in zip(enc + dec, linears[:-1])]
+    assert layer_summary(imp) == [x for blk in blocks for x in blk] + [linears[-1]]
+    linear_params = sum(a * b + b for a, b in enc + dec)
+    assert count_parameters(base) == linear_params == 450_982_160
+    bn_params = 2 * sum(b for _, b in (enc + dec)[:-1])
+    assert count_parameters(imp) == linear_params + bn_params == 451_029_936
+
+
+def test_presets():
+    tut = tr.make_settings("tutorial")
+    assert (tut.normalize, tut.schedule, tut.balanced_batches, tut.lr, tut.batch_size, tut.epochs,
+            tut.keep, tut.precision) == ("none", "constant", False, 1e-3, 25, 20, "last", "fp32")
+    d = tr.make_settings("default")
+    assert (d.normalize, d.schedule, d.balanced_batches) == ("global", "cosine", True)
+    assert tr.make_settings("tutorial", normalize="global").normalize == "global"  # explicit wins
+
+
+def test_batches_and_order():
+    assert batch_sizes(184, 25, balanced=False) == [25] * 7 + [9]
+    assert batch_sizes(184, 25, balanced=True) == [23] * 8
+    assert batch_sizes(26, 25, balanced=True) == [13, 13]
+    a = epoch_order(10, seed=1, epoch=3)
+    assert torch.equal(a, epoch_order(10, seed=1, epoch=3))
+    assert not torch.equal(a, epoch_order(10, seed=1, epoch=4))
+    shards = [epoch_order(11, 1, 0, rank=r, world=2) for r in range(2)]
+    assert len(shards[0]) == len(shards[1]) == 6
+    assert set(torch.cat(shards).tolist()) == set(range(11))
+    blocked = epoch_order(1000, 1, 0, block=256)
+    assert sorted(blocked.tolist()) == list(range(1000))
+    block_sets = [set(range(lo, min(1000, lo + 256))) for lo in range(0, 1000, 256)]
+    assert set(blocked[:256].tolist()) in block_sets
+
+
+def test_lr_schedule():
+    s = tr.make_settings("default", epochs=10)
+    lrs = [tr.lr_at(i, 100, 10, s) for i in range(100)]
+    assert lrs[9] == pytest.approx(1e-3) and lrs[0] == pytest.approx(1e-4)
+    assert lrs[-1] == pytest.approx(1e-5, rel=0.05)
+    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:]))
+    assert tr.lr_at(57, 100, 10, tr.make_settings("tutorial")) == 1e-3
+
+
+# --------------------------------------------------------------------------- training
+
+@pytest.mark.parametrize("arch", ["baseline", "improved"])
+def test_loss_falls_and_model_file(tmp_path, feats, arch):
+    p, ids, x = feats
+    out, log = tmp_path / "m.safetensors", tmp_path / "log.csv"
+    res = run([p, "-o", out, *SMALL, "--arch", arch, "--epochs", "8", "--log", log,
+               "--lr", "3e-3", "--batch-size", "8"])
+    assert res.exit_code == 0, res.stderr
+    assert res.stdout == ""
+    info = read_info(out)
+    h = info["history"]
+    assert len(h) == 8 and h[-1]["train_loss"] < 0.6 * h[0]["train_loss"]
+    assert info["seed"] == 42 and info["preset"] == "default" and info["normalize"] == "global"
+    assert info["config"]["arch"] == arch and info["config"]["input_shape"] == [2, 4, 10]
+    assert info["feature_params"]["window"] == "hann"
+    assert "ae-train" in info["command"] or "--epochs" in info["command"]
+    assert info["versions"]["torch"] == torch.__version__
+    rows = log.read_text().splitlines()
+    assert rows[0] == "epoch,train_loss,val_loss,lr,seconds,samples_per_s" and len(rows) == 9
+    assert "epoch 8/8" in res.stderr
+    assert (tmp_path / "m.safetensors.ckpt" / "last.pt").exists()
+    lm = load_model(out)
+    rec, z = lm.reconstruct(torch.from_numpy(x[:3]))
+    assert rec.shape == (3, 2, 4, 10) and z.shape == (3, 8)
+
+
+def test_losses_in_db_and_validation_fold(tmp_path, feats):
+    """Validation loss equals the MSE of the de-normalized reconstruction, in dB squared."""
+    p, ids, x = feats
+    sp = tmp_path / "splits.csv"
+    write_splits(sp, ids)
+    out = tmp_path / "m.safetensors"
+    res = run([p, "-o", out, *SMALL, "--epochs", "3", "--splits", sp, "--fold", "1",
+               "--normalize", "per-feature", "--keep", "last"])
+    assert res.exit_code == 0, res.stderr
+    info = read_info(out)
+    # 40 ids: every 5th is test (8); the other 32 alternate folds 0/1.
+    val_idx = [i for i in range(40) if i % 5 != 4 and i % 2 == 1]
+    assert info["n_train"] == 32 - len(val_idx) and info["n_val"] == len(val_idx)
+    assert info["fold"] == 1
+    lm = load_model(out)
+    xv = torch.from_numpy(x[val_idx])
+    rec, _ = lm.reconstruct(xv)
+    mse = float(((rec.double() - xv.double()) ** 2).mean())
+    assert info["history"][-1]["val_loss"] == pytest.approx(mse, rel=1e-4)
+
+
+def test_where_keeps_matching_rows(tmp_path, feats):
+    p, ids, _ = feats
+    lab = tmp_path / "labels.csv"
+    lab.write_text("id,anomaly\n" + "".join(f"{i},{int(k % 4 == 0)}\n" for k, i in enumerate(ids)))
+    out = tmp_path / "m.safetensors"
+    res = run([p, "-o", out, *SMALL, "--epochs", "1", "--labels", lab, "--where", "anomaly == 0"])
+    assert res.exit_code == 0, res.stderr
+    assert read_info(out)["n_train"] == 30
+
+
+def test_tutorial_preset_runs_and_is_deterministic(tmp_path, feats):
+    p, _, _ = feats
+    a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    for out in (a, b):
+        res = run([p, "-o", out, *SMALL, "--epochs", "2", "--preset", "tutorial", "--seed", "7"])
+        assert res.exit_code == 0, res.stderr
+    assert_same_weights(a, b)
+    info = read_info(a)
+    assert (info["preset"], info["normalize"], info["weights"]) == ("tutorial", "none", "last")
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_stream_equals_memory(tmp_path, feats, workers):
+    """Streaming from HDF5 (workers open the file themselves) trains the same weights."""
+    p, _, _ = feats
+    a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    assert run([p, "-o", a, *SMALL, "--epochs", "2", "--data", "memory"]).exit_code == 0
+    res = run([p, "-o", b, *SMALL, "--epochs", "2", "--data", "stream", "--workers", workers])
+    assert res.exit_code == 0, res.stderr
+    assert_same_weights(a, b)
+
+
+def test_bf16_autocast_runs(tmp_path, feats):
+    p, _, _ = feats
+    out = tmp_path / "m.safetensors"
+    res = run([p, "-o", out, *SMALL, "--epochs", "2", "--precision", "bf16"])
+    assert res.exit_code == 0, res.stderr
+    info = read_info(out)
+    assert info["settings"]["precision"] == "bf16"
+    assert all(np.isfinite(h["train_loss"]) for h in info["history"])
+    assert tensors(out)["model.encoder.0.weight"].dtype == torch.float32  # weights stay fp32
+
+
+def test_early_stop_and_best_weights(tmp_path, feats):
+    p, ids, _ = feats
+    sp = tmp_path / "splits.csv"
+    write_splits(sp, ids)
+    out = tmp_path / "m.safetensors"
+    res = run([p, "-o", out, *SMALL, "--epochs", "30", "--lr", "0.3", "--schedule", "constant",
+               "--splits", sp, "--fold", "0", "--early-stop", "2"])
+    assert res.exit_code == 0, res.stderr
+    info = read_info(out)
+    hist = info["history"]
+    vals = [h["val_loss"] for h in hist]
+    assert info["best_epoch"] == 1 + int(np.argmin(vals))
+    assert info["stopped_early"] == (len(hist) < 30)
+    assert info["weights"] == "best"
+    assert (tmp_path / "m.safetensors.ckpt" / "best.pt").exists()
+
+
+# --------------------------------------------------------------------------- resume
+
+@pytest.mark.parametrize("stop_step,data", [(3, "memory"), (4, "memory"), (2, "stream")])
+def test_resume_after_sigterm_is_bit_equal(tmp_path, feats, monkeypatch, stop_step, data):
+    p, ids, _ = feats
+    sp = tmp_path / "splits.csv"
+    write_splits(sp, ids)
+    # 16 training rows (fold 0 of 32 train rows is validation) in 4 batches of 4;
+    # stop at step 3 (mid-epoch) or 4 (end of the epoch's batches) of epoch 2.
+    args = [p, *SMALL, "--epochs", "3", "--batch-size", "4", "--splits", sp, "--fold", "0",
+            "--data", data, "--workers", "0"]
+    full, part = tmp_path / "full.safetensors", tmp_path / "part.safetensors"
+    assert run([*args, "-o", full]).exit_code == 0
+    monkeypatch.setenv(SIGTERM_AT_STEP_ENV, str(4 + stop_step))  # epoch 2
+    res = run([*args, "-o", part])
+    assert res.exit_code == 3, res.stderr
+    assert "--resume" in res.stderr and not part.exists()
+    ck = tr.load_checkpoint(tmp_path / "part.safetensors.ckpt" / "last.pt")
+    assert (ck["epoch"], ck["step"]) == ((1, stop_step) if stop_step < 4 else (1, 4))
+    assert len(ck["perm"]) == 16 and len(ck["history"]) == 1
+    monkeypatch.delenv(SIGTERM_AT_STEP_ENV)
+    res = run([*args, "-o", part, "--resume"])
+    assert res.exit_code == 0, res.stderr
+    assert_same_weights(full, part)
+    hf, hp = read_info(full)["history"], read_info(part)["history"]
+    assert [h["train_loss"] for h in hf] == [h["train_loss"] for h in hp]
+    assert [h["val_loss"] for h in hf] == [h["val_loss"] for h in hp]
+
+
+def test_sigusr1_stops_too_and_resume_after_finish_rewrites(tmp_path, feats, monkeypatch):
+    import signal
+
+    import aekit.cmds.train as cmd
+
+    p, _, _ = feats
+    out = tmp_path / "m.safetensors"
+
+    def hook():
+        return lambda step: os.kill(os.getpid(), signal.SIGUSR1) if step == 2 else None
+
+    monkeypatch.setattr(cmd, "_self_sigterm_hook", hook)
+    res = run([p, "-o", out, *SMALL, "--epochs", "2"])
+    assert res.exit_code == 3 and not out.exists()
+    monkeypatch.undo()
+    assert run([p, "-o", out, *SMALL, "--epochs", "2", "--resume"]).exit_code == 0
+    first = tensors(out)
+    out.unlink()
+    res = run([p, "-o", out, *SMALL, "--epochs", "2", "--resume"])  # nothing left to train
+    assert res.exit_code == 0 and len(read_info(out)["history"]) == 2
+    assert all(torch.equal(first[k], v) for k, v in tensors(out).items())
+
+
+def test_distributed_env():
+    assert not tr.distributed_env({}).enabled
+    d = tr.distributed_env({"RANK": "1", "WORLD_SIZE": "4", "LOCAL_RANK": "1",
+                            "LOCAL_WORLD_SIZE": "2"})
+    assert (d.rank, d.world, d.local_rank, d.local_world) == (1, 4, 1, 2)
+    slurm = {"SLURM_PROCID": "3", "SLURM_NTASKS": "4", "SLURM_LOCALID": "1",
+             "SLURM_NTASKS_PER_NODE": "2(x2)", "MASTER_ADDR": "node1", "MASTER_PORT": "29500"}
+    d = tr.distributed_env(slurm)
+    assert (d.rank, d.world, d.local_rank, d.local_world) == (3, 4, 1, 2)
+    assert not tr.distributed_env({"SLURM_PROCID": "0", "SLURM_NTASKS": "1"}).enabled
+    with pytest.raises(tr.InputError, match="MASTER_ADDR"):
+        tr.distributed_env({k: v for k, v in slurm.items() if not k.startswith("MASTER")})
+
+
+def test_sigterm_subprocess_then_resume(tmp_path, feats):
+    """The installed executable, a real SIGTERM, status 3, then --resume to the same weights."""
+    p, _, _ = feats
+    args = [str(BIN / "ae-train"), str(p), *SMALL, "--epochs", "2", "--batch-size", "8", "-q"]
+    full, part = tmp_path / "full.safetensors", tmp_path / "part.safetensors"
+    assert run([*args[1:], "-o", full]).exit_code == 0  # the reference, in-process
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env[SIGTERM_AT_STEP_ENV] = "3"
+    r = subprocess.run([*args, "-o", str(part)], env=env, capture_output=True, text=True)
+    assert r.returncode == 3, r.stderr
+    assert "resume" in r.stderr
+    del env[SIGTERM_AT_STEP_ENV]
+    r = subprocess.run([*args, "-o", str(part), "--resume"], env=env, capture_output=True,
+                       text=True)
+    assert r.returncode == 0, r.stderr
+    assert_same_weights(full, part)
+
+
+# --------------------------------------------------------------------------- NaN guard
+
+def test_nan_loss_stops_with_exit_1(tmp_path, feats):
+    p, _, _ = feats
+    out = tmp_path / "m.safetensors"
+    res = run([p, "-o", out, *SMALL, "--epochs", "3", "--lr", "1e30", "--preset", "tutorial"])
+    assert res.exit_code == 1
+    assert "NaN or Inf" in res.stderr and "Traceback" not in res.stderr
+    assert not out.exists()
+
+
+def test_nan_guard_keeps_last_good_checkpoint(tmp_path, feats, monkeypatch):
+    p, _, _ = feats
+    out = tmp_path / "m.safetensors"
+    real = tr._mse_db
+    calls = {"n": 0}
+
+    def poisoned(*a):
+        calls["n"] += 1
+        loss = real(*a)
+        return loss * float("nan") if calls["n"] > 3 else loss  # epoch 1 = 2 steps
+
+    monkeypatch.setattr(tr, "_mse_db", poisoned)
+    res = run([p, "-o", out, *SMALL, "--epochs", "3"])
+    assert res.exit_code == 1, res.stderr
+    assert "epoch 2" in res.stderr and "last good checkpoint" in res.stderr
+    ck = tr.load_checkpoint(tmp_path / "m.safetensors.ckpt" / "last.pt")
+    assert ck["epoch"] == 1 and all(torch.isfinite(v).all() for v in ck["model"].values())
+    assert not out.exists()
+
+
+# --------------------------------------------------------------------------- bad input
+
+def test_bad_inputs_exit_2(tmp_path, feats):
+    p, ids, _ = feats
+    out = tmp_path / "m.safetensors"
+    sp = tmp_path / "splits.csv"
+    write_splits(sp, ids)
+    bad_sp = tmp_path / "bad.csv"
+    bad_sp.write_text("id,split,fold\nclip000,train,0\nnope,train,1\n")
+    lab = tmp_path / "labels.csv"
+    lab.write_text("id,anomaly\n" + "".join(f"{i},1\n" for i in ids))
+    cases = [
+        (["--splits", bad_sp], "not in the features file"),
+        (["--splits", sp, "--fold", "5"], "out of range"),
+        (["--labels", lab, "--where", "anomaly == 0"], "empty training set"),
+        (["--labels", lab, "--where", "nonsense ==="], "bad --where"),
+        (["--where", "anomaly == 0"], "--where needs --labels"),
+        (["--fold", "0"], "--fold needs --splits"),
+        (["--early-stop", "2"], "--early-stop needs"),
+        (["--resume"], "no checkpoint"),
+        (["--hidden", "3,x"], "comma-separated"),
+    ]
+    for extra, msg in cases:
+        res = run([p, "-o", out, *SMALL, "--epochs", "1", *extra])
+        assert res.exit_code == 2, (extra, res.stderr)
+        assert msg in res.stderr, (extra, res.stderr)
+        assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) <= 4
+    res = run([tmp_path / "missing.h5", "-o", out])
+    assert res.exit_code == 2 and "no such file" in res.stderr
+    assert not out.exists()
+
+
+def test_resume_with_other_args_or_shape_is_refused(tmp_path, feats, monkeypatch):
+    p, _, _ = feats
+    out = tmp_path / "m.safetensors"
+    monkeypatch.setenv(SIGTERM_AT_STEP_ENV, "1")
+    assert run([p, "-o", out, *SMALL, "--epochs", "2"]).exit_code == 3
+    monkeypatch.delenv(SIGTERM_AT_STEP_ENV)
+    res = run([p, "-o", out, "--hidden", "32,12", "--latent", "8", "--epochs", "2", "--resume"])
+    assert res.exit_code == 2 and "hidden: checkpoint [32, 16], now [32, 12]" in res.stderr
+    res = run([p, "-o", out, *SMALL, "--arch", "baseline", "--epochs", "2", "--resume"])
+    assert res.exit_code == 2 and "arch: checkpoint improved, now baseline" in res.stderr
+    other = tmp_path / "other.h5"
+    write_features(other, shape=(2, 4, 12))
+    res = run([other, "-o", out, *SMALL, "--epochs", "2", "--resume"])
+    assert res.exit_code == 2 and "input_shape: checkpoint [2, 4, 10], now [2, 4, 12]" in res.stderr
+
+
+def test_help_is_fast_and_lazy():
+    code = "import sys, aekit.cmds.train; print('torch' in sys.modules)"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.stdout.strip() == "False"
+    res = CliRunner().invoke(cli, ["--help"])
+    assert res.exit_code == 0 and "Example" in res.stdout and "See also" in res.stdout
+
+
+def test_checkpoint_loads_weights_only(tmp_path, feats):
+    p, _, _ = feats
+    out = tmp_path / "m.safetensors"
+    assert run([p, "-o", out, *SMALL, "--epochs", "1"]).exit_code == 0
+    ck = torch.load(tmp_path / "m.safetensors.ckpt" / "last.pt", weights_only=True)
+    assert ck["format"] == "aekit-train-checkpoint" and ck["epoch"] == 1
+    assert {"model", "optimizer", "schedule", "normalizer", "rng", "history", "settings"} <= set(ck)
+    json.dumps(ck["settings"])
