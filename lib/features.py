@@ -91,6 +91,15 @@ class MelFrontend:
                                      norm=None, mel_scale="htk").to(device)
         self.fb_t = self.fb.T.contiguous()  # [n_mels, n_freqs]
 
+    def warm_up(self) -> None:
+        """Run one silent clip: the FFT plan and buffers are set up before real work (and
+        before forking workers, which then inherit them)."""
+        import torch
+
+        p = self.params
+        with torch.inference_mode():
+            self(torch.zeros(p.channels, p.num_samples))
+
     def __call__(self, wave: torch.Tensor) -> torch.Tensor:
         import torch
 
