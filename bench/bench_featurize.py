@@ -28,7 +28,7 @@ import numpy as np
 import soundfile as sf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import best_of, cores, save, table  # noqa: E402
+from common import best_of, cores, peak_rss_mib, save, table  # noqa: E402
 
 SR = 16000
 N = 100_000
@@ -136,12 +136,13 @@ def bench_set(name: str, paths: list[Path], work: Path) -> dict:
         p.read_bytes()
     t_loop = time_tutorial_loop(paths)
     t_ae = time_aekit(paths, work / f"{name}.h5")
+    rss = peak_rss_mib()  # the parent's peak so far: featurize's, before the floor's arrays
     t_dec, t_comp, t_floor = time_floor(paths)
     return {
         "set": name, "files": n,
         "aekit_files_per_s": n / t_ae, "loop_files_per_s": n / t_loop,
         "floor_files_per_s": n / t_floor,
-        "decode_s": t_dec, "compute_s": t_comp,
+        "decode_s": t_dec, "compute_s": t_comp, "aekit_parent_peak_rss_mib": rss,
         "speedup_vs_loop": t_loop / t_ae, "fraction_of_floor": t_floor / t_ae,
     }
 
@@ -165,6 +166,8 @@ def main() -> None:
     print(table(rows, ("data", "files", "ae-featurize", "tutorial loop", "floor",
                        "vs loop", "of floor")))
     print("targets: >= 1.5x loop on 6 s clips, >= 10x on 60 s FLAC, >= 0.7x floor")
+    print(f"ae-featurize parent peak RSS: {results[0]['aekit_parent_peak_rss_mib']:.0f} MiB "
+          f"after {results[0]['files']} clips (writes in blocks: flat in the number of files)")
     save("featurize", {"cores": cores(), "results": results})
 
 

@@ -199,17 +199,23 @@ def device_option(f: Callable) -> Callable:
         help="auto (CUDA, else Apple MPS, else CPU), cpu, cuda, cuda:N or mps.")(f)
 
 
+def splits_option(help: str = "Split CSV from ae-split (columns id,split,fold)."):
+    return click.option("--splits", "splits_path", type=click.Path(dir_okay=False, allow_dash=True),
+                        default=None, help=help)
+
+
+def fold_option(help: str = "Fold number K from the splits file."):
+    return click.option("--fold", type=click.IntRange(min=0), default=None, help=help)
+
+
 def selection_options(f: Callable) -> Callable:
     """--splits/--split/--fold: pick rows of a features file using an ae-split CSV."""
-    f = click.option("--fold", type=click.IntRange(min=0), default=None,
-                     help="Fold number K from the splits file.")(f)
+    f = fold_option()(f)
     f = click.option("--split", "split_name",
                      type=click.Choice(["train", "val", "test", "all"]), default=None,
                      help="Which rows: test (split=test), val (train rows of fold K), "
                           "train (train rows not in fold K), all.")(f)
-    f = click.option("--splits", "splits_path", type=click.Path(dir_okay=False, allow_dash=True),
-                     default=None, help="Split CSV from ae-split (columns id,split,fold).")(f)
-    return f
+    return splits_option()(f)
 
 
 def labels_option(f: Callable) -> Callable:

@@ -119,11 +119,8 @@ def _self_sigterm_hook():
               help="Equal batch sizes instead of a small last batch [default: on; tutorial: off].")
 @click.option("--precision", type=click.Choice(["fp32", "bf16"]), default=None,
               help="bf16: autocast matmuls to bfloat16 where supported [fp32].")
-@click.option("--splits", "splits_path", type=click.Path(dir_okay=False, allow_dash=True),
-              default=None,
-              help="Split CSV from ae-split (columns id,split,fold); test rows are never used.")
-@click.option("--fold", type=click.IntRange(min=0), default=None,
-              help="Validation fold K: train on the other train folds, validate on fold K.")
+@common.splits_option(help="Split CSV from ae-split (columns id,split,fold); test rows are never used.")
+@common.fold_option(help="Validation fold K: train on the other train folds, validate on fold K.")
 @common.labels_option
 @click.option("--where", default=None,
               help="Keep only rows whose labels match this pandas query, e.g. 'anomaly == 0'.")
