@@ -1,7 +1,7 @@
 """What every ``ae-*`` command shares: options, logging, progress, errors, exit codes.
 
 Exit codes (documented in the README):
-  0  success
+  0  success (also when the reader of stdout goes away early, as with ``| head``)
   1  runtime or data error (too many bad inputs, NaN loss, ...)
   2  usage error or bad input (missing file, bad option value, missing column, ...)
   3  ae-train only: stopped by SIGTERM/SIGUSR1 after writing a resumable checkpoint
@@ -60,6 +60,9 @@ class AeCommand(click.Command):
             return super().invoke(ctx)
         except AekitError as exc:
             raise CommandError(str(exc), exit_code=exc.exit_code) from None
+        except BrokenPipeError:
+            _quiet_stdout()
+            raise SystemExit(0) from None  # the reader had enough (| head): not an error
         except MemoryError:
             raise CommandError("out of memory; try a smaller --batch-size or --block-size") from None
 
@@ -74,12 +77,19 @@ def run(cli: click.Command, prog_name: str) -> None:
     """Console-script entry point: run ``cli``; a closed stdout (``| head``) is not an error."""
     try:
         cli.main(prog_name=prog_name)
-    except BrokenPipeError:
-        # The reader went away. Point stdout at /dev/null so the interpreter's
-        # final flush does not raise again, and exit like a Unix tool would.
+    except BrokenPipeError:  # raised by the final flush, after the command returned
+        _quiet_stdout()
+        sys.exit(0)
+
+
+def _quiet_stdout() -> None:
+    """The reader of stdout went away: send what is left to /dev/null so that the
+    interpreter's final flush does not fail again."""
+    try:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
-        sys.exit(141)
+    except (OSError, ValueError, AttributeError):  # stdout replaced (tests) or closed
+        pass
 
 
 # --------------------------------------------------------------------------- logging

@@ -191,12 +191,13 @@ def _evaluate(model: str, features: str, *, output, table, all_metrics, splits_p
         width = max(len(k) for k in flat)
         click.echo("\n".join(f"{k.ljust(width)}  {v:.6g}" for k, v in flat.items()))
     rec = report["reconstruction"]
-    msg = f"Done: {rec['count']} clips, mean MSE {rec['mse']['mean']:.4g} dB²"
+    num = lambda v, f: "n/a" if v is None else format(v, f)  # noqa: E731  (NaN scores -> None)
+    msg = f"Done: {rec['count']} clips, mean MSE {num(rec['mse']['mean'], '.4g')} dB²"
     if "anomaly" in report:
         a = report["anomaly"]
-        msg += f", AUC {a['auc']:.4f}, pAUC {a['pauc']:.4f}"
+        msg += f", AUC {num(a['auc'], '.4f')}, pAUC {num(a['pauc'], '.4f')}"
     if "probe" in report:
-        msg += f", probe accuracy {report['probe']['accuracy']:.4f}"
+        msg += f", probe accuracy {num(report['probe']['accuracy'], '.4f')}"
     common.LOG.info("%s", msg)
 
 

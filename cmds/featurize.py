@@ -19,7 +19,7 @@ With the defaults every clip becomes [2, 32, 391], the tutorial's shape.
 
 INPUTS are audio files and directories (searched recursively by extension), or
 '-' alone to read paths from stdin, one per line. Ids are the paths relative to
-the inputs' common root, without extension. A file that cannot be decoded is
+the inputs' common root (or --root), without extension. A file that cannot be decoded is
 reported, recorded in the output and skipped; the run fails (exit 1, nothing
 written) when more than --max-fail-frac of the inputs failed.
 
@@ -44,17 +44,19 @@ See also: ae-merge, ae-split, ae-train, ae-encode, ae-eval.
               help="A bad input: record and skip it, or stop at once.")
 @click.option("--max-fail-frac", type=click.FloatRange(0, 1), default=0.05, show_default=True,
               help="Fail the run when more than this fraction of inputs failed.")
+@click.option("--root", type=click.Path(file_okay=False), default=None,
+              help="Make ids relative to this directory [default: the inputs' common root].")
 @click.option("--shard", default=None, metavar="I/N",
               help="Process only the I-th of N deterministic parts (job arrays); join with ae-merge.")
 @common.verbosity_options
-def cli(inputs, output, jobs, block_size, on_error, max_fail_frac, shard, **kwargs):
+def cli(inputs, output, jobs, block_size, on_error, max_fail_frac, root, shard, **kwargs):
     from aekit.audio import common_root, discover, make_ids
     from aekit.featurize import available_cpus, featurize, parse_shard
 
     params = common.mel_params_from(kwargs)
     shard_ix = parse_shard(shard)
     paths = discover(list(inputs), sys.stdin if list(inputs) == ["-"] else None)
-    ids = make_ids(paths, common_root(list(inputs), paths))
+    ids = make_ids(paths, root if root is not None else common_root(list(inputs), paths))
     jobs = jobs or available_cpus()
     LOG.info("%d input file(s)%s, %d job(s); clip shape %s", len(paths),
              f", shard {shard_ix[0]}/{shard_ix[1]}" if shard else "", jobs, list(params.clip_shape))

@@ -63,6 +63,10 @@ def cli(input_path: str, output: str, columns: tuple[str, ...], keep_original: b
 
     if not columns and categories_path is None:
         common.fail_usage("name at least one column with -c/--column (or apply --categories)")
+    if save_path is not None:
+        from aekit.fileio import check_writable
+
+        check_writable(save_path, "--save-categories")
     if categories_path is not None and str(categories_path) == "-" and str(input_path) == "-":
         common.fail_usage("INPUT and --categories cannot both be '-' (stdin)")
     df = onehot.read_table(input_path)

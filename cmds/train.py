@@ -159,6 +159,11 @@ def cli(features, output, preset, arch, hidden, latent, epochs, batch_size, lr, 
         keep=keep, seed=seed)
     if fold is not None and splits_path is None:
         raise InputError("--fold needs --splits")
+    from aekit.fileio import check_writable
+
+    check_writable(output, "-o/--output")
+    if log_path is not None:
+        check_writable(log_path, "--log")
     with stop_signals() as stop_requested, tr.distributed(device) as (dist, dev):
         if not dist.is_main:
             common.LOG.setLevel("WARNING")  # one process reports

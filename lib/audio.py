@@ -93,6 +93,9 @@ def make_ids(paths: Sequence[Path], root: str | os.PathLike | None = None) -> li
     if root is None:
         root = os.path.commonpath([str(p.parent) for p in absolute]) if absolute else "."
     root = Path(os.path.abspath(root))
+    outside = [p for p in absolute if not p.is_relative_to(root)]
+    if outside:
+        raise InputError(f"{outside[0]} is not under the id root {root}")
     rel = [p.relative_to(root) for p in absolute]
     ids = [r.with_suffix("").as_posix() for r in rel]
     counts: dict[str, int] = {}

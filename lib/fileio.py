@@ -28,6 +28,13 @@ def _check_dir_writable(path: Path) -> Path:
     return parent
 
 
+def check_writable(path: str | os.PathLike, what: str = "output") -> None:
+    """Fail early (before hours of work) when ``path`` cannot be written; '-' is refused."""
+    if str(path) == "-":
+        raise InputError(f"{what} must be a file path, not '-'")
+    _check_dir_writable(Path(path))
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it over ``path`` on success.

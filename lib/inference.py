@@ -444,6 +444,24 @@ def _no_progress(total: int, description: str, unit: str) -> Iterator[Callable[[
     yield lambda n=1: None
 
 
+def fold_for(lm, splits, fold: int | None) -> int | None:
+    """The fold to select rows with: the one the model was trained with, unless told otherwise.
+
+    A model trained on fold K (validation = fold K) evaluated with another --fold J would
+    score rows it trained on as if they were held out: refused.
+    """
+    trained = lm.info.get("fold")
+    if splits is None or trained is None:
+        return fold
+    if fold is None:
+        LOG.info("--fold %d: the fold the model was trained with", trained)
+        return int(trained)
+    if fold != trained:
+        raise InputError(f"the model was trained with --fold {trained} (its validation rows are "
+                         f"fold {trained}); --fold {fold} would evaluate rows it trained on")
+    return fold
+
+
 @contextmanager
 def open_inputs(model_path: str | os.PathLike, features_path: str | os.PathLike,
                 splits_path: str | os.PathLike | None, device: torch.device | str
@@ -470,6 +488,7 @@ def encode_file(model_path: str | os.PathLike, features_path: str | os.PathLike,
     from .selection import select_rows
 
     with open_inputs(model_path, features_path, splits_path, device) as (lm, ff, splits):
+        fold = fold_for(lm, splits, fold)
         rows = select_rows(ff.ids, splits, split, fold)
         if rows.size == 0:
             raise InputError("no rows selected: nothing to encode")
@@ -498,6 +517,7 @@ def evaluate_file(model_path: str | os.PathLike, features_path: str | os.PathLik
     from .selection import select_rows
 
     with open_inputs(model_path, features_path, splits_path, device) as (lm, ff, splits):
+        fold = fold_for(lm, splits, fold)
         rows = select_rows(ff.ids, splits, split, fold)
         if log_path:
             from .plots import read_training_log

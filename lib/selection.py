@@ -36,6 +36,10 @@ def load_splits(path: str | os.PathLike, ids: Sequence[str] | None = None) -> pd
     fold = pd.to_numeric(df["fold"].replace("", np.nan), errors="coerce")
     if (df["split"].eq("train") & fold.isna()).any():
         raise InputError(f"{name}: train rows without a fold number")
+    bad_fold = fold.notna() & ((fold < 0) | (fold != np.floor(fold)))
+    if bad_fold.any():
+        raise InputError(f"{name}: fold must be a whole number from 0 up; found "
+                         f"{preview(df.loc[bad_fold, 'fold'].unique())}")
     df["fold"] = fold.astype("Int64")
     df = df.set_index("id")
     if ids is not None:
@@ -89,13 +93,16 @@ def select_rows(ids: Sequence[str], splits: pd.DataFrame | None, split: str | No
 
 
 def load_labels(path: str | os.PathLike, ids: Sequence[str], id_column: str = "id",
-                require_all: bool = True) -> pd.DataFrame:
+                require_all: bool = True, as_text: bool = False) -> pd.DataFrame:
     """Label CSV joined to ``ids``: a DataFrame indexed by id in the order of ``ids``.
 
     Raises InputError when the id column is missing, ids repeat, or (require_all) some ids
     have no labels.
     """
-    df = read_csv(path, dtype={id_column: str})
+    if as_text:  # values exactly as written ('01' stays '01'), e.g. to pass labels through
+        df = read_csv(path, dtype=str, keep_default_na=False)
+    else:
+        df = read_csv(path, dtype={id_column: str})
     name = "<stdin>" if str(path) == "-" else str(path)
     if id_column not in df.columns:
         raise InputError(f"{name}: column '{id_column}' not found; columns are: "
@@ -106,7 +113,8 @@ def load_labels(path: str | os.PathLike, ids: Sequence[str], id_column: str = "i
     if require_all:
         missing = pd.Index(ids).difference(df.index)
         if len(missing):
-            raise InputError(f"{name}: labels missing for {len(missing)} id(s): {preview(sorted(missing))}")
+            raise InputError(f"{name}: labels missing for {len(missing)} id(s): {preview(sorted(missing))}"
+                             " (ids are paths relative to ae-featurize's --root)")
     return df.reindex(pd.Index(ids, name="id"))
 
 

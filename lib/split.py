@@ -108,7 +108,7 @@ def load_split_input(path: str | os.PathLike, id_column: str = "id",
     if labels_path is not None:
         from .selection import load_labels
 
-        labels = load_labels(labels_path, list(df["id"]), id_column=id_column)
+        labels = load_labels(labels_path, list(df["id"]), id_column=id_column, as_text=True)
         lname = "<stdin>" if str(labels_path) == "-" else str(labels_path)
         labels = labels.drop(columns=[c for c in ("split", "fold") if c in labels.columns])
         clash = [c for c in labels.columns if c in df.columns]

@@ -94,6 +94,8 @@ class TrainSettings:
             (self.keep in KEEP, f"unknown --keep {self.keep!r}: use best or last"),
             (self.epochs >= 1, "--epochs must be at least 1"),
             (self.batch_size >= 1, "--batch-size must be at least 1"),
+            (self.arch != "improved" or self.batch_size >= 2,
+             "--batch-size must be at least 2 for --arch improved (BatchNorm needs 2 rows)"),
             (self.lr > 0 and math.isfinite(self.lr), "--lr must be a positive number"),
             (self.warmup >= 0, "--warmup must be >= 0"),
             (len(self.hidden) >= 1 and all(h > 0 for h in self.hidden) and self.latent > 0,

@@ -81,3 +81,14 @@ def test_installed_executable(name, tmp_path):
         assert p.returncode == 2
         assert p.stderr.strip().splitlines()[-1].startswith(f"{name}: error: ")
         assert "Traceback" not in p.stderr
+
+
+def test_closed_stdout_is_not_an_error(tmp_path, env_bin):
+    """`| head` on a large output: no traceback, and exit 0 even under pipefail."""
+    rows = "\n".join(f"r{i},{'abc'[i % 3]}" for i in range(50_000))
+    (tmp_path / "big.csv").write_text("id,c\n" + rows + "\n")
+    for cmd in ("ae-onehot big.csv -c c", "ae-split big.csv"):
+        p = subprocess.run(["bash", "-o", "pipefail", "-c", f"{cmd} -q | head -1"], cwd=tmp_path,
+                           env=env_bin, capture_output=True, text=True)
+        assert p.returncode == 0, (cmd, p.stderr)
+        assert p.stderr == "" and p.stdout.startswith(("id,", "id\n"))

@@ -293,3 +293,18 @@ def test_library_entry_point(data):
     r = run(d / "m.safetensors", d / "f.h5", "--labels", d / "labels.csv", *ANOMALY)
     assert report["anomaly"] == json.loads(r.stdout)["anomaly"]
     assert len(per_clip) == N and {"id", "split", "mse", "mae", "anomaly"} <= set(per_clip.columns)
+
+
+def test_fold_defaults_to_the_models_and_a_different_fold_is_refused(data):
+    d, x, ids, anomaly = data
+    lm = load_model(d / "m.safetensors")
+    save_model(d / "m1.safetensors", lm.model, lm.normalizer, PARAMS, history=lm.history, fold=1)
+    r = run(d / "m1.safetensors", d / "f.h5", "--splits", d / "splits.csv", "--split", "val")
+    assert r.exit_code == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert report["selection"]["fold"] == 1
+    assert report["reconstruction"]["count"] == sum(1 for i in range(6, len(ids)) if (i - 6) % 3 == 1)
+    r = run(d / "m1.safetensors", d / "f.h5", "--splits", d / "splits.csv", "--split", "val",
+            "--fold", "2")
+    assert r.exit_code == 2
+    assert "trained with --fold 1" in one_error_line(r)

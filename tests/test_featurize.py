@@ -194,3 +194,13 @@ def test_installed_executable_in_a_real_pipe(corpus, tmp_path, env_bin):
                        capture_output=True, text=True)
     assert p.returncode == 2
     assert p.stderr.strip().splitlines()[-1].startswith("ae-featurize: error:")
+
+
+def test_root_sets_the_ids(corpus, tmp_path):
+    out = tmp_path / "f.h5"
+    r = run([str(corpus / "fan"), "-o", str(out), *SMALL, "--root", str(corpus)])
+    assert r.exit_code == 0, r.stderr
+    with FeatureFile(out) as ff:
+        assert ff.ids == ["fan/a", "fan/b"]
+    r = run([str(corpus / "fan"), "-o", str(out), *SMALL, "--root", str(corpus / "pump")])
+    assert r.exit_code == 2 and "is not under the id root" in r.stderr

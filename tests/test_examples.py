@@ -1,0 +1,106 @@
+"""The example pipeline (examples/Makefile) and the SLURM scripts, run locally at small sizes."""
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
+SMALL = ["FOLDS=2", "EPOCHS=2", "CLIPS=4", "IDS=3", "HIDDEN=32,16", "LATENT=8"]
+
+
+def make(args, env, cwd=EXAMPLES, check=True):
+    p = subprocess.run(["make", "--no-print-directory", *args], cwd=cwd, env=env,
+                       capture_output=True, text=True, timeout=900)
+    if check:
+        assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
+    return p
+
+
+@pytest.mark.slow
+def test_example_makefile_pipeline(tmp_path, env_bin):
+    w = tmp_path / "work"
+    p = make(["-j2", "demo", f"W={w}", *SMALL], env_bin)
+    assert "aekit demo verdict" in p.stdout and "improved" in p.stdout and "AUC" in p.stdout
+    for f in ("features.h5", "splits.csv", "labels.csv", "categories.json",
+              "models/improved.fold1.safetensors", "latents/baseline.fold0.h5",
+              "reports/baseline.summary.json", "plots/improved.fold0/roc.png"):
+        assert (w / f).stat().st_size > 0, f
+    # A second run does nothing.
+    assert make(["-q", "all", f"W={w}", *SMALL], env_bin, check=False).returncode == 0
+    # Touching the splits re-runs training and what follows, not featurization.
+    time.sleep(1.1)
+    (w / "splits.csv").touch()
+    plan = make(["-n", "all", f"W={w}", *SMALL], env_bin).stdout
+    assert "ae-train" in plan and "ae-eval" in plan
+    assert "ae-featurize" not in plan and "ae-synth" not in plan and "ae-split" not in plan
+
+
+@pytest.mark.slow
+def test_slurm_featurize_array_and_merge(tmp_path, env_bin):
+    data = tmp_path / "data"
+    subprocess.run(["ae-synth", str(data), "--ids-per-type", "1", "--clips-per-machine", "3",
+                    "--duration", "1", "-q"], env=env_bin, check=True)
+    env = dict(env_bin, DATA=str(data), OUT=str(tmp_path / "shards"),
+               FEATURES=str(tmp_path / "merged.h5"), FEATURIZE_OPTS="--num-samples 16000 -q")
+    for i in range(3):
+        subprocess.run(["bash", str(EXAMPLES / "slurm" / "featurize-array.sbatch")], check=True,
+                       env=dict(env, SLURM_ARRAY_TASK_ID=str(i), SLURM_ARRAY_TASK_COUNT="3"))
+    subprocess.run(["bash", str(EXAMPLES / "slurm" / "merge.sbatch")], env=env, check=True)
+    single = tmp_path / "single.h5"
+    subprocess.run(["ae-featurize", str(data), "--num-samples", "16000", "-q", "-o", str(single)],
+                   env=env_bin, check=True)
+    with h5py.File(single) as a, h5py.File(tmp_path / "merged.h5") as b:
+        assert a["ids"][()].tolist() == b["ids"][()].tolist()
+        np.testing.assert_array_equal(a["features"][()], b["features"][()])
+
+
+def _train_env(tmp_path, env_bin, epochs):
+    from aekit.store import FeatureWriter, PER_CLIP
+
+    feats = tmp_path / "f.h5"
+    rng = np.random.default_rng(0)
+    params = {"sample_rate": 16000, "num_samples": 2560, "n_fft": 64, "hop_length": 256,
+              "n_mels": 4, "top_db": 80.0, "f_min": 0.0, "f_max": 8000.0, "window": "hann",
+              "power": 2.0, "mel_scale": "htk", "channels": 2, "channel_policy": "first"}
+    w = FeatureWriter(feats, params, (2, 4, 11))
+    n = 60
+    w.append(rng.normal(-40, 10, (n, 2, 4, 11)).astype(np.float32), [f"c{i}" for i in range(n)],
+             [f"c{i}.wav" for i in range(n)], {k: np.zeros(n) for k in PER_CLIP})
+    w.close()
+    model = tmp_path / "m.safetensors"
+    return model, dict(env_bin, FEATURES=str(feats), MODEL=str(model), NPROC="1",
+                       TRAIN_OPTS=f"--hidden 16,8 --latent 4 --epochs {epochs} --batch-size 4 -q")
+
+
+@pytest.mark.slow
+def test_slurm_train_script_checkpoints_on_usr1_and_resumes(tmp_path, env_bin):
+    model, env = _train_env(tmp_path, env_bin, epochs=400)
+    script = EXAMPLES / "slurm" / "train.sbatch"
+    proc = subprocess.Popen(["bash", str(script)], env=env, cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = Path(str(model).removesuffix(".safetensors") + ".log.csv")
+    deadline = time.time() + 120
+    while time.time() < deadline and not (log.exists() and len(log.read_text().splitlines()) > 2):
+        time.sleep(0.2)
+    assert proc.poll() is None, "training finished before the preemption signal"
+    proc.send_signal(signal.SIGUSR1)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-3000:]
+    assert "preemption signal" in err
+    assert (Path(str(model) + ".ckpt") / "last.pt").exists()
+    assert not model.exists() or len(log.read_text().splitlines()) < 401
+    # The requeued job: same script, finds the checkpoint, resumes to the end.
+    env["TRAIN_OPTS"] = env["TRAIN_OPTS"]
+    p = subprocess.run(["bash", str(script)], env=env, cwd=tmp_path, capture_output=True,
+                       text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    from aekit.modelfile import read_info
+
+    assert len(read_info(model)["history"]) == 400
