@@ -8,6 +8,7 @@
 """
 
 import importlib
+import re
 import subprocess
 import sys
 
@@ -39,6 +40,8 @@ def test_help(name):
     assert r.exit_code == 0
     assert r.stdout.startswith(f"Usage: {name}") or "Usage:" in r.stdout
     assert "Example" in r.stdout and "See also" in r.stdout
+    see_also = r.stdout.split("See also", 1)[1]
+    assert set(re.findall(r"ae-[a-z]+", see_also)) - {name}, "See also names no sibling"
     assert r.stderr == ""
 
 

@@ -133,13 +133,6 @@ def test_category_file_rejects_other_json(tmp_path):
 
 # --------------------------------------------------------------------------- the command
 
-def test_help_has_example_and_see_also():
-    r = run(["--help"])
-    assert r.exit_code == 0
-    assert "Example" in r.stdout and "See also" in r.stdout
-    for sib in ("ae-featurize", "ae-split", "ae-train", "ae-encode", "ae-eval"):
-        assert sib in r.stdout
-
 
 def test_fit_save_then_apply(train_csv, test_csv, tmp_path):
     cats = tmp_path / "cats.json"

@@ -185,13 +185,6 @@ def csv_input(tmp_path):
     return p
 
 
-def test_help_has_example_and_see_also():
-    r = run(["--help"])
-    assert r.exit_code == 0
-    assert "Example" in r.stdout and "See also" in r.stdout
-    for sib in ("ae-featurize", "ae-onehot", "ae-train", "ae-encode", "ae-eval"):
-        assert sib in r.stdout
-
 
 def test_csv_output_columns_and_folds(csv_input):
     r = run([str(csv_input), "--folds", "3", "-q"])
