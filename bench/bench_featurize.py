@@ -167,7 +167,7 @@ def main() -> None:
                        "vs loop", "of floor")))
     print("targets: >= 1.5x loop on 6 s clips, >= 10x on 60 s FLAC, >= 0.7x floor")
     print(f"ae-featurize parent peak RSS: {results[0]['aekit_parent_peak_rss_mib']:.0f} MiB "
-          f"after {results[0]['files']} clips (writes in blocks: flat in the number of files)")
+          f"after {results[0]['files']} clips (torch and the decoders included; results are written in blocks)")
     save("featurize", {"cores": cores(), "results": results})
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import resource
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -22,14 +21,6 @@ def best_of(fn, repeat: int = 3) -> float:
         times.append(time.perf_counter() - t)
     return min(times)
 
-
-def median_of(fn, repeat: int = 3) -> float:
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def peak_rss_mib() -> float:

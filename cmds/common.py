@@ -135,8 +135,6 @@ def setup_logging(quiet: bool = False, verbose: bool = False) -> None:
     LOG.addHandler(handler)
     LOG.setLevel(level)
     LOG.propagate = False
-    # Progress is shown only when informational messages are.
-    LOG.quiet = quiet  # type: ignore[attr-defined]
 
 
 def command_line() -> str:
@@ -153,8 +151,7 @@ def command_line() -> str:
 @contextmanager
 def progress(total: int | None, description: str, unit: str = "items") -> Iterator[Callable[[int], None]]:
     """Yield ``advance(n)``: a rich bar on a terminal, a plain log line every ~5% or 10 s otherwise."""
-    quiet = getattr(LOG, "quiet", False) or not LOG.isEnabledFor(logging.INFO)
-    if quiet:
+    if not LOG.isEnabledFor(logging.INFO):  # progress shows only with informational messages
         yield lambda n=1: None
         return
     if stderr_is_terminal():

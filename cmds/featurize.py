@@ -51,7 +51,7 @@ See also: ae-merge, ae-split, ae-train, ae-encode, ae-eval.
 @common.verbosity_options
 def cli(inputs, output, jobs, block_size, on_error, max_fail_frac, root, shard, **kwargs):
     from aekit.audio import common_root, discover, make_ids
-    from aekit.featurize import available_cpus, featurize, parse_shard
+    from aekit.featurize import available_cpus, featurize, parse_shard, shard_indices
 
     params = common.mel_params_from(kwargs)
     shard_ix = parse_shard(shard)
@@ -63,8 +63,6 @@ def cli(inputs, output, jobs, block_size, on_error, max_fail_frac, root, shard, 
 
     def warn(path: str, reason: str) -> None:
         LOG.warning("%s: %s (skipped)", path, reason)
-
-    from aekit.featurize import shard_indices
 
     n = len(shard_indices(len(paths), shard_ix))
     with common.progress(n, "featurize", unit="files") as advance:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -92,7 +93,7 @@ def _process(task: list[tuple[int, str]]):
             feats = frontend(torch.from_numpy(clip.samples)).numpy()  # [C, M, T]
         meta = (clip.source_sample_rate, clip.source_channels, clip.source_frames,
                 clip.valid_samples, clip.channels_cut)
-        ok.append((index, feats, meta))
+        ok.append((index, path, feats, meta))
     return ok, failed
 
 
@@ -156,21 +157,17 @@ def featurize(paths: Sequence[os.PathLike | str], ids: Sequence[str], output: os
 
 def _run(tasks, params, jobs, block_size, on_error, writer, report, ids, on_failure, progress):
     buf_feats: list[np.ndarray] = []
-    buf_rows: list[tuple[int, tuple]] = []
+    buf_rows: list[tuple[int, str, tuple]] = []  # (input index, path, per-clip meta)
 
     def flush() -> None:
         if not buf_rows:
             return
-        feats = np.stack(buf_feats)
-        idx = [i for i, _ in buf_rows]
-        metas = [m for _, m in buf_rows]
-        meta = {name: [m[k] for m in metas] for k, name in enumerate(PER_CLIP)}
-        writer.append(feats, [ids[i] for i in idx], [str(p) for p in (_paths[i] for i in idx)], meta)
-        report.written += len(idx)
+        meta = {name: [m[k] for _, _, m in buf_rows] for k, name in enumerate(PER_CLIP)}
+        writer.append(np.stack(buf_feats), [ids[i] for i, _, _ in buf_rows],
+                      [p for _, p, _ in buf_rows], meta)
+        report.written += len(buf_rows)
         buf_feats.clear()
         buf_rows.clear()
-
-    _paths = {i: p for task in tasks for i, p in task}
 
     def consume(result) -> None:
         ok, failed = result
@@ -181,9 +178,9 @@ def _run(tasks, params, jobs, block_size, on_error, writer, report, ids, on_fail
                 on_failure(path, reason)
             if on_error == "fail":
                 raise DataError(f"{path}: {reason} (stopping: --on-error fail); no output written")
-        for index, feats, meta in ok:
+        for index, path, feats, meta in ok:
             buf_feats.append(feats)
-            buf_rows.append((index, meta[:4]))
+            buf_rows.append((index, path, meta[:4]))
             report.channels_cut += int(meta[4])
         if progress:
             progress(len(ok) + len(failed))
@@ -200,10 +197,9 @@ def _run(tasks, params, jobs, block_size, on_error, writer, report, ids, on_fail
         for task in tasks:
             consume(_process(task))
     else:
-        # fork is cheapest (workers inherit imported torch); elsewhere spawn.
-        method = "fork" if "fork" in mp.get_all_start_methods() and os.name == "posix" \
-            and not _is_macos() else "spawn"
-        ctx = mp.get_context(method)
+        # fork is cheapest (workers inherit the imports and the frontend); on macOS, where
+        # forking a process with threads is unsafe, and elsewhere, spawn.
+        ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
         with ctx.Pool(min(jobs, len(tasks)), initializer=_init_worker, initargs=(frontend, 1)) as pool:
             try:
                 for result in pool.imap(_process, tasks):
@@ -212,9 +208,3 @@ def _run(tasks, params, jobs, block_size, on_error, writer, report, ids, on_fail
                 pool.terminate()
                 raise
     flush()
-
-
-def _is_macos() -> bool:
-    import sys
-
-    return sys.platform == "darwin"

@@ -61,16 +61,14 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def open_output(path: str | os.PathLike | None, mode: str = "w") -> Iterator[IO]:
-    """Open a text (or binary with mode='wb') output: '-' or None is stdout, else atomic."""
+def open_output(path: str | os.PathLike | None) -> Iterator[IO]:
+    """Open a text output: '-' or None is stdout, else a file written atomically."""
     if path is None or str(path) == "-":
-        stream = sys.stdout if "b" not in mode else sys.stdout.buffer
-        yield stream
-        stream.flush()
+        yield sys.stdout
+        sys.stdout.flush()
         return
     with atomic_path(path) as tmp:
-        kwargs = {} if "b" in mode else {"encoding": "utf-8", "newline": ""}
-        with open(tmp, mode, **kwargs) as fh:
+        with open(tmp, "w", encoding="utf-8", newline="") as fh:
             yield fh
 
 

@@ -118,9 +118,3 @@ def layer_summary(model: Autoencoder) -> list[str]:
                 out.append(type(m).__name__)
     return out
 
-
-def flops_per_sample(config: AEConfig) -> int:
-    """Multiply-adds x 2 of one forward pass (Linear layers dominate): 2 x weights."""
-    widths = [config.input_dim, *config.hidden, config.latent]
-    weights = sum(a * b for a, b in zip(widths[:-1], widths[1:])) * 2
-    return 2 * weights

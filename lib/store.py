@@ -224,7 +224,6 @@ class FeatureFile:
             return np.zeros((0, *self.clip_shape), dtype=np.float32)
         order = np.argsort(idx, kind="stable")
         sorted_idx = idx[order]
-        out = np.empty((idx.size, *self.clip_shape), dtype=np.float32)
         # Read runs of consecutive rows as slices: far faster than h5py fancy indexing.
         breaks = np.flatnonzero(np.diff(sorted_idx) != 1) + 1
         starts = np.concatenate([[0], breaks])
@@ -236,6 +235,9 @@ class FeatureFile:
                 self.features.read_direct(tmp, np.s_[lo:hi], np.s_[s:e])
             else:  # duplicates in the index
                 tmp[s:e] = self.features[lo:hi][sorted_idx[s:e] - lo]
+        if np.array_equal(order, np.arange(idx.size)):
+            return tmp
+        out = np.empty_like(tmp)
         out[order] = tmp
         return out
 
@@ -317,11 +319,11 @@ def merge_shards(inputs: Sequence[str | os.PathLike], output: str | os.PathLike,
                               shape, command=command, extra_attrs=extra, expected=n_total)
             try:
                 for ff in ordered:
-                    n = len(ff)
+                    n, paths = len(ff), ff.paths
                     for s in range(0, n, block):
                         e = min(n, s + block)
                         meta = {name: ff.f[name][s:e] for name in PER_CLIP}
-                        w.append(ff.features[s:e], ff.ids[s:e], _strings(ff.f["paths"])[s:e], meta)
+                        w.append(ff.features[s:e], ff.ids[s:e], paths[s:e], meta)
                     fails = ff.failures()
                     w.add_failures([p for p, _ in fails], [r for _, r in fails])
                 w.close()

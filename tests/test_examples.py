@@ -97,7 +97,6 @@ def test_slurm_train_script_checkpoints_on_usr1_and_resumes(tmp_path, env_bin):
     assert (Path(str(model) + ".ckpt") / "last.pt").exists()
     assert not model.exists() or len(log.read_text().splitlines()) < 401
     # The requeued job: same script, finds the checkpoint, resumes to the end.
-    env["TRAIN_OPTS"] = env["TRAIN_OPTS"]
     p = subprocess.run(["bash", str(script)], env=env, cwd=tmp_path, capture_output=True,
                        text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
