@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import InputError, preview
+from .expr import parse_where
 from .fileio import read_csv
 
 
@@ -119,10 +120,5 @@ def load_labels(path: str | os.PathLike, ids: Sequence[str], id_column: str = "i
 
 
 def query_rows(labels: pd.DataFrame, expr: str) -> np.ndarray:
-    """Boolean mask over labels rows matching a pandas query expression (e.g. 'anomaly == 0')."""
-    try:
-        kept = labels.query(expr, engine="python")
-    except Exception as exc:  # pandas raises many types for a bad expression
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise InputError(f"bad --where expression {expr!r}: {msg}") from None
-    return labels.index.isin(kept.index)
+    """Boolean mask over labels rows matching a safe selection expression (see aekit.expr)."""
+    return parse_where(expr).mask(labels)
