@@ -132,7 +132,7 @@ def run_one(name: str, cfg, warmup: int, steps: int, n: int) -> dict:
         if name.endswith("foreach"):
             opt = torch.optim.Adam(model.parameters(), lr=1e-3, foreach=True)
         else:
-            opt = tr.make_optimizer(model.parameters(), 1e-3, dev)
+            opt = tr.make_optimizer(model.parameters(), 1e-3)
         norm = Normalizer("none")
         src = MemorySource.from_tensor(x, norm, dev)
         src.prepare()

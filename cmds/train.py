@@ -10,6 +10,7 @@ import threading
 
 import click
 
+from aekit import settings as S
 from aekit.cmds import common
 from aekit.errors import InputError
 
@@ -94,30 +95,33 @@ def _self_sigterm_hook():
 @click.argument("features", type=click.Path(dir_okay=False))
 @common.output_option(required=True, allow_dash=False,
                       help="Model file to write (.safetensors, atomically).")
-@click.option("--preset", type=click.Choice(["default", "tutorial"]), default="default",
+@click.option("--preset", type=click.Choice(list(S.PRESETS)), default="default",
               show_default=True,
               help="default: stable training; tutorial: the tutorial's exact settings. "
                    "Options given explicitly override the preset.")
-@click.option("--arch", type=click.Choice(["baseline", "improved"]), default="improved",
+@click.option("--arch", type=click.Choice(list(S.ARCHS)), default=S.default_of("arch"),
               show_default=True,
-              help="baseline: Linear+ReLU; improved: Linear+BatchNorm+LeakyReLU(0.1).")
-@click.option("--hidden", callback=_widths, default="8224,2056,1024,512", show_default=True,
+              help="; ".join(f"{k}: {a.help}" for k, a in S.ARCHS.items()) + ".")
+@click.option("--hidden", callback=_widths, default=",".join(map(str, S.DEFAULT_HIDDEN)),
+              show_default=True,
               help="Hidden layer widths, encoder side (the decoder mirrors them).")
-@click.option("--latent", type=click.IntRange(min=1), default=256, show_default=True,
+@click.option("--latent", type=click.IntRange(min=1), default=S.DEFAULT_LATENT, show_default=True,
               help="Bottleneck width.")
-@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Epochs [20].")
+@click.option("--epochs", type=click.IntRange(min=1), default=None,
+              help=f"Epochs [{S.default_of('epochs')}].")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
-              help="Rows per step, per process [25].")
-@click.option("--lr", type=float, default=None, help="Adam learning rate (schedule peak) [1e-3].")
-@click.option("--normalize", type=click.Choice(["none", "global", "per-feature"]), default=None,
+              help=f"Rows per step, per process [{S.default_of('batch_size')}].")
+@click.option("--lr", type=float, default=None,
+              help=f"Adam learning rate (schedule peak) [{S.default_of('lr'):g}].")
+@click.option("--normalize", type=click.Choice(S.NORM_MODES), default=None,
               help="Input normalization fitted on training rows [default: global; tutorial: none].")
-@click.option("--schedule", type=click.Choice(["constant", "cosine"]), default=None,
+@click.option("--schedule", type=click.Choice(S.SCHEDULES), default=None,
               help="Learning rate schedule [default: cosine with warm-up; tutorial: constant].")
 @click.option("--warmup", type=click.FloatRange(min=0), default=None,
-              help="Epochs of linear learning-rate warm-up (cosine) [1].")
+              help=f"Epochs of linear learning-rate warm-up (cosine) [{S.default_of('warmup'):g}].")
 @click.option("--balanced-batches/--no-balanced-batches", default=None,
               help="Equal batch sizes instead of a small last batch [default: on; tutorial: off].")
-@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default=None,
+@click.option("--precision", type=click.Choice(S.PRECISIONS), default=None,
               help="bf16: autocast matmuls to bfloat16 where supported [fp32].")
 @common.splits_option(help="Split CSV from ae-split (columns id,split,fold); test rows are never used.")
 @common.fold_option(help="Validation fold K: train on the other train folds, validate on fold K.")
@@ -126,7 +130,7 @@ def _self_sigterm_hook():
               help="Keep only rows whose labels match this pandas query, e.g. 'anomaly == 0'.")
 @click.option("--early-stop", type=click.IntRange(min=1), default=None,
               help="Stop after N epochs without a better validation loss.")
-@click.option("--keep", type=click.Choice(["best", "last"]), default=None,
+@click.option("--keep", type=click.Choice(S.KEEP), default=None,
               help="Weights in the model file: best validation epoch, or last [default: best; "
                    "tutorial: last].")
 @click.option("--log", "log_path", type=click.Path(dir_okay=False), default=None,
@@ -138,7 +142,7 @@ def _self_sigterm_hook():
               help="Checkpoint folder [OUTPUT.ckpt].")
 @click.option("--checkpoint-every", type=click.IntRange(min=1), default=1, show_default=True,
               help="Write last.pt every N epochs (and always on a stop signal).")
-@click.option("--data", "data_mode", type=click.Choice(["auto", "memory", "stream"]),
+@click.option("--data", "data_mode", type=click.Choice(S.DATA_MODES),
               default="auto", show_default=True,
               help="auto: load into memory when under 25%% of RAM, else stream from HDF5.")
 @click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True,
@@ -151,8 +155,9 @@ def cli(features, output, preset, arch, hidden, latent, epochs, batch_size, lr, 
         early_stop, keep, log_path, resume, checkpoint_dir, checkpoint_every, data_mode, workers,
         seed, device):
     from aekit import train as tr  # torch is imported here, not at --help
+    from aekit.fileio import null_progress
 
-    settings = tr.make_settings(
+    settings = S.make_settings(
         preset, arch=arch, hidden=hidden, latent=latent, epochs=epochs, batch_size=batch_size,
         lr=lr, normalize=normalize, schedule=schedule, warmup=warmup,
         balanced_batches=balanced_batches, precision=precision, early_stop=early_stop,
@@ -174,12 +179,12 @@ def cli(features, output, preset, arch, hidden, latent, epochs, batch_size, lr, 
                 checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every,
                 data_mode=data_mode, workers=workers, stop_requested=stop_requested,
                 on_step=_self_sigterm_hook(),
-                progress=common.progress if dist.is_main else tr._null_progress,
+                progress=common.progress if dist.is_main else null_progress,
                 meta={"command": common.command_line()})
         except tr.Preempted as exc:
             common.LOG.warning("%s", exc)
             sys.stdout.flush()
-            raise SystemExit(tr.EXIT_PREEMPTED) from None
+            raise SystemExit(S.EXIT_PREEMPTED) from None
     last = result.history[-1] if result.history else {}
     common.LOG.info("Done: %d epochs, final train loss %.4g%s dB^2; wrote %s (%s weights)",
                     len(result.history), last.get("train_loss", float("nan")),

@@ -3,15 +3,20 @@
 Rows: ``select_training_rows`` applies a split CSV (validation = fold K, training = the
 other train folds, test rows never touched) and a ``--where`` query on a labels CSV.
 
-Batches: the epoch's order is one permutation of the local training rows, a pure
+Units: a training example is a *unit*, ``model.units_per_clip(T)`` of them per clip
+(1 for a whole-clip model; one per window for a model of frame windows). Unit u is
+offset ``u % k`` of clip ``u // k``; the model cuts it out (``take_units``) on the fly
+from the clip tensors, so no copy of the data set is ever made.
+
+Batches: the epoch's order is one permutation of the local training units, a pure
 function of (seed, epoch, rank, world size), so a resumed run replays it exactly.
 Two sources serve the batches of that order:
-  MemorySource  every row loaded once as one float32 tensor [N, D], normalized once,
-                on the training device (in pinned host memory when it would take more
-                than a tenth of a GPU); a batch is an index into it (no DataLoader).
-  StreamSource  rows read from the HDF5 file batch by batch by DataLoader workers, each
-                opening the file itself; the order shuffles contiguous blocks of rows and
-                rows within a block, so reads stay local.
+  MemorySource  every clip loaded once as one float32 tensor [N, C, M, T], normalized
+                once, on the training device (in pinned host memory when it would take
+                more than a tenth of a GPU); a batch is an index into it (no DataLoader).
+  StreamSource  clips read from the HDF5 file batch by batch by DataLoader workers, each
+                opening the file itself; the order shuffles contiguous blocks of units and
+                units within a block, so reads stay local.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import numpy as np
 import torch
 
 from .errors import InputError
+from .settings import DATA_MODES
 from .selection import load_labels, load_splits, query_rows, select_rows
 from .store import FeatureFile
 
@@ -155,30 +161,55 @@ def fits_in_memory(n_rows: int, width: int, copies: int = 1) -> bool:
     return n_rows * width * 4 * copies < MEMORY_FRACTION * ram
 
 
+class WholeClips:
+    """The unit plan of a whole-clip model (one unit per clip: the flat clip), for sources
+    built without a model (benchmarks, notebooks)."""
+
+    def units_per_clip(self, frames: int) -> int:
+        return 1
+
+    def take_units(self, clips: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        return clips.flatten(1)
+
+
+def _split_units(u: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unit numbers -> (clip position, offset in the clip): unit u is offset u % k of clip u // k."""
+    if k == 1:
+        return u, torch.zeros_like(u)
+    return torch.div(u, k, rounding_mode="floor"), u % k
+
+
 class MemorySource:
-    """Rows held as one normalized float32 tensor [N, D] on the device; batches by indexing."""
+    """Clips held as one normalized float32 tensor [N, C, M, T] on the device; a batch of
+    units is an index into it, cut into units by the model."""
 
     streaming = False
 
     def __init__(self, ff: FeatureFile, rows: np.ndarray, normalizer, device: torch.device,
-                 check_finite: bool = True):
-        x = torch.from_numpy(ff.read(rows)).reshape(len(rows), -1)  # [N, C*M*T]
+                 check_finite: bool = True, model=None):
+        x = torch.from_numpy(ff.read(rows))  # [N, C, M, T]
         if check_finite and x.numel():
-            bad = (~torch.isfinite(x)).any(1)
+            bad = (~torch.isfinite(x)).flatten(1).any(1)
             if bool(bad.any()):
                 raise InputError(f"{ff.path}: {int(bad.sum())} clip(s) contain NaN or Inf values")
+        self._init(x, normalizer, device, model)
+
+    def _init(self, x: torch.Tensor, normalizer, device: torch.device, model) -> None:
         self.raw = x
         self.normalizer = normalizer
         self.device = device
-        self.home = device  # where the rows live: the device, or pinned host memory
+        self.home = device  # where the clips live: the device, or pinned host memory
         self.x: torch.Tensor | None = None
+        self.model = model if model is not None else WholeClips()
+        self.n_clips = int(x.shape[0])
+        self.k = int(self.model.units_per_clip(x.shape[-1]))
 
     @classmethod
-    def from_tensor(cls, x: torch.Tensor, normalizer, device: torch.device) -> "MemorySource":
-        """A source over rows already in memory, x [N, D] raw (benchmarks, notebooks)."""
+    def from_tensor(cls, x: torch.Tensor, normalizer, device: torch.device,
+                    model=None) -> "MemorySource":
+        """A source over clips already in memory, x [N, C, M, T] (or [N, D]) raw."""
         self = cls.__new__(cls)
-        self.raw, self.normalizer, self.device = x.reshape(len(x), -1), normalizer, device
-        self.x, self.home = None, device
+        self._init(x, normalizer, device, model)
         return self
 
     def fit_blocks(self, block: int = 1024) -> Iterator[torch.Tensor]:
@@ -188,7 +219,7 @@ class MemorySource:
     def prepare(self) -> None:
         """Normalize once (after the normalizer is fitted or restored) and move to the device.
 
-        On a GPU the rows stay in (pinned) host memory when they would take more than a
+        On a GPU the clips stay in (pinned) host memory when they would take more than a
         tenth of the GPU's memory, and each batch is copied over as it is used.
         """
         raw, self.raw = self.raw, None  # type: ignore[assignment]
@@ -205,25 +236,35 @@ class MemorySource:
             self.x = x.contiguous().pin_memory()
 
     def __len__(self) -> int:
-        return int(self.x.shape[0] if self.x is not None else self.raw.shape[0])
+        """The number of training units (clips x units per clip)."""
+        return self.n_clips * self.k
+
+    def _units(self, clips: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        if self.home != self.device:
+            clips = clips.to(self.device, non_blocking=True)
+        return self.model.take_units(clips, offsets.to(self.device))  # [b, D]
 
     def batches(self, order: torch.Tensor, sizes: Sequence[int], start: int = 0
                 ) -> Iterator[torch.Tensor]:
         order = order.to(self.home)
         offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
         for i in range(start, len(sizes)):
-            xb = self.x.index_select(0, order[offsets[i]:offsets[i + 1]])  # [b, D]
-            yield xb if self.home == self.device else xb.to(self.device, non_blocking=True)
+            clip, off = _split_units(order[offsets[i]:offsets[i + 1]], self.k)
+            yield self._units(self.x.index_select(0, clip), off)  # [b, D]
 
     def blocks(self, block: int = 256) -> Iterator[torch.Tensor]:
+        """Every unit once, in order, ``block`` units at a time (validation)."""
         for s in range(0, len(self), block):
-            yield self.x[s:s + block].to(self.device, non_blocking=True)
+            u = torch.arange(s, min(len(self), s + block), device=self.home)
+            clip, off = _split_units(u, self.k)
+            xb = self.x[s:s + block] if self.k == 1 else self.x.index_select(0, clip)
+            yield self._units(xb, off)
 
 
 class _BatchReader(torch.utils.data.Dataset):
-    """One item = one batch of file rows; each worker opens the HDF5 file itself."""
+    """One item = one batch of (file row, offset) units; each worker opens the HDF5 file itself."""
 
-    def __init__(self, path: str, batches: list[np.ndarray]):
+    def __init__(self, path: str, batches: list[tuple[np.ndarray, np.ndarray]]):
         self.path = str(path)
         self.batches_ = batches
         self.ff: FeatureFile | None = None
@@ -231,11 +272,11 @@ class _BatchReader(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.batches_)
 
-    def __getitem__(self, i: int) -> torch.Tensor:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self.ff is None:
             self.ff = FeatureFile(self.path)
-        rows = self.batches_[i]
-        return torch.from_numpy(self.ff.read(rows)).reshape(len(rows), -1)  # [b, D]
+        rows, offsets = self.batches_[i]
+        return torch.from_numpy(self.ff.read(rows)), torch.from_numpy(offsets)  # [b, C, M, T]
 
 
 def _one_thread(_worker_id: int) -> None:
@@ -243,20 +284,24 @@ def _one_thread(_worker_id: int) -> None:
 
 
 class StreamSource:
-    """Rows read from HDF5 batch by batch (DataLoader workers), normalized on the device."""
+    """Clips read from HDF5 batch by batch (DataLoader workers), normalized on the device,
+    cut into units by the model."""
 
     streaming = True
 
     def __init__(self, ff: FeatureFile, rows: np.ndarray, normalizer, device: torch.device,
-                 workers: int = 2):
+                 workers: int = 2, model=None):
         self.path = str(ff.path)
         self.rows = rows
         self.normalizer = normalizer
         self.device = device
         self.workers = workers
+        self.model = model if model is not None else WholeClips()
+        self.k = int(self.model.units_per_clip(ff.clip_shape[-1]))
 
     def __len__(self) -> int:
-        return int(self.rows.size)
+        """The number of training units (clips x units per clip)."""
+        return int(self.rows.size) * self.k
 
     def fit_blocks(self, block: int = 1024) -> Iterator[np.ndarray]:
         with FeatureFile(self.path) as ff:
@@ -266,31 +311,36 @@ class StreamSource:
     def prepare(self) -> None:
         pass
 
-    def _loader(self, batches: list[np.ndarray]):
-        return torch.utils.data.DataLoader(
-            _BatchReader(self.path, batches), batch_size=None, shuffle=False,
+    def _loader(self, units: list[np.ndarray]):
+        parts = [(self.rows[u // self.k], (u % self.k).astype(np.int64)) for u in units]
+        loader = torch.utils.data.DataLoader(
+            _BatchReader(self.path, parts), batch_size=None, shuffle=False,
             num_workers=self.workers, worker_init_fn=_one_thread if self.workers else None,
             pin_memory=self.device.type == "cuda")
+        for clips, offsets in loader:
+            xb = self.normalizer.transform(clips.to(self.device, non_blocking=True))
+            yield self.model.take_units(xb, offsets.to(self.device))  # [b, D]
 
     def batches(self, order: torch.Tensor, sizes: Sequence[int], start: int = 0
                 ) -> Iterator[torch.Tensor]:
-        rows = self.rows[order.numpy()]
+        units = order.numpy()
         offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
-        parts = [rows[offsets[i]:offsets[i + 1]] for i in range(start, len(sizes))]
-        for xb in self._loader(parts):
-            yield self.normalizer.transform(xb.to(self.device, non_blocking=True))
+        yield from self._loader([units[offsets[i]:offsets[i + 1]]
+                                 for i in range(start, len(sizes))])
 
     def blocks(self, block: int = 256) -> Iterator[torch.Tensor]:
-        parts = [self.rows[s:s + block] for s in range(0, self.rows.size, block)]
-        for xb in self._loader(parts):
-            yield self.normalizer.transform(xb.to(self.device, non_blocking=True))
+        n = len(self)
+        yield from self._loader([np.arange(s, min(n, s + block)) for s in range(0, n, block)])
 
 
 def open_source(ff: FeatureFile, rows: np.ndarray, normalizer, device: torch.device,
-                mode: str = "auto", workers: int = 2, copies: int = 1):
-    """A MemorySource when the rows fit (mode 'auto': < 25% of RAM), else a StreamSource."""
-    if mode not in ("auto", "memory", "stream"):
+                mode: str = "auto", workers: int = 2, copies: int = 1, model=None):
+    """A MemorySource when the clips fit (mode 'auto': < 25% of RAM), else a StreamSource.
+
+    ``model`` (a ClipModel) decides the training units; None: one unit per clip.
+    """
+    if mode not in DATA_MODES:
         raise InputError(f"unknown data mode {mode!r}: use auto, memory or stream")
     if mode == "memory" or (mode == "auto" and fits_in_memory(rows.size, ff.width, copies)):
-        return MemorySource(ff, rows, normalizer, device)
-    return StreamSource(ff, rows, normalizer, device, workers=workers)
+        return MemorySource(ff, rows, normalizer, device, model=model)
+    return StreamSource(ff, rows, normalizer, device, workers=workers, model=model)

@@ -119,3 +119,14 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
                 break
             h.update(block)
     return h.hexdigest()
+
+
+def display_name(path: str | os.PathLike) -> str:
+    """How messages name an input: '<stdin>' for '-', else the path."""
+    return "<stdin>" if str(path) == "-" else str(path)
+
+
+@contextlib.contextmanager
+def null_progress(total: int, description: str, unit: str = "items") -> Iterator:
+    """A progress factory that shows nothing: yields advance(n) that does nothing."""
+    yield lambda n=1: None

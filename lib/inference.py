@@ -84,19 +84,17 @@ def score_rows(model: LoadedModel, ff: FeatureFile, rows: np.ndarray | None = No
     n = rows.size
     mse = np.empty(n, dtype=np.float64)
     mae = np.empty(n, dtype=np.float64)
-    lat = np.empty((n, model.config.latent), dtype=np.float32) if keep_latents else None
+    lat = np.empty((n, model.latent), dtype=np.float32) if keep_latents else None
     pos = 0
     with torch.inference_mode():
         for _, block in _batches(ff, rows, batch_size):
             x = torch.from_numpy(block).to(device, non_blocking=True)  # [B, C, M, T] dB
-            recon, z = model.reconstruct(x)
-            diff = (recon - x).flatten(1)  # [B, D]
+            e2, e1 = model.score(x)  # [B] dB^2, [B] dB: the model's per-clip errors
             k = block.shape[0]
-            # float32 on the device (MPS has no float64); torch's reductions sum pairwise.
-            mse[pos:pos + k] = diff.square().mean(1).cpu().numpy()
-            mae[pos:pos + k] = diff.abs().mean(1).cpu().numpy()
+            mse[pos:pos + k] = e2.cpu().numpy()
+            mae[pos:pos + k] = e1.cpu().numpy()
             if lat is not None:
-                lat[pos:pos + k] = z.float().cpu().numpy()
+                lat[pos:pos + k] = model.encode(x).float().cpu().numpy()
             pos += k
             if advance:
                 advance(k)
@@ -135,7 +133,7 @@ def write_latents(path: str | os.PathLike, model: LoadedModel, ff: FeatureFile,
     Blocks are appended to resizable datasets, so memory does not grow with N.
     """
     rows = np.arange(len(ff), dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
-    latent = int(model.config.latent)
+    latent = int(model.latent)
     ids = ff.ids
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w", libver=("earliest", "v110")) as f:
@@ -315,7 +313,7 @@ def _train_codes(model: LoadedModel, ff: FeatureFile, rows: np.ndarray, z_rows: 
     """Codes of the probe's training rows: reused where already computed, else encoded."""
     pos = {int(r): i for i, r in enumerate(rows)}
     where = {int(r): j for j, r in enumerate(train_rows)}
-    z = np.empty((train_rows.size, model.config.latent), dtype=np.float32)
+    z = np.empty((train_rows.size, model.latent), dtype=np.float32)
     todo = []
     for j, r in enumerate(train_rows):
         if int(r) in pos:

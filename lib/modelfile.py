@@ -1,10 +1,11 @@
 """The model file: safetensors weights + JSON metadata, loaded without unpickling anything.
 
 A model file is one ``.safetensors`` file:
-  tensors   ``model.*``  the Autoencoder state dict (weights, BatchNorm statistics)
-            ``norm.mean``, ``norm.std``  normalization statistics (float32, shape [1] or [D])
+  tensors   ``model.*``  the model's state dict (weights, BatchNorm statistics)
+            ``norm.mean``, ``norm.std``  normalization statistics, flattened (float32: [1]
+            for global, the model's ``norm_shape()`` flattened for per-feature)
   metadata  key ``aekit`` -> JSON: {"format": "aekit-model", "format_version": 1,
-            "config": AEConfig.to_dict(), "feature_params": {...}, "normalize": mode,
+            "config": the kind's config (its "arch" picks the kind), "feature_params": {...}, "normalize": mode,
             "history": [{"epoch", "train_loss", "val_loss", "lr", ...}, ...],
             "seed", "versions": {"aekit", "torch", ...}, "command", ...}
 Losses in the history are MSE in the features' own units (dB squared).
@@ -13,6 +14,7 @@ Losses in the history are MSE in the features' own units (dB squared).
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 from dataclasses import dataclass, field
@@ -25,61 +27,84 @@ import torch
 from . import __version__
 from .errors import InputError
 from .fileio import atomic_path
-from .models import AEConfig, Autoencoder, build_model
+from .models import ClipModel, build_model, config_from_dict, config_to_dict
+from .settings import NORM_MODES
 
 FORMAT = "aekit-model"
 FORMAT_VERSION = 1
-NORM_MODES = ("none", "global", "per-feature")
 STD_FLOOR = 1e-2  # dB; a constant feature (e.g. always at the -80 dB floor) must not blow up
 
 
 class Normalizer(torch.nn.Module):
-    """x -> (x - mean) / std, fitted on training rows only. mode 'none' is the identity."""
+    """Clips x [B, C, M, T] -> (x - mean) / std, fitted on training clips only.
 
-    def __init__(self, mode: str = "none", dim: int = 1):
+    mode 'none' is the identity; 'global' has one mean and one std; 'per-feature' has
+    statistics of ``shape``, which the model chooses (``ClipModel.norm_shape``) and which
+    broadcast against one clip: (C, M, T) for a whole-clip model, (C, M, 1) for one that
+    sees windows of frames. Model files store them flattened (format version 1: [1] or [D]).
+    """
+
+    def __init__(self, mode: str = "none", dim: int | None = None,
+                 shape: tuple[int, ...] | None = None):
         super().__init__()
         if mode not in NORM_MODES:
             raise InputError(f"unknown normalization {mode!r}: use {', '.join(NORM_MODES)}")
         self.mode = mode
-        size = dim if mode == "per-feature" else 1
-        self.register_buffer("mean", torch.zeros(size))
-        self.register_buffer("std", torch.ones(size))
+        if shape is None:
+            shape = (dim,) if dim else (1,)
+        self.shape = tuple(int(s) for s in shape) if mode == "per-feature" else (1,)
+        self.register_buffer("mean", torch.zeros(self.shape))
+        self.register_buffer("std", torch.ones(self.shape))
 
     def fit(self, blocks: Iterable[np.ndarray | torch.Tensor]) -> "Normalizer":
-        """Two-moment fit in float64 over blocks of [B, D] (or [B, C, M, T]) training rows."""
+        """Two-moment fit in float64 over blocks of training clips [B, C, M, T]."""
         if self.mode == "none":
             return self
         s = s2 = None
         n = 0
         for b in blocks:
-            t = torch.as_tensor(np.asarray(b) if not torch.is_tensor(b) else b)
-            t = t.reshape(t.shape[0], -1).to(torch.float64)
+            t = torch.as_tensor(np.asarray(b) if not torch.is_tensor(b) else b).to(torch.float64)
             if self.mode == "global":
-                t = t.reshape(-1, 1)
-            bs, bs2 = t.sum(0), (t * t).sum(0)
+                t, dims = t.reshape(-1, 1), (0,)
+            elif math.prod(self.shape) == t[0].numel():
+                t, dims = t.reshape(t.shape[0], -1), (0,)  # one statistic per element
+            else:  # e.g. (C, M, 1): also over the clip axes where the shape is 1
+                dims = (0, *(i + 1 for i, k in enumerate(self.shape) if k == 1))
+            bs, bs2 = t.sum(dims), (t * t).sum(dims)
             s = bs if s is None else s + bs
             s2 = bs2 if s2 is None else s2 + bs2
-            n += t.shape[0]
+            n += math.prod(t.shape[d] for d in dims)
         if not n:
             raise InputError("cannot fit normalization: no training rows")
         mean = s / n
         var = (s2 / n - mean * mean).clamp_min(0)
-        self.mean = mean.to(torch.float32)
-        self.std = var.sqrt().clamp_min(STD_FLOOR).to(torch.float32)
+        self.mean = mean.reshape(self.shape).to(torch.float32)
+        self.std = var.sqrt().clamp_min(STD_FLOOR).reshape(self.shape).to(torch.float32)
         return self
+
+    def load(self, mean: torch.Tensor, std: torch.Tensor) -> "Normalizer":
+        """Restore statistics (stored flat or shaped)."""
+        self.mean = mean.clone().reshape(self.shape)
+        self.std = std.clone().reshape(self.shape)
+        return self
+
+    def _fit_to(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        if t.numel() == 1 or t.dim() == x.dim() - 1:
+            return t
+        return t.reshape(x.shape[1:])  # flat statistics against flat rows [B, D]
 
     def transform(self, x: torch.Tensor) -> torch.Tensor:
         if self.mode == "none":
             return x
-        return (x - self.mean) / self.std
+        return (x - self._fit_to(self.mean, x)) / self._fit_to(self.std, x)
 
     def inverse(self, x: torch.Tensor) -> torch.Tensor:
         if self.mode == "none":
             return x
-        return x * self.std + self.mean
+        return x * self._fit_to(self.std, x) + self._fit_to(self.mean, x)
 
     def loss_scale(self) -> torch.Tensor:
-        """Per-dimension factor turning squared error in normalized units into dB squared."""
+        """Per-feature factor turning squared error in normalized units into dB squared."""
         return self.std * self.std
 
 
@@ -91,18 +116,18 @@ def versions() -> dict:
             "numpy": np.__version__, "h5py": h5py.__version__, "python": platform.python_version()}
 
 
-def save_model(path: str | os.PathLike, model: Autoencoder, normalizer: Normalizer,
+def save_model(path: str | os.PathLike, model: ClipModel, normalizer: Normalizer,
                feature_params: dict, history: list[dict] | None = None, **meta) -> None:
     """Write a model file atomically (weights on CPU, contiguous, float32 as trained)."""
     from safetensors.torch import save_file
 
     tensors = {f"model.{k}": v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    tensors["norm.mean"] = normalizer.mean.detach().to("cpu").contiguous()
-    tensors["norm.std"] = normalizer.std.detach().to("cpu").contiguous()
+    tensors["norm.mean"] = normalizer.mean.detach().to("cpu").reshape(-1).contiguous()
+    tensors["norm.std"] = normalizer.std.detach().to("cpu").reshape(-1).contiguous()
     info = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "config": model.config.to_dict(),
+        "config": config_to_dict(model.config),
         "feature_params": feature_params,
         "normalize": normalizer.mode,
         "history": history or [],
@@ -115,9 +140,11 @@ def save_model(path: str | os.PathLike, model: Autoencoder, normalizer: Normaliz
 
 @dataclass
 class LoadedModel:
-    model: Autoencoder
+    """A model with its normalizer: raw dB clips in, per-clip errors and codes out."""
+
+    model: ClipModel
     normalizer: Normalizer
-    config: AEConfig
+    config: object
     feature_params: dict
     history: list[dict] = field(default_factory=list)
     info: dict = field(default_factory=dict)
@@ -125,7 +152,11 @@ class LoadedModel:
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
-        return self.config.input_shape
+        return tuple(self.config.input_shape)
+
+    @property
+    def latent(self) -> int:
+        return int(self.config.latent)
 
     def to(self, device: torch.device | str) -> "LoadedModel":
         self.model.to(device)
@@ -133,17 +164,24 @@ class LoadedModel:
         return self
 
     @torch.no_grad()
+    def score(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raw dB clips [B, C, M, T] -> (MSE dB^2 [B], MAE dB [B])."""
+        return self.model.clip_errors(x, self.normalizer)
+
+    @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Raw dB features [B, C, M, T] -> (reconstruction in dB [B, C, M, T], code z [B, latent])."""
-        shape = x.shape
-        xn = self.normalizer.transform(x.reshape(shape[0], -1))  # [B, D]
-        out, z = self.model(xn)
-        return self.normalizer.inverse(out).reshape(shape), z
+        """Raw dB clips [B, C, M, T] -> (reconstruction in dB [B, C, M, T], code z [B, latent])."""
+        return self.model.reconstruct_clips(x, self.normalizer), self.encode(x)
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        xn = self.normalizer.transform(x.reshape(x.shape[0], -1))
-        return self.model.encoder(xn)
+        """Raw dB clips [B, C, M, T] -> codes [B, latent]."""
+        return self.model.clip_codes(x, self.normalizer)
+
+
+def make_normalizer(model: ClipModel, mode: str) -> Normalizer:
+    """The normalizer of ``mode`` with the statistics shape the model asks for."""
+    return Normalizer(mode, shape=model.norm_shape())
 
 
 def read_info(path: str | os.PathLike) -> dict:
@@ -172,7 +210,10 @@ def load_model(path: str | os.PathLike, device: torch.device | str = "cpu") -> L
     from safetensors.torch import load_file
 
     info = read_info(path)
-    config = AEConfig.from_dict(info["config"])
+    try:
+        config = config_from_dict(info["config"])
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"{path}: bad model config: {exc}") from None
     tensors = load_file(str(path), device="cpu")
     model = build_model(config)
     state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
@@ -181,9 +222,11 @@ def load_model(path: str | os.PathLike, device: torch.device | str = "cpu") -> L
     except RuntimeError as exc:
         raise InputError(f"{path}: weights do not match the stored architecture: "
                          f"{str(exc).splitlines()[0]}") from None
-    norm = Normalizer(info.get("normalize", "none"), dim=config.input_dim)
-    norm.mean = tensors["norm.mean"].clone()
-    norm.std = tensors["norm.std"].clone()
+    norm = make_normalizer(model, info.get("normalize", "none"))
+    try:
+        norm.load(tensors["norm.mean"], tensors["norm.std"])
+    except (KeyError, RuntimeError):
+        raise InputError(f"{path}: normalization statistics missing or of the wrong size") from None
     model.eval()
     lm = LoadedModel(model=model, normalizer=norm, config=config,
                      feature_params=info.get("feature_params", {}),

@@ -1,101 +1,169 @@
-"""The tutorial's two fully connected autoencoders, with the elided layers written out.
+"""The model registry and the contract every autoencoder follows.
 
-baseline  (tutorial part 4): every hidden Linear followed by ReLU, the bottleneck included;
-          the output layer is a plain Linear (dB values may be negative).
-improved  (tutorial part 5): every hidden Linear followed by BatchNorm1d + LeakyReLU(0.1),
-          the bottleneck included; the output layer is a plain Linear without BatchNorm.
+A model kind is a config dataclass plus a builder, registered under its ``--arch`` name
+(``register``). Training, ``ae-encode`` and ``ae-eval`` only ever call the methods of
+``ClipModel``, so a new kind is one module and one registration:
 
-With the defaults (input 2 x 32 x 391 = 25024, hidden 8224,2056,1024,512, latent 256)
-both have about 451 M parameters, as in the tutorial.
+* input: clips ``[B, C, M, T]`` (log-Mel in dB, normalized by the model's Normalizer);
+* training units: a clip holds ``units_per_clip(T)`` training examples (1 for a
+  whole-clip model; e.g. one per window of frames), and ``take_units(clips, offsets)``
+  cuts unit ``offsets[b]`` of clip ``b`` into a flat vector ``[B, D]``; the data layer
+  counts, shuffles and batches (clip, offset) pairs, never clips;
+* ``forward(units) -> (reconstruction [B, D], code [B, latent])``;
+* per clip: ``clip_errors`` (MSE in dB^2, MAE in dB: the mean over the clip's units) and
+  ``clip_codes`` (the mean code over its units);
+* normalization: ``norm_shape()`` is the shape of per-feature statistics, broadcast
+  against one clip (the whole clip ``(C, M, T)`` here; ``(C, M, 1)`` for frame windows).
+
+The first two kinds, ``baseline`` and ``improved``, live in ``aekit.mlp``.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import importlib
+from dataclasses import dataclass, fields
+from typing import Callable
 
 import torch
 from torch import nn
 
-ARCHS = ("baseline", "improved")
-
-DEFAULT_HIDDEN = (8224, 2056, 1024, 512)  # the tutorial's widths
-DEFAULT_LATENT = 256  # the tutorial's bottleneck
-LEAKY_SLOPE = 0.1  # tutorial part 5: small negative slope keeps neurons alive
+from .errors import InputError
+from .settings import ARCHS, DEFAULT_HIDDEN, DEFAULT_LATENT, ArchInfo  # noqa: F401 (re-export)
 
 
-@dataclass
-class AEConfig:
-    """Everything needed to rebuild a model; stored in every model file."""
+class ClipModel(nn.Module):
+    """An autoencoder over clips; subclasses set ``self.config`` and define ``forward``."""
 
-    arch: str = "improved"
-    input_shape: tuple[int, int, int] = (2, 32, 391)  # [C, n_mels, frames]
-    hidden: tuple[int, ...] = field(default_factory=lambda: DEFAULT_HIDDEN)
-    latent: int = DEFAULT_LATENT
-    negative_slope: float = LEAKY_SLOPE
-
-    def __post_init__(self) -> None:
-        if self.arch not in ARCHS:
-            raise ValueError(f"unknown architecture {self.arch!r}: use {' or '.join(ARCHS)}")
-        self.input_shape = tuple(int(x) for x in self.input_shape)  # type: ignore[assignment]
-        self.hidden = tuple(int(x) for x in self.hidden)
-        self.latent = int(self.latent)
-        if any(w <= 0 for w in (*self.hidden, self.latent)):
-            raise ValueError("layer widths must be positive")
+    config: object
 
     @property
-    def input_dim(self) -> int:
-        c, m, t = self.input_shape
-        return c * m * t
+    def input_shape(self) -> tuple[int, int, int]:
+        return tuple(self.config.input_shape)  # type: ignore[attr-defined]
 
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["input_shape"] = list(self.input_shape)
-        d["hidden"] = list(self.hidden)
-        return d
+    # -- training units
+    def units_per_clip(self, frames: int) -> int:
+        """How many training examples one clip of ``frames`` frames holds."""
+        return 1
 
-    @classmethod
-    def from_dict(cls, d: dict) -> "AEConfig":
-        keys = {"arch", "input_shape", "hidden", "latent", "negative_slope"}
-        return cls(**{k: v for k, v in d.items() if k in keys})
+    def take_units(self, clips: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        """clips [B, C, M, T], offsets [B] -> units [B, D] (here the whole clip)."""
+        return clips.flatten(1)  # [B, C*M*T]
+
+    def forward(self, units: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def encode_units(self, units: torch.Tensor) -> torch.Tensor:
+        return self(units)[1]
+
+    # -- normalization
+    def norm_shape(self) -> tuple[int, ...]:
+        """Shape of per-feature statistics, broadcast against one clip [C, M, T]."""
+        return self.input_shape
+
+    def unit_stats(self, stats: torch.Tensor) -> torch.Tensor:
+        """Statistics (broadcast against a clip) laid out like units: broadcast against [B, D]."""
+        if stats.numel() == 1:
+            return stats.reshape(1)
+        clip = stats.reshape(stats.shape if stats.dim() == 3 else self.norm_shape())
+        clip = clip.expand(*self.input_shape).unsqueeze(0)  # [1, C, M, T]
+        return self.take_units(clip, torch.zeros(1, dtype=torch.int64, device=clip.device))[0]
+
+    # -- per clip (raw dB in, dB out)
+    def _all_units(self, xn: torch.Tensor):
+        k = self.units_per_clip(xn.shape[-1])
+        for o in range(k):
+            yield k, self.take_units(xn, torch.full((xn.shape[0],), o, dtype=torch.int64,
+                                                    device=xn.device))
+
+    def clip_errors(self, x: torch.Tensor, norm) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raw dB clips [B, C, M, T] -> (MSE dB^2 [B], MAE dB [B]), the mean over each clip's units."""
+        xn = norm.transform(x)
+        std = None if norm.mode == "none" else self.unit_stats(norm.std)
+        mse = mae = None
+        for k, u in self._all_units(xn):
+            err = self(u)[0].float() - u  # [B, D], normalized units
+            if std is not None:
+                err = err * std  # dB
+            a, b = err.square().mean(1), err.abs().mean(1)
+            mse, mae = (a, b) if mse is None else (mse + a, mae + b)
+        return mse / k, mae / k
+
+    def clip_codes(self, x: torch.Tensor, norm) -> torch.Tensor:
+        """Raw dB clips [B, C, M, T] -> codes [B, latent], the mean over each clip's units."""
+        xn = norm.transform(x)
+        codes = [self.encode_units(u) for _, u in self._all_units(xn)]
+        return codes[0] if len(codes) == 1 else torch.stack(codes).mean(0)
+
+    def reconstruct_clips(self, x: torch.Tensor, norm) -> torch.Tensor:
+        """Raw dB clips [B, C, M, T] -> their reconstruction in dB (for plots)."""
+        if self.units_per_clip(x.shape[-1]) != 1:
+            raise NotImplementedError(f"{type(self).__name__} does not reconstruct whole clips")
+        offsets = torch.zeros(x.shape[0], dtype=torch.int64, device=x.device)
+        out, _ = self(self.take_units(norm.transform(x), offsets))
+        return norm.inverse(out.reshape(x.shape))
 
 
-def _block(arch: str, n_in: int, n_out: int, slope: float) -> list[nn.Module]:
-    if arch == "baseline":
-        return [nn.Linear(n_in, n_out), nn.ReLU(inplace=True)]
-    return [nn.Linear(n_in, n_out), nn.BatchNorm1d(n_out), nn.LeakyReLU(slope, inplace=True)]
+# --------------------------------------------------------------------------- registry
+
+@dataclass(frozen=True)
+class ModelKind:
+    name: str
+    config_cls: type  # a dataclass with at least arch, input_shape, latent
+    build: Callable[[object], ClipModel]
 
 
-class Autoencoder(nn.Module):
-    """x [B, D] -> encoder -> z [B, latent] -> decoder -> x_hat [B, D]; forward returns (x_hat, z)."""
-
-    def __init__(self, config: AEConfig):
-        super().__init__()
-        self.config = config
-        widths = [config.input_dim, *config.hidden, config.latent]
-        enc: list[nn.Module] = []
-        for a, b in zip(widths[:-1], widths[1:]):
-            enc += _block(config.arch, a, b, config.negative_slope)
-        dec: list[nn.Module] = []
-        back = widths[::-1]  # latent, ..., hidden[0], input
-        for a, b in zip(back[:-2], back[1:-1]):
-            dec += _block(config.arch, a, b, config.negative_slope)
-        dec.append(nn.Linear(back[-2], back[-1]))  # output layer: no activation, no BatchNorm
-        self.encoder = nn.Sequential(*enc)
-        self.decoder = nn.Sequential(*dec)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if x.dim() > 2:
-            x = x.flatten(1)  # [B, C, M, T] -> [B, C*M*T]
-        z = self.encoder(x)  # [B, latent]
-        return self.decoder(z), z  # [B, D], [B, latent]
+_REGISTRY: dict[str, ModelKind] = {}
 
 
-def build_model(config: AEConfig, device: torch.device | str | None = None) -> Autoencoder:
+def register(name: str, config_cls: type, build: Callable[[object], ClipModel], *,
+             batch_norm: bool = False, help: str = "") -> None:
+    """Make ``--arch name`` build ``build(config_cls(...))``."""
+    _REGISTRY[name] = ModelKind(name, config_cls, build)
+    if name not in ARCHS:
+        ARCHS[name] = ArchInfo(getattr(build, "__module__", ""), batch_norm, help)
+
+
+def kind(name: str) -> ModelKind:
+    if name not in _REGISTRY and name in ARCHS:
+        importlib.import_module(ARCHS[name].module)
+    if name not in _REGISTRY:
+        raise InputError(f"unknown architecture {name!r}: use {' or '.join(ARCHS)}")
+    return _REGISTRY[name]
+
+
+def make_config(arch: str, input_shape, **options):
+    """The config of kind ``arch`` for clips of ``input_shape``; options it has no field for
+    (e.g. --hidden for a kind without hidden layers) are ignored."""
+    cls = kind(arch).config_cls
+    names = {f.name for f in fields(cls)}
+    return cls(arch=arch, input_shape=tuple(input_shape),
+               **{k: v for k, v in options.items() if k in names})
+
+
+def config_from_dict(d: dict):
+    """The config stored in a model file or checkpoint (its 'arch' picks the kind)."""
+    cls = kind(d.get("arch", "improved")).config_cls
+    if hasattr(cls, "from_dict"):
+        return cls.from_dict(d)
+    names = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def config_to_dict(config) -> dict:
+    if hasattr(config, "to_dict"):
+        return config.to_dict()
+    from dataclasses import asdict
+
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()}
+
+
+def build_model(config, device: torch.device | str | None = None) -> ClipModel:
     """Build the model (on the meta device for counting without memory: device='meta')."""
+    build = kind(config.arch).build
     if device is not None and str(device) == "meta":
         with torch.device("meta"):
-            return Autoencoder(config)
-    model = Autoencoder(config)
+            return build(config)
+    model = build(config)
     return model.to(device) if device is not None else model
 
 
@@ -103,18 +171,21 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def layer_summary(model: Autoencoder) -> list[str]:
+def layer_summary(model: nn.Module) -> list[str]:
     """One short line per layer, e.g. 'Linear(25024->8224)', 'BatchNorm1d(8224)', 'LeakyReLU(0.1)'."""
     out = []
-    for part in (model.encoder, model.decoder):
-        for m in part:
-            if isinstance(m, nn.Linear):
-                out.append(f"Linear({m.in_features}->{m.out_features})")
-            elif isinstance(m, nn.BatchNorm1d):
-                out.append(f"BatchNorm1d({m.num_features})")
-            elif isinstance(m, nn.LeakyReLU):
-                out.append(f"LeakyReLU({m.negative_slope})")
-            else:
-                out.append(type(m).__name__)
+    for m in model.modules():
+        if list(m.children()):
+            continue
+        if isinstance(m, nn.Linear):
+            out.append(f"Linear({m.in_features}->{m.out_features})")
+        elif isinstance(m, nn.BatchNorm1d):
+            out.append(f"BatchNorm1d({m.num_features})")
+        elif isinstance(m, nn.LeakyReLU):
+            out.append(f"LeakyReLU({m.negative_slope})")
+        else:
+            out.append(type(m).__name__)
     return out
 
+
+from .mlp import LEAKY_SLOPE, AEConfig, Autoencoder  # noqa: E402,F401  (the first two kinds)

@@ -1,139 +1,58 @@
-"""Training the autoencoders: settings, the loop, checkpoints, resume, preemption, DDP.
+"""Training an autoencoder: the loop, one epoch, the training state.
 
-The loop reads top to bottom: settings -> rows -> data -> normalizer -> model ->
-optimizer -> (resume) -> epochs of steps -> checkpoints -> model file.
+The loop reads top to bottom (``train``): settings -> rows -> data -> normalizer ->
+model -> optimizer -> (resume) -> epochs (``run_epoch``) -> checkpoints -> model file.
+Everything that changes while training is one ``TrainState`` (model, optimizer,
+normalizer, epoch, step and the epoch's order of units, running sums, history, best
+score), which ``to_checkpoint``/``from_checkpoint`` turn into a checkpoint and back; the
+learning rate schedule is a pure function of the step (``lr_at``), and the RNG states
+are saved with it. Settings and their defaults live in ``aekit.settings`` (no torch),
+checkpoint files in ``aekit.checkpoint``, process groups in ``aekit.distributed``.
 
-Checkpoints live in ``<output>.ckpt/`` (or ``checkpoint_dir``):
-  last.pt  everything needed to continue bit for bit: model, optimizer, schedule,
-           normalizer, epoch, step-in-epoch, the epoch's permutation, torch/numpy RNG
-           states, history, best-so-far, settings and data identity. Written at the end
-           of every epoch (``checkpoint_every``) and when a stop is requested.
-  best.pt  the model and normalizer of the epoch with the lowest validation loss.
-Both are ``torch.save`` of plain tensors and primitives, written atomically and read
-with ``torch.load(weights_only=True)``: loading one runs no code.
+Training counts *units*, not clips: a model declares how many training examples a clip
+holds (``ClipModel.units_per_clip``); for the whole-clip models a unit is a clip.
 
 Losses are always MSE in the features' own units (dB squared), whatever the input
 normalization: the network sees normalized values, and the squared error of each
 feature is weighted by its variance, which is exactly the MSE of the de-normalized
 reconstruction. The optimized loss is therefore the reported loss.
 
-Distributed: under torchrun (RANK/WORLD_SIZE/LOCAL_RANK) or srun (SLURM_PROCID/
-SLURM_NTASKS/SLURM_LOCALID with MASTER_ADDR/MASTER_PORT set) the model runs as
-DistributedDataParallel (gloo on CPU, NCCL on CUDA). ``batch_size`` is per process.
-BatchNorm stays per rank (statistics of each rank's own batch; running statistics are
-rank 0's, broadcast by DDP every step): SyncBatchNorm needs CUDA and adds a collective
-per layer per step, and the per-rank batch is the tutorial's 25 anyway. Rank 0 alone
-writes logs, checkpoints and the model file.
+Distributed: ``batch_size`` is per process. BatchNorm stays per rank (statistics of each
+rank's own batch; running statistics are rank 0's, broadcast by DDP every step):
+SyncBatchNorm needs CUDA and adds a collective per layer per step, and the per-rank batch
+is the tutorial's 25 anyway. Rank 0 alone writes logs, checkpoints and the model file.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
-import gc
 import logging
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, ContextManager
 
 import numpy as np
 import torch
 
+from .checkpoint import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, checkpoint_dir_for,  # noqa: F401
+                         load_checkpoint, resume_mismatch, rng_state, save_checkpoint,
+                         set_rng_state)
 from .data import STREAM_BLOCK_ROWS, batch_sizes, epoch_order, open_source, select_training_rows
 from .device import resolve_device
+from .distributed import Dist, distributed, distributed_env  # noqa: F401 (public here too)
 from .errors import AekitError, DataError, InputError
-from .fileio import atomic_path
-from .modelfile import NORM_MODES, Normalizer, save_model
-from .models import ARCHS, DEFAULT_HIDDEN, DEFAULT_LATENT, AEConfig, build_model, count_parameters
+from .fileio import atomic_path, null_progress
+from .modelfile import Normalizer, make_normalizer, save_model
+from .models import ClipModel, build_model, config_to_dict, count_parameters, make_config
+from .settings import (ARCHS, EXIT_PREEMPTED, KEEP, PRECISIONS, PRESETS,  # noqa: F401
+                       RESUME_MUST_MATCH, SCHEDULES, TrainSettings, make_settings)
 from .store import FeatureFile
 
 LOG = logging.getLogger("aekit")
-
-CHECKPOINT_FORMAT = "aekit-train-checkpoint"
-CHECKPOINT_VERSION = 1
-EXIT_PREEMPTED = 3
-SCHEDULES = ("constant", "cosine")
-PRECISIONS = ("fp32", "bf16")
-KEEP = ("best", "last")
-
-
-@dataclass
-class TrainSettings:
-    """Everything that decides the trained weights. Defaults are the 'default' preset."""
-
-    arch: str = "improved"
-    hidden: tuple[int, ...] = DEFAULT_HIDDEN
-    latent: int = DEFAULT_LATENT
-    epochs: int = 20  # the tutorial's
-    batch_size: int = 25  # the tutorial's; per process under DDP
-    lr: float = 1e-3  # the tutorial's Adam learning rate (peak of the schedule)
-    normalize: str = "global"  # raw dB (std ~20-50) makes the first steps overshoot
-    schedule: str = "cosine"  # decay to min_lr_ratio x lr: ends in a minimum, no late blow-up
-    warmup: float = 1.0  # epochs of linear warm-up: Adam's first steps are the largest
-    min_lr_ratio: float = 0.01
-    balanced_batches: bool = True  # no tiny last batch under BatchNorm
-    seed: int = 42
-    precision: str = "fp32"
-    early_stop: int | None = None  # epochs without a better validation loss
-    keep: str = "best"  # weights written to the model file: best validation epoch, or last
-    preset: str = "default"
-
-    def __post_init__(self) -> None:
-        self.hidden = tuple(int(h) for h in self.hidden)
-        checks = [
-            (self.arch in ARCHS, f"unknown --arch {self.arch!r}: use {' or '.join(ARCHS)}"),
-            (self.normalize in NORM_MODES,
-             f"unknown --normalize {self.normalize!r}: use {', '.join(NORM_MODES)}"),
-            (self.schedule in SCHEDULES,
-             f"unknown --schedule {self.schedule!r}: use {', '.join(SCHEDULES)}"),
-            (self.precision in PRECISIONS,
-             f"unknown --precision {self.precision!r}: use {', '.join(PRECISIONS)}"),
-            (self.keep in KEEP, f"unknown --keep {self.keep!r}: use best or last"),
-            (self.epochs >= 1, "--epochs must be at least 1"),
-            (self.batch_size >= 1, "--batch-size must be at least 1"),
-            (self.arch != "improved" or self.batch_size >= 2,
-             "--batch-size must be at least 2 for --arch improved (BatchNorm needs 2 rows)"),
-            (self.lr > 0 and math.isfinite(self.lr), "--lr must be a positive number"),
-            (self.warmup >= 0, "--warmup must be >= 0"),
-            (len(self.hidden) >= 1 and all(h > 0 for h in self.hidden) and self.latent > 0,
-             "layer widths (--hidden, --latent) must be positive"),
-            (self.early_stop is None or self.early_stop >= 1, "--early-stop must be at least 1"),
-        ]
-        for ok, msg in checks:
-            if not ok:
-                raise InputError(msg)
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["hidden"] = list(self.hidden)
-        return d
-
-
-#: --preset: 'tutorial' is the tutorial exactly (raw dB, constant lr, DataLoader batches).
-PRESETS: dict[str, dict] = {
-    "default": {},
-    "tutorial": dict(normalize="none", schedule="constant", warmup=0.0, balanced_batches=False,
-                     keep="last", epochs=20, batch_size=25, lr=1e-3, precision="fp32"),
-}
-
-#: Settings a resumed run must share with the checkpoint (others, e.g. early_stop, may change).
-RESUME_MUST_MATCH = ("arch", "hidden", "latent", "epochs", "batch_size", "lr", "normalize",
-                     "schedule", "warmup", "min_lr_ratio", "balanced_batches", "seed", "precision")
-
-
-def make_settings(preset: str = "default", **overrides) -> TrainSettings:
-    """Settings of a preset with the given (non-None) values overriding it."""
-    if preset not in PRESETS:
-        raise InputError(f"unknown --preset {preset!r}: use {', '.join(PRESETS)}")
-    values = {**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
-    names = {f.name for f in fields(TrainSettings)}
-    unknown = set(values) - names
-    if unknown:
-        raise TypeError(f"unknown settings: {sorted(unknown)}")
-    return TrainSettings(preset=preset, **values)
 
 
 class Preempted(AekitError):
@@ -145,95 +64,6 @@ class Preempted(AekitError):
         super().__init__(f"stopped at epoch {epoch} step {step}; checkpoint {checkpoint}; "
                          "run again with --resume to continue")
         self.checkpoint = checkpoint
-
-
-# --------------------------------------------------------------------------- distributed
-
-@dataclass
-class Dist:
-    """Process-group facts; world == 1 means a plain single process."""
-
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-    local_world: int = 1
-    backend: str | None = None
-
-    @property
-    def enabled(self) -> bool:
-        return self.world > 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        if self.enabled:
-            torch.distributed.barrier()
-
-    def all_reduce(self, t: torch.Tensor, op: str = "sum") -> torch.Tensor:
-        if self.enabled:
-            red = torch.distributed.ReduceOp.MAX if op == "max" else torch.distributed.ReduceOp.SUM
-            torch.distributed.all_reduce(t, op=red)
-        return t
-
-
-def distributed_env(environ: dict | None = None) -> Dist:
-    """Rank and world size from torchrun's variables, else SLURM's (with MASTER_ADDR/PORT)."""
-    env = os.environ if environ is None else environ
-    if "WORLD_SIZE" in env and "RANK" in env:
-        world, rank = int(env["WORLD_SIZE"]), int(env["RANK"])
-        local = int(env.get("LOCAL_RANK", 0))
-        local_world = int(env.get("LOCAL_WORLD_SIZE", world))
-    elif int(env.get("SLURM_NTASKS", "1") or 1) > 1 and "SLURM_PROCID" in env:
-        if not (env.get("MASTER_ADDR") and env.get("MASTER_PORT")):
-            raise InputError("SLURM_NTASKS > 1 but MASTER_ADDR/MASTER_PORT are not set: export "
-                             "them in the job script before srun (or run a single task)")
-        world, rank = int(env["SLURM_NTASKS"]), int(env["SLURM_PROCID"])
-        local = int(env.get("SLURM_LOCALID", 0))
-        per_node = (env.get("SLURM_NTASKS_PER_NODE") or "").split("(")[0]
-        local_world = int(per_node) if per_node.isdigit() else world
-    else:
-        return Dist()
-    return Dist(rank=rank, world=world, local_rank=local, local_world=max(1, local_world))
-
-
-@contextlib.contextmanager
-def distributed(device_spec: str = "auto"):
-    """Yield (Dist, device); inside torchrun/srun, a process group for the block's duration."""
-    dist = distributed_env()
-    device = resolve_device(device_spec)
-    if not dist.enabled:
-        yield dist, device
-        return
-    import torch.distributed as tdist
-
-    if device.type == "cuda":
-        device = torch.device("cuda", dist.local_rank % torch.cuda.device_count())
-        torch.cuda.set_device(device)
-        dist.backend = "nccl"
-    else:
-        dist.backend = "gloo"
-        if device.type == "cpu":
-            # Share the cores among the processes on this node.
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) // dist.local_world))
-    for k, v in (("RANK", dist.rank), ("WORLD_SIZE", dist.world), ("LOCAL_RANK", dist.local_rank)):
-        os.environ.setdefault(k, str(v))
-    tdist.init_process_group(backend=dist.backend, rank=dist.rank, world_size=dist.world,
-                             **({"device_id": device} if device.type == "cuda" else {}))
-    try:
-        yield dist, device
-    finally:
-        # Free the DDP wrapper (kept alive by reference cycles) and its reducer while the
-        # process group still exists: left to interpreter exit, its threads were destroyed
-        # while joinable ("terminate called without an active exception", SIGABRT).
-        gc.collect()
-        # Without this barrier, destroy_process_group() right after the last collective
-        # aborted the process ("terminate called without an active exception") in about
-        # 1 run of 5 with torch 2.14.1; with it, none did.
-        with contextlib.suppress(Exception):
-            tdist.barrier()
-        tdist.destroy_process_group()
 
 
 # --------------------------------------------------------------------------- pieces
@@ -251,7 +81,7 @@ def lr_at(step: int, total: int, steps_per_epoch: int, s: TrainSettings) -> floa
     return lo + (s.lr - lo) * 0.5 * (1.0 + math.cos(math.pi * t))
 
 
-def make_optimizer(params, lr: float, device: torch.device) -> torch.optim.Optimizer:
+def make_optimizer(params, lr: float) -> torch.optim.Optimizer:
     """Adam as in the tutorial, with the fused kernel where this torch has one (measured
     fastest on CPU in bench/bench_train.py), else the multi-tensor one."""
     params = list(params)
@@ -270,9 +100,10 @@ def autocast_for(device: torch.device, precision: str) -> ContextManager:
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
-def _loss_weight(norm: Normalizer) -> torch.Tensor | None:
-    """Per-feature weight turning squared error in normalized units into dB squared."""
-    return None if norm.mode == "none" else norm.loss_scale()
+def _loss_weight(norm: Normalizer, model: ClipModel) -> torch.Tensor | None:
+    """Per-feature weight (in the model's unit layout) turning squared error in normalized
+    units into dB squared."""
+    return None if norm.mode == "none" else model.unit_stats(norm.loss_scale())
 
 
 def _mse_db(out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
@@ -285,7 +116,7 @@ def _mse_db(out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None) -> 
 
 def train_step(net: torch.nn.Module, opt: torch.optim.Optimizer, xb: torch.Tensor,
                weight: torch.Tensor | None, amp: ContextManager) -> torch.Tensor:
-    """One optimizer step on a normalized batch xb [B, D]; returns the loss (dB^2), unsynced."""
+    """One optimizer step on a normalized batch of units xb [B, D]; returns the loss (dB^2), unsynced."""
     with amp:
         out, _ = net(xb)  # [B, D]
     loss = _mse_db(out, xb, weight)
@@ -293,64 +124,6 @@ def train_step(net: torch.nn.Module, opt: torch.optim.Optimizer, xb: torch.Tenso
     loss.backward()
     opt.step()
     return loss
-
-
-def _rng_state() -> dict:
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    state = {"torch": torch.get_rng_state(),
-             "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)),
-                       "pos": int(pos), "has_gauss": int(has_gauss), "gauss": float(gauss)}}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    n = state["numpy"]
-    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"],
-                         n["has_gauss"], n["gauss"]))
-    if "cuda" in state and torch.cuda.is_available():
-        with contextlib.suppress(Exception):
-            torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def checkpoint_dir_for(output: str | os.PathLike) -> Path:
-    return Path(str(output) + ".ckpt")
-
-
-def load_checkpoint(path: str | os.PathLike) -> dict:
-    """Read a checkpoint safely (weights_only: tensors and primitives, no code)."""
-    p = Path(path)
-    if not p.exists():
-        raise InputError(f"--resume: no checkpoint at {p}; start without --resume")
-    try:
-        ck = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        first = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
-        raise InputError(f"{p}: not a readable checkpoint ({first})") from None
-    if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
-        raise InputError(f"{p}: not an ae-train checkpoint")
-    return ck
-
-
-def _save_checkpoint(path: Path, ck: dict) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(ck, tmp)
-
-
-def _resume_mismatch(ck: dict, settings: TrainSettings, data_id: dict) -> list[str]:
-    diffs = []
-    old = ck["settings"]
-    for k in RESUME_MUST_MATCH:
-        a, b = old.get(k), settings.to_dict().get(k)
-        if a != b:
-            diffs.append(f"{k}: checkpoint {a}, now {b}")
-    for k, b in data_id.items():
-        a = ck["data"].get(k)
-        if a != b:
-            diffs.append(f"{k}: checkpoint {a}, now {b}")
-    return diffs
 
 
 def _write_log(path: str, history: list[dict]) -> None:
@@ -363,11 +136,107 @@ def _write_log(path: str, history: list[dict]) -> None:
                         else (f"{h[c]:.6g}" if isinstance(h[c], float) else h[c]) for c in cols])
 
 
-def _null_progress(total, description, unit="items"):
-    return contextlib.nullcontext(lambda n=1: None)
+_null_progress = null_progress  # the name cmds/train.py used before; kept for other callers
 
 
-# --------------------------------------------------------------------------- the loop
+# --------------------------------------------------------------------------- state
+
+@dataclass
+class TrainState:
+    """Everything that changes while training. A checkpoint is this state plus the run's
+    identity (settings, data, config), so resuming restores it and nothing else."""
+
+    model: ClipModel
+    optimizer: torch.optim.Optimizer
+    normalizer: Normalizer
+    epoch: int = 0  # epochs completed
+    step: int = 0  # steps done in epoch ``epoch`` (0 at an epoch boundary)
+    perm: torch.Tensor | None = None  # this rank's order of units in that epoch, mid-epoch only
+    loss_sum: float = 0.0  # of that epoch so far, all ranks: sum of dB^2 x units
+    units: int = 0  # units seen in that epoch so far, all ranks
+    seconds: float = 0.0  # time spent in that epoch so far
+    history: list[dict] = field(default_factory=list)
+    best_val: float | None = None
+    best_epoch: int | None = None
+    bad_epochs: int = 0  # epochs since the best validation loss
+    stopped_early: bool = False
+
+    def to_checkpoint(self, run: "Run") -> dict:
+        s, n, spe = run.settings, self.normalizer, run.steps_per_epoch
+        done = self.epoch * spe + self.step
+        return {
+            "format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION,
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "schedule": {"name": s.schedule, "step": done, "total": run.total_steps,
+                         "lr": lr_at(min(done, run.total_steps - 1), run.total_steps, spe, s)},
+            "normalizer": {"mode": n.mode, "mean": n.mean.cpu().reshape(-1),
+                           "std": n.std.cpu().reshape(-1)},
+            "epoch": self.epoch, "step": self.step,
+            "perm": self.perm if self.perm is not None else torch.zeros(0, dtype=torch.int64),
+            "epoch_loss_sum": self.loss_sum, "epoch_rows": self.units,
+            "epoch_seconds": self.seconds, "rng": rng_state(), "history": self.history,
+            "best_val": self.best_val, "best_epoch": self.best_epoch,
+            "bad_epochs": self.bad_epochs, "stopped_early": self.stopped_early,
+            **run.identity,
+        }
+
+    def load_checkpoint(self, ck: dict) -> None:
+        """Restore from ``to_checkpoint``'s dict (the normalizer was restored before the
+        data were prepared; the RNG states last, as they were saved)."""
+        self.model.load_state_dict(ck["model"])
+        self.optimizer.load_state_dict(ck["optimizer"])
+        self.history = list(ck["history"])
+        self.best_val, self.best_epoch, self.bad_epochs = (ck["best_val"], ck["best_epoch"],
+                                                           ck["bad_epochs"])
+        self.epoch, self.step = int(ck["epoch"]), int(ck["step"])
+        self.stopped_early = bool(ck.get("stopped_early", False))
+        self.loss_sum, self.units = float(ck["epoch_loss_sum"]), int(ck["epoch_rows"])
+        self.seconds = float(ck["epoch_seconds"])
+        self.perm = ck["perm"] if self.step else None
+        set_rng_state(ck["rng"])
+
+    @classmethod
+    def from_checkpoint(cls, ck: dict, model: ClipModel, optimizer: torch.optim.Optimizer,
+                        normalizer: Normalizer) -> "TrainState":
+        state = cls(model, optimizer, normalizer)
+        state.load_checkpoint(ck)
+        return state
+
+
+@dataclass
+class Run:
+    """What stays fixed during a run: settings, data, the network as called, paths, hooks."""
+
+    settings: TrainSettings
+    dist: Dist
+    device: torch.device
+    net: torch.nn.Module  # the model, or its DDP wrapper
+    train_src: object
+    val_src: object | None
+    weight: torch.Tensor | None  # loss weight in the model's unit layout
+    amp: ContextManager
+    sizes: list[int]  # batch sizes of one epoch on this rank
+    last_path: Path
+    best_path: Path
+    identity: dict  # settings, data, config, args, feature_params: stored in checkpoints
+    checkpoint_every: int = 1
+    log: str | None = None
+    stop_requested: Callable[[], bool] | None = None
+    on_step: Callable[[int], None] | None = None
+    progress: Callable = null_progress
+    flags: torch.Tensor | None = None  # [stop, non-finite], max-reduced over ranks
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.sizes)
+
+    @property
+    def total_steps(self) -> int:
+        return len(self.sizes) * self.settings.epochs
+
+    def stop(self) -> bool:
+        return bool(self.stop_requested()) if self.stop_requested is not None else False
+
 
 @dataclass
 class TrainResult:
@@ -380,6 +249,8 @@ class TrainResult:
     n_val: int = 0
 
 
+# --------------------------------------------------------------------------- the loop
+
 def train(features: str | os.PathLike, output: str | os.PathLike, settings: TrainSettings, *,
           splits: str | None = None, fold: int | None = None, labels: str | None = None,
           where: str | None = None, device: torch.device | None = None, dist: Dist | None = None,
@@ -388,101 +259,69 @@ def train(features: str | os.PathLike, output: str | os.PathLike, settings: Trai
           data_mode: str = "auto", workers: int = 2,
           stop_requested: Callable[[], bool] | None = None,
           on_step: Callable[[int], None] | None = None,
-          progress: Callable = _null_progress, meta: dict | None = None) -> TrainResult:
+          progress: Callable = null_progress, meta: dict | None = None) -> TrainResult:
     """Train an autoencoder on a features file and write the model file ``output``.
 
     Raises InputError (bad input, resume mismatch), DataError (NaN/Inf loss) or Preempted
     (stop requested: a checkpoint was written; run again with resume=True).
     """
-    s = settings
-    dist = dist or Dist()
+    s, dist = settings, dist or Dist()
     device = device or resolve_device("auto")
     ckdir = Path(checkpoint_dir) if checkpoint_dir else checkpoint_dir_for(output)
-    last_path, best_path = ckdir / "last.pt", ckdir / "best.pt"
     if s.early_stop is not None and fold is None:
         raise InputError("--early-stop needs a validation set: give --splits and --fold")
     if checkpoint_every < 1:
         raise InputError("--checkpoint-every must be at least 1")
-    ck = load_checkpoint(last_path) if resume else None
-    if not resume and last_path.exists() and dist.is_main:
-        LOG.warning("%s exists; starting afresh (use --resume to continue it)", last_path)
+    ck = load_checkpoint(ckdir / "last.pt") if resume else None
+    if not resume and (ckdir / "last.pt").exists() and dist.is_main:
+        LOG.warning("%s exists; starting afresh (use --resume to continue it)", ckdir / "last.pt")
     amp = autocast_for(device, s.precision)  # checked before any work
 
-    # -- rows and data
-    ff = FeatureFile(features)
-    try:
+    # -- rows, model config, data (the model decides the training units and the statistics)
+    with FeatureFile(features) as ff:
         rows = select_training_rows(ff.ids, splits, fold, labels, where)
-        config = AEConfig(arch=s.arch, input_shape=ff.clip_shape, hidden=s.hidden, latent=s.latent)
+        config = make_config(s.arch, ff.clip_shape, hidden=s.hidden, latent=s.latent)
+        shape_model = build_model(config, "meta")  # units and statistics' shape, no memory
         data_id = {"input_shape": list(ff.clip_shape), "fold": fold, "where": where,
-                   "n_train": rows.n_train, "n_val": rows.n_val,
-                   "rows": rows.ids_digest, "world_size": dist.world,
-                   "feature_params": ff.params}
-        if ck is not None:
-            diffs = _resume_mismatch(ck, s, data_id)
-            if diffs:
-                raise InputError(f"--resume: settings differ from the checkpoint {last_path}: "
-                                 + "; ".join(diffs))
-        norm = Normalizer(s.normalize, dim=ff.width)
-        copies = dist.local_world
-        train_src = open_source(ff, rows.train, norm, device, data_mode, workers, copies)
-        val_src = (open_source(ff, rows.val, norm, device, data_mode, workers, copies)
-                   if rows.n_val else None)
+                   "n_train": rows.n_train, "n_val": rows.n_val, "rows": rows.ids_digest,
+                   "world_size": dist.world, "feature_params": ff.params}
+        if ck is not None and (diffs := resume_mismatch(ck, s, data_id)):
+            raise InputError(f"--resume: settings differ from the checkpoint "
+                             f"{ckdir / 'last.pt'}: " + "; ".join(diffs))
+        norm = make_normalizer(shape_model, s.normalize)
+        open_ = lambda r: open_source(ff, r, norm, device, data_mode, workers,  # noqa: E731
+                                      dist.local_world, model=shape_model)
+        train_src = open_(rows.train)
+        val_src = open_(rows.val) if rows.n_val else None
         feature_params = ff.params
-    finally:
-        ff.close()
 
+    # -- normalizer: fitted on training clips only (or restored), then the data normalized once
     if ck is not None:
-        norm.mean, norm.std = ck["normalizer"]["mean"].clone(), ck["normalizer"]["std"].clone()
+        norm.load(ck["normalizer"]["mean"], ck["normalizer"]["std"])
     else:
-        norm.fit(train_src.fit_blocks())  # training rows only, never validation or test
+        norm.fit(train_src.fit_blocks())
     norm.to(device)
-    train_src.prepare()
-    if val_src is not None:
-        val_src.prepare()
-    weight = _loss_weight(norm)
+    for src in (train_src, val_src):
+        if src is not None:
+            src.prepare()
 
-    # -- model and optimizer
+    # -- model and optimizer (seeded here: the weights depend on the seed alone)
     torch.manual_seed(s.seed)
     np.random.seed(s.seed % 2**32)
     model = build_model(config, device)
-    opt = make_optimizer(model.parameters(), s.lr, device)
-    LOG.info("%s model: %d parameters, input %s = %d values; %d training rows, %d validation rows; "
-             "device %s%s", s.arch, count_parameters(model), "x".join(map(str, config.input_shape)),
-             config.input_dim, rows.n_train, rows.n_val, device,
-             f" x {dist.world} processes ({dist.backend})" if dist.enabled else "")
-
-    n_local = len(epoch_order(rows.n_train, s.seed, 0, dist.rank, dist.world))
-    sizes = batch_sizes(n_local, s.batch_size, s.balanced_batches)
-    if s.arch == "improved" and len(sizes) and sizes[-1] == 1:
-        # BatchNorm cannot normalize a batch of one row in training mode.
-        LOG.warning("dropping the last batch of each epoch: 1 row cannot go through BatchNorm "
-                    "(choose another --batch-size to use it)")
-        sizes = sizes[:-1]
-        if not sizes:
-            raise InputError("empty training set: a single training row cannot train "
-                             "a BatchNorm model")
-    steps_per_epoch = len(sizes)
-    total_steps = steps_per_epoch * s.epochs
-
-    history: list[dict] = []
-    best_val, best_epoch, bad_epochs, start_epoch, start_step = None, None, 0, 0, 0
-    saved_sums = (0.0, 0, 0.0)
-    perm_saved: torch.Tensor | None = None
-    stopped_early = False
+    for src in (train_src, val_src):
+        if src is not None:
+            src.model = model
+    state = TrainState(model, make_optimizer(model.parameters(), s.lr), norm)
+    sizes = _epoch_batches(len(train_src), s, dist)
+    LOG.info("%s model: %d parameters, input %s; %d training clips (%d units), %d validation "
+             "clips; device %s%s", s.arch, count_parameters(model),
+             "x".join(map(str, config.input_shape)), rows.n_train, len(train_src), rows.n_val,
+             device, f" x {dist.world} processes ({dist.backend})" if dist.enabled else "")
     if ck is not None:
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        history = list(ck["history"])
-        best_val, best_epoch, bad_epochs = ck["best_val"], ck["best_epoch"], ck["bad_epochs"]
-        start_epoch, start_step = int(ck["epoch"]), int(ck["step"])
-        stopped_early = bool(ck.get("stopped_early", False))
-        saved_sums = (float(ck["epoch_loss_sum"]), int(ck["epoch_rows"]),
-                      float(ck["epoch_seconds"]))
-        if start_step:
-            perm_saved = ck["perm"]
-        _set_rng_state(ck["rng"])
-        LOG.info("resuming from %s at epoch %d step %d", last_path, start_epoch + 1, start_step)
-
+        state.load_checkpoint(ck)
+        LOG.info("resuming from %s at epoch %d step %d", ckdir / "last.pt", state.epoch + 1,
+                 state.step)
     net = model
     if dist.enabled:
         from torch.nn.parallel import DistributedDataParallel as DDP
@@ -491,146 +330,163 @@ def train(features: str | os.PathLike, output: str | os.PathLike, settings: Trai
         net = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
     if dist.is_main:
         ckdir.mkdir(parents=True, exist_ok=True)
+    identity = {"settings": s.to_dict(), "data": data_id, "config": config_to_dict(config),
+                "args": {"features": str(features), "output": str(output),
+                         "splits": _str(splits), "fold": fold, "labels": _str(labels),
+                         "where": where, "checkpoint_every": checkpoint_every,
+                         "data_mode": data_mode},
+                "feature_params": feature_params}
+    run = Run(s, dist, device, net, train_src, val_src, _loss_weight(norm, model), amp, sizes,
+              ckdir / "last.pt", ckdir / "best.pt", identity, checkpoint_every, log,
+              stop_requested, on_step, progress, torch.zeros(2, device=device))
 
-    def checkpoint(epoch: int, step: int, perm: torch.Tensor | None, loss_sum: float,
-                   rows_seen: int, seconds: float) -> dict:
-        return {
-            "format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION,
-            "model": model.state_dict(), "optimizer": opt.state_dict(),
-            "schedule": {"name": s.schedule, "step": epoch * steps_per_epoch + step,
-                         "total": total_steps,
-                         "lr": lr_at(min(epoch * steps_per_epoch + step, total_steps - 1),
-                                     total_steps, steps_per_epoch, s)},
-            "normalizer": {"mode": norm.mode, "mean": norm.mean.cpu(), "std": norm.std.cpu()},
-            "epoch": epoch, "step": step,
-            "perm": perm if perm is not None else torch.zeros(0, dtype=torch.int64),
-            "epoch_loss_sum": loss_sum, "epoch_rows": rows_seen, "epoch_seconds": seconds,
-            "rng": _rng_state(), "history": history, "best_val": best_val, "best_epoch": best_epoch,
-            "bad_epochs": bad_epochs, "stopped_early": stopped_early,
-            "settings": s.to_dict(), "data": data_id, "config": config.to_dict(),
-            "args": {"features": str(features), "output": str(output), "splits": _str(splits),
-                     "fold": fold, "labels": _str(labels), "where": where,
-                     "checkpoint_every": checkpoint_every, "data_mode": data_mode},
-            "feature_params": feature_params,
-        }
-
-    check_every = 1 if device.type == "cpu" else 20  # a finiteness check syncs the device
-    flags = torch.zeros(2, device=device)
-
-    epoch = start_epoch
-    while epoch < s.epochs and not stopped_early:
-        first = epoch == start_epoch and start_step > 0
-        # This rank's order is a pure function of (seed, epoch, rank, world); a single
-        # process resumed mid-epoch replays the saved permutation (the same values).
-        order = perm_saved if first and not dist.enabled else epoch_order(
-            rows.n_train, s.seed, epoch, dist.rank, dist.world,
-            block=STREAM_BLOCK_ROWS if train_src.streaming else None)
-        step0 = start_step if first else 0
-        prev_sum, prev_rows, prev_sec = saved_sums if first else (0.0, 0, 0.0)
-        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-        rows_seen = 0
-        t0 = time.monotonic()
-        net.train()
-        desc = f"epoch {epoch + 1}/{s.epochs}"
-        with progress(steps_per_epoch - step0, desc, "batches") as advance:
-            step = step0
-            for xb in train_src.batches(order, sizes, step0):  # xb: [b, C*M*T], normalized
-                for g in opt.param_groups:
-                    g["lr"] = lr_at(epoch * steps_per_epoch + step, total_steps, steps_per_epoch, s)
-                loss = train_step(net, opt, xb, weight, amp)
-                loss_sum += loss.detach().double() * xb.shape[0]
-                rows_seen += int(xb.shape[0])
-                step += 1
-                if on_step is not None:
-                    on_step(epoch * steps_per_epoch + step)
-                stop = bool(stop_requested()) if stop_requested is not None else False
-                if dist.enabled or step % check_every == 0 or step == steps_per_epoch:
-                    flags[0] = float(stop)
-                    flags[1] = float(not torch.isfinite(loss_sum).item())
-                    dist.all_reduce(flags, "max")
-                    stop, bad = bool(flags[0].item()), bool(flags[1].item())
-                    if bad:
-                        _raise_nonfinite(epoch, step, last_path, dist)
-                elif stop and not bool(torch.isfinite(loss_sum).item()):
-                    _raise_nonfinite(epoch, step, last_path, dist)
-                advance(1)
-                if stop:
-                    sums = _reduced_sums(loss_sum, rows_seen, dist)
-                    if dist.is_main:
-                        _save_checkpoint(last_path, checkpoint(
-                            epoch, step, order,
-                            prev_sum + sums[0], prev_rows + sums[1],
-                            prev_sec + time.monotonic() - t0))
-                    dist.barrier()
-                    raise Preempted(last_path, epoch + 1, step)
-        # -- end of epoch: losses in dB squared, averaged over the epoch's rows (all ranks)
-        s_sum, s_rows = _reduced_sums(loss_sum, rows_seen, dist)
-        train_loss = (prev_sum + s_sum) / max(1, prev_rows + s_rows)
-        if not math.isfinite(train_loss):
-            _raise_nonfinite(epoch, steps_per_epoch, last_path, dist)
-        val_loss = evaluate(model, val_src, weight, amp, dist) if val_src is not None else None
-        if val_loss is not None and not math.isfinite(val_loss):
-            _raise_nonfinite(epoch, steps_per_epoch, last_path, dist, what="validation loss")
-        seconds = prev_sec + time.monotonic() - t0
-        lr_now = opt.param_groups[0]["lr"]
-        history.append({"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss,
-                        "lr": lr_now, "seconds": round(seconds, 3),
-                        "samples_per_s": round((prev_rows + s_rows) / max(seconds, 1e-9), 2)})
-        improved = val_loss is not None and (best_val is None or val_loss < best_val)
-        if improved:
-            best_val, best_epoch, bad_epochs = val_loss, epoch + 1, 0
-        elif val_loss is not None:
-            bad_epochs += 1
-        if s.early_stop is not None and bad_epochs >= s.early_stop:
-            stopped_early = True
-        LOG.info("epoch %d/%d: train loss %.4g%s dB^2, lr %.3g, %.1f s (%.0f samples/s)%s",
-                 epoch + 1, s.epochs, train_loss,
-                 "" if val_loss is None else f", val loss {val_loss:.4g}", lr_now, seconds,
-                 history[-1]["samples_per_s"], " *" if improved else "")
-        epoch += 1
-        if dist.is_main:
-            if improved:
-                _save_checkpoint(best_path, {
-                    "format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION,
-                    "kind": "best", "model": model.state_dict(), "epoch": epoch,
-                    "val_loss": val_loss})
-            if epoch % checkpoint_every == 0 or epoch == s.epochs or stopped_early:
-                _save_checkpoint(last_path, checkpoint(epoch, 0, None, 0.0, 0, 0.0))
-            if log:
-                _write_log(log, history)
-        if stopped_early:
-            LOG.info("early stop: no better validation loss for %d epochs (best %.4g at epoch %d)",
-                     bad_epochs, best_val, best_epoch)
-        stop = bool(stop_requested()) if stop_requested is not None else False
-        if dist.enabled:
-            flags[0], flags[1] = float(stop), 0.0
-            stop = bool(dist.all_reduce(flags, "max")[0].item())
-        if stop and epoch < s.epochs and not stopped_early:
-            if dist.is_main and epoch % checkpoint_every != 0:
-                _save_checkpoint(last_path, checkpoint(epoch, 0, None, 0.0, 0, 0.0))
-            dist.barrier()
-            raise Preempted(last_path, epoch, 0)
+    # -- epochs
+    while state.epoch < s.epochs and not state.stopped_early:
+        train_loss, units, seconds = run_epoch(run, state)
+        end_epoch(run, state, train_loss, units, seconds)
+        _stop_between_epochs(run, state)
 
     # -- the model file
-    weights = "last"
-    if s.keep == "best" and best_epoch is not None:
-        weights = "best"
+    weights = "best" if s.keep == "best" and state.best_epoch is not None else "last"
     if dist.is_main:
-        if weights == "best" and best_epoch != len(history):
-            model.load_state_dict(load_checkpoint(best_path)["model"])
-        if log and history:
-            _write_log(log, history)
-        save_model(output, model, norm, feature_params, history,
+        if weights == "best" and state.best_epoch != len(state.history):
+            model.load_state_dict(load_checkpoint(run.best_path)["model"])
+        if log and state.history:
+            _write_log(log, state.history)
+        save_model(output, model, norm, feature_params, state.history,
                    seed=s.seed, preset=s.preset, settings=s.to_dict(), fold=fold,
-                   splits=None if splits is None else str(splits), where=where,
-                   n_train=rows.n_train, n_val=rows.n_val, best_epoch=best_epoch,
-                   best_val_loss=best_val, weights=weights, epochs_run=len(history),
-                   stopped_early=stopped_early, world_size=dist.world, device=str(device),
-                   loss_units="dB^2", **(meta or {}))
+                   splits=_str(splits), where=where, n_train=rows.n_train, n_val=rows.n_val,
+                   best_epoch=state.best_epoch, best_val_loss=state.best_val, weights=weights,
+                   epochs_run=len(state.history), stopped_early=state.stopped_early,
+                   world_size=dist.world, device=str(device), loss_units="dB^2", **(meta or {}))
     dist.barrier()
-    return TrainResult(history=history, best_epoch=best_epoch, best_val_loss=best_val,
-                       stopped_early=stopped_early, weights=weights,
-                       n_train=rows.n_train, n_val=rows.n_val)
+    return TrainResult(history=state.history, best_epoch=state.best_epoch,
+                       best_val_loss=state.best_val, stopped_early=state.stopped_early,
+                       weights=weights, n_train=rows.n_train, n_val=rows.n_val)
+
+
+def _epoch_batches(n_units: int, s: TrainSettings, dist: Dist) -> list[int]:
+    """Batch sizes of one epoch on this rank."""
+    n_local = len(epoch_order(n_units, s.seed, 0, dist.rank, dist.world))
+    sizes = batch_sizes(n_local, s.batch_size, s.balanced_batches)
+    if ARCHS[s.arch].batch_norm and len(sizes) and sizes[-1] == 1:
+        # BatchNorm cannot normalize a batch of one row in training mode.
+        LOG.warning("dropping the last batch of each epoch: 1 row cannot go through BatchNorm "
+                    "(choose another --batch-size to use it)")
+        sizes = sizes[:-1]
+        if not sizes:
+            raise InputError("empty training set: a single training row cannot train "
+                             "a BatchNorm model")
+    return sizes
+
+
+def run_epoch(run: Run, state: TrainState) -> tuple[float, int, float]:
+    """One epoch of optimizer steps (from ``state.step`` when resumed mid-epoch).
+
+    Returns (train loss in dB^2 over the epoch's units on all ranks, units, seconds).
+    A stop request writes a checkpoint and raises Preempted.
+    """
+    s, dist, src = run.settings, run.dist, run.train_src
+    spe, epoch, step0 = run.steps_per_epoch, state.epoch, state.step
+    # This rank's order is a pure function of (seed, epoch, rank, world); a single
+    # process resumed mid-epoch replays the saved permutation (the same values).
+    order = state.perm if step0 and not dist.enabled else epoch_order(
+        len(src), s.seed, epoch, dist.rank, dist.world,
+        block=STREAM_BLOCK_ROWS * src.k if src.streaming else None)
+    check_every = 1 if run.device.type == "cpu" else 20  # a finiteness check syncs the device
+    loss_sum = torch.zeros((), dtype=torch.float64, device=run.device)
+    seen, t0 = 0, time.monotonic()
+    run.net.train()
+    with run.progress(spe - step0, f"epoch {epoch + 1}/{s.epochs}", "batches") as advance:
+        step = step0
+        for xb in src.batches(order, run.sizes, step0):  # xb: [b, D] normalized units
+            for g in state.optimizer.param_groups:
+                g["lr"] = lr_at(epoch * spe + step, run.total_steps, spe, s)
+            loss = train_step(run.net, state.optimizer, xb, run.weight, run.amp)
+            loss_sum += loss.detach().double() * xb.shape[0]
+            seen += int(xb.shape[0])
+            step += 1
+            if run.on_step is not None:
+                run.on_step(epoch * spe + step)
+            stop = run.stop()
+            if dist.enabled or step % check_every == 0 or step == spe:
+                run.flags[0] = float(stop)
+                run.flags[1] = float(not torch.isfinite(loss_sum).item())
+                dist.all_reduce(run.flags, "max")
+                stop, bad = bool(run.flags[0].item()), bool(run.flags[1].item())
+                if bad:
+                    _raise_nonfinite(epoch, step, run.last_path, dist)
+            elif stop and not bool(torch.isfinite(loss_sum).item()):
+                _raise_nonfinite(epoch, step, run.last_path, dist)
+            advance(1)
+            if stop:
+                total, n = _reduced_sums(loss_sum, seen, dist)
+                state.step, state.perm = step, order
+                state.loss_sum += total
+                state.units += n
+                state.seconds += time.monotonic() - t0
+                if dist.is_main:
+                    save_checkpoint(run.last_path, state.to_checkpoint(run))
+                dist.barrier()
+                raise Preempted(run.last_path, epoch + 1, step)
+    total, n = _reduced_sums(loss_sum, seen, dist)
+    train_loss = (state.loss_sum + total) / max(1, state.units + n)
+    if not math.isfinite(train_loss):
+        _raise_nonfinite(epoch, spe, run.last_path, dist)
+    units, seconds = state.units + n, state.seconds + time.monotonic() - t0
+    state.step, state.perm, state.loss_sum, state.units, state.seconds = 0, None, 0.0, 0, 0.0
+    return train_loss, units, seconds
+
+
+def end_epoch(run: Run, state: TrainState, train_loss: float, units: int, seconds: float) -> None:
+    """Validation, history, best epoch, early stop, checkpoints and the log of one epoch."""
+    s, dist, epoch = run.settings, run.dist, state.epoch
+    val_loss = (evaluate(state.model, run.val_src, run.weight, run.amp, dist)
+                if run.val_src is not None else None)
+    if val_loss is not None and not math.isfinite(val_loss):
+        _raise_nonfinite(epoch, run.steps_per_epoch, run.last_path, dist, what="validation loss")
+    lr_now = state.optimizer.param_groups[0]["lr"]
+    state.history.append({"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss,
+                          "lr": lr_now, "seconds": round(seconds, 3),
+                          "samples_per_s": round(units / max(seconds, 1e-9), 2)})
+    improved = val_loss is not None and (state.best_val is None or val_loss < state.best_val)
+    if improved:
+        state.best_val, state.best_epoch, state.bad_epochs = val_loss, epoch + 1, 0
+    elif val_loss is not None:
+        state.bad_epochs += 1
+    if s.early_stop is not None and state.bad_epochs >= s.early_stop:
+        state.stopped_early = True
+    LOG.info("epoch %d/%d: train loss %.4g%s dB^2, lr %.3g, %.1f s (%.0f samples/s)%s",
+             epoch + 1, s.epochs, train_loss,
+             "" if val_loss is None else f", val loss {val_loss:.4g}", lr_now, seconds,
+             state.history[-1]["samples_per_s"], " *" if improved else "")
+    state.epoch = epoch = epoch + 1
+    if dist.is_main:
+        if improved:
+            save_checkpoint(run.best_path, {
+                "format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION,
+                "kind": "best", "model": state.model.state_dict(), "epoch": epoch,
+                "val_loss": val_loss})
+        if epoch % run.checkpoint_every == 0 or epoch == s.epochs or state.stopped_early:
+            save_checkpoint(run.last_path, state.to_checkpoint(run))
+        if run.log:
+            _write_log(run.log, state.history)
+    if state.stopped_early:
+        LOG.info("early stop: no better validation loss for %d epochs (best %.4g at epoch %d)",
+                 state.bad_epochs, state.best_val, state.best_epoch)
+
+
+def _stop_between_epochs(run: Run, state: TrainState) -> None:
+    """A stop requested during the epoch's end: checkpoint (if not just written) and raise."""
+    stop, dist = run.stop(), run.dist
+    if dist.enabled:
+        run.flags[0], run.flags[1] = float(stop), 0.0
+        stop = bool(dist.all_reduce(run.flags, "max")[0].item())
+    if stop and state.epoch < run.settings.epochs and not state.stopped_early:
+        if dist.is_main and state.epoch % run.checkpoint_every != 0:
+            save_checkpoint(run.last_path, state.to_checkpoint(run))
+        dist.barrier()
+        raise Preempted(run.last_path, state.epoch, 0)
 
 
 def _str(path) -> str | None:
@@ -656,7 +512,7 @@ def _raise_nonfinite(epoch: int, step: int, last_path: Path, dist: Dist, what: s
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, source, weight: torch.Tensor | None, amp: ContextManager,
              dist: Dist | None = None, block: int = 256) -> float:
-    """MSE in dB squared over a source's rows (eval mode; shards across ranks under DDP)."""
+    """MSE in dB squared over a source's units (eval mode; shards across ranks under DDP)."""
     dist = dist or Dist()
     if dist.enabled:
         # Running BatchNorm statistics drift apart per rank between DDP's broadcasts:

@@ -1,0 +1,87 @@
+"""Training checkpoints: where they live, how they are written and read, RNG states.
+
+Checkpoints live in ``<output>.ckpt/`` (or ``checkpoint_dir``):
+  last.pt  everything needed to continue bit for bit (``TrainState.to_checkpoint``):
+           model, optimizer, schedule, normalizer, epoch, step-in-epoch, the epoch's
+           permutation of units, torch/numpy RNG states, history, best-so-far, settings
+           and data identity. Written at the end of every epoch (``checkpoint_every``)
+           and when a stop is requested.
+  best.pt  the model of the epoch with the lowest validation loss.
+Both are ``torch.save`` of plain tensors and primitives, written atomically and read
+with ``torch.load(weights_only=True)``: loading one runs no code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import InputError
+from .fileio import atomic_path
+from .settings import RESUME_MUST_MATCH, TrainSettings
+
+CHECKPOINT_FORMAT = "aekit-train-checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+def rng_state() -> dict:
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"torch": torch.get_rng_state(),
+             "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)),
+                       "pos": int(pos), "has_gauss": int(has_gauss), "gauss": float(gauss)}}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"],
+                         n["has_gauss"], n["gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        with contextlib.suppress(Exception):
+            torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def checkpoint_dir_for(output: str | os.PathLike) -> Path:
+    return Path(str(output) + ".ckpt")
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """Read a checkpoint safely (weights_only: tensors and primitives, no code)."""
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"--resume: no checkpoint at {p}; start without --resume")
+    try:
+        ck = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        first = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+        raise InputError(f"{p}: not a readable checkpoint ({first})") from None
+    if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
+        raise InputError(f"{p}: not an ae-train checkpoint")
+    return ck
+
+
+def save_checkpoint(path: Path, ck: dict) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(ck, tmp)
+
+
+def resume_mismatch(ck: dict, settings: TrainSettings, data_id: dict) -> list[str]:
+    """What differs between a checkpoint and this run ('' when it may resume)."""
+    diffs = []
+    old = ck["settings"]
+    for k in RESUME_MUST_MATCH:
+        a, b = old.get(k), settings.to_dict().get(k)
+        if a != b:
+            diffs.append(f"{k}: checkpoint {a}, now {b}")
+    for k, b in data_id.items():
+        a = ck["data"].get(k)
+        if a != b:
+            diffs.append(f"{k}: checkpoint {a}, now {b}")
+    return diffs

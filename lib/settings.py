@@ -1,0 +1,122 @@
+"""Training settings without torch: defaults, presets, the names of the model kinds.
+
+Everything that decides the trained weights is one ``TrainSettings``; ``ae-train``'s
+options take their defaults and help from here, so a default lives in one place.
+A model kind is known here by name only (``ARCHS``: name -> the module that registers
+it, imported when the kind is first built), so ``ae-train --help`` never imports torch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+from .errors import InputError
+
+
+@dataclass(frozen=True)
+class ArchInfo:
+    """What the command line needs to know about a model kind, without importing it."""
+
+    module: str  # imported to register the kind (aekit.models.register)
+    batch_norm: bool = False  # BatchNorm in training mode: a batch needs >= 2 units
+    help: str = ""
+
+
+#: Model kinds by --arch name; a new kind is one module plus one line here (or a
+#: runtime aekit.models.register call, which adds its line).
+ARCHS: dict[str, ArchInfo] = {
+    "baseline": ArchInfo("aekit.mlp", False, "Linear+ReLU"),
+    "improved": ArchInfo("aekit.mlp", True, "Linear+BatchNorm+LeakyReLU(0.1)"),
+}
+
+DEFAULT_HIDDEN = (8224, 2056, 1024, 512)  # the tutorial's widths
+DEFAULT_LATENT = 256  # the tutorial's bottleneck
+NORM_MODES = ("none", "global", "per-feature")
+SCHEDULES = ("constant", "cosine")
+PRECISIONS = ("fp32", "bf16")
+KEEP = ("best", "last")
+DATA_MODES = ("auto", "memory", "stream")
+EXIT_PREEMPTED = 3  # exit status after a stop request wrote a resumable checkpoint
+
+
+@dataclass
+class TrainSettings:
+    """Everything that decides the trained weights. Defaults are the 'default' preset."""
+
+    arch: str = "improved"
+    hidden: tuple[int, ...] = DEFAULT_HIDDEN
+    latent: int = DEFAULT_LATENT
+    epochs: int = 20  # the tutorial's
+    batch_size: int = 25  # the tutorial's; per process under DDP
+    lr: float = 1e-3  # the tutorial's Adam learning rate (peak of the schedule)
+    normalize: str = "global"  # raw dB (std ~20-50) makes the first steps overshoot
+    schedule: str = "cosine"  # decay to min_lr_ratio x lr: ends in a minimum, no late blow-up
+    warmup: float = 1.0  # epochs of linear warm-up: Adam's first steps are the largest
+    min_lr_ratio: float = 0.01
+    balanced_batches: bool = True  # no tiny last batch under BatchNorm
+    seed: int = 42
+    precision: str = "fp32"
+    early_stop: int | None = None  # epochs without a better validation loss
+    keep: str = "best"  # weights written to the model file: best validation epoch, or last
+    preset: str = "default"
+
+    def __post_init__(self) -> None:
+        self.hidden = tuple(int(h) for h in self.hidden)
+        bn = self.arch in ARCHS and ARCHS[self.arch].batch_norm
+        checks = [
+            (self.arch in ARCHS, f"unknown --arch {self.arch!r}: use {' or '.join(ARCHS)}"),
+            (self.normalize in NORM_MODES,
+             f"unknown --normalize {self.normalize!r}: use {', '.join(NORM_MODES)}"),
+            (self.schedule in SCHEDULES,
+             f"unknown --schedule {self.schedule!r}: use {', '.join(SCHEDULES)}"),
+            (self.precision in PRECISIONS,
+             f"unknown --precision {self.precision!r}: use {', '.join(PRECISIONS)}"),
+            (self.keep in KEEP, f"unknown --keep {self.keep!r}: use best or last"),
+            (self.epochs >= 1, "--epochs must be at least 1"),
+            (self.batch_size >= 1, "--batch-size must be at least 1"),
+            (not bn or self.batch_size >= 2,
+             f"--batch-size must be at least 2 for --arch {self.arch} (BatchNorm needs 2 rows)"),
+            (self.lr > 0 and math.isfinite(self.lr), "--lr must be a positive number"),
+            (self.warmup >= 0, "--warmup must be >= 0"),
+            (len(self.hidden) >= 1 and all(h > 0 for h in self.hidden) and self.latent > 0,
+             "layer widths (--hidden, --latent) must be positive"),
+            (self.early_stop is None or self.early_stop >= 1, "--early-stop must be at least 1"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise InputError(msg)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["hidden"] = list(self.hidden)
+        return d
+
+
+#: --preset: 'tutorial' is the tutorial exactly (raw dB, constant lr, DataLoader batches).
+PRESETS: dict[str, dict] = {
+    "default": {},
+    "tutorial": dict(normalize="none", schedule="constant", warmup=0.0, balanced_batches=False,
+                     keep="last", epochs=20, batch_size=25, lr=1e-3, precision="fp32"),
+}
+
+#: Settings a resumed run must share with the checkpoint (others, e.g. early_stop, may change).
+RESUME_MUST_MATCH = ("arch", "hidden", "latent", "epochs", "batch_size", "lr", "normalize",
+                     "schedule", "warmup", "min_lr_ratio", "balanced_batches", "seed", "precision")
+
+
+def make_settings(preset: str = "default", **overrides) -> TrainSettings:
+    """Settings of a preset with the given (non-None) values overriding it."""
+    if preset not in PRESETS:
+        raise InputError(f"unknown --preset {preset!r}: use {', '.join(PRESETS)}")
+    values = {**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
+    names = {f.name for f in fields(TrainSettings)}
+    unknown = set(values) - names
+    if unknown:
+        raise TypeError(f"unknown settings: {sorted(unknown)}")
+    return TrainSettings(preset=preset, **values)
+
+
+def default_of(name: str):
+    """The default of a TrainSettings field, for option help text ('[20]')."""
+    return {f.name: f.default for f in fields(TrainSettings)}[name]
