@@ -58,6 +58,22 @@ def _widths(ctx, param, value):
     return widths
 
 
+class _KindChoice(click.Choice):
+    """--arch: the model kinds known when the command runs (aekit.settings.ARCHS, which a
+    registration extends), not only those known when this module was imported."""
+
+    def __init__(self) -> None:
+        super().__init__(list(S.ARCHS))
+
+    @property
+    def choices(self):
+        return tuple(S.ARCHS)
+
+    @choices.setter
+    def choices(self, value) -> None:
+        pass
+
+
 @contextlib.contextmanager
 def stop_signals():
     """Yield a 'stop requested?' callable set by SIGTERM or SIGUSR1 (SLURM preemption)."""
@@ -99,7 +115,7 @@ def _self_sigterm_hook():
               show_default=True,
               help="default: stable training; tutorial: the tutorial's exact settings. "
                    "Options given explicitly override the preset.")
-@click.option("--arch", type=click.Choice(list(S.ARCHS)), default=S.default_of("arch"),
+@click.option("--arch", type=_KindChoice(), default=S.default_of("arch"),
               show_default=True,
               help="; ".join(f"{k}: {a.help}" for k, a in S.ARCHS.items()) + ".")
 @click.option("--hidden", callback=_widths, default=",".join(map(str, S.DEFAULT_HIDDEN)),

@@ -12,6 +12,40 @@ import pytest
 BIN = Path(sys.executable).parent
 
 
+#: Feature parameters of a real log-Mel setup whose clips are 2 x 4 x 10 (what the library
+#: accepts: a tiny features file written with them passes every compatibility check).
+PARAMS = dict(sample_rate=16000, num_samples=2304, n_fft=1024, hop_length=256, n_mels=4,
+              top_db=80.0, f_min=0.0, f_max=None, window="hann", power=2.0, mel_scale="htk",
+              channels=2, channel_policy="keep")
+SHAPE = (2, 4, 10)
+
+
+def write_features(path, n: int = 40, shape=SHAPE, seed: int = 0, ids=None, params=None):
+    """Low-rank dB-like clips (mean -40, std ~20) in an aekit features file; returns (ids, x)."""
+    from aekit import store
+
+    rng = np.random.default_rng(seed)
+    c, m, t = shape
+    tmpl = rng.normal(0, 15, size=(3, c * m * t))
+    x = -40 + rng.random((n, 3)) @ tmpl + rng.normal(0, 3, size=(n, c * m * t))
+    x = x.astype(np.float32).reshape(n, c, m, t)
+    ids = ids or [f"clip{i:03d}" for i in range(n)]
+    w = store.FeatureWriter(path, dict(params or PARAMS), shape)
+    w.append(x, ids, [f"/data/{i}.wav" for i in ids], {k: np.zeros(n) for k in store.PER_CLIP})
+    w.close()
+    return ids, x
+
+
+def write_splits(path, ids, folds: int = 2, test_every: int = 5) -> Path:
+    """Every test_every-th clip is test; the others train, in folds i % folds."""
+    lines = ["id,split,fold"]
+    for i, id_ in enumerate(ids):
+        lines.append(f"{id_},test," if i % test_every == test_every - 1
+                     else f"{id_},train,{i % folds}")
+    Path(path).write_text("\n".join(lines) + "\n")
+    return Path(path)
+
+
 def exe(name: str) -> str:
     """Path of an installed console script (ae-*) in the test interpreter's environment."""
     return str(BIN / name)
