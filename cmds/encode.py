@@ -34,10 +34,10 @@ See also: ae-train (makes MODEL), ae-featurize (makes FEATURES), ae-eval (scores
 @common.verbosity_options
 def cli(model: str, features: str, output: str, splits_path: str | None, split_name: str | None,
         fold: int | None, batch_size: int, device: str) -> None:
-    from aekit import inference
+    from aekit import evaluation
     from aekit.device import resolve_device
 
-    n, total = inference.encode_file(model, features, output, splits_path, split_name, fold,
+    n, total = evaluation.encode_file(model, features, output, splits_path, split_name, fold,
                                      batch_size, resolve_device(device),
                                      command=common.command_line(), progress=common.progress)
     common.LOG.info("Done: %d of %d clips encoded to %s", n, total, output)

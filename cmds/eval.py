@@ -87,27 +87,14 @@ def _write_json(obj: dict, output: str | None) -> None:
 
 def _summarize(reports: tuple[str, ...], output: str | None, table: bool,
                all_metrics: bool) -> None:
-    from aekit import metrics
-    from aekit.errors import InputError
-    from aekit.fileio import read_text_input
+    from aekit import evaluation, metrics
 
-    loaded = []
-    for path in reports:
-        text = read_text_input(path)
-        try:
-            rep = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{path}: not JSON ({exc.msg} at line {exc.lineno})") from None
-        if not isinstance(rep, dict) or rep.get("format") != "aekit-eval":
-            raise InputError(f"{path}: not an ae-eval report (expected \"format\": \"aekit-eval\")")
-        loaded.append(rep)
-    summary = metrics.summarize_reports(loaded, list(reports))
-    summary["command"] = common.command_line()
+    summary = evaluation.summarize_files(reports, command=common.command_line())
     if output not in (None, "-") or not table:
         _write_json(summary, output)
     if table:
         click.echo(metrics.format_table(summary, all_metrics), nl=False)
-    common.LOG.info("Done: %d report(s) summarized, %d metric(s)", len(loaded),
+    common.LOG.info("Done: %d report(s) summarized, %d metric(s)", len(reports),
                     len(summary["metrics"]))
 
 
@@ -131,7 +118,7 @@ def _summarize(reports: tuple[str, ...], output: str | None, table: bool,
                    "arithmetic and harmonic means.")
 @click.option("--probe-column", default=None, metavar="COL",
               help="Label column for a linear probe on the codes z (needs --splits).")
-@click.option("--score", "score_name", type=click.Choice(["mse", "mae"]), default="mse",
+@click.option("--score", "score_name", type=click.Choice(("mse", "mae")), default="mse",
               show_default=True, help="Which reconstruction error is the anomaly score.")
 @click.option("--max-fpr", type=click.FloatRange(0, 1, min_open=True), default=0.1,
               show_default=True, help="Upper FPR bound p of the partial AUC (DCASE: 0.1).")
@@ -169,15 +156,15 @@ def cli(inputs, summarize: bool, table: bool, all_metrics: bool, output: str | N
 def _evaluate(model: str, features: str, *, output, table, all_metrics, splits_path, split_name,
               fold, labels_path, anomaly_column, group_by, probe_column, score_name, max_fpr,
               scores_path, plots_dir, log_path, batch_size, seed, device) -> None:
-    from aekit import inference, metrics
+    from aekit import evaluation, metrics
     from aekit.device import resolve_device
     from aekit.fileio import open_output
 
-    opts = inference.EvalOptions(
+    opts = evaluation.EvalOptions(
         labels_path=labels_path, anomaly_column=anomaly_column, group_by=group_by,
         probe_column=probe_column, score=score_name, max_fpr=max_fpr, plots_dir=plots_dir,
         seed=seed)
-    report, per_clip = inference.evaluate_file(
+    report, per_clip = evaluation.evaluate_file(
         model, features, opts, splits_path, split_name, fold, batch_size, resolve_device(device),
         command=common.command_line(), log_path=log_path, progress=common.progress)
     if scores_path:

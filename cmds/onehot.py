@@ -76,16 +76,8 @@ def cli(input_path: str, output: str, columns: tuple[str, ...], keep_original: b
                     if ctx.get_parameter_source(p) == click.core.ParameterSource.COMMANDLINE]
         if fit_only:
             LOG.warning("%s ignored: the categories file decides the columns", ", ".join(fit_only))
-        cats = onehot.load_categories(categories_path)
-        if columns:
-            unsaved = [c for c in columns if c not in cats]
-            if unsaved:
-                common.fail_usage(f"column(s) {', '.join(map(repr, unsaved))} not in {categories_path}; "
-                                  f"it has: {', '.join(cats)}")
-            cats = {c: cats[c] for c in dict.fromkeys(columns)}
-    else:
-        cats = onehot.fit(df, columns, max_categories=max_categories,
-                          min_frequency=min_frequency, dummy_na=dummy_na)
+    cats = onehot.categories_for(df, columns, categories_path, max_categories=max_categories,
+                                 min_frequency=min_frequency, dummy_na=dummy_na)
     table, unknown = onehot.transform(df, cats, handle_unknown=handle_unknown,
                                       keep_original=keep_original)
     for col, count in unknown.items():

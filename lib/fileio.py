@@ -97,7 +97,7 @@ def read_csv(path: str | os.PathLike, **kwargs):
     import pandas as pd
 
     text = read_text_input(path)
-    name = "<stdin>" if str(path) == "-" else str(path)
+    name = display_name(path)
     if not text.strip():
         raise InputError(f"{name}: empty CSV (no header)")
     try:

@@ -251,12 +251,28 @@ def from_json(doc, name: str = "categories") -> Categories:
 
 
 def load_categories(path: str | os.PathLike) -> Categories:
-    from .fileio import read_text_input
+    from .fileio import display_name, read_text_input
 
-    name = "<stdin>" if str(path) == "-" else str(path)
+    name = display_name(path)
     text = read_text_input(path)
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as exc:
         raise InputError(f"{name}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
     return from_json(doc, name)
+
+
+def categories_for(df: pd.DataFrame, columns: Sequence[str], categories_path=None,
+                   **fit_kwargs) -> Categories:
+    """The categories ae-onehot encodes with: those saved in ``categories_path`` (only
+    ``columns`` of them when given; InputError when one was not saved), else fitted on df."""
+    if categories_path is None:
+        return fit(df, columns, **fit_kwargs)
+    cats = load_categories(categories_path)
+    if columns:
+        unsaved = [c for c in columns if c not in cats]
+        if unsaved:
+            raise InputError(f"column(s) {', '.join(map(repr, unsaved))} not in "
+                             f"{categories_path}; it has: {', '.join(cats)}")
+        cats = {c: cats[c] for c in dict.fromkeys(columns)}
+    return cats

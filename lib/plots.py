@@ -16,7 +16,7 @@ from typing import Sequence
 import numpy as np
 
 from .errors import InputError
-from .fileio import atomic_path, read_csv
+from .fileio import atomic_path, display_name, read_csv
 
 DPI = 110
 
@@ -39,7 +39,7 @@ def _save(fig, path: str | os.PathLike) -> Path:
 def read_training_log(path: str | os.PathLike) -> list[dict]:
     """The ``--log`` CSV of ae-train (epoch,train_loss,val_loss,lr,...) as a list of dicts."""
     df = read_csv(path)
-    name = "<stdin>" if str(path) == "-" else str(path)
+    name = display_name(path)
     missing = [c for c in ("epoch", "train_loss") if c not in df.columns]
     if missing:
         raise InputError(f"{name}: not a training log: missing column(s) {', '.join(missing)}; "

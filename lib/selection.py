@@ -16,7 +16,7 @@ import pandas as pd
 
 from .errors import InputError, preview
 from .expr import parse_where
-from .fileio import read_csv
+from .fileio import display_name, read_csv
 
 
 
@@ -24,7 +24,7 @@ from .fileio import read_csv
 def load_splits(path: str | os.PathLike, ids: Sequence[str] | None = None) -> pd.DataFrame:
     """Read an ae-split CSV, indexed by id, with columns split (str) and fold (Int64, <NA> on test)."""
     df = read_csv(path, dtype={"id": str, "split": str}, keep_default_na=False)
-    name = "<stdin>" if str(path) == "-" else str(path)
+    name = display_name(path)
     missing = [c for c in ("id", "split", "fold") if c not in df.columns]
     if missing:
         raise InputError(f"{name}: not a split file: missing column(s) {', '.join(missing)}; "
@@ -104,7 +104,7 @@ def load_labels(path: str | os.PathLike, ids: Sequence[str], id_column: str = "i
         df = read_csv(path, dtype=str, keep_default_na=False)
     else:
         df = read_csv(path, dtype={id_column: str})
-    name = "<stdin>" if str(path) == "-" else str(path)
+    name = display_name(path)
     if id_column not in df.columns:
         raise InputError(f"{name}: column '{id_column}' not found; columns are: "
                          f"{', '.join(map(str, df.columns))}")

@@ -71,7 +71,7 @@ def feature_params(attrs) -> dict:
 
 
 def params_mismatch(a: dict, b: dict) -> list[str]:
-    """Human-readable differences between two feature-parameter dicts ('' when equal)."""
+    """Human-readable differences between two feature-parameter dicts (an empty list when equal)."""
     diffs = []
     for k in FEATURE_PARAM_KEYS:
         va, vb = a.get(k), b.get(k)
@@ -333,3 +333,81 @@ def merge_shards(inputs: Sequence[str | os.PathLike], output: str | os.PathLike,
     finally:
         for ff in files:
             ff.close()
+
+
+# --------------------------------------------------------------------------- latents files
+#
+# Latents file layout (format ``aekit-latents``, version 1), written by ae-encode::
+#
+#     /latents   float32 [N, latent]   the code z of each clip (the model's clip_codes)
+#     /ids       utf-8 str [N]         the clip ids, in the features file's order
+#     attrs: format, format_version, aekit_version, command, model, model_sha256,
+#            features, features_sha256, splits, splits_sha256, split, fold, latent,
+#            input_shape, arch, and the model's feature parameters
+
+LATENTS_FORMAT = "aekit-latents"
+LATENTS_FORMAT_VERSION = 1
+
+
+class LatentsWriter:
+    """Append codes block by block to a latents file written atomically (a context manager)."""
+
+    def __init__(self, path: str | os.PathLike, latent: int, attrs: dict, chunk: int = 4096):
+        from .fileio import atomic_path
+
+        self._atomic = atomic_path(path)
+        tmp = self._atomic.__enter__()
+        self.f = h5py.File(tmp, "w", libver=("earliest", "v110"))
+        self.f.attrs["format"] = LATENTS_FORMAT
+        self.f.attrs["format_version"] = LATENTS_FORMAT_VERSION
+        self.f.attrs["aekit_version"] = __version__
+        for k, v in attrs.items():
+            self.f.attrs[k] = "none" if v is None else v
+        self.latent = int(latent)
+        self.z = self.f.create_dataset("latents", shape=(0, latent), maxshape=(None, latent),
+                                       dtype=np.float32, chunks=(chunk, latent))
+        self.ids = self.f.create_dataset("ids", shape=(0,), maxshape=(None,), dtype=STR,
+                                         chunks=(chunk,))
+        self.n = 0
+
+    def append(self, z: np.ndarray, ids: Sequence[str]) -> None:
+        k = len(ids)
+        self.z.resize((self.n + k, self.latent))
+        self.ids.resize((self.n + k,))
+        self.z[self.n:self.n + k] = z
+        self.ids[self.n:self.n + k] = list(ids)
+        self.n += k
+
+    def __enter__(self) -> "LatentsWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.f.close()
+        self._atomic.__exit__(*exc)
+
+
+class LatentsFile:
+    """Read a latents file: ``.latents`` float32 [N, latent], ``.ids``, ``.attrs``."""
+
+    def __init__(self, path: str | os.PathLike):
+        p = Path(path)
+        if not p.exists():
+            raise InputError(f"{p}: no such file")
+        try:
+            with h5py.File(p, "r") as f:
+                fmt = f.attrs.get("format", "")
+                fmt = fmt.decode() if isinstance(fmt, bytes) else str(fmt)
+                if fmt != LATENTS_FORMAT:
+                    raise InputError(f"{p}: not an aekit latents file (format={fmt!r}); "
+                                     "make one with ae-encode")
+                self.latents = f["latents"][()]
+                self.ids = [s.decode("utf-8") if isinstance(s, bytes) else str(s)
+                            for s in f["ids"][()]]
+                self.attrs = {k: (v.item() if isinstance(v, np.generic) else
+                                  v.tolist() if isinstance(v, np.ndarray) else v)
+                              for k, v in f.attrs.items()}
+        except OSError:
+            raise InputError(f"{p}: not an HDF5 file") from None
+
+    def __repr__(self) -> str:  # pragma: no cover - convenience
+        return f"LatentsFile(n={len(self.ids)}, latent={self.latents.shape[1]})"

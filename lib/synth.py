@@ -269,7 +269,7 @@ def _unit_rms(x: np.ndarray) -> np.ndarray:
     return x / r if r > 0 else x
 
 
-def _db(value: float) -> float:
+def _db_to_gain(value: float) -> float:
     return 10.0 ** (value / 20.0)
 
 
@@ -328,7 +328,7 @@ def _band_shape(alpha: float, f_lo: float, f_hi: float, order: int = 2,
         lo = (f / f_lo) ** order
         mag = f ** (-alpha / 2) * np.sqrt(lo / (1 + lo) / (1 + (f / f_hi) ** (2 * order)))
         if floor_db is not None:
-            mag = mag / mag.max() + np.float32(_db(floor_db))
+            mag = mag / mag.max() + np.float32(_db_to_gain(floor_db))
         return mag
     return shape
 
@@ -426,7 +426,7 @@ def _fan(p, n, sr, s, rng, channels, corr) -> _Parts:
     tone = _harmonics(z_bp, bp_w, rng.uniform(0, TWO_PI, len(bp_w)))
     tone += _harmonics(_phasor(shaft_phase), p["shaft_weights"] * bp_w[0],
                        rng.uniform(0, TWO_PI, 2))
-    tone = _unit_rms(tone) * _db(p["tone_db"])
+    tone = _unit_rms(tone) * _db_to_gain(p["tone_db"])
     noise = _noise(rng, n, sr, _band_shape(p["noise_alpha"], p["noise_lo"], p["noise_hi"],
                                            floor_db=p["floor_db"]), channels, corr)
     t = np.arange(n) / sr
@@ -449,7 +449,7 @@ def _pump(p, n, sr, s, rng, channels, corr) -> _Parts:
     tone = tone * env + p["hum"] * hum
     noise = _noise(rng, n, sr, _band_shape(p["noise_alpha"], p["noise_lo"], p["noise_hi"],
                                            floor_db=p["floor_db"]), channels, corr)
-    noise *= (_db(p["noise_db"]) * (0.6 + 0.4 * env))
+    noise *= (_db_to_gain(p["noise_db"]) * (0.6 + 0.4 * env))
     return _Parts({"tone": tone}, noise, shaft_phase, shaft_hz)
 
 
@@ -478,7 +478,7 @@ def _valve(p, n, sr, s, rng, channels, corr) -> _Parts:
                           (_crossings(cycles - p["duty"]), p["close_click"], p["close_db"])):
         for i in idx:
             at = int(i + round(rng.normal(0.0, jitter)))
-            _place(events, _click_kernel(rng, sr, c), at, _db(level) * rng.uniform(0.8, 1.2))
+            _place(events, _click_kernel(rng, sr, c), at, _db_to_gain(level) * rng.uniform(0.8, 1.2))
     floor = _noise(rng, n, sr, _band_shape(p["noise_alpha"], p["noise_lo"], p["noise_hi"],
                                            floor_db=p["floor_db"]), channels, corr)
     floor *= (1.0 + p["flow_boost"] * gate) / (1.0 + p["flow_boost"] * p["duty"])
@@ -488,7 +488,7 @@ def _valve(p, n, sr, s, rng, channels, corr) -> _Parts:
     shaft_hz = p["shaft_hz"] * s
     shaft_phase = _phase(shaft_hz, sr, rng.uniform(0, TWO_PI))
     motor = _harmonics(_phasor(shaft_phase), p["motor_weights"], rng.uniform(0, TWO_PI, 4))
-    tone = _unit_rms(motor) * _db(p["motor_db"]) + _unit_rms(buzz) * gate * _db(p["buzz_db"])
+    tone = _unit_rms(motor) * _db_to_gain(p["motor_db"]) + _unit_rms(buzz) * gate * _db_to_gain(p["buzz_db"])
     return _Parts({"tone": tone, "events": events}, floor, shaft_phase, shaft_hz)
 
 
@@ -504,7 +504,7 @@ def _slider(p, n, sr, s, rng, channels, corr) -> _Parts:
     velocity = np.where(u < 1.0, np.sin((np.pi * np.minimum(u, 1.0)).astype(np.float32)) ** 2,
                         np.float32(0.0))
     back = (np.floor(cycles) % 2 == 1)
-    stroke_gain = np.where(back, _db(p["back_db"]), 1.0).astype(np.float32)
+    stroke_gain = np.where(back, _db_to_gain(p["back_db"]), 1.0).astype(np.float32)
     # Servo whine, pitch and level following the velocity.
     motor_hz = p["motor_hz"] * velocity * s
     motor_w = _below_nyquist(p["motor_weights"], p["motor_hz"] * float(s.max()), sr)
@@ -519,15 +519,15 @@ def _slider(p, n, sr, s, rng, channels, corr) -> _Parts:
                           [1.0, 0.4])
     ends = np.flatnonzero(np.diff((u < 1.0).astype(np.int8)) == -1) + 1
     for i in ends:
-        _place(events, knock, int(i), _db(p["knock_db"]) * rng.uniform(0.7, 1.3) * stroke_gain[i - 1])
+        _place(events, knock, int(i), _db_to_gain(p["knock_db"]) * rng.uniform(0.7, 1.3) * stroke_gain[i - 1])
     # Friction: band noise while moving, roughened by stick-slip at a velocity-dependent rate.
     # At rest only the hall's noise remains, ``idle_db`` below full-speed friction.
     friction = _noise(rng, n, sr, _band_shape(p["friction_alpha"], p["friction_lo"], p["friction_hi"],
                                               floor_db=p["floor_db"]), channels, corr)
     stick = 1.0 + p["stick_depth"] * np.sin(_wrap(_phase(p["stick_hz"] * velocity * s, sr, rng.uniform(0, TWO_PI))))
-    moving = (np.sqrt(velocity) * stick * stroke_gain + _db(p["idle_db"])).astype(np.float32)
+    moving = (np.sqrt(velocity) * stick * stroke_gain + _db_to_gain(p["idle_db"])).astype(np.float32)
     noise = friction * moving
-    tone = _unit_rms(whine) * _db(p["motor_db"]) if np.any(whine) else whine
+    tone = _unit_rms(whine) * _db_to_gain(p["motor_db"]) if np.any(whine) else whine
     return _Parts({"tone": tone, "events": events}, noise, shaft_phase, shaft_hz)
 
 
@@ -593,8 +593,8 @@ def _anomaly_gain(rng, normal: np.ndarray, anomaly: np.ndarray, sr: int,
     if a_rms == 0.0:
         return 0.0
     excess = np.max(_band_powers(anomaly, sr) / _band_powers(normal, sr))
-    by_band = _db(rng.uniform(*excess_db)) / np.sqrt(excess)
-    by_rms = _rms(normal) * _db(rng.uniform(*rms_db)) / a_rms
+    by_band = _db_to_gain(rng.uniform(*excess_db)) / np.sqrt(excess)
+    by_rms = _rms(normal) * _db_to_gain(rng.uniform(*rms_db)) / a_rms
     return float(min(by_band, by_rms))
 
 
@@ -652,7 +652,7 @@ def render_clip(machine: Machine, duration: float, anomaly: str = "none",
             else:
                 out[ch] += g * x
     # Same loudness for normal and anomalous clips: the anomaly must not be a level change.
-    out *= _db(machine.level_db + gain_db) / max(_rms(out), 1e-12)
+    out *= _db_to_gain(machine.level_db + gain_db) / max(_rms(out), 1e-12)
     peak = float(np.max(np.abs(out)))
     if peak > _PEAK:
         out *= _PEAK / peak

@@ -136,8 +136,6 @@ def _write_log(path: str, history: list[dict]) -> None:
                         else (f"{h[c]:.6g}" if isinstance(h[c], float) else h[c]) for c in cols])
 
 
-_null_progress = null_progress  # the name cmds/train.py used before; kept for other callers
-
 
 # --------------------------------------------------------------------------- state
 
