@@ -237,44 +237,33 @@ def fail_usage(message: str) -> None:
 
 
 def mel_options(f: Callable) -> Callable:
-    """The feature-parameter options, defined once with the library's defaults (MelParams)."""
+    """The feature-parameter options, made from the parameter dataclass (MelParams): its
+    fields give the names, defaults, ranges, choices and help, so none is typed twice."""
+    from dataclasses import fields
+
     from aekit.features import MelParams
 
-    d = MelParams()
-    opts = [
-        click.option("--sample-rate", type=click.IntRange(min=1), default=d.sample_rate,
-                     show_default=True, help="Resample every clip to this rate (Hz) first."),
-        click.option("--num-samples", type=click.IntRange(min=1), default=d.num_samples,
-                     show_default=True, help="Clip length at that rate: longer truncated, shorter zero-padded."),
-        click.option("--channels", type=click.IntRange(min=1), default=d.channels, show_default=True,
-                     help="Channels per clip: fewer are repeated (mono -> stereo), more are cut."),
-        click.option("--channel-policy", type=click.Choice(["first", "mix"]), default=d.channel_policy,
-                     show_default=True, help="With more channels than asked: keep the first N, or mix down."),
-        click.option("--n-fft", type=click.IntRange(min=2), default=d.n_fft, show_default=True,
-                     help="FFT size (Hann window of the same length)."),
-        click.option("--hop-length", type=click.IntRange(min=1), default=d.hop_length,
-                     show_default=True, help="Samples between STFT frames."),
-        click.option("--n-mels", type=click.IntRange(min=1), default=d.n_mels, show_default=True,
-                     help="Mel bands."),
-        click.option("--top-db", type=click.FloatRange(min=0, min_open=True), default=d.top_db,
-                     show_default=True, help="Dynamic range kept below each clip's maximum (dB)."),
-        click.option("--f-min", type=click.FloatRange(min=0), default=d.f_min, show_default=True,
-                     help="Lowest Mel filter edge (Hz)."),
-        click.option("--f-max", type=click.FloatRange(min=0, min_open=True), default=None,
-                     help="Highest Mel filter edge (Hz) [default: sample-rate / 2]."),
-    ]
-    for opt in reversed(opts):
-        f = opt(f)
+    for fld in reversed(fields(MelParams)):
+        m = fld.metadata
+        if m["choices"]:
+            kind = click.Choice(list(m["choices"]))
+        elif m["type"] is int:
+            kind = click.IntRange(min=m["min"], min_open=m["min_open"])
+        else:
+            kind = click.FloatRange(min=m["min"], min_open=m["min_open"])
+        help_ = m["help"] + (f" [default: {m['default_help']}]" if m["default_help"] else "")
+        f = click.option(f"--{fld.name.replace('_', '-')}", type=kind, default=fld.default,
+                         show_default=m["default_help"] is None, help=help_)(f)
     return f
 
 
 def mel_params_from(kwargs: dict):
     """Pop the mel_options values out of a command's kwargs into a MelParams."""
+    from dataclasses import fields
+
     from aekit.features import MelParams
 
-    names = ("sample_rate", "num_samples", "channels", "channel_policy", "n_fft", "hop_length",
-             "n_mels", "top_db", "f_min", "f_max")
-    return MelParams(**{k: kwargs.pop(k) for k in names})
+    return MelParams(**{fld.name: kwargs.pop(fld.name) for fld in fields(MelParams)})
 
 
 def jobs_option(f: Callable) -> Callable:

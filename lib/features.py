@@ -8,8 +8,10 @@ clip across that clip's channels, exactly as AmplitudeToDB does on one [C, M, T]
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
-from typing import TYPE_CHECKING
+from dataclasses import asdict, dataclass, field, fields
+from typing import TYPE_CHECKING, ClassVar
+
+from .audio import CHANNEL_POLICIES
 
 if TYPE_CHECKING:  # torch is imported where it is used, so option parsing stays instant
     import torch
@@ -17,20 +19,48 @@ if TYPE_CHECKING:  # torch is imported where it is used, so option parsing stays
 AMIN = 1e-10  # torchaudio AmplitudeToDB default
 
 
+def param(default, help: str, *, type=None, min=None, min_open: bool = False,
+          choices: tuple | None = None, default_help: str | None = None):
+    """A feature parameter: its default, and what its command-line option needs (help, range,
+    choices), so the dataclass is the one list of parameters (attributes, options, checks)."""
+    return field(default=default, metadata={
+        "help": help, "type": type or builtins_type(default), "min": min, "min_open": min_open,
+        "choices": choices, "default_help": default_help})
+
+
+def builtins_type(value):
+    return {bool: bool, int: int, float: float, str: str}[type(value)]
+
+
 @dataclass(frozen=True)
 class MelParams:
-    """Feature parameters; the defaults are the tutorial's (plus one sample rate for all)."""
+    """Log-Mel feature parameters; the defaults are the tutorial's (plus one sample rate for all).
 
-    sample_rate: int = 16000  # every clip is resampled to this rate first
-    num_samples: int = 100_000  # ~6.25 s at 16 kHz; longer clips truncated, shorter zero-padded
-    n_fft: int = 1024
-    hop_length: int = 256
-    n_mels: int = 32
-    top_db: float | None = 80.0  # dynamic range kept below each clip's maximum
-    f_min: float = 0.0
-    f_max: float | None = None  # None: Nyquist
-    channels: int = 2  # the tutorial's model assumes stereo: 2 x 32 x 391 = 25,024 values
-    channel_policy: str = "first"  # more channels than asked: keep the first N, or 'mix'
+    Each field is one HDF5 attribute of a features file, one ``ae-featurize`` option and one
+    term of the compatibility check (``aekit.store.params_mismatch``).
+    """
+
+    kind: ClassVar[str] = "logmel"
+    #: What MelFrontend always uses: recorded in every file and checked, but not options.
+    FIXED: ClassVar[dict] = {"window": "hann", "power": 2.0, "mel_scale": "htk"}
+
+    sample_rate: int = param(16000, "Resample every clip to this rate (Hz) first.", min=1)
+    # ~6.25 s at 16 kHz; longer clips truncated, shorter zero-padded
+    num_samples: int = param(100_000, "Clip length at that rate: longer truncated, shorter "
+                                      "zero-padded.", min=1)
+    n_fft: int = param(1024, "FFT size (Hann window of the same length).", min=2)
+    hop_length: int = param(256, "Samples between STFT frames.", min=1)
+    n_mels: int = param(32, "Mel bands.", min=1)
+    top_db: float | None = param(80.0, "Dynamic range kept below each clip's maximum (dB).",
+                                 min=0, min_open=True)
+    f_min: float = param(0.0, "Lowest Mel filter edge (Hz).", min=0)
+    f_max: float | None = param(None, "Highest Mel filter edge (Hz).", type=float, min=0,
+                                min_open=True, default_help="sample-rate / 2")  # None: Nyquist
+    # the tutorial's model assumes stereo: 2 x 32 x 391 = 25,024 values
+    channels: int = param(2, "Channels per clip: fewer are repeated (mono -> stereo), more are "
+                             "cut.", min=1)
+    channel_policy: str = param("first", "With more channels than asked: keep the first N, or "
+                                         "mix down.", choices=CHANNEL_POLICIES)
 
     def __post_init__(self) -> None:
         from .errors import InputError
@@ -43,7 +73,8 @@ class MelParams:
             (self.n_mels > 0, "n-mels must be positive"),
             (self.channels > 0, "channels must be positive"),
             (self.top_db is None or self.top_db > 0, "top-db must be positive"),
-            (self.channel_policy in ("first", "mix"), "channel policy must be 'first' or 'mix'"),
+            (self.channel_policy in CHANNEL_POLICIES,
+             f"channel policy must be one of {', '.join(CHANNEL_POLICIES)}"),
             (self.num_samples > self.n_fft // 2,
              "num-samples must exceed n-fft/2 (reflect padding of the STFT)"),
             (self.f_max is None or self.f_min < self.f_max <= self.sample_rate / 2,
@@ -61,10 +92,15 @@ class MelParams:
     def clip_shape(self) -> tuple[int, int, int]:
         return (self.channels, self.n_mels, self.frames)
 
+    @classmethod
+    def keys(cls) -> tuple[str, ...]:
+        """The attributes that define these features (two files agree when these are equal)."""
+        return (*(f.name for f in fields(cls)), *cls.FIXED)
+
     def to_attrs(self) -> dict:
-        """The features file's parameter attributes (see aekit.store.FEATURE_PARAM_KEYS)."""
+        """The features file's parameter attributes (``keys()``; the kind is written apart)."""
         d = asdict(self)
-        d.update(window="hann", power=2.0, mel_scale="htk")
+        d.update(self.FIXED)
         d["f_max"] = float(self.sample_rate / 2) if self.f_max is None else float(self.f_max)
         d["top_db"] = None if self.top_db is None else float(self.top_db)
         d["f_min"] = float(self.f_min)
@@ -74,6 +110,21 @@ class MelParams:
     def from_attrs(cls, attrs: dict) -> "MelParams":
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in attrs.items() if k in names})
+
+
+#: Feature kinds by the name recorded in a file's ``kind`` attribute: the parameter
+#: dataclass of each. A file without one is 'logmel' (written before kinds existed).
+FEATURE_KINDS: dict[str, type] = {MelParams.kind: MelParams}
+DEFAULT_KIND = MelParams.kind
+
+
+def params_class(kind: str | None) -> type:
+    from .errors import InputError
+
+    kind = kind or DEFAULT_KIND
+    if kind not in FEATURE_KINDS:
+        raise InputError(f"unknown feature kind {kind!r}: this aekit knows {', '.join(FEATURE_KINDS)}")
+    return FEATURE_KINDS[kind]
 
 
 class MelFrontend:

@@ -13,9 +13,12 @@ Layout (format ``aekit-features``, version 1)::
                                           (<= num_samples; < num_samples means padded)
     /failed/paths        utf-8 str [F]    inputs that could not be featurized
     /failed/reasons      utf-8 str [F]    one line each
-    attrs: format, format_version, aekit_version, command, sample_rate, num_samples,
-           n_fft, hop_length, n_mels, top_db, f_min, f_max, window, power, mel_scale,
-           channels, channel_policy, num_inputs, shard_index, shard_count
+    attrs: format, format_version, aekit_version, command, kind, the parameters of the
+           kind (logmel: ``MelParams.keys()``: sample_rate, num_samples, n_fft, hop_length,
+           n_mels, top_db, f_min, f_max, channels, channel_policy, window, power,
+           mel_scale), num_inputs, shard_index, shard_count
+    ``kind`` names the feature kind (``aekit.features.FEATURE_KINDS``); files written
+    before it existed have none and are read as 'logmel'.
 
 No pickled objects anywhere: strings are HDF5 variable-length UTF-8, numbers are
 plain datasets and attributes.
@@ -32,15 +35,14 @@ import numpy as np
 
 from . import __version__
 from .errors import InputError
+from .features import DEFAULT_KIND, MelParams, params_class
 
 FORMAT = "aekit-features"
 FORMAT_VERSION = 1
 
-#: Attributes that define the features; two files are compatible when these are equal.
-FEATURE_PARAM_KEYS = (
-    "sample_rate", "num_samples", "n_fft", "hop_length", "n_mels", "top_db",
-    "f_min", "f_max", "window", "power", "mel_scale", "channels", "channel_policy",
-)
+#: Attributes that define log-Mel features (the parameter dataclass is the one list);
+#: two files are compatible when these, and their kind, are equal.
+FEATURE_PARAM_KEYS = MelParams.keys()
 
 STR = h5py.string_dtype(encoding="utf-8")
 
@@ -61,9 +63,15 @@ def _attr(value):
 
 
 def feature_params(attrs) -> dict:
-    """The feature-defining parameters of an attrs mapping (HDF5 attrs or a dict)."""
-    out = {}
-    for k in FEATURE_PARAM_KEYS:
+    """The feature-defining parameters of an attrs mapping (HDF5 attrs or a dict).
+
+    The keys are those of the file's feature kind (attribute ``kind``; none: logmel, as
+    every file written before kinds existed); ``kind`` itself is included unless logmel,
+    so the parameters recorded in model files stay as they were.
+    """
+    kind = _attr(attrs["kind"]) if "kind" in attrs else DEFAULT_KIND
+    out = {} if kind == DEFAULT_KIND else {"kind": kind}
+    for k in params_class(kind).keys():
         if k in attrs:
             v = _attr(attrs[k])
             out[k] = None if (isinstance(v, str) and v == "none") else v
@@ -73,8 +81,9 @@ def feature_params(attrs) -> dict:
 def params_mismatch(a: dict, b: dict) -> list[str]:
     """Human-readable differences between two feature-parameter dicts (an empty list when equal)."""
     diffs = []
-    for k in FEATURE_PARAM_KEYS:
-        va, vb = a.get(k), b.get(k)
+    for k in dict.fromkeys([*FEATURE_PARAM_KEYS, *a, *b]):  # a key known to one side counts
+        missing = DEFAULT_KIND if k == "kind" else None
+        va, vb = a.get(k, missing), b.get(k, missing)
         if isinstance(va, float) or isinstance(vb, float):
             same = va == vb or (va is not None and vb is not None and abs(float(va) - float(vb)) < 1e-9)
         else:
@@ -97,6 +106,7 @@ class FeatureWriter:
         f.attrs["format_version"] = FORMAT_VERSION
         f.attrs["aekit_version"] = __version__
         f.attrs["command"] = command
+        f.attrs["kind"] = params.get("kind", DEFAULT_KIND)
         for k, v in params.items():
             f.attrs[k] = "none" if v is None else v
         for k, v in (extra_attrs or {}).items():
@@ -183,6 +193,11 @@ class FeatureFile:
     @property
     def params(self) -> dict:
         return feature_params(self.f.attrs)
+
+    @property
+    def kind(self) -> str:
+        """The feature kind ('logmel' for files written before kinds were recorded)."""
+        return str(_attr(self.f.attrs["kind"])) if "kind" in self.f.attrs else DEFAULT_KIND
 
     @property
     def clip_shape(self) -> tuple[int, int, int]:
@@ -312,10 +327,12 @@ def merge_shards(inputs: Sequence[str | os.PathLike], output: str | os.PathLike,
         n_total = sum(len(ff) for ff in ordered)
         extra = {k: first.attrs[k] for k in first.attrs
                  if k not in FEATURE_PARAM_KEYS and k not in (
-                     "format", "format_version", "aekit_version", "command", "shard_index", "shard_count")}
+                     "format", "format_version", "aekit_version", "command", "kind", "shard_index",
+                     "shard_count")}
         extra.update(shard_index=0, shard_count=1)
         with atomic_path(output) as tmp:
-            w = FeatureWriter(tmp, {k: first.f.attrs[k] for k in FEATURE_PARAM_KEYS if k in first.f.attrs},
+            w = FeatureWriter(tmp, {**{k: first.f.attrs[k] for k in FEATURE_PARAM_KEYS
+                                       if k in first.f.attrs}, **({"kind": first.kind})},
                               shape, command=command, extra_attrs=extra, expected=n_total)
             try:
                 for ff in ordered:

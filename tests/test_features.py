@@ -69,3 +69,75 @@ def test_attrs_roundtrip():
     a = p.to_attrs()
     assert a["f_max"] == 4000.0 and a["window"] == "hann" and a["mel_scale"] == "htk"
     assert MelParams.from_attrs(a).clip_shape == p.clip_shape
+
+
+# --------------------------------------------------------------------------- one list of parameters
+
+def test_parameter_dataclass_is_the_one_list():
+    from dataclasses import fields
+
+    from aekit import store
+    from aekit.cmds.featurize import cli
+
+    names = [f.name for f in fields(MelParams)]
+    assert set(store.FEATURE_PARAM_KEYS) == {*names, *MelParams.FIXED}
+    opts = {p.name: p for p in cli.params}
+    for f in fields(MelParams):  # every parameter is an option with the dataclass default
+        assert opts[f.name].default == f.default, f.name
+    assert set(MelParams().to_attrs()) == set(store.FEATURE_PARAM_KEYS)
+
+
+def test_files_record_their_kind_and_old_files_read_as_logmel(tmp_path):
+    import h5py
+    from conftest import write_features
+
+    from aekit import store
+
+    write_features(tmp_path / "f.h5", n=3)
+    with store.FeatureFile(tmp_path / "f.h5") as ff:
+        assert ff.kind == "logmel" and "kind" not in ff.params
+        params = ff.params
+    with h5py.File(tmp_path / "f.h5", "a") as f:
+        del f.attrs["kind"]  # as written before kinds existed
+    with store.FeatureFile(tmp_path / "f.h5") as ff:
+        assert ff.kind == "logmel" and ff.params == params
+
+
+def test_a_second_kind_is_a_registration_and_is_checked(tmp_path, monkeypatch):
+    from dataclasses import dataclass
+    from typing import ClassVar
+
+    from conftest import write_features
+
+    from aekit import features, store
+
+    @dataclass(frozen=True)
+    class ToyParams:
+        kind: ClassVar[str] = "toy"
+        FIXED: ClassVar[dict] = {}
+        bands: int = 4
+
+        @classmethod
+        def keys(cls):
+            return ("bands",)
+
+    monkeypatch.setitem(features.FEATURE_KINDS, "toy", ToyParams)
+    write_features(tmp_path / "f.h5", n=3, params={"kind": "toy", "bands": 4})
+    with store.FeatureFile(tmp_path / "f.h5") as ff:
+        assert ff.kind == "toy"
+        assert ff.params == {"kind": "toy", "bands": 4}
+        logmel = dict(MelParams().to_attrs())
+        diffs = store.params_mismatch(ff.params, logmel)
+    assert "kind=toy vs logmel" in diffs and "bands=4 vs None" in diffs
+    assert "n_mels=None vs 32" in diffs  # a key only one side has is a difference
+
+
+def test_unknown_kind_is_refused(tmp_path):
+    from conftest import write_features
+
+    from aekit import store
+    from aekit.errors import InputError
+
+    write_features(tmp_path / "f.h5", n=3, params={"kind": "nope"})
+    with store.FeatureFile(tmp_path / "f.h5") as ff, pytest.raises(InputError, match="unknown feature kind"):
+        ff.params
