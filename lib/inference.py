@@ -77,12 +77,13 @@ def score_rows(model: LoadedModel, ff: FeatureFile, rows: np.ndarray | None = No
     with torch.inference_mode():
         for _, block in _batches(ff, rows, batch_size):
             x = torch.from_numpy(block).to(device, non_blocking=True)  # [B, C, M, T] dB
-            e2, e1 = model.score(x)  # [B] dB^2, [B] dB: the model's per-clip errors
+            # The model's per-clip errors: [B] dB^2, [B] dB (and codes [B, latent]).
+            e2, e1, z = model.score(x, codes=True) if lat is not None else (*model.score(x), None)
             k = block.shape[0]
             mse[pos:pos + k] = e2.cpu().numpy()
             mae[pos:pos + k] = e1.cpu().numpy()
             if lat is not None:
-                lat[pos:pos + k] = model.encode(x).float().cpu().numpy()
+                lat[pos:pos + k] = z.float().cpu().numpy()
             pos += k
             if advance:
                 advance(k)

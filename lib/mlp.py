@@ -96,15 +96,23 @@ class Autoencoder(models.ClipModel):
     def unit_stats(self, stats: torch.Tensor) -> torch.Tensor:
         return stats.reshape(-1)  # [1] or [C*M*T]: the unit is the flat clip
 
-    def clip_errors(self, x: torch.Tensor, norm) -> tuple[torch.Tensor, torch.Tensor]:
-        # Compared in dB after de-normalizing the reconstruction (as ae-eval always did).
-        diff = (self.reconstruct_clips(x, norm) - x).flatten(1)  # [B, D] dB
-        # float32 on the device (MPS has no float64); torch's reductions sum pairwise.
-        return diff.square().mean(1), diff.abs().mean(1)
+    def reconstruct_and_codes(self, x: torch.Tensor, norm) -> tuple[torch.Tensor, torch.Tensor]:
+        out, z = self(norm.transform(x).flatten(1))  # [B, D], [B, latent]
+        return norm.inverse(out.reshape(x.shape)), z  # [B, C, M, T] dB
 
     def reconstruct_clips(self, x: torch.Tensor, norm) -> torch.Tensor:
-        out, _ = self(norm.transform(x).flatten(1))  # [B, D]
-        return norm.inverse(out.reshape(x.shape))  # [B, C, M, T] dB
+        return self.reconstruct_and_codes(x, norm)[0]
+
+    def errors_and_codes(self, x: torch.Tensor, norm
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        # Compared in dB after de-normalizing the reconstruction (as ae-eval always did).
+        recon, z = self.reconstruct_and_codes(x, norm)
+        diff = (recon - x).flatten(1)  # [B, D] dB
+        # float32 on the device (MPS has no float64); torch's reductions sum pairwise.
+        return diff.square().mean(1), diff.abs().mean(1), z
+
+    def clip_errors(self, x: torch.Tensor, norm) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.errors_and_codes(x, norm)[:2]
 
 
 def build(config: AEConfig) -> Autoencoder:

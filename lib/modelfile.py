@@ -164,14 +164,16 @@ class LoadedModel:
         return self
 
     @torch.no_grad()
-    def score(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Raw dB clips [B, C, M, T] -> (MSE dB^2 [B], MAE dB [B])."""
+    def score(self, x: torch.Tensor, codes: bool = False) -> tuple[torch.Tensor, ...]:
+        """Raw dB clips [B, C, M, T] -> (MSE dB^2 [B], MAE dB [B]) (and codes [B, latent])."""
+        if codes:
+            return self.model.errors_and_codes(x, self.normalizer)
         return self.model.clip_errors(x, self.normalizer)
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Raw dB clips [B, C, M, T] -> (reconstruction in dB [B, C, M, T], code z [B, latent])."""
-        return self.model.reconstruct_clips(x, self.normalizer), self.encode(x)
+        return self.model.reconstruct_and_codes(x, self.normalizer)
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> torch.Tensor:

@@ -94,6 +94,15 @@ class ClipModel(nn.Module):
         codes = [self.encode_units(u) for _, u in self._all_units(xn)]
         return codes[0] if len(codes) == 1 else torch.stack(codes).mean(0)
 
+    def errors_and_codes(self, x: torch.Tensor, norm
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(MSE [B], MAE [B], codes [B, latent]); a model may do it in one pass."""
+        return (*self.clip_errors(x, norm), self.clip_codes(x, norm))
+
+    def reconstruct_and_codes(self, x: torch.Tensor, norm) -> tuple[torch.Tensor, torch.Tensor]:
+        """(reconstruction in dB [B, C, M, T], codes [B, latent]); a model may do it in one pass."""
+        return self.reconstruct_clips(x, norm), self.clip_codes(x, norm)
+
     def reconstruct_clips(self, x: torch.Tensor, norm) -> torch.Tensor:
         """Raw dB clips [B, C, M, T] -> their reconstruction in dB (for plots)."""
         if self.units_per_clip(x.shape[-1]) != 1:

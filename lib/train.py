@@ -264,7 +264,46 @@ def train(features: str | os.PathLike, output: str | os.PathLike, settings: Trai
     (stop requested: a checkpoint was written; run again with resume=True).
     """
     s, dist = settings, dist or Dist()
-    device = device or resolve_device("auto")
+    run, state, rows, feature_params = setup(
+        features, output, s, splits=splits, fold=fold, labels=labels, where=where,
+        device=device or resolve_device("auto"), dist=dist, resume=resume, log=log,
+        checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, data_mode=data_mode,
+        workers=workers, stop_requested=stop_requested, on_step=on_step, progress=progress)
+    model, norm, device = state.model, state.normalizer, run.device
+
+    # -- epochs
+    while state.epoch < s.epochs and not state.stopped_early:
+        train_loss, units, seconds = run_epoch(run, state)
+        end_epoch(run, state, train_loss, units, seconds)
+        _stop_between_epochs(run, state)
+
+    # -- the model file
+    weights = "best" if s.keep == "best" and state.best_epoch is not None else "last"
+    if dist.is_main:
+        if weights == "best" and state.best_epoch != len(state.history):
+            model.load_state_dict(load_checkpoint(run.best_path)["model"])
+        if log and state.history:
+            _write_log(log, state.history)
+        save_model(output, model, norm, feature_params, state.history,
+                   seed=s.seed, preset=s.preset, settings=s.to_dict(), fold=fold,
+                   splits=_str(splits), where=where, n_train=rows.n_train, n_val=rows.n_val,
+                   best_epoch=state.best_epoch, best_val_loss=state.best_val, weights=weights,
+                   epochs_run=len(state.history), stopped_early=state.stopped_early,
+                   world_size=dist.world, device=str(device), loss_units="dB^2", **(meta or {}))
+    dist.barrier()
+    return TrainResult(history=state.history, best_epoch=state.best_epoch,
+                       best_val_loss=state.best_val, stopped_early=state.stopped_early,
+                       weights=weights, n_train=rows.n_train, n_val=rows.n_val)
+
+
+def setup(features, output, s: TrainSettings, *, splits, fold, labels, where,
+          device: torch.device, dist: Dist, resume: bool, log, checkpoint_dir,
+          checkpoint_every: int, data_mode: str, workers: int, stop_requested, on_step,
+          progress) -> tuple[Run, TrainState, object, dict]:
+    """Rows -> model config -> data -> normalizer -> model -> optimizer -> (resume) -> DDP.
+
+    Returns (run, state, the selected rows, the features' parameters).
+    """
     ckdir = Path(checkpoint_dir) if checkpoint_dir else checkpoint_dir_for(output)
     if s.early_stop is not None and fold is None:
         raise InputError("--early-stop needs a validation set: give --splits and --fold")
@@ -338,29 +377,7 @@ def train(features: str | os.PathLike, output: str | os.PathLike, settings: Trai
               ckdir / "last.pt", ckdir / "best.pt", identity, checkpoint_every, log,
               stop_requested, on_step, progress, torch.zeros(2, device=device))
 
-    # -- epochs
-    while state.epoch < s.epochs and not state.stopped_early:
-        train_loss, units, seconds = run_epoch(run, state)
-        end_epoch(run, state, train_loss, units, seconds)
-        _stop_between_epochs(run, state)
-
-    # -- the model file
-    weights = "best" if s.keep == "best" and state.best_epoch is not None else "last"
-    if dist.is_main:
-        if weights == "best" and state.best_epoch != len(state.history):
-            model.load_state_dict(load_checkpoint(run.best_path)["model"])
-        if log and state.history:
-            _write_log(log, state.history)
-        save_model(output, model, norm, feature_params, state.history,
-                   seed=s.seed, preset=s.preset, settings=s.to_dict(), fold=fold,
-                   splits=_str(splits), where=where, n_train=rows.n_train, n_val=rows.n_val,
-                   best_epoch=state.best_epoch, best_val_loss=state.best_val, weights=weights,
-                   epochs_run=len(state.history), stopped_early=state.stopped_early,
-                   world_size=dist.world, device=str(device), loss_units="dB^2", **(meta or {}))
-    dist.barrier()
-    return TrainResult(history=state.history, best_epoch=state.best_epoch,
-                       best_val_loss=state.best_val, stopped_early=state.stopped_early,
-                       weights=weights, n_train=rows.n_train, n_val=rows.n_val)
+    return run, state, rows, feature_params
 
 
 def _epoch_batches(n_units: int, s: TrainSettings, dist: Dist) -> list[int]:

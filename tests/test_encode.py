@@ -21,9 +21,7 @@ from aekit.models import AEConfig, build_model
 
 BIN = Path(sys.executable).parent
 SHAPE = (2, 4, 10)
-PARAMS = dict(sample_rate=16000, num_samples=2304, n_fft=1024, hop_length=256, n_mels=4,
-              top_db=80.0, f_min=0.0, f_max=None, window="hann", power=2.0, mel_scale="htk",
-              channels=2, channel_policy="keep")
+from conftest import PARAMS  # noqa: E402
 
 
 def write_features(path, n=30, params=PARAMS, shape=SHAPE, seed=0):
@@ -56,7 +54,7 @@ def data(tmp_path):
     return tmp_path, x, ids
 
 
-def run(args, cwd):
+def run(args):
     return CliRunner().invoke(cli, [str(a) for a in args], prog_name="ae-encode",
                               catch_exceptions=False)
 
@@ -68,7 +66,7 @@ def read_latents(path):
 
 def test_latents_shape_ids_and_provenance(data):
     d, x, ids = data
-    r = run([d / "m.safetensors", d / "f.h5", "-o", d / "z.h5"], d)
+    r = run([d / "m.safetensors", d / "f.h5", "-o", d / "z.h5"])
     assert r.exit_code == 0, r.stderr
     assert r.stdout == ""
     z, zids, attrs = read_latents(d / "z.h5")
@@ -90,13 +88,13 @@ def test_latents_shape_ids_and_provenance(data):
 def test_selection_by_split_and_fold(data):
     d, x, ids = data
     r = run([d / "m.safetensors", d / "f.h5", "-o", d / "t.h5", "--splits", d / "splits.csv",
-             "--split", "test"], d)
+             "--split", "test"])
     assert r.exit_code == 0, r.stderr
     z, zids, attrs = read_latents(d / "t.h5")
     assert zids == ids[:6] and z.shape == (6, 8)
     assert attrs["split"] == "test" and attrs["splits_sha256"] == file_sha256(d / "splits.csv")
     r = run([d / "m.safetensors", d / "f.h5", "-o", d / "tr.h5", "--splits", d / "splits.csv",
-             "--split", "train", "--fold", "1"], d)
+             "--split", "train", "--fold", "1"])
     assert r.exit_code == 0, r.stderr
     _, zids, attrs = read_latents(d / "tr.h5")
     assert zids == [i for j, i in enumerate(ids) if j >= 6 and (j - 6) % 3 != 1]
@@ -106,7 +104,7 @@ def test_selection_by_split_and_fold(data):
 def test_deterministic_and_batch_independent(data):
     d, _, _ = data
     for name, bs in (("a.h5", "256"), ("b.h5", "256"), ("c.h5", "7")):
-        r = run([d / "m.safetensors", d / "f.h5", "-o", d / name, "--batch-size", bs, "-q"], d)
+        r = run([d / "m.safetensors", d / "f.h5", "-o", d / name, "--batch-size", bs, "-q"])
         assert r.exit_code == 0 and r.stderr == ""
     a, b, c = (read_latents(d / n)[0] for n in ("a.h5", "b.h5", "c.h5"))
     assert np.array_equal(a, b)
@@ -132,7 +130,7 @@ def test_blocks_bound_memory(data, monkeypatch):
 def test_refuses_other_feature_params(tmp_path):
     x, _ = write_features(tmp_path / "f.h5")
     write_model(tmp_path / "m.safetensors", x, params={**PARAMS, "top_db": 60.0})
-    r = run([tmp_path / "m.safetensors", tmp_path / "f.h5", "-o", tmp_path / "z.h5"], tmp_path)
+    r = run([tmp_path / "m.safetensors", tmp_path / "f.h5", "-o", tmp_path / "z.h5"])
     assert r.exit_code == 2
     line = r.stderr.strip().splitlines()[-1]
     assert line.startswith("ae-encode: error: feature parameters differ: top_db=80.0 vs 60.0")
@@ -144,7 +142,7 @@ def test_refuses_other_clip_shape(tmp_path):
     x, _ = write_features(tmp_path / "m.h5")
     write_model(tmp_path / "m.safetensors", x)
     write_features(tmp_path / "f.h5", shape=(2, 4, 12))
-    r = run([tmp_path / "m.safetensors", tmp_path / "f.h5", "-o", tmp_path / "z.h5"], tmp_path)
+    r = run([tmp_path / "m.safetensors", tmp_path / "f.h5", "-o", tmp_path / "z.h5"])
     assert r.exit_code == 2
     assert "clip shape differs: 2x4x12 vs 2x4x10" in r.stderr
     assert len([ln for ln in r.stderr.splitlines() if "error" in ln]) == 1
@@ -152,14 +150,14 @@ def test_refuses_other_clip_shape(tmp_path):
 
 def test_missing_inputs_and_usage(data):
     d, _, _ = data
-    r = run([d / "nope.safetensors", d / "f.h5", "-o", d / "z.h5"], d)
+    r = run([d / "nope.safetensors", d / "f.h5", "-o", d / "z.h5"])
     assert r.exit_code == 2 and "no such" in r.stderr
-    r = run([d / "m.safetensors", d / "nope.h5", "-o", d / "z.h5"], d)
+    r = run([d / "m.safetensors", d / "nope.h5", "-o", d / "z.h5"])
     assert r.exit_code == 2 and "no such file" in r.stderr
-    r = run([d / "m.safetensors", d / "f.h5"], d)  # -o is required
+    r = run([d / "m.safetensors", d / "f.h5"])  # -o is required
     assert r.exit_code == 2
     r = run([d / "m.safetensors", d / "f.h5", "-o", d / "z.h5", "--splits", d / "splits.csv",
-             "--split", "val"], d)
+             "--split", "val"])
     assert r.exit_code == 2 and "--fold" in r.stderr
 
 
@@ -167,7 +165,7 @@ def test_no_rows_selected(data):
     d, _, ids = data
     (d / "train_only.csv").write_text("id,split,fold\n" + "".join(f"{i},train,0\n" for i in ids))
     r = run([d / "m.safetensors", d / "f.h5", "-o", d / "z.h5", "--splits", d / "train_only.csv",
-             "--split", "test"], d)
+             "--split", "test"])
     assert r.exit_code == 2 and "no rows selected" in r.stderr
     assert not (d / "z.h5").exists()
 
@@ -182,5 +180,3 @@ def test_installed_executable(data):
     z, zids, attrs = read_latents(d / "z.h5")
     assert zids == ids[:6]
     assert attrs["command"].startswith("ae-encode m.safetensors f.h5 -o z.h5")
-    h = subprocess.run([str(exe), "--help"], capture_output=True, text=True)
-    assert h.returncode == 0 and "Example" in h.stdout and "See also" in h.stdout
