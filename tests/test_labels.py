@@ -268,15 +268,6 @@ def test_synth_featurize_labels_end_to_end(tmp_path, env_bin):
     assert truth.columns[len(got.columns):].tolist() == ["anomaly_kind", "sample_rate", "channels"]
     pd.testing.assert_frame_equal(got.sort_values("id", ignore_index=True),
                                   truth[got.columns].sort_values("id", ignore_index=True))
-    # The same ids with the data set's parent directory in front (featurized from above).
-    sh("ae-featurize . -o above.h5 --num-samples 1600 -j 1 -q")
-    above = pd.read_csv(io.StringIO(sh("ae-labels above.h5 --preset dcase2020 -q")),
-                        dtype=str, keep_default_na=False)
-    assert above["id"].str.startswith("data/").all()
-    pd.testing.assert_frame_equal(above.drop(columns="id").sort_values(["machine", "split", "label", "clip"],
-                                                                        ignore_index=True),
-                                  got.drop(columns="id").sort_values(["machine", "split", "label", "clip"],
-                                                                     ignore_index=True))
 
 
 def test_installed_ae_labels_in_a_pipe(tmp_path):
