@@ -33,16 +33,16 @@ evaluation set have no label (fan/test/id_05_00000000, section_03_source_test_00
 section_03_0000): their label and anomaly are left EMPTY, not guessed. So that the ids carry
 the machine type, featurize from the directory holding the machine types (or above it).
 
---pattern REGEX takes any other layout: a Python regular expression searched in each id (anchor
-it with ^ and $), whose named groups (?P<name>...) become the columns, in order; a group that
-does not take part is empty. An id that does not match is an error (exit 2, naming the first
+--pattern REGEX takes any other layout: a Python regular expression (at most 1000 characters)
+searched in each id (anchor it with ^ and $), whose named groups (?P<name>...) become the
+columns, in order; a group that does not take part is empty. An id that does not match is an error (exit 2, naming the first
 few); --allow-unmatched keeps it with empty columns instead.
 
 \b
 Example:
   ae-featurize dev_data -o features.h5
   ae-labels features.h5 --preset dcase2020 -o labels.csv
-  ae-split features.h5 --labels labels.csv --split-column split -o splits.csv
+  ae-split features.h5 --labels labels.csv --stratify machine_type --group machine > splits.csv
   ae-labels features.h5 --pattern '(?P<speaker>[^/]+)/(?P<take>\\d+)$' > labels.csv
 
 See also: ae-synth, ae-featurize, ae-split, ae-onehot, ae-train.

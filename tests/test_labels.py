@@ -279,3 +279,12 @@ def test_installed_ae_labels_in_a_pipe(tmp_path):
     assert p.returncode == 2 and p.stdout == ""
     assert p.stderr.strip().splitlines()[-1].startswith("ae-labels: error: none of the 2 ids matches")
     assert "Traceback" not in p.stderr
+
+
+def test_readme_documents_every_preset_and_its_columns():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    for name, parser in idlabels.PRESETS.items():
+        row = next(ln for ln in readme.splitlines() if ln.startswith(f"| `{name}`"))
+        assert parser.template in row and f"`{', '.join(parser.columns)}" in row, name
