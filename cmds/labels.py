@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import click
 
@@ -69,6 +70,9 @@ def cli(input_path: str, output: str, preset: str | None, pattern: str | None,
     parser = idlabels.parser_for(preset=preset, pattern=pattern)
     if output != "-":
         check_writable(output, "-o/--output")
+        if input_path != "-" and os.path.exists(output) and os.path.exists(input_path) \
+                and os.path.samefile(input_path, output):
+            common.fail_usage(f"-o/--output {output} is the input; write the labels to another file")
     ids = idlabels.read_ids(input_path)
     result = idlabels.label_ids(ids, parser, allow_unmatched=allow_unmatched)
     if result.unmatched:

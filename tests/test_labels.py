@@ -220,6 +220,14 @@ def test_cli_existing_output_is_kept_on_error(tmp_path):
     assert out.read_text() == "precious\n"
 
 
+def test_cli_refuses_to_overwrite_its_input(tmp_path):
+    ids = tmp_path / "ids.csv"
+    ids.write_text(csv_of(IDS))
+    r = run([str(ids), "--preset", "dcase2020", "-o", str(tmp_path / "." / "ids.csv")])
+    assert r.exit_code == 2 and "is the input" in r.stderr
+    assert ids.read_text() == csv_of(IDS)
+
+
 @pytest.mark.parametrize("args, stdin, message", [
     (["-"], "id\na\n", "exactly one of --preset and --pattern"),
     (["-", "--preset", "dcase2020", "--pattern", "(?P<a>.)"], "id\na\n", "exactly one of"),
