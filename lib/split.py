@@ -224,65 +224,296 @@ def _assign_stratified(ratio: float, folds: int, seed: int, cls: np.ndarray,
     return is_test, fold
 
 
-def _greedy_bins(group_ids: np.ndarray, sizes: np.ndarray, targets: np.ndarray,
-                 minimum: np.ndarray) -> np.ndarray:
-    """Place groups (already in processing order) into bins; returns the bin of each group.
+def _class_error(counts: np.ndarray, total: np.ndarray) -> float:
+    """RMS over bins and classes of (class share in the bin - class share overall).
 
-    sizes: [G, C] rows per group and class; targets: [B, C] wanted rows per bin and class;
-    minimum: [B] groups each bin must end up with (placement is forced once the groups
-    left are just enough to meet the minimums).
+    counts: [B, C] rows per bin and class; total: [C]. Empty bins count as share 0.
     """
-    n_bins = targets.shape[0]
-    counts = np.zeros_like(targets, dtype=np.float64)  # [B, C]
-    n_in = np.zeros(n_bins, dtype=np.int64)
-    out = np.empty(group_ids.size, dtype=np.int64)
-    for j, g in enumerate(group_ids):
-        s = sizes[g]  # [C]
-        # Increase of sum (count - target)^2 if the group goes into each bin.
-        cost = (s * (2.0 * (counts - targets) + s)).sum(axis=1)  # [B]
-        deficit = np.maximum(minimum - n_in, 0)
-        remaining = group_ids.size - j
-        if remaining <= deficit.sum():
-            cost = np.where(deficit > 0, cost, np.inf)
-        b = int(np.argmin(cost))  # ties: the lowest bin index
-        out[j] = b
+    n = counts.sum(axis=1, keepdims=True)
+    share = np.divide(counts, n, out=np.zeros_like(counts, dtype=np.float64), where=n > 0)
+    return float(np.sqrt(np.mean((share - total / total.sum()) ** 2)))
+
+
+def fold_quality(fold: np.ndarray, classes: Sequence[str] | None = None) -> tuple[int, float]:
+    """(fold-size spread in rows = largest - smallest fold, class-proportion error) of the
+    rows with fold >= 0; the error is the RMS over folds and classes of the class's share
+    in the fold minus its share in all those rows (0 without classes)."""
+    fold = np.asarray(fold)
+    train = fold >= 0
+    k = int(fold[train].max()) + 1
+    sizes = np.bincount(fold[train], minlength=k)
+    if classes is None:
+        return int(sizes.max() - sizes.min()), 0.0
+    _, cinv = np.unique(np.asarray(classes, dtype=object)[train].astype(str), return_inverse=True)
+    counts = np.zeros((k, int(cinv.max()) + 1))
+    np.add.at(counts, (fold[train], cinv), 1.0)
+    return int(sizes.max() - sizes.min()), _class_error(counts, counts.sum(axis=0))
+
+
+def _place(order: np.ndarray, sizes: np.ndarray, frac: np.ndarray, bin_rank: np.ndarray,
+           allowed, bins: np.ndarray | None = None, counts: np.ndarray | None = None) -> np.ndarray:
+    """Greedy placement of the groups in ``order`` into bins with target shares ``frac`` [B].
+
+    The bin of each group is chosen by a lexicographic cost: first how far the bin would
+    overflow its row target (relative to that target), then the increase of the squared
+    class-count error (each class's error relative to its size, so that small classes
+    count as much as large ones); exact ties go to the bin with the lowest ``bin_rank``
+    (a seeded permutation, never simply the lowest index). ``allowed(g, bins)`` -> bool [B]
+    masks the bins group g may go to. Returns the bin of every group (-1 = not placed).
+    """
+    n_bins = frac.size
+    total = sizes.sum(axis=0)  # [C]
+    scale = np.where(total > 0, total, 1.0)
+    targets = np.outer(frac, total)  # [B, C]
+    row_target = np.maximum(frac * total.sum(), 1e-9)  # [B]
+    bins = np.full(sizes.shape[0], -1, dtype=np.int64) if bins is None else bins
+    counts = np.zeros((n_bins, total.size)) if counts is None else counts
+    for g in order:
+        s = sizes[g]
+        rows = counts.sum(axis=1)
+        overflow = np.maximum(rows + s.sum() - row_target, 0.0) / row_target
+        err = ((s * (2.0 * (counts - targets) + s)) / scale ** 2).sum(axis=1)
+        ok = allowed(g, bins)
+        key = np.lexsort((bin_rank, np.round(err, 12), np.round(overflow, 12), ~ok))
+        b = int(key[0])
+        bins[g] = b
         counts[b] += s
-        n_in[b] += 1
-    return out
+    return bins
+
+
+def _hard_first(sizes: np.ndarray, rank: np.ndarray, members: np.ndarray) -> np.ndarray:
+    """Processing order of groups ``members``: those of the classes with the fewest groups
+    first, then the largest, then a seeded random order."""
+    sub = sizes[members]
+    n_groups = (sub > 0).sum(axis=0)  # groups per class
+    fewest = np.where(sub > 0, n_groups[None, :], np.iinfo(np.int64).max).min(axis=1)
+    return members[np.lexsort((rank[members], -sub.sum(axis=1), fewest))]
+
+
+def _choose_test(sizes: np.ndarray, ratio: float, folds: int, rank: np.ndarray,
+                 class_rank: np.ndarray, bin_rank: np.ndarray) -> np.ndarray:
+    """Which groups form the test set (bool [G]).
+
+    First one group of every class with at least two groups is reserved for the test set
+    (classes with the fewest groups first; the group whose size is closest to the class's
+    test share), then the other groups go to test or train by :func:`_place`. A group never
+    goes to the test set when that would leave one of its classes without a train group or
+    leave fewer than ``folds`` train groups.
+    """
+    n_g = sizes.shape[0]
+    has = sizes > 0  # [G, C]
+    n_groups = has.sum(axis=0)
+    class_total = sizes.sum(axis=0)
+    g_rows = sizes.sum(axis=1)
+    side = np.full(n_g, -1, dtype=np.int64)  # 0 test, 1 train, -1 undecided
+
+    def allowed(g, side):
+        ok = np.ones(2, dtype=bool)
+        others = (side != 0) & (np.arange(n_g) != g)  # groups that may still train
+        if others.sum() < folds or (has[others][:, has[g]].sum(axis=0) == 0).any():
+            ok[0] = False
+        return ok
+
+    for c in np.lexsort((class_rank, n_groups)):
+        if n_groups[c] < 2 or (has[:, c] & (side == 0)).any():
+            continue
+        cand = np.flatnonzero(has[:, c] & (side == -1))
+        cand = cand[[allowed(g, side)[0] for g in cand]]
+        if cand.size == 0:
+            continue
+        dist = np.abs(g_rows[cand] - ratio * class_total[c])
+        side[cand[np.lexsort((rank[cand], dist))[0]]] = 0
+    counts = np.stack([sizes[side == 0].sum(axis=0), np.zeros(sizes.shape[1])])
+    rest = _hard_first(sizes, rank, np.flatnonzero(side == -1))
+    side = _place(rest, sizes, np.array([ratio, 1.0 - ratio]), bin_rank, allowed, side, counts)
+    return side == 0
+
+
+def _refine(fold_of: np.ndarray, sizes: np.ndarray, folds: int, rank: np.ndarray, key,
+            max_passes: int = 30) -> np.ndarray:
+    """Local search over the fold of each group: moves of one group to another fold and
+    swaps of two groups, each accepted when it lowers ``key((spread, error))`` (a tuple,
+    compared lexicographically). Every fold keeps at least one group."""
+    fold_of = fold_of.copy()
+    total = sizes.sum(axis=0)
+    counts = np.zeros((folds, sizes.shape[1]))
+    np.add.at(counts, fold_of, sizes)
+    n_in = np.bincount(fold_of, minlength=folds)
+    order = np.argsort(rank, kind="stable")
+
+    def score(c):
+        rows = c.sum(axis=1)
+        return key((float(rows.max() - rows.min()), _class_error(c, total),
+                    float(np.abs(rows - rows.mean()).max())))
+
+    cur = score(counts)
+    swaps = sizes.shape[0] <= 200  # swaps are quadratic in the number of groups
+    for _ in range(max_passes):
+        improved = False
+        for g in order:
+            a = fold_of[g]
+            for b in range(folds):
+                if b == a or n_in[a] < 2:
+                    continue
+                c = counts.copy()
+                c[a] -= sizes[g]
+                c[b] += sizes[g]
+                new = score(c)
+                if new < cur:
+                    counts, cur = c, new
+                    fold_of[g] = b
+                    n_in[a] -= 1
+                    n_in[b] += 1
+                    improved = True
+                    a = b
+            if not swaps:
+                continue
+            for h in order:
+                b = fold_of[h]
+                if b == a or (sizes[g] == sizes[h]).all():
+                    continue
+                c = counts.copy()
+                c[a] += sizes[h] - sizes[g]
+                c[b] += sizes[g] - sizes[h]
+                new = score(c)
+                if new < cur:
+                    counts, cur = c, new
+                    fold_of[g], fold_of[h] = b, a
+                    improved = True
+                    a = b
+        if not improved:
+            break
+    return fold_of
+
+
+def _sklearn_folds(sizes: np.ndarray, folds: int, seed: int) -> np.ndarray | None:
+    """The fold of each group under scikit-learn's StratifiedGroupKFold(shuffle, seed),
+    or None when it cannot run (too few groups)."""
+    import warnings
+
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    if sizes.shape[0] < folds:
+        return None
+    g_idx, c_idx = np.nonzero(sizes)
+    reps = sizes[g_idx, c_idx].astype(np.int64)
+    groups = np.repeat(g_idx, reps)
+    y = np.repeat(c_idx, reps)
+    out = np.full(sizes.shape[0], -1, dtype=np.int64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed % 2**32)
+            for k, (_, val) in enumerate(splitter.split(np.zeros(y.size), y, groups)):
+                out[groups[val]] = k
+        except ValueError:
+            return None
+    return out if (out >= 0).all() and np.bincount(out, minlength=folds).min() > 0 else None
+
+
+def _fold_groups(sizes: np.ndarray, folds: int, seed: int, rank: np.ndarray,
+                 bin_rank: np.ndarray) -> np.ndarray:
+    """The fold of each train group.
+
+    Fold sizes come first: every fold within T = max(largest group, 10 % of the mean fold
+    size) rows of the mean, and a spread (largest - smallest fold) no larger than that of
+    scikit-learn's StratifiedGroupKFold (shuffle, same seed) on the same rows; within
+    that, the class-proportion error is made as small as possible, and no larger than
+    StratifiedGroupKFold's. Two candidates are searched: the hard-first greedy placement
+    refined by local search under that order, and StratifiedGroupKFold's own folds refined
+    without ever raising their error; the better one is kept.
+    """
+    n_g = sizes.shape[0]
+    g_rows = sizes.sum(axis=1)
+    tol = max(float(g_rows.max()), 0.1 * g_rows.sum() / folds)
+
+    def allowed(g, bins):
+        # Every fold needs a group: once the groups left are just enough, only empty folds.
+        empty = np.bincount(bins[bins >= 0], minlength=folds) == 0
+        if (bins < 0).sum() <= empty.sum():
+            return empty
+        return np.ones(folds, dtype=bool)
+
+    order = _hard_first(sizes, rank, np.arange(n_g))
+    start = _place(order, sizes, np.full(folds, 1.0 / folds), bin_rank, allowed)
+    ref = _sklearn_folds(sizes, folds, seed)
+    if ref is None:
+        return _refine(start, sizes, folds, rank, lambda q: (max(q[2] - tol, 0.0), q[1], q[0]))
+    ref_spread, ref_err, _ = _quality(ref, sizes, folds)
+
+    def over(q):  # how far the size constraints are missed (0 = met)
+        return max(q[2] - tol, 0.0) + max(q[0] - ref_spread, 0.0)
+
+    def key(q):  # sizes first, then error over StratifiedGroupKFold's, error, spread
+        return (over(q), max(q[1] - ref_err - 1e-12, 0.0), q[1], q[0])
+
+    def key_ref(q):  # never above StratifiedGroupKFold's error, then as key
+        return (max(q[1] - ref_err - 1e-12, 0.0),) + key(q)
+
+    best = None
+    for cand in (_refine(start, sizes, folds, rank, key), _refine(ref, sizes, folds, rank, key_ref)):
+        q = _quality(cand, sizes, folds)
+        k = (over(q) > 0 or q[1] > ref_err + 1e-12,) + key(q)
+        if best is None or k < best[0]:
+            best = (k, cand)
+    return best[1]
+
+
+def _quality(fold_of: np.ndarray, sizes: np.ndarray, folds: int) -> tuple[float, float]:
+    counts = np.zeros((folds, sizes.shape[1]))
+    np.add.at(counts, fold_of, sizes)
+    rows = counts.sum(axis=1)
+    return (float(rows.max() - rows.min()), _class_error(counts, counts.sum(axis=0)),
+            float(np.abs(rows - rows.mean()).max()))
 
 
 def _assign_grouped(ratio: float, folds: int, seed: int, grp: np.ndarray,
-                    cls: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+                    cls: np.ndarray | None, notes: list[str] | None = None
+                    ) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     n = grp.size
     gkeys, ginv = np.unique(grp, return_inverse=True)  # sorted: independent of input order
     if cls is None:
-        cinv = np.zeros(n, dtype=np.int64)
-        n_cls = 1
+        ckeys, cinv = np.array([""], dtype=object), np.zeros(n, dtype=np.int64)
     else:
         ckeys, cinv = np.unique(cls, return_inverse=True)
-        n_cls = ckeys.size
-    sizes = np.zeros((gkeys.size, n_cls), dtype=np.float64)
+    sizes = np.zeros((gkeys.size, ckeys.size), dtype=np.float64)  # [G, C] rows
     np.add.at(sizes, (ginv, cinv), 1.0)
-    class_total = sizes.sum(axis=0)  # [C]
-    # Processing order: a seeded shuffle, then largest group first (stable), so ties
-    # between equal-sized groups are broken by the seed.
-    order = rng.permutation(gkeys.size)
-    order = order[np.argsort(-sizes[order].sum(axis=1), kind="stable")]
+    rank = rng.permutation(gkeys.size)  # seeded tie-breaks between groups,
+    class_rank = rng.permutation(ckeys.size)  # classes and bins (never the lowest index)
 
-    # Bins 0 = test, 1 = train; train keeps at least K groups for the folds.
-    targets = np.stack([ratio * class_total, (1.0 - ratio) * class_total])
-    side = _greedy_bins(order, sizes, targets, np.array([1, folds]))
-    group_test = np.zeros(gkeys.size, dtype=bool)
-    group_test[order[side == 0]] = True
-
-    train_order = order[side == 1]
-    train_total = sizes[train_order].sum(axis=0)
-    targets = np.tile(train_total / folds, (folds, 1))
-    fold_of = _greedy_bins(train_order, sizes, targets, np.ones(folds, dtype=np.int64))
+    group_test = _choose_test(sizes, ratio, folds, rank, class_rank, rng.permutation(2))
+    train = np.flatnonzero(~group_test)
+    fold_of = _fold_groups(sizes[train], folds, seed, rank[train], rng.permutation(folds))
     group_fold = np.full(gkeys.size, -1, dtype=np.int64)
-    group_fold[train_order] = fold_of
+    group_fold[train] = fold_of
+    if notes is not None and cls is not None:
+        notes.extend(_coverage_notes(sizes, group_test, group_fold, folds, ckeys))
     return group_test[ginv], group_fold[ginv]
+
+
+def _coverage_notes(sizes, group_test, group_fold, folds, ckeys) -> list[str]:
+    """What the split could not give: classes missing from the test set, from train, or
+    from some folds (too few groups)."""
+    has = sizes > 0
+    n_groups = has.sum(axis=0)
+    out = []
+    single = [str(ckeys[c]) for c in range(ckeys.size) if n_groups[c] < 2]
+    if single:
+        out.append(f"class(es) {preview(single)} have a single group: not in the test set")
+    no_test = [str(ckeys[c]) for c in range(ckeys.size)
+               if n_groups[c] >= 2 and not (has[:, c] & group_test).any()]
+    if no_test:
+        out.append(f"class(es) {preview(no_test)} have no test rows")
+    few = []
+    for c in range(ckeys.size):
+        in_folds = np.unique(group_fold[has[:, c] & ~group_test])
+        if 0 < in_folds.size < folds:
+            few.append(f"{ckeys[c]} ({in_folds.size})")
+    if few:
+        out.append(f"class(es) {preview(few)} have fewer train groups than --folds {folds}: "
+                   "missing from some folds (folds holding them in parentheses)")
+    return out
 
 
 def split_table(df: pd.DataFrame, test_ratio: float = 0.2, folds: int = 5, seed: int = 42,
