@@ -44,8 +44,8 @@ See also: ae-featurize, ae-onehot, ae-train, ae-encode, ae-eval.
 @click.option("--id-column", default="id", show_default=True,
               help="Id column of a CSV input and of --labels (the output column is always 'id').")
 @common.labels_option
-@click.option("--test-ratio", type=float, default=0.2, show_default=True,
-              help="Share of rows locked away as the test set, in (0, 1).")
+@click.option("--test-ratio", type=float, default=None,
+              help="Share of rows locked away as the test set, in (0, 1)  [default: 0.2].")
 @click.option("--folds", type=int, default=5, show_default=True,
               help="Number K of cross-validation folds of the train rows (at least 2).")
 @common.seed_option()
@@ -53,18 +53,37 @@ See also: ae-featurize, ae-onehot, ae-train, ae-encode, ae-eval.
               help="Keep the proportions of this label column in the test set and every fold.")
 @click.option("--group", default=None, metavar="COL",
               help="Keep all rows of each value of this column in one split and one fold.")
+@click.option("--test-where", default=None, metavar="EXPR",
+              help="Rows matching EXPR (e.g. 'anomaly == 1') always go to the test set; the "
+                   "rest is split as usual.")
+@click.option("--split-column", default=None, metavar="COL",
+              help="Take train/test from this column (values train, test); only the folds "
+                   "are made, inside train.")
+@click.option("--strict", is_flag=True,
+              help="Exit 1 (writing nothing) when a class gets no test rows or misses folds.")
 @common.verbosity_options
 def cli(input_path: str, output: str, id_column: str, labels_path: str | None,
-        test_ratio: float, folds: int, seed: int, stratify: str | None, group: str | None) -> None:
+        test_ratio: float | None, folds: int, seed: int, stratify: str | None, group: str | None,
+        test_where: str | None, split_column: str | None, strict: bool) -> None:
     from aekit import split
+    from aekit.errors import DataError
     from aekit.fileio import open_output
 
+    if split_column is not None and test_ratio is not None:
+        common.fail_usage("--test-ratio cannot be used with --split-column (the column "
+                          "chooses the test set)")
     rows = split.load_split_input(input_path, id_column=id_column, labels_path=labels_path)
-    table = split.split_table(rows, test_ratio=test_ratio, folds=folds, seed=seed,
-                              stratify=stratify, group=group)
+    notes: list[str] = []
+    table = split.split_table(rows, test_ratio=0.2 if test_ratio is None else test_ratio,
+                              folds=folds, seed=seed, stratify=stratify, group=group,
+                              test_where=test_where, split_column=split_column, notes=notes)
+    for note in notes:
+        LOG.warning("%s", note)
+    if strict and notes:
+        raise DataError(f"--strict: {len(notes)} constraint(s) not met, nothing written: {notes[0]}")
     with open_output(output) as fh:
         split.write_table(table, fh)
-    LOG.info("%s", split.summary(table, group=group))
+    LOG.info("%s", split.summary(table, group=group, stratify=stratify, notes=notes))
 
 
 def main() -> None:

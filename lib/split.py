@@ -145,41 +145,91 @@ def _column(df: pd.DataFrame, col: str, what: str) -> pd.Series:
     return s.map(str)
 
 
+def _check_classes(classes: Sequence[str]) -> np.ndarray:
+    cls = pd.Series(list(classes), dtype=object).map(str)
+    counts = cls.value_counts()
+    small = sorted(counts[counts < 2].index)
+    if small:
+        which = (f"class {small[0]!r} has" if len(small) == 1 else
+                 f"classes {preview([repr(c) for c in small])} have")
+        raise InputError(f"--stratify {which} only 1 row; stratifying needs at least 2 rows "
+                         "per class (one for the test set, one for training)")
+    return cls.to_numpy()
+
+
 def assign(n: int, test_ratio: float = 0.2, folds: int = 5, seed: int = 42,
-           classes: Sequence[str] | None = None,
-           groups: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+           classes: Sequence[str] | None = None, groups: Sequence[str] | None = None,
+           notes: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Split rows 0..n-1. Returns (is_test bool[n], fold int64[n] with -1 on test rows).
 
     ``classes``: a class key per row (stratify); ``groups``: a group key per row.
     Raises InputError for bad parameters, too few rows/groups, or a class too small.
+    ``notes``, when given, receives one line per constraint the split could not meet
+    (a class without test rows, a class missing from some folds).
     """
     _check_params(n, test_ratio, folds, seed)
     ratio = float(test_ratio)
-    if classes is not None:
-        cls = pd.Series(list(classes), dtype=object).map(str)
-        counts = cls.value_counts()
-        small = sorted(counts[counts < 2].index)
-        if small:
-            which = (f"class {small[0]!r} has" if len(small) == 1 else
-                     f"classes {preview([repr(c) for c in small])} have")
-            raise InputError(f"--stratify {which} only 1 row; stratifying needs at least 2 rows "
-                             "per class (one for the test set, one for training)")
+    cls = None if classes is None else _check_classes(classes)
     if groups is not None:
         grp = pd.Series(list(groups), dtype=object).map(str)
         n_groups = grp.nunique()
         if n_groups < folds + 1:
             raise InputError(f"--folds {folds} needs at least {folds + 1} groups ({folds} folds + the "
                              f"test set), found {n_groups}")
-        return _assign_grouped(ratio, folds, seed, grp.to_numpy(),
-                               None if classes is None else cls.to_numpy())
+        is_test, fold = _assign_grouped(ratio, folds, seed, grp.to_numpy(), cls)
+        if notes is not None:
+            notes.extend(coverage_notes(is_test, fold, folds, cls, grp.to_numpy()))
+        return is_test, fold
     n_test = math.ceil(ratio * n)  # as scikit-learn's train_test_split
     n_train = n - n_test
     if n_train < folds:
         raise InputError(f"--folds {folds} is more than the {n_train} train row(s) left of {n} "
                          f"after {n_test} go to the test set")
-    if classes is None:
+    if cls is None:
         return _assign_plain(n, ratio, folds, seed)
-    return _assign_stratified(ratio, folds, seed, cls.to_numpy(), n_test)
+    is_test, fold = _assign_stratified(ratio, folds, seed, cls, n_test)
+    if notes is not None:
+        notes.extend(coverage_notes(is_test, fold, folds, cls))
+    return is_test, fold
+
+
+def assign_folds(n: int, folds: int = 5, seed: int = 42, classes: Sequence[str] | None = None,
+                 groups: Sequence[str] | None = None,
+                 notes: list[str] | None = None) -> np.ndarray:
+    """Folds 0..K-1 for rows 0..n-1 that are all train rows (the test set is chosen
+    elsewhere, e.g. by ``--split-column``): the fold part of :func:`assign`."""
+    _check_params(n, 0.5, folds, seed)
+    rng = np.random.default_rng(seed)
+    cls = None if classes is None else _check_classes(classes)
+    if groups is not None:
+        grp = pd.Series(list(groups), dtype=object).map(str).to_numpy()
+        gkeys, ginv = np.unique(grp, return_inverse=True)
+        if gkeys.size < folds:
+            raise InputError(f"--folds {folds} needs at least {folds} train groups, found {gkeys.size}")
+        ckeys, cinv = (np.array([""], dtype=object), np.zeros(n, dtype=np.int64)) if cls is None \
+            else np.unique(cls, return_inverse=True)
+        sizes = np.zeros((gkeys.size, ckeys.size))
+        np.add.at(sizes, (ginv, cinv), 1.0)
+        rank = rng.permutation(gkeys.size)
+        fold = _fold_groups(sizes, folds, seed, rank, rng.permutation(folds))[ginv]
+        if notes is not None:
+            notes.extend(coverage_notes(np.zeros(n, dtype=bool), fold, folds, cls, grp, False))
+        return fold
+    if n < folds:
+        raise InputError(f"--folds {folds} is more than the {n} train row(s)")
+    fold = np.full(n, -1, dtype=np.int64)
+    if cls is None:
+        for k, part in enumerate(np.array_split(rng.permutation(n), folds)):
+            fold[part] = k
+        return fold
+    pos = 0
+    for c in sorted(set(cls.tolist())):  # each class dealt round-robin, as in _assign_stratified
+        rows = rng.permutation(np.flatnonzero(cls == c))
+        fold[rows] = (pos + np.arange(rows.size)) % folds
+        pos += rows.size
+    if notes is not None:
+        notes.extend(coverage_notes(np.zeros(n, dtype=bool), fold, folds, cls, None, False))
+    return fold
 
 
 def _assign_plain(n: int, ratio: float, folds: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -308,11 +358,10 @@ def _choose_test(sizes: np.ndarray, ratio: float, folds: int, rank: np.ndarray,
     side = np.full(n_g, -1, dtype=np.int64)  # 0 test, 1 train, -1 undecided
 
     def allowed(g, side):
-        ok = np.ones(2, dtype=bool)
-        others = (side != 0) & (np.arange(n_g) != g)  # groups that may still train
-        if others.sum() < folds or (has[others][:, has[g]].sum(axis=0) == 0).any():
-            ok[0] = False
-        return ok
+        # Groups that may still train, without g: at least `folds`, and one per class of g.
+        left = (side != 0).sum() - 1
+        per_class = has[side != 0].sum(axis=0) - has[g]
+        return np.array([left >= folds and bool((per_class[has[g]] > 0).all()), True])
 
     for c in np.lexsort((class_rank, n_groups)):
         if n_groups[c] < 2 or (has[:, c] & (side == 0)).any():
@@ -330,60 +379,76 @@ def _choose_test(sizes: np.ndarray, ratio: float, folds: int, rank: np.ndarray,
 
 
 def _refine(fold_of: np.ndarray, sizes: np.ndarray, folds: int, rank: np.ndarray, key,
-            max_passes: int = 30) -> np.ndarray:
-    """Local search over the fold of each group: moves of one group to another fold and
-    swaps of two groups, each accepted when it lowers ``key((spread, error))`` (a tuple,
-    compared lexicographically). Every fold keeps at least one group."""
+            max_passes: int = 20) -> np.ndarray:
+    """Local search over the fold of each group.
+
+    For each group in turn (seeded order), every move to another fold and every swap with
+    a group of another fold is scored at once, and the best is taken when it lowers
+    ``key(spread, error, deviation)`` (arrays in, a tuple of arrays out, compared
+    lexicographically; see :func:`_scores`). Every fold keeps at least one group. Swaps
+    are tried only up to 300 groups (their cost is quadratic).
+    """
     fold_of = fold_of.copy()
+    n_g = sizes.shape[0]
     total = sizes.sum(axis=0)
     counts = np.zeros((folds, sizes.shape[1]))
     np.add.at(counts, fold_of, sizes)
-    n_in = np.bincount(fold_of, minlength=folds)
     order = np.argsort(rank, kind="stable")
-
-    def score(c):
-        rows = c.sum(axis=1)
-        return key((float(rows.max() - rows.min()), _class_error(c, total),
-                    float(np.abs(rows - rows.mean()).max())))
-
-    cur = score(counts)
-    swaps = sizes.shape[0] <= 200  # swaps are quadratic in the number of groups
+    cur = tuple(float(v[0]) for v in key(*_scores(counts[None], total)))
+    swaps = n_g <= 300
+    eye = np.eye(folds)
     for _ in range(max_passes):
         improved = False
         for g in order:
             a = fold_of[g]
-            for b in range(folds):
-                if b == a or n_in[a] < 2:
-                    continue
-                c = counts.copy()
-                c[a] -= sizes[g]
-                c[b] += sizes[g]
-                new = score(c)
-                if new < cur:
-                    counts, cur = c, new
-                    fold_of[g] = b
-                    n_in[a] -= 1
-                    n_in[b] += 1
-                    improved = True
-                    a = b
-            if not swaps:
+            n_in = np.bincount(fold_of, minlength=folds)
+            # Moves: g from fold a to fold b (b != a; fold a must keep a group).
+            delta = (eye - eye[a])[:, :, None] * sizes[g][None, None, :]  # [K, K, C]
+            cand = [counts[None] + delta]
+            ok = [(np.arange(folds) != a) & (n_in[a] > 1)]
+            target = [np.arange(folds)]
+            if swaps:
+                # Swaps: g with h of another fold: fold a gets h, fold fold_of[h] gets g.
+                d = sizes - sizes[g]  # [G, C]: what fold a gains
+                sw = np.repeat(counts[None], n_g, axis=0)
+                sw[:, a] += d
+                sw[np.arange(n_g), fold_of] -= d
+                cand.append(sw)
+                ok.append((fold_of != a) & (d != 0).any(axis=1))
+                target.append(-1 - np.arange(n_g))
+            cand, ok, target = np.concatenate(cand), np.concatenate(ok), np.concatenate(target)
+            if not ok.any():
                 continue
-            for h in order:
-                b = fold_of[h]
-                if b == a or (sizes[g] == sizes[h]).all():
-                    continue
-                c = counts.copy()
-                c[a] += sizes[h] - sizes[g]
-                c[b] += sizes[g] - sizes[h]
-                new = score(c)
-                if new < cur:
-                    counts, cur = c, new
-                    fold_of[g], fold_of[h] = b, a
-                    improved = True
-                    a = b
+            cand, target = cand[ok], target[ok]
+            keys = key(*_scores(cand, total))
+            best = int(np.lexsort(tuple(reversed(keys)))[0])
+            new = tuple(float(v[best]) for v in keys)
+            if not new < cur:
+                continue
+            cur = new
+            counts = cand[best]
+            t = int(target[best])
+            if t >= 0:
+                fold_of[g] = t
+            else:
+                h = -1 - t
+                fold_of[g], fold_of[h] = fold_of[h], a
+            improved = True
         if not improved:
             break
     return fold_of
+
+
+def _scores(counts: np.ndarray, total: np.ndarray):
+    """Per candidate [M, K, C] counts: (spread, class error, largest deviation from the
+    mean fold size), arrays [M]; the error as in :func:`_class_error`."""
+    rows = counts.sum(axis=2)  # [M, K]
+    share = np.divide(counts, rows[:, :, None], out=np.zeros_like(counts),
+                      where=rows[:, :, None] > 0)
+    err = np.sqrt(np.mean((share - total / total.sum()) ** 2, axis=(1, 2)))
+    spread = rows.max(axis=1) - rows.min(axis=1)
+    dev = np.abs(rows - rows.mean(axis=1, keepdims=True)).max(axis=1)
+    return spread, np.round(err, 12), dev
 
 
 def _sklearn_folds(sizes: np.ndarray, folds: int, seed: int) -> np.ndarray | None:
@@ -438,22 +503,23 @@ def _fold_groups(sizes: np.ndarray, folds: int, seed: int, rank: np.ndarray,
     start = _place(order, sizes, np.full(folds, 1.0 / folds), bin_rank, allowed)
     ref = _sklearn_folds(sizes, folds, seed)
     if ref is None:
-        return _refine(start, sizes, folds, rank, lambda q: (max(q[2] - tol, 0.0), q[1], q[0]))
+        return _refine(start, sizes, folds, rank,
+                       lambda spread, err, dev: (np.maximum(dev - tol, 0.0), err, spread))
     ref_spread, ref_err, _ = _quality(ref, sizes, folds)
+    ref_err = round(ref_err, 12)
 
-    def over(q):  # how far the size constraints are missed (0 = met)
-        return max(q[2] - tol, 0.0) + max(q[0] - ref_spread, 0.0)
+    def key(spread, err, dev):  # sizes first, then error over StratifiedGroupKFold's, error
+        over = np.maximum(dev - tol, 0.0) + np.maximum(spread - ref_spread, 0.0)
+        return (over, np.maximum(err - ref_err, 0.0), err, spread)
 
-    def key(q):  # sizes first, then error over StratifiedGroupKFold's, error, spread
-        return (over(q), max(q[1] - ref_err - 1e-12, 0.0), q[1], q[0])
-
-    def key_ref(q):  # never above StratifiedGroupKFold's error, then as key
-        return (max(q[1] - ref_err - 1e-12, 0.0),) + key(q)
+    def key_ref(spread, err, dev):  # never above StratifiedGroupKFold's error, then as key
+        return (np.maximum(err - ref_err, 0.0),) + key(spread, err, dev)
 
     best = None
     for cand in (_refine(start, sizes, folds, rank, key), _refine(ref, sizes, folds, rank, key_ref)):
-        q = _quality(cand, sizes, folds)
-        k = (over(q) > 0 or q[1] > ref_err + 1e-12,) + key(q)
+        spread, err, dev = _quality(cand, sizes, folds)
+        k = tuple(float(np.asarray(v)) for v in key(spread, round(err, 12), dev))
+        k = (k[0] > 0 or k[1] > 0,) + k
         if best is None or k < best[0]:
             best = (k, cand)
     return best[1]
@@ -468,8 +534,7 @@ def _quality(fold_of: np.ndarray, sizes: np.ndarray, folds: int) -> tuple[float,
 
 
 def _assign_grouped(ratio: float, folds: int, seed: int, grp: np.ndarray,
-                    cls: np.ndarray | None, notes: list[str] | None = None
-                    ) -> tuple[np.ndarray, np.ndarray]:
+                    cls: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     n = grp.size
     gkeys, ginv = np.unique(grp, return_inverse=True)  # sorted: independent of input order
@@ -487,47 +552,97 @@ def _assign_grouped(ratio: float, folds: int, seed: int, grp: np.ndarray,
     fold_of = _fold_groups(sizes[train], folds, seed, rank[train], rng.permutation(folds))
     group_fold = np.full(gkeys.size, -1, dtype=np.int64)
     group_fold[train] = fold_of
-    if notes is not None and cls is not None:
-        notes.extend(_coverage_notes(sizes, group_test, group_fold, folds, ckeys))
     return group_test[ginv], group_fold[ginv]
 
 
-def _coverage_notes(sizes, group_test, group_fold, folds, ckeys) -> list[str]:
-    """What the split could not give: classes missing from the test set, from train, or
-    from some folds (too few groups)."""
-    has = sizes > 0
-    n_groups = has.sum(axis=0)
+def coverage_notes(is_test: np.ndarray, fold: np.ndarray, folds: int,
+                   classes: Sequence[str] | None, groups: Sequence[str] | None = None,
+                   with_test: bool = True) -> list[str]:
+    """What a split could not give, one line each: classes with no test rows (a single
+    group, or too few rows), and classes missing from some folds. Empty without classes."""
+    if classes is None:
+        return []
+    cls = np.asarray(classes, dtype=object).astype(str)
+    unit = "row" if groups is None else "group"
+    grp = np.arange(cls.size).astype(str) if groups is None else np.asarray(groups, dtype=object).astype(str)
+    keys = sorted(set(cls.tolist()))
     out = []
-    single = [str(ckeys[c]) for c in range(ckeys.size) if n_groups[c] < 2]
-    if single:
-        out.append(f"class(es) {preview(single)} have a single group: not in the test set")
-    no_test = [str(ckeys[c]) for c in range(ckeys.size)
-               if n_groups[c] >= 2 and not (has[:, c] & group_test).any()]
-    if no_test:
-        out.append(f"class(es) {preview(no_test)} have no test rows")
+    if with_test:
+        single = [c for c in keys if np.unique(grp[cls == c]).size < 2 and not is_test[cls == c].any()]
+        if single:
+            out.append(f"no test rows for class(es) {preview(single)}: a single {unit} each")
+        no_test = [c for c in keys if c not in single and not is_test[cls == c].any()]
+        if no_test:
+            out.append(f"no test rows for class(es) {preview(no_test)}"
+                       + (": too few rows for --test-ratio" if groups is None else ""))
     few = []
-    for c in range(ckeys.size):
-        in_folds = np.unique(group_fold[has[:, c] & ~group_test])
-        if 0 < in_folds.size < folds:
-            few.append(f"{ckeys[c]} ({in_folds.size})")
+    for c in keys:
+        held = np.unique(fold[(cls == c) & ~is_test & (fold >= 0)]).size
+        if held < folds:
+            few.append(f"{c} ({held})")
     if few:
-        out.append(f"class(es) {preview(few)} have fewer train groups than --folds {folds}: "
-                   "missing from some folds (folds holding them in parentheses)")
+        out.append(f"class(es) missing from some of the {folds} folds (folds holding them): "
+                   f"{preview(few)}: fewer train {unit}s than folds")
     return out
 
 
 def split_table(df: pd.DataFrame, test_ratio: float = 0.2, folds: int = 5, seed: int = 42,
-                stratify: str | None = None, group: str | None = None) -> pd.DataFrame:
+                stratify: str | None = None, group: str | None = None,
+                test_where: str | None = None, split_column: str | None = None,
+                notes: list[str] | None = None) -> pd.DataFrame:
     """The split table for the rows of ``df`` (from :func:`load_split_input`), in input order.
 
     Columns: ``id``, ``split`` (train/test), ``fold`` (Int64, <NA> on test rows), then the
     other columns of ``df`` unchanged.
+
+    ``test_where``: rows matching this expression (:mod:`aekit.expr`) always go to the
+    test set; the other rows are split as without it (``test_ratio`` of them to the test
+    set, folds over the rest). ``split_column``: train/test come from this column (values
+    ``train`` and ``test``) and only the folds are made, inside train. ``notes`` receives
+    the constraints that could not be met (see :func:`assign`).
     """
     if "id" not in df.columns:
         raise InputError("column 'id' not found; columns are: " + ", ".join(map(str, df.columns)))
     classes = None if stratify is None else _column(df, stratify, "--stratify").to_numpy()
     groups = None if group is None else _column(df, group, "--group").to_numpy()
-    is_test, fold = assign(len(df), test_ratio, folds, seed, classes=classes, groups=groups)
+    n = len(df)
+    forced = np.zeros(n, dtype=bool)
+    if test_where is not None:
+        from .selection import query_rows
+
+        forced = query_rows(_typed(df), test_where)
+        if not forced.any():
+            raise InputError(f"no row matches --test-where {test_where!r} (of {n})")
+    if split_column is not None:
+        col = _column(df, split_column, "--split-column")
+        bad = sorted(set(col) - {"train", "test"})
+        if bad:
+            raise InputError(f"--split-column '{split_column}' must hold 'train' or 'test', "
+                             f"found: {preview(repr(v) for v in bad)}")
+        is_test = col.eq("test").to_numpy() | forced
+        if is_test.all():
+            raise InputError(f"no train rows left: every row is a test row by --split-column "
+                             f"'{split_column}'" + (" or --test-where" if test_where else ""))
+        if not is_test.any():
+            raise InputError(f"--split-column '{split_column}' has no 'test' rows")
+        rest = np.flatnonzero(~is_test)
+        fold = np.full(n, -1, dtype=np.int64)
+        fold[rest] = assign_folds(rest.size, folds, seed,
+                                  None if classes is None else classes[rest],
+                                  None if groups is None else groups[rest])
+    else:
+        rest = np.flatnonzero(~forced)
+        if rest.size == 0:
+            raise InputError(f"every row matches --test-where {test_where!r}: nothing left to train on")
+        t, f = assign(rest.size, test_ratio, folds, seed,
+                      classes=None if classes is None else classes[rest],
+                      groups=None if groups is None else groups[rest])
+        is_test = forced.copy()
+        is_test[rest] = t
+        fold = np.full(n, -1, dtype=np.int64)
+        fold[rest] = f
+    if notes is not None:
+        notes.extend(coverage_notes(is_test, fold, folds, classes, groups))
     out = pd.DataFrame({
         "id": df["id"].to_numpy(dtype=object),
         "split": np.where(is_test, "test", "train").astype(object),
@@ -537,8 +652,22 @@ def split_table(df: pd.DataFrame, test_ratio: float = 0.2, folds: int = 5, seed:
     return pd.concat([out, rest], axis=1)
 
 
-def summary(table: pd.DataFrame, group: str | None = None) -> str:
-    """One line for the log: sizes of the test set and of each fold."""
+def _typed(df: pd.DataFrame) -> pd.DataFrame:
+    """The text columns of a split input as an expression sees them in a label CSV:
+    a column whose non-empty cells are all numbers is numeric; empty cells are missing."""
+    out = {}
+    for c in df.columns:
+        empty = _missing(df[c])
+        s = df[c].astype(object).where(~empty, None)
+        num = pd.to_numeric(s, errors="coerce")
+        out[c] = num if (not empty.all() and (num.notna() | empty).all()) else s
+    return pd.DataFrame(out, index=df.index)
+
+
+def summary(table: pd.DataFrame, group: str | None = None, stratify: str | None = None,
+            notes: Sequence[str] = ()) -> str:
+    """One line for the log: sizes of the test set and of each fold, the classes the test
+    set holds, and the constraints that could not be met."""
     test = table["split"].eq("test")
     sizes = table.loc[~test, "fold"].value_counts().sort_index()
     text = (f"{len(table)} ids: {int(test.sum())} test, {int((~test).sum())} train in "
@@ -547,6 +676,11 @@ def summary(table: pd.DataFrame, group: str | None = None) -> str:
         g = table[group].map(str)
         text += (f"; groups: {g[test].nunique()} test, "
                  f"{g[~test].nunique()} train")
+    if stratify is not None:
+        c = table[stratify].map(str)
+        text += f"; classes: {c[test].nunique()} of {c.nunique()} in test"
+    if notes:
+        text += f"; {len(notes)} unmet: " + "; ".join(notes)
     return text
 
 
