@@ -21,9 +21,19 @@ train_test_split(test_size, shuffle=True, random_state=seed) followed by numpy.a
 
 --stratify COL keeps each class's share in the test set and in every fold within one row of
 its ideal. --group COL keeps all rows of a group (speaker, machine, session) in one split and
-one fold; groups are placed largest first where they balance the counts best, so fold sizes
-differ by at most the largest group's size (without --stratify). Both together behave like
-StratifiedGroupKFold. Same input and seed give byte-identical output.
+one fold. With --group the test set first gets one group of every class that has at least two
+groups, then groups are placed hardest first (classes with the fewest groups, then the largest
+groups) where they balance fold sizes first and class shares second; ties go by --seed.
+Folds aim to stay within max(largest group, 10% of the mean) rows of the mean size, and are
+never worse than scikit-learn's StratifiedGroupKFold(shuffle=True, random_state=seed) in size
+spread or class error. Classes that cannot be in the test set or in every fold (too few groups) are named on
+stderr and in the summary line; --strict makes that an error (exit 1). Same input and seed give
+byte-identical output.
+
+Anomaly-detection protocols (DCASE, MIMII, ToyADMOS): --test-where 'anomaly == 1' sends every
+matching row to the test set and splits the rest as usual (--test-ratio of the rest to test,
+folds over what is left); --split-column COL takes train/test from a column (values train and
+test, e.g. the data set's own folders) and makes only the folds, inside train.
 
 Output CSV: id,split,fold (split is train or test; fold 0..K-1 on train rows, empty on test
 rows), followed by the input CSV's other columns and the --labels columns, so labels flow
@@ -33,6 +43,8 @@ on down a pipe.
 Example:
   ae-split feats.h5 --labels labels.csv --stratify label --group machine -o splits.csv
   ae-split feats.h5 --labels labels.csv | ae-onehot - -c split > x.csv
+  ae-split feats.h5 --labels labels.csv --test-where 'anomaly == 1' --stratify machine_id
+  ae-split feats.h5 --labels labels.csv --split-column folder --group machine_id
 
 See also: ae-featurize, ae-onehot, ae-train, ae-encode, ae-eval.
 """
@@ -80,7 +92,8 @@ def cli(input_path: str, output: str, id_column: str, labels_path: str | None,
     for note in notes:
         LOG.warning("%s", note)
     if strict and notes:
-        raise DataError(f"--strict: {len(notes)} constraint(s) not met, nothing written: {notes[0]}")
+        raise DataError(f"--strict: {len(notes)} constraint(s) not met, nothing written: "
+                        f"{notes[0]}")
     with open_output(output) as fh:
         split.write_table(table, fh)
     LOG.info("%s", split.summary(table, group=group, stratify=stratify, notes=notes))

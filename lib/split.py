@@ -205,7 +205,8 @@ def assign_folds(n: int, folds: int = 5, seed: int = 42, classes: Sequence[str] 
         grp = pd.Series(list(groups), dtype=object).map(str).to_numpy()
         gkeys, ginv = np.unique(grp, return_inverse=True)
         if gkeys.size < folds:
-            raise InputError(f"--folds {folds} needs at least {folds} train groups, found {gkeys.size}")
+            raise InputError(f"--folds {folds} needs at least {folds} train groups, "
+                             f"found {gkeys.size}")
         ckeys, cinv = (np.array([""], dtype=object), np.zeros(n, dtype=np.int64)) if cls is None \
             else np.unique(cls, return_inverse=True)
         sizes = np.zeros((gkeys.size, ckeys.size))
@@ -516,10 +517,11 @@ def _fold_groups(sizes: np.ndarray, folds: int, seed: int, rank: np.ndarray,
         return (np.maximum(err - ref_err, 0.0),) + key(spread, err, dev)
 
     best = None
-    for cand in (_refine(start, sizes, folds, rank, key), _refine(ref, sizes, folds, rank, key_ref)):
+    for cand in (_refine(start, sizes, folds, rank, key), _refine(ref, sizes, folds, rank, key_ref),
+                 ref):
         spread, err, dev = _quality(cand, sizes, folds)
-        k = tuple(float(np.asarray(v)) for v in key(spread, round(err, 12), dev))
-        k = (k[0] > 0 or k[1] > 0,) + k
+        err = round(err, 12)
+        k = (spread > ref_spread or err > ref_err, max(dev - tol, 0.0), err, spread)
         if best is None or k < best[0]:
             best = (k, cand)
     return best[1]
@@ -564,11 +566,12 @@ def coverage_notes(is_test: np.ndarray, fold: np.ndarray, folds: int,
         return []
     cls = np.asarray(classes, dtype=object).astype(str)
     unit = "row" if groups is None else "group"
-    grp = np.arange(cls.size).astype(str) if groups is None else np.asarray(groups, dtype=object).astype(str)
+    grp = (np.arange(cls.size) if groups is None else np.asarray(groups, dtype=object)).astype(str)
     keys = sorted(set(cls.tolist()))
     out = []
     if with_test:
-        single = [c for c in keys if np.unique(grp[cls == c]).size < 2 and not is_test[cls == c].any()]
+        single = [c for c in keys
+                  if np.unique(grp[cls == c]).size < 2 and not is_test[cls == c].any()]
         if single:
             out.append(f"no test rows for class(es) {preview(single)}: a single {unit} each")
         no_test = [c for c in keys if c not in single and not is_test[cls == c].any()]
@@ -633,7 +636,8 @@ def split_table(df: pd.DataFrame, test_ratio: float = 0.2, folds: int = 5, seed:
     else:
         rest = np.flatnonzero(~forced)
         if rest.size == 0:
-            raise InputError(f"every row matches --test-where {test_where!r}: nothing left to train on")
+            raise InputError(f"every row matches --test-where {test_where!r}: "
+                             "nothing left to train on")
         t, f = assign(rest.size, test_ratio, folds, seed,
                       classes=None if classes is None else classes[rest],
                       groups=None if groups is None else groups[rest])
@@ -670,7 +674,8 @@ def summary(table: pd.DataFrame, group: str | None = None, stratify: str | None 
     set holds, and the constraints that could not be met."""
     test = table["split"].eq("test")
     sizes = table.loc[~test, "fold"].value_counts().sort_index()
-    text = (f"{len(table)} ids: {int(test.sum())} test, {int((~test).sum())} train in "
+    text = (f"{len(table)} ids: {int(test.sum())} test ({100 * test.mean():.0f}%), "
+            f"{int((~test).sum())} train in "
             f"{len(sizes)} folds of {', '.join(str(int(v)) for v in sizes.to_numpy())} rows")
     if group is not None:
         g = table[group].map(str)
