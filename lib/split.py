@@ -573,10 +573,10 @@ def coverage_notes(is_test: np.ndarray, fold: np.ndarray, folds: int,
         single = [c for c in keys
                   if np.unique(grp[cls == c]).size < 2 and not is_test[cls == c].any()]
         if single:
-            out.append(f"no test rows for class(es) {preview(single)}: a single {unit} each")
+            out.append(f"no test rows for class(es) {preview(single, 20)}: a single {unit} each")
         no_test = [c for c in keys if c not in single and not is_test[cls == c].any()]
         if no_test:
-            out.append(f"no test rows for class(es) {preview(no_test)}"
+            out.append(f"no test rows for class(es) {preview(no_test, 20)}"
                        + (": too few rows for --test-ratio" if groups is None else ""))
     few = []
     for c in keys:
@@ -585,7 +585,7 @@ def coverage_notes(is_test: np.ndarray, fold: np.ndarray, folds: int,
             few.append(f"{c} ({held})")
     if few:
         out.append(f"class(es) missing from some of the {folds} folds (folds holding them): "
-                   f"{preview(few)}: fewer train {unit}s than folds")
+                   f"{preview(few, 20)}: fewer train {unit}s than folds")
     return out
 
 
@@ -613,7 +613,10 @@ def split_table(df: pd.DataFrame, test_ratio: float = 0.2, folds: int = 5, seed:
     if test_where is not None:
         from .selection import query_rows
 
-        forced = query_rows(_typed(df), test_where)
+        try:
+            forced = query_rows(_typed(df), test_where)
+        except InputError as exc:  # the parser's messages name --where
+            raise InputError(str(exc).replace("--where", "--test-where", 1)) from None
         if not forced.any():
             raise InputError(f"no row matches --test-where {test_where!r} (of {n})")
     if split_column is not None:
