@@ -12,7 +12,7 @@ Three algorithms, all deterministic for a given seed (same input + seed -> same 
   with ``numpy.array_split`` (sizes differ by at most one: 100 rows in 3 -> 34, 33, 33).
 * **stratified** (``stratify``, no groups): per class, the test set gets ``floor`` or ``ceil``
   of ``ratio * n_class`` rows (largest-remainder apportionment, total ``ceil(ratio * n)`` as
-  in scikit-learn); the class's train rows are then dealt round-robin over the folds, so every
+  in scikit-learn), but at least one row and never all of them; the class's train rows are then dealt round-robin over the folds, so every
   class has ``floor`` or ``ceil`` of ``n_class_train / K`` rows in each fold and the fold sizes
   still differ by at most one.
 * **grouped** (``groups``, with or without ``stratify``, like scikit-learn's
@@ -254,13 +254,22 @@ def _assign_stratified(ratio: float, folds: int, seed: int, cls: np.ndarray,
     members = {c: np.flatnonzero(cls == c) for c in keys}
     # Largest remainder: floor(ratio * n_c) each, the leftover rows to the largest fractions
     # (ties in a seeded random order), so every class is within one row of its ideal share.
-    ideal = np.array([ratio * members[c].size for c in keys])
+    # Every class gets at least one test row and keeps at least one train row (all have
+    # >= 2 rows), even where that moves the test set a few rows off ceil(ratio * n).
+    size = np.array([members[c].size for c in keys])
+    ideal = ratio * size
     take = np.floor(ideal).astype(np.int64)
+    bumped = take == 0
+    take[bumped] = 1
     left = int(n_test - take.sum())
     tiebreak = rng.permutation(len(keys))
-    order = sorted(range(len(keys)), key=lambda i: (-(ideal[i] - take[i]), tiebreak[i]))
-    for i in order[:left]:
+    order = sorted((i for i in range(len(keys)) if not bumped[i] and take[i] + 1 < size[i]),
+                   key=lambda i: (-(ideal[i] - take[i]), tiebreak[i]))
+    for i in order[:max(left, 0)]:
         take[i] += 1
+    if n - take.sum() < folds:
+        raise InputError(f"--folds {folds} is more than the {n - take.sum()} train row(s) left of "
+                         f"{n} after {take.sum()} go to the test set (at least one per class)")
     is_test = np.zeros(n, dtype=bool)
     fold = np.full(n, -1, dtype=np.int64)
     pos = 0

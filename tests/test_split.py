@@ -105,15 +105,22 @@ def test_stratified_invariants(data, n_cls, ratio, folds, seed):
         with pytest.raises(InputError):
             S.assign(n, ratio, folds, seed, classes=classes)
         return
-    is_test, fold = S.assign(n, ratio, folds, seed, classes=classes)
+    try:
+        is_test, fold = S.assign(n, ratio, folds, seed, classes=classes)
+    except InputError as exc:  # one test row per class left too few train rows
+        assert "at least one per class" in str(exc)
+        assert n - sum(max(1, math.floor(ratio * c)) for c in counts) < folds
+        return
     check_basic(n, is_test, fold, folds)
-    assert is_test.sum() == n_test
+    if all(1 <= math.floor(ratio * c) < c - 1 for c in counts):
+        assert is_test.sum() == n_test  # no class needed its one test or train row
     sizes = np.bincount(fold[~is_test], minlength=folds)
     assert sizes.max() - sizes.min() <= 1
     cls = np.asarray(classes)
     for c in set(classes):
         mine = cls == c
         assert abs((mine & is_test).sum() - ratio * mine.sum()) <= 1 + 1e-9
+        assert (mine & is_test).any() and (mine & ~is_test).any()
         n_train = (mine & ~is_test).sum()
         for k in range(folds):
             assert abs((mine & (fold == k)).sum() - n_train / folds) <= 1 + 1e-9
@@ -557,3 +564,18 @@ def test_protocol_errors(machines, tmp_path, args, words):
     r = run([str(machines), "-o", str(out), *args])
     one_line_error(r, *words)
     assert not out.exists()
+
+
+def test_stratified_small_classes_get_a_test_row():
+    # 96 + 2 + 2 rows, 20 %: b and c have an ideal of 0.4 test rows each. Largest remainder
+    # alone gives the one leftover row to only one of them; both get one now.
+    classes = ["a"] * 96 + ["b"] * 2 + ["c"] * 2
+    for seed in range(5):
+        notes = []
+        is_test, fold = S.assign(100, 0.2, 3, seed, classes=classes, notes=notes)
+        c = np.asarray(classes)
+        assert sorted(set(c[is_test])) == ["a", "b", "c"]
+        assert sorted(set(c[~is_test])) == ["a", "b", "c"]
+        assert (c[is_test] == "a").sum() == 19 and is_test.sum() == 21
+        # One train row each for b and c: they are missing from 2 of the 3 folds, and said so.
+        assert len(notes) == 1 and "b (1), c (1)" in notes[0]
