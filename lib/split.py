@@ -367,17 +367,25 @@ def _choose_test(sizes: np.ndarray, ratio: float, folds: int, rank: np.ndarray,
     g_rows = sizes.sum(axis=1)
     side = np.full(n_g, -1, dtype=np.int64)  # 0 test, 1 train, -1 undecided
 
+    seen = np.zeros(n_g, dtype=bool)  # test groups already taken off `avail`
+    avail = has.sum(axis=0)  # [C] groups per class that may still train
+
+    def test_ok(cand, side):
+        # Without the candidate, at least `folds` groups and one per class of it may still train.
+        new = (side == 0) & ~seen
+        avail[:] -= has[new].sum(axis=0)
+        seen[new] = True
+        left = n_g - int(seen.sum()) - 1
+        return (left >= folds) & ((avail[None, :] - has[cand] > 0) | ~has[cand]).all(axis=1)
+
     def allowed(g, side):
-        # Groups that may still train, without g: at least `folds`, and one per class of g.
-        left = (side != 0).sum() - 1
-        per_class = has[side != 0].sum(axis=0) - has[g]
-        return np.array([left >= folds and bool((per_class[has[g]] > 0).all()), True])
+        return np.array([bool(test_ok(np.array([g]), side)[0]), True])
 
     for c in np.lexsort((class_rank, n_groups)):
         if n_groups[c] < 2 or (has[:, c] & (side == 0)).any():
             continue
         cand = np.flatnonzero(has[:, c] & (side == -1))
-        cand = cand[[allowed(g, side)[0] for g in cand]]
+        cand = cand[test_ok(cand, side)]
         if cand.size == 0:
             continue
         dist = np.abs(g_rows[cand] - ratio * class_total[c])
