@@ -421,9 +421,9 @@ def test_grouped_folds_balanced_and_never_worse_than_sklearn(data, folds, seed):
 
 def few_groups_per_class(n_cls=10, n_groups=4, rows=184, seed=7):
     """``n_cls`` classes of ``n_groups`` groups each, ``rows`` rows of unequal group sizes."""
-    sizes = 2 + np.random.default_rng(seed).multinomial(rows - 2 * n_cls * n_groups,
-                                                        np.full(n_cls * n_groups, 1 / (n_cls * n_groups)))
-    groups = np.repeat([f"c{i // n_groups}g{i % n_groups}" for i in range(n_cls * n_groups)], sizes)
+    n_all = n_cls * n_groups
+    sizes = 2 + np.random.default_rng(seed).multinomial(rows - 2 * n_all, np.full(n_all, 1 / n_all))
+    groups = np.repeat([f"c{i // n_groups}g{i % n_groups}" for i in range(n_all)], sizes)
     classes = np.array([x.split("g")[0] for x in groups])
     return groups.tolist(), classes.tolist()
 
@@ -546,7 +546,8 @@ def test_split_column_takes_train_test_and_makes_folds_inside_train(machines):
     r = run([str(machines), "--split-column", "folder", "--test-where", "machine_type == 'fan'"])
     df = read_out(r.stdout)
     assert (df.loc[df.machine_type == "fan", "split"] == "test").all()
-    assert (df.loc[df.machine_type != "fan", "split"] == df.loc[df.machine_type != "fan", "folder"]).all()
+    other = df[df.machine_type != "fan"]
+    assert (other["split"] == other["folder"]).all()
 
 
 @pytest.mark.parametrize("args,words", [
