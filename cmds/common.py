@@ -231,6 +231,13 @@ def labels_option(f: Callable) -> Callable:
                         help="CSV with an 'id' column and label columns, joined by id.")(f)
 
 
+def where_option(f: Callable) -> Callable:
+    """--where EXPR: keep only rows whose --labels match (the safe language of aekit.expr)."""
+    return click.option("--where", default=None, metavar="EXPR",
+                        help="Keep only rows whose --labels match EXPR, e.g. 'anomaly == 0' or "
+                             "\"machine_type == 'fan'\" (comparisons, in, and/or/not).")(f)
+
+
 def fail_usage(message: str) -> None:
     """Raise a one-line usage error (exit status 2)."""
     raise CommandError(message, exit_code=2)

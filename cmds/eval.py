@@ -36,8 +36,9 @@ HELP = """Evaluate a trained autoencoder on a features file, or summarize per-fo
 
 \b
 ae-eval MODEL FEATURES [options]
-  Per-clip reconstruction error (MSE in dB², MAE in dB) of the selected rows; a JSON report
-  on stdout (or -o): count, mean, std, median, percentiles, per split when several occur.
+  Per-clip reconstruction error (MSE in dB², MAE in dB) of the selected rows (--splits/--split/
+  --fold, then --where EXPR on the --labels); a JSON report on stdout (or -o): count, mean,
+  std, median, percentiles, per split when several occur.
   --scores CSV   per-clip table: id,split,mse,mae (+ the label columns with --labels).
   --anomaly-column COL (1 = anomalous): ROC AUC and DCASE pAUC (raw area for FPR in [0, p]
                  divided by p, p = --max-fpr), overall and per --group-by COL with arithmetic
@@ -124,6 +125,7 @@ def _summarize(reports: tuple[str, ...], output: str | None, table: bool,
 @common.output_option(help="JSON report (or summary), written atomically; '-' or omitted: stdout.")
 @common.selection_options
 @common.labels_option
+@common.where_option
 @click.option("--anomaly-column", default=None, metavar="COL",
               help="Label column with 1 = anomalous, 0 = normal: ROC AUC and DCASE pAUC.")
 @click.option("--group-by", default=None, metavar="COL",
@@ -151,7 +153,8 @@ def cli(inputs, summarize: bool, table: bool, all_metrics: bool, output: str | N
     _stdout_conflict(output, opts["scores_path"], table)
     if summarize:
         model_only = {"--splits": "splits_path", "--split": "split_name", "--fold": "fold",
-                      "--labels": "labels_path", "--anomaly-column": "anomaly_column",
+                      "--labels": "labels_path", "--where": "where",
+                      "--anomaly-column": "anomaly_column",
                       "--group-by": "group_by", "--probe-column": "probe_column",
                       "--scores": "scores_path", "--plots": "plots_dir", "--log": "log_path"}
         used = [flag for flag, name in model_only.items() if opts[name] is not None]
@@ -167,7 +170,7 @@ def cli(inputs, summarize: bool, table: bool, all_metrics: bool, output: str | N
 
 
 def _evaluate(model: str, features: str, *, output, table, all_metrics, splits_path, split_name,
-              fold, labels_path, anomaly_column, group_by, probe_column, score_name, max_fpr,
+              fold, labels_path, where, anomaly_column, group_by, probe_column, score_name, max_fpr,
               scores_path, plots_dir, log_path, batch_size, seed, device) -> None:
     from aekit import inference, metrics
     from aekit.device import resolve_device
@@ -179,7 +182,7 @@ def _evaluate(model: str, features: str, *, output, table, all_metrics, splits_p
         seed=seed)
     report, per_clip = inference.evaluate_file(
         model, features, opts, splits_path, split_name, fold, batch_size, resolve_device(device),
-        command=common.command_line(), log_path=log_path, progress=common.progress)
+        command=common.command_line(), log_path=log_path, progress=common.progress, where=where)
     if scores_path:
         with open_output(scores_path) as fh:
             per_clip.to_csv(fh, index=False, float_format="%.6g")
