@@ -172,7 +172,7 @@ def _preview(items: Sequence[str], k: int = 3) -> str:
 def _read_error(path: Path, name: str, exc: OSError) -> InputError:
     """A failed HDF5 read as one line; a Fletcher-32 mismatch says the file is corrupt."""
     msg = str(exc)
-    if "checksum" in msg.lower() or "fletcher" in msg.lower():
+    if any(w in msg.lower() for w in ("checksum", "fletcher", "filter returned failure")):
         return InputError(f"{path}: /{name} is corrupt (HDF5 Fletcher-32 checksum mismatch); "
                           "featurize it again or restore it from a copy")
     return InputError(f"{path}: cannot read /{name}: {msg.splitlines()[0] if msg else type(exc).__name__}")
@@ -187,7 +187,9 @@ def check_finite(ff: "FeatureFile", x: np.ndarray, rows: np.ndarray) -> None:
     if x.size == 0:
         return
     flat = x.reshape(x.shape[0], -1)
-    if np.isfinite(flat.sum(axis=1)).all():
+    with np.errstate(over="ignore", invalid="ignore"):
+        sums = flat.sum(axis=1)
+    if np.isfinite(sums).all():
         return
     bad = np.flatnonzero(~np.isfinite(flat).all(axis=1))
     if bad.size == 0:
