@@ -380,6 +380,64 @@ class TrainResult:
     n_val: int = 0
 
 
+#: A loss (MSE in dB squared) above this is no training: dB features span ~100 dB, so even a
+#: model that outputs garbage stays near 1e4; anything this large is numeric blow-up.
+IMPLAUSIBLE_LOSS = 1e10
+
+_CREATED_DIRS: set[Path] = set()  # checkpoint directories this process made (removed if left empty)
+
+
+def warn_empty_validation(n_val: int, fold: int | None, where: str | None = None) -> None:
+    """A --fold whose validation set is empty trains with nothing to validate on: say so."""
+    if fold is not None and n_val == 0:
+        LOG.warning("--fold %d selects no validation rows%s: training without validation "
+                    "(no val loss; --keep best keeps the last epoch)", fold,
+                    f" (after --where {where!r})" if where else "")
+
+
+def warn_implausible_loss(epoch: int, train_loss: float, val_loss: float | None) -> None:
+    """A finite loss beyond any plausible value (numeric blow-up) is written, but not silently."""
+    for what, v in (("train", train_loss), ("validation", val_loss)):
+        if v is not None and math.isfinite(v) and v > IMPLAUSIBLE_LOSS:
+            LOG.warning("epoch %d: %s loss %.3g dB^2 is above any plausible value (> %.0e): the "
+                        "training has diverged; try a smaller --lr or --normalize global",
+                        epoch, what, v, IMPLAUSIBLE_LOSS)
+
+
+def make_checkpoint_dir(ckdir: Path) -> None:
+    """mkdir -p, remembering whether we made it, so a run that dies before its first
+    checkpoint leaves no empty MODEL.ckpt/ behind."""
+    if not ckdir.exists():
+        ckdir.mkdir(parents=True, exist_ok=True)
+        _CREATED_DIRS.add(ckdir.resolve())
+
+
+def remove_if_empty(ckdir: Path) -> None:
+    """Remove a checkpoint directory this process made and never wrote to."""
+    d = ckdir.resolve()
+    if d in _CREATED_DIRS and d.is_dir() and not any(d.iterdir()):
+        d.rmdir()
+        _CREATED_DIRS.discard(d)
+
+
+def removes_empty_checkpoint_dir(fn: Callable) -> Callable:
+    """On any error (NaN at the first step, a bad row found while streaming...), remove the
+    checkpoint directories this process made and left empty."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except BaseException:
+            for d in list(_CREATED_DIRS):
+                remove_if_empty(d)
+            raise
+
+    return wrapper
+
+
+@removes_empty_checkpoint_dir
 def train(features: str | os.PathLike, output: str | os.PathLike, settings: TrainSettings, *,
           splits: str | None = None, fold: int | None = None, labels: str | None = None,
           where: str | None = None, device: torch.device | None = None, dist: Dist | None = None,
@@ -646,50 +704,8 @@ def _reduced_sums(loss_sum: torch.Tensor, rows_seen: int, dist: Dist) -> tuple[f
     return float(t[0].item()), int(t[1].item())
 
 
-#: A loss (MSE in dB squared) above this is no training: dB features span ~100 dB, so even a
-#: model that outputs garbage stays near 1e4; anything this large is numeric blow-up.
-IMPLAUSIBLE_LOSS = 1e10
-
-_CREATED_DIRS: set[Path] = set()  # checkpoint directories this process made (removed if left empty)
-
-
-def warn_empty_validation(n_val: int, fold: int | None, where: str | None = None) -> None:
-    """A --fold whose validation set is empty trains with nothing to validate on: say so."""
-    if fold is not None and n_val == 0:
-        LOG.warning("--fold %d selects no validation rows%s: training without validation "
-                    "(no val loss; --keep best keeps the last epoch)", fold,
-                    f" (after --where {where!r})" if where else "")
-
-
-def warn_implausible_loss(epoch: int, train_loss: float, val_loss: float | None) -> None:
-    """A finite loss beyond any plausible value (numeric blow-up) is written, but not silently."""
-    for what, v in (("train", train_loss), ("validation", val_loss)):
-        if v is not None and math.isfinite(v) and v > IMPLAUSIBLE_LOSS:
-            LOG.warning("epoch %d: %s loss %.3g dB^2 is above any plausible value (> %.0e): the "
-                        "training has diverged; try a smaller --lr or --normalize global",
-                        epoch, what, v, IMPLAUSIBLE_LOSS)
-
-
-def make_checkpoint_dir(ckdir: Path) -> None:
-    """mkdir -p, remembering whether we made it, so a run that dies before its first
-    checkpoint leaves no empty MODEL.ckpt/ behind."""
-    if not ckdir.exists():
-        ckdir.mkdir(parents=True, exist_ok=True)
-        _CREATED_DIRS.add(ckdir.resolve())
-
-
-def remove_if_empty(ckdir: Path) -> None:
-    """Remove a checkpoint directory this process made and never wrote to."""
-    d = ckdir.resolve()
-    if d in _CREATED_DIRS and d.is_dir() and not any(d.iterdir()):
-        d.rmdir()
-        _CREATED_DIRS.discard(d)
-
-
 def _raise_nonfinite(epoch: int, step: int, last_path: Path, dist: Dist, what: str = "loss"):
     dist.barrier()
-    if dist.is_main:
-        remove_if_empty(last_path.parent)
     keep = (f"the last good checkpoint {last_path} is kept" if last_path.exists()
             else "no checkpoint was written yet")
     raise DataError(f"{what} became NaN or Inf at epoch {epoch + 1} step {step}; stopped; {keep}. "

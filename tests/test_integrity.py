@@ -361,3 +361,17 @@ def test_nan_at_first_step_leaves_no_empty_checkpoint_dir(tmp_path, train_data, 
     (tmp_path / "m2.safetensors.ckpt").mkdir()
     r = invoke(train_cli, [f, "--epochs", "2", *TRAIN, "-o", tmp_path / "m2.safetensors"])
     assert r.exit_code == 1 and (tmp_path / "m2.safetensors.ckpt").is_dir()
+
+
+def test_nan_row_met_while_streaming_is_one_line_and_leaves_no_checkpoint_dir(tmp_path):
+    x = -40 + np.random.default_rng(0).normal(0, 5, (20, *SHAPE)).astype(np.float32)
+    x[1, 0, 0, 0] = np.nan  # a validation row of fold 1: read only at the end of epoch 1
+    _, ids = write_features(tmp_path / "f.h5", n=20, x=x)
+    pd.DataFrame({"id": ids, "split": "train", "fold": [0, 1] * 10}).to_csv(tmp_path / "s.csv",
+                                                                          index=False)
+    r = invoke(train_cli, [tmp_path / "f.h5", "--splits", tmp_path / "s.csv", "--fold", "1",
+                           "--data", "stream", "--workers", "1", "--epochs", "1", *TRAIN,
+                           "-o", tmp_path / "m.safetensors"])
+    line = one_error_line(r)
+    assert line.endswith("f.h5: 1 clip(s) contain NaN or Inf values: clip001"), line
+    assert not (tmp_path / "m.safetensors.ckpt").exists()
