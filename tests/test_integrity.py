@@ -21,7 +21,7 @@ from aekit.cmds.featurize import cli as featurize_cli
 from aekit.cmds.merge import cli as merge_cli
 from aekit.cmds.train import cli as train_cli
 from aekit.errors import InputError
-from aekit.features import MelParams, empty_mel_filters, max_mel_bands
+from aekit.features import MelParams, empty_mel_filters, max_mel_bands, min_n_fft
 from aekit.modelfile import Normalizer, load_model, save_model
 from aekit.models import AEConfig, build_model
 from conftest import exe, write_tone
@@ -263,14 +263,20 @@ def test_largest_working_n_mels_is_exact():
     best = max_mel_bands(p)
     assert best == max(n for n in range(1, 65) if not empty_mel_filters(p, n)) == 57
     assert empty_mel_filters(p, 58) and not empty_mel_filters(p, 57)
+    assert min_n_fft(p) == 284
+    assert not empty_mel_filters(p, n_fft=284) and all(empty_mel_filters(p, n_fft=n)
+                                                       for n in range(256, 284))
 
 
 @pytest.mark.parametrize("args,msg", [
     (["--n-mels", "1000"], "--n-mels 1000 is too many for --n-fft 1024 at --sample-rate 16000 "
                            "(f_min 0 Hz, f_max 8000 Hz): 284 Mel filter(s) contain no FFT bin; "
-                           "at most --n-mels 227 works"),
+                           "at most --n-mels 227 works here (the smallest --n-fft for 1000 "
+                           "bands is 4530)"),
     (["--n-fft", "2", "--hop-length", "2"], "no Mel filter contains an FFT bin with --n-fft 2"),
-    (["--sample-rate", "1"], "no Mel filter contains an FFT bin with --n-fft 1024 at --sample-rate 1"),
+    (["--sample-rate", "1"], "no Mel filter contains an FFT bin with --n-fft 1024 at --sample-rate 1 "
+                             "(f_min 0 Hz, f_max 0.5 Hz) (no --n-fft gives 32 bands at this "
+                             "sample rate; raise --sample-rate)"),
 ])
 def test_degenerate_mel_settings_are_refused(tmp_path, args, msg):
     write_tone(tmp_path / "a.wav", seconds=0.3)
