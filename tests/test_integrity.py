@@ -76,6 +76,15 @@ def test_nan_and_inf_rows_are_refused_by_encode_and_eval(tmp_path):
     assert not (tmp_path / "r.json").exists()
 
 
+def test_latents_are_checksummed(tmp_path):
+    x, _ = write_features(tmp_path / "f.h5")
+    write_model(tmp_path / "m.safetensors", x)
+    r = invoke(encode_cli, [tmp_path / "m.safetensors", tmp_path / "f.h5", "-o", tmp_path / "z.h5"])
+    assert r.exit_code == 0, r.stderr
+    with h5py.File(tmp_path / "z.h5") as f:
+        assert f["latents"].fletcher32 and f["latents"].shape == (24, 4)
+
+
 def test_only_rows_read_are_checked(tmp_path):
     x = np.random.default_rng(0).normal(-40, 6, (24, *SHAPE)).astype(np.float32)
     x[7, 0, 0, 0] = -np.inf
