@@ -25,7 +25,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from .errors import InputError
+from .errors import AekitError, InputError
 from .selection import load_labels, load_splits, query_rows, select_rows
 from .store import FeatureFile
 
@@ -235,7 +235,18 @@ class _BatchReader(torch.utils.data.Dataset):
         if self.ff is None:
             self.ff = FeatureFile(self.path)
         rows = self.batches_[i]
-        return torch.from_numpy(self.ff.read(rows)).reshape(len(rows), -1)  # [b, D]
+        try:
+            return torch.from_numpy(self.ff.read(rows)).reshape(len(rows), -1)  # [b, D]
+        except AekitError as exc:  # handed back as a value: see worker_result
+            return exc
+
+
+def worker_result(xb):
+    """A batch from a DataLoader worker, or the error it met raised here as itself: raised in
+    the worker, torch would wrap it in its traceback text, not the one-line message."""
+    if isinstance(xb, AekitError):
+        raise xb
+    return xb
 
 
 def _one_thread(_worker_id: int) -> None:
@@ -278,12 +289,12 @@ class StreamSource:
         offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
         parts = [rows[offsets[i]:offsets[i + 1]] for i in range(start, len(sizes))]
         for xb in self._loader(parts):
-            yield self.normalizer.transform(xb.to(self.device, non_blocking=True))
+            yield self.normalizer.transform(worker_result(xb).to(self.device, non_blocking=True))
 
     def blocks(self, block: int = 256) -> Iterator[torch.Tensor]:
         parts = [self.rows[s:s + block] for s in range(0, self.rows.size, block)]
         for xb in self._loader(parts):
-            yield self.normalizer.transform(xb.to(self.device, non_blocking=True))
+            yield self.normalizer.transform(worker_result(xb).to(self.device, non_blocking=True))
 
 
 def open_source(ff: FeatureFile, rows: np.ndarray, normalizer, device: torch.device,

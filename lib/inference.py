@@ -6,7 +6,8 @@ reduced at once, so memory stays flat whatever the number of clips.
 
 Latents file layout (format ``aekit-latents``, version 1)::
 
-    /latents   float32 [N, latent]   the code z of each clip (the encoder's output)
+    /latents   float32 [N, latent]   the code z of each clip (the encoder's output);
+                                     Fletcher-32 checksummed
     /ids       utf-8 str [N]         the clip ids, in the features file's order
     attrs: format, format_version, aekit_version, command, model, model_sha256,
            features, features_sha256, splits, splits_sha256, split, fold, latent,
@@ -152,7 +153,7 @@ def write_latents(path: str | os.PathLike, model: LoadedModel, ff: FeatureFile,
                 f.attrs[k] = "none" if v is None else v
             chunk = max(1, min(4096, rows.size))
             dz = f.create_dataset("latents", shape=(0, latent), maxshape=(None, latent),
-                                  dtype=np.float32, chunks=(chunk, latent))
+                                  dtype=np.float32, chunks=(chunk, latent), fletcher32=True)
             di = f.create_dataset("ids", shape=(0,), maxshape=(None,), dtype=STR, chunks=(chunk,))
             n = 0
             for idx, z in encode_rows(model, ff, rows, batch_size, device):

@@ -6,8 +6,11 @@ A model file is one ``.safetensors`` file:
   metadata  key ``aekit`` -> JSON: {"format": "aekit-model", "format_version": 1,
             "config": AEConfig.to_dict(), "feature_params": {...}, "normalize": mode,
             "history": [{"epoch", "train_loss", "val_loss", "lr", ...}, ...],
-            "seed", "versions": {"aekit", "torch", ...}, "command", ...}
+            "seed", "versions": {"aekit", "torch", ...}, "command", ...,
+            "tensors_sha256": SHA-256 of every tensor (see ``tensors_sha256``)}
 Losses in the history are MSE in the features' own units (dB squared).
+At load the hash is verified (files written before it existed load without it), and
+weights with NaN/Inf or a normalizer std that is not positive are refused.
 """
 
 from __future__ import annotations
@@ -100,6 +103,7 @@ def save_model(path: str | os.PathLike, model: Autoencoder, normalizer: Normaliz
     tensors["norm.mean"] = normalizer.mean.detach().to("cpu").contiguous()
     tensors["norm.std"] = normalizer.std.detach().to("cpu").contiguous()
     info = {
+        "tensors_sha256": tensors_sha256(tensors),
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "config": model.config.to_dict(),
@@ -111,6 +115,42 @@ def save_model(path: str | os.PathLike, model: Autoencoder, normalizer: Normaliz
     }
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={"aekit": json.dumps(info, sort_keys=True)})
+
+
+def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over every tensor, in name order: name, dtype, shape and raw bytes of each.
+    Independent of how safetensors lays the file out, so it checks the values themselves."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().to("cpu").contiguous()
+        h.update(f"{name}|{t.dtype}|{list(t.shape)}\n".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def verify_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], info: dict) -> None:
+    """Refuse a model file whose tensors are damaged or unusable (InputError, one line):
+    a SHA-256 that differs from the one stored at save time (bit rot, editing), NaN/Inf in
+    any tensor, a normalizer std that is not positive (divides by zero), or missing norm.*."""
+    want = info.get("tensors_sha256")
+    if want is not None and tensors_sha256(tensors) != want:
+        raise InputError(f"{path}: tensor checksum mismatch (SHA-256 differs from the one stored "
+                         "at save time): the file is corrupt")
+    for key in ("norm.mean", "norm.std"):
+        if key not in tensors:
+            raise InputError(f"{path}: no {key} tensor; not a complete aekit model file")
+    bad = [k for k in sorted(tensors)
+           if tensors[k].is_floating_point() and not bool(torch.isfinite(tensors[k]).all())]
+    if bad:
+        raise InputError(f"{path}: non-finite values (NaN/Inf) in {', '.join(bad[:3])}"
+                         + (f" and {len(bad) - 3} more tensor(s)" if len(bad) > 3 else "")
+                         + "; the model cannot be used")
+    std = tensors["norm.std"]
+    if std.numel() and not bool((std > 0).all()):
+        raise InputError(f"{path}: normalizer std has {int((std <= 0).sum())} value(s) <= 0 "
+                         "(would divide by zero); the model cannot be used")
 
 
 @dataclass
@@ -181,6 +221,7 @@ def load_model(path: str | os.PathLike, device: torch.device | str = "cpu") -> L
     except RuntimeError as exc:
         raise InputError(f"{path}: weights do not match the stored architecture: "
                          f"{str(exc).splitlines()[0]}") from None
+    verify_tensors(path, tensors, info)
     norm = Normalizer(info.get("normalize", "none"), dim=config.input_dim)
     norm.mean = tensors["norm.mean"].clone()
     norm.std = tensors["norm.std"].clone()

@@ -380,6 +380,64 @@ class TrainResult:
     n_val: int = 0
 
 
+#: A loss (MSE in dB squared) above this is no training: dB features span ~100 dB, so even a
+#: model that outputs garbage stays near 1e4; anything this large is numeric blow-up.
+IMPLAUSIBLE_LOSS = 1e10
+
+_CREATED_DIRS: set[Path] = set()  # checkpoint directories this process made (removed if left empty)
+
+
+def warn_empty_validation(n_val: int, fold: int | None, where: str | None = None) -> None:
+    """A --fold whose validation set is empty trains with nothing to validate on: say so."""
+    if fold is not None and n_val == 0:
+        LOG.warning("--fold %d selects no validation rows%s: training without validation "
+                    "(no val loss; --keep best keeps the last epoch)", fold,
+                    f" (after --where {where!r})" if where else "")
+
+
+def warn_implausible_loss(epoch: int, train_loss: float, val_loss: float | None) -> None:
+    """A finite loss beyond any plausible value (numeric blow-up) is written, but not silently."""
+    for what, v in (("train", train_loss), ("validation", val_loss)):
+        if v is not None and math.isfinite(v) and v > IMPLAUSIBLE_LOSS:
+            LOG.warning("epoch %d: %s loss %.3g dB^2 is above any plausible value (> %.0e): the "
+                        "training has diverged; try a smaller --lr or --normalize global",
+                        epoch, what, v, IMPLAUSIBLE_LOSS)
+
+
+def make_checkpoint_dir(ckdir: Path) -> None:
+    """mkdir -p, remembering whether we made it, so a run that dies before its first
+    checkpoint leaves no empty MODEL.ckpt/ behind."""
+    if not ckdir.exists():
+        ckdir.mkdir(parents=True, exist_ok=True)
+        _CREATED_DIRS.add(ckdir.resolve())
+
+
+def remove_if_empty(ckdir: Path) -> None:
+    """Remove a checkpoint directory this process made and never wrote to."""
+    d = ckdir.resolve()
+    if d in _CREATED_DIRS and d.is_dir() and not any(d.iterdir()):
+        d.rmdir()
+        _CREATED_DIRS.discard(d)
+
+
+def removes_empty_checkpoint_dir(fn: Callable) -> Callable:
+    """On any error (NaN at the first step, a bad row found while streaming...), remove the
+    checkpoint directories this process made and left empty."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except BaseException:
+            for d in list(_CREATED_DIRS):
+                remove_if_empty(d)
+            raise
+
+    return wrapper
+
+
+@removes_empty_checkpoint_dir
 def train(features: str | os.PathLike, output: str | os.PathLike, settings: TrainSettings, *,
           splits: str | None = None, fold: int | None = None, labels: str | None = None,
           where: str | None = None, device: torch.device | None = None, dist: Dist | None = None,
@@ -412,6 +470,7 @@ def train(features: str | os.PathLike, output: str | os.PathLike, settings: Trai
     ff = FeatureFile(features)
     try:
         rows = select_training_rows(ff.ids, splits, fold, labels, where)
+        warn_empty_validation(rows.n_val, fold, where)
         config = AEConfig(arch=s.arch, input_shape=ff.clip_shape, hidden=s.hidden, latent=s.latent)
         data_id = {"input_shape": list(ff.clip_shape), "fold": fold, "where": where,
                    "n_train": rows.n_train, "n_val": rows.n_val,
@@ -490,7 +549,7 @@ def train(features: str | os.PathLike, output: str | os.PathLike, settings: Trai
         # Buffers (BatchNorm running statistics) are rank 0's, synced at every forward.
         net = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
     if dist.is_main:
-        ckdir.mkdir(parents=True, exist_ok=True)
+        make_checkpoint_dir(ckdir)
 
     def checkpoint(epoch: int, step: int, perm: torch.Tensor | None, loss_sum: float,
                    rows_seen: int, seconds: float) -> dict:
@@ -576,6 +635,7 @@ def train(features: str | os.PathLike, output: str | os.PathLike, settings: Trai
         history.append({"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss,
                         "lr": lr_now, "seconds": round(seconds, 3),
                         "samples_per_s": round((prev_rows + s_rows) / max(seconds, 1e-9), 2)})
+        warn_implausible_loss(epoch + 1, train_loss, val_loss)
         improved = val_loss is not None and (best_val is None or val_loss < best_val)
         if improved:
             best_val, best_epoch, bad_epochs = val_loss, epoch + 1, 0

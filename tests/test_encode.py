@@ -160,7 +160,7 @@ def test_refuses_other_feature_params(tmp_path):
 def test_refuses_other_clip_shape(tmp_path):
     x, _ = write_features(tmp_path / "m.h5")
     write_model(tmp_path / "m.safetensors", x)
-    write_features(tmp_path / "f.h5", shape=(2, 4, 12))
+    write_features(tmp_path / "f.h5", params={**PARAMS, "num_samples": 2816}, shape=(2, 4, 12))
     r = run([tmp_path / "m.safetensors", tmp_path / "f.h5", "-o", tmp_path / "z.h5"], tmp_path)
     assert r.exit_code == 2
     assert "clip shape differs: 2x4x12 vs 2x4x10" in r.stderr

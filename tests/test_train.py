@@ -35,6 +35,7 @@ def write_features(path, n=40, shape=(2, 4, 10), seed=0, ids=None):
     ids = ids or [f"clip{i:03d}" for i in range(n)]
     params = {k: 1 for k in store.FEATURE_PARAM_KEYS}
     params.update(window="hann", mel_scale="htk", channel_policy="keep")
+    params.update(channels=c, n_mels=m, hop_length=1, num_samples=t - 1)  # agree with the shape
     w = store.FeatureWriter(path, params, shape)
     w.append(x, ids, [f"/data/{i}.wav" for i in ids], {k: np.zeros(n) for k in store.PER_CLIP})
     w.close()

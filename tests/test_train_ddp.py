@@ -27,6 +27,7 @@ def write_features(path, n=40, shape=(2, 4, 10), seed=0):
          + rng.normal(0, 3, size=(n, c * m * t))).astype(np.float32).reshape(n, c, m, t)
     ids = [f"clip{i:03d}" for i in range(n)]
     params = {k: 1 for k in store.FEATURE_PARAM_KEYS}
+    params.update(channels=c, n_mels=m, hop_length=1, num_samples=t - 1)  # agree with the shape
     w = store.FeatureWriter(path, params, shape)
     w.append(x, ids, ids, {k: np.zeros(n) for k in store.PER_CLIP})
     w.close()
