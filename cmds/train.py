@@ -57,6 +57,15 @@ def _widths(ctx, param, value):
     return widths
 
 
+def _check_where(ctx, param, value):
+    """Parse --where now, so that a refused expression is an error before any work."""
+    if value is not None:
+        from aekit.expr import parse_where
+
+        parse_where(value)  # raises InputError naming the refused construct
+    return value
+
+
 @contextlib.contextmanager
 def stop_signals():
     """Yield a 'stop requested?' callable set by SIGTERM or SIGUSR1 (SLURM preemption)."""
@@ -122,7 +131,7 @@ def _self_sigterm_hook():
 @common.splits_option(help="Split CSV from ae-split (columns id,split,fold); test rows are never used.")
 @common.fold_option(help="Validation fold K: train on the other train folds, validate on fold K.")
 @common.labels_option
-@click.option("--where", default=None,
+@click.option("--where", default=None, callback=_check_where,
               help="Keep only rows whose labels match this condition, e.g. 'anomaly == 0' "
                    "(comparisons, in, and/or/not; nothing is executed).")
 @click.option("--early-stop", type=click.IntRange(min=1), default=None,
