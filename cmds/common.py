@@ -236,6 +236,8 @@ def run(cli: click.Command, prog_name: str) -> None:
     SIGTERM and SIGHUP end the command like Ctrl-C does (cleanup runs, temporaries are
     removed), with status 128 + the signal number; forked workers exit quietly.
     """
+    global _HARD_EXIT
+    _HARD_EXIT = False
     install_signal_handlers()
     sys.unraisablehook = _unraisable
     sys.excepthook = _excepthook
