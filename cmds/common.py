@@ -276,6 +276,23 @@ def install_signal_handlers() -> None:
         sig = getattr(signal, name, None)
         if sig is not None and signal.getsignal(sig) in (signal.SIG_DFL, signal.default_int_handler):
             signal.signal(sig, on_signal)
+    if sys.platform.startswith("linux") and hasattr(os, "register_at_fork"):
+        os.register_at_fork(after_in_child=_die_with_parent)
+
+
+def _die_with_parent() -> None:
+    """In a forked worker (Linux): SIGTERM when the parent dies, even by SIGKILL, so that no
+    orphan keeps working (and the handler above ends it quietly)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+        if os.getppid() == 1:  # the parent is already gone
+            os._exit(128 + signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
 
 
 _default_unraisable = sys.unraisablehook

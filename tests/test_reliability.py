@@ -447,3 +447,53 @@ def test_stale_temporaries_of_dead_runs_are_removed(tmp_path):
     assert stale.name not in names
     assert {alive.name, other_host.name, other_output.name, "out.h5"} <= set(names)
     assert (tmp_path / "out.h5").read_text() == "new"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal is Linux only")
+def test_workers_do_not_outlive_a_killed_parent_and_the_next_run_cleans_up(tmp_path, tone):
+    """SIGKILL (no handler can run): the workers die with the parent, quietly; the
+    temporary it left is removed by the next run that writes the same output."""
+    from aekit.fileio import atomic_path
+
+    audio = _audio(tmp_path, tone, n=20)  # 3 tasks of 8 files: a real pool
+    out = tmp_path / "out.h5"
+    proc = subprocess.Popen([sys.executable, "-c", SLOW.format(mod="featurize"), str(audio),
+                             "-j", "2", "-q", "-o", str(out)], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def children():
+        p = subprocess.run(["ps", "-o", "pid=", "--ppid", str(proc.pid)], capture_output=True,
+                           text=True)
+        return [int(x) for x in p.stdout.split()]
+
+    deadline = time.monotonic() + 60
+    while len(children()) < 2:
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    workers = children()
+    proc.kill()
+    _, stderr = proc.communicate(timeout=30)
+    deadline = time.monotonic() + 20
+    try:
+        while any(_state(w) != "Z" for w in workers):
+            assert time.monotonic() < deadline, f"orphaned workers still running: {workers}"
+            time.sleep(0.05)
+    finally:
+        for w in workers:  # do not leave orphans behind when the test fails
+            if _state(w) != "Z":
+                os.kill(w, signal.SIGKILL)
+    assert "Traceback" not in stderr
+    left = list(tmp_path.glob(".out.h5.*.tmp"))
+    assert len(left) == 1  # SIGKILL: nothing could clean up
+    with atomic_path(out) as tmp:
+        tmp.write_text("next run")
+    assert not list(tmp_path.glob(".out.h5.*.tmp"))
+    assert out.read_text() == "next run"
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "Z"
