@@ -130,7 +130,8 @@ def _one_line(message: str) -> str:
 
 class OutputPath(click.Path):
     """A path the command writes. Outputs are checked against inputs and each other
-    (:func:`check_no_clobber`); ``stream=None`` refuses '-' with ``refuse_dash``."""
+    (:func:`check_no_clobber`). With ``refuse_dash`` (the reason, e.g. "HDF5 cannot be
+    written to stdout"), '-' is a usage error instead of a file literally named '-'."""
 
     def __init__(self, *args, refuse_dash: str | None = None, **kwargs):
         super().__init__(*args, **kwargs)
