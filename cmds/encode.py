@@ -26,8 +26,8 @@ See also: ae-train (makes MODEL), ae-featurize (makes FEATURES), ae-eval (scores
 
 
 @common.command("ae-encode", help=HELP)
-@click.argument("model", type=click.Path(dir_okay=False))
-@click.argument("features", type=click.Path(dir_okay=False))
+@click.argument("model", type=common.RegularFile("a model file"))
+@click.argument("features", type=common.RegularFile("a features file"))
 @common.output_option(required=True, allow_dash=False,
                       help="Latents HDF5 file to write (atomically).")
 @common.selection_options

@@ -101,10 +101,13 @@ def cli(out_dir, clips_per_machine, machine_types, ids_per_type, anomaly_fractio
         duration, sample_rates, seed, fmt, layout):
     if seed < 0:
         common.fail_usage(f"--seed must be >= 0, got {seed}")
+    from aekit.fileio import atomic_dir
+
     total = len(machine_types) * ids_per_type * clips_per_machine
-    with common.progress(total, "ae-synth", unit="clips") as advance:
+    # Written to a temporary directory next to OUT_DIR and moved into place when complete.
+    with common.progress(total, "ae-synth", unit="clips") as advance, atomic_dir(out_dir) as tmp:
         labels = synth.generate(
-            out_dir, n_per_machine=clips_per_machine, machine_types=machine_types,
+            tmp, n_per_machine=clips_per_machine, machine_types=machine_types,
             ids_per_type=ids_per_type, anomaly_fraction=anomaly_fraction, duration=duration,
             sample_rates=sample_rates, seed=seed, formats=_FORMATS[fmt], progress=advance,
             anomaly_kinds=anomaly_kinds, layout=layout)

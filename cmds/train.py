@@ -57,6 +57,15 @@ def _widths(ctx, param, value):
     return widths
 
 
+def _check_where(ctx, param, value):
+    """Parse --where now, so that a refused expression is an error before any work."""
+    if value is not None:
+        from aekit.expr import parse_where
+
+        parse_where(value)  # raises InputError naming the refused construct
+    return value
+
+
 @contextlib.contextmanager
 def stop_signals():
     """Yield a 'stop requested?' callable set by SIGTERM or SIGUSR1 (SLURM preemption)."""
@@ -91,8 +100,8 @@ def _self_sigterm_hook():
 
 
 @common.command("ae-train", help=HELP)
-@click.argument("features", type=click.Path(dir_okay=False))
-@common.output_option(required=True, allow_dash=False,
+@click.argument("features", type=common.RegularFile("a features file"))
+@common.output_option(required=True, allow_dash=False, binary="a model file",
                       help="Model file to write (.safetensors, atomically).")
 @click.option("--preset", type=click.Choice(["default", "tutorial"]), default="default",
               show_default=True,
@@ -122,19 +131,20 @@ def _self_sigterm_hook():
 @common.splits_option(help="Split CSV from ae-split (columns id,split,fold); test rows are never used.")
 @common.fold_option(help="Validation fold K: train on the other train folds, validate on fold K.")
 @common.labels_option
-@click.option("--where", default=None,
-              help="Keep only rows whose labels match this pandas query, e.g. 'anomaly == 0'.")
+@click.option("--where", default=None, callback=_check_where,
+              help="Keep only rows whose labels match this condition, e.g. 'anomaly == 0' "
+                   "(comparisons, in, and/or/not; nothing is executed).")
 @click.option("--early-stop", type=click.IntRange(min=1), default=None,
               help="Stop after N epochs without a better validation loss.")
 @click.option("--keep", type=click.Choice(["best", "last"]), default=None,
               help="Weights in the model file: best validation epoch, or last [default: best; "
                    "tutorial: last].")
-@click.option("--log", "log_path", type=click.Path(dir_okay=False), default=None,
+@click.option("--log", "log_path", type=common.OutputPath(dir_okay=False), default=None,
               help="CSV log: epoch,train_loss,val_loss,lr,seconds,samples_per_s "
                    "(rewritten each epoch).")
 @click.option("--resume", is_flag=True,
               help="Continue from OUTPUT.ckpt/last.pt (error if missing).")
-@click.option("--checkpoint-dir", type=click.Path(file_okay=False), default=None,
+@click.option("--checkpoint-dir", type=common.OutputPath(file_okay=False), default=None,
               help="Checkpoint folder [OUTPUT.ckpt].")
 @click.option("--checkpoint-every", type=click.IntRange(min=1), default=1, show_default=True,
               help="Write last.pt every N epochs (and always on a stop signal).")

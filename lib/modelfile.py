@@ -207,6 +207,22 @@ def read_info(path: str | os.PathLike) -> dict:
     return info
 
 
+def state_mismatch(model: torch.nn.Module, state: dict) -> str:
+    """Why ``state`` does not fit ``model``: the first missing, extra or misshapen tensor."""
+    own = model.state_dict()
+    for name, want in own.items():
+        if name not in state:
+            return f"tensor {name!r} is missing"
+        got = state[name]
+        if tuple(got.shape) != tuple(want.shape):
+            return (f"tensor {name!r} has shape {list(got.shape)}, the architecture expects "
+                    f"{list(want.shape)}")
+    extra = [k for k in state if k not in own]
+    if extra:
+        return f"unexpected tensor {extra[0]!r}"
+    return "tensors do not match"
+
+
 def load_model(path: str | os.PathLike, device: torch.device | str = "cpu") -> LoadedModel:
     """Load a model file safely (safetensors: no code runs); the model is in eval mode."""
     from safetensors.torch import load_file
@@ -218,9 +234,9 @@ def load_model(path: str | os.PathLike, device: torch.device | str = "cpu") -> L
     state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
     try:
         model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
+    except RuntimeError:
         raise InputError(f"{path}: weights do not match the stored architecture: "
-                         f"{str(exc).splitlines()[0]}") from None
+                         f"{state_mismatch(model, state)}") from None
     verify_tensors(path, tensors, info)
     norm = Normalizer(info.get("normalize", "none"), dim=config.input_dim)
     norm.mean = tensors["norm.mean"].clone()

@@ -327,7 +327,11 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     try:
         ck = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:
-        first = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+        if "weights only" in str(exc).lower() or "weights_only" in str(exc):
+            # torch's message ends in advice to turn the safe loading off: never that.
+            first = "it holds Python objects, which are never loaded (ae-train writes none)"
+        else:
+            first = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
         raise InputError(f"{p}: not a readable checkpoint ({first})") from None
     if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
         raise InputError(f"{p}: not an ae-train checkpoint")
@@ -529,7 +533,13 @@ def train(features: str | os.PathLike, output: str | os.PathLike, settings: Trai
     perm_saved: torch.Tensor | None = None
     stopped_early = False
     if ck is not None:
-        model.load_state_dict(ck["model"])
+        try:
+            model.load_state_dict(ck["model"])
+        except RuntimeError:
+            from .modelfile import state_mismatch
+
+            raise InputError(f"{last_path}: checkpoint does not match the model being trained: "
+                             f"{state_mismatch(model, ck['model'])}") from None
         opt.load_state_dict(ck["optimizer"])
         history = list(ck["history"])
         best_val, best_epoch, bad_epochs = ck["best_val"], ck["best_epoch"], ck["bad_epochs"]
