@@ -5,6 +5,7 @@ Exit codes (documented in the README):
   1  runtime or data error (too many bad inputs, NaN loss, ...)
   2  usage error or bad input (missing file, bad option value, missing column, ...)
   3  ae-train only: stopped by SIGTERM/SIGUSR1 after writing a resumable checkpoint
+  128+N  stopped by signal N (130 Ctrl-C/SIGINT, 129 SIGHUP, 143 SIGTERM): temporaries removed
 """
 
 from __future__ import annotations
@@ -13,13 +14,16 @@ import functools
 import logging
 import os
 import shlex
+import signal
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
 import click
 
+from aekit import __version__
 from aekit.errors import AekitError
 
 LOG = logging.getLogger("aekit")
@@ -30,13 +34,29 @@ CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 
 class CommandError(click.ClickException):
     """An expected failure: printed as one line ``prog: error: message``, no traceback."""
 
-    def __init__(self, message: str, exit_code: int = 1):
+    def __init__(self, message: str, exit_code: int = 1, prog: str | None = None):
         super().__init__(message)
         self.exit_code = exit_code
-        self.prog = _prog_name()  # now, while the click context is still current
+        self.prog = prog or _prog_name()  # now, while the click context is still current
 
     def show(self, file=None) -> None:
         click.echo(f"{self.prog}: error: {self.format_message()}", err=True)
+
+
+class Stopped(CommandError):
+    """Stopped by a signal: ``prog: interrupted`` (Ctrl-C), ``prog: terminated (SIGTERM)``."""
+
+    def show(self, file=None) -> None:
+        click.echo(f"{self.prog}: {self.format_message()}", err=True)
+
+
+class Terminated(BaseException):
+    """Raised by the SIGTERM/SIGHUP handler, so that cleanup (``finally``, temporary files)
+    runs as it does for Ctrl-C. A BaseException: ``except Exception`` does not swallow it."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
 
 
 def _prog_name() -> str:
@@ -47,39 +67,257 @@ def _prog_name() -> str:
 
 
 class AeCommand(click.Command):
-    """click.Command that turns library errors into one-line messages with our exit codes."""
+    """click.Command that turns library errors into one-line messages with our exit codes.
+
+    Parser errors too (bad option value, missing option): one line ``prog: error: ...``,
+    exit 2, instead of click's Usage/Try/Error block. Before the body runs, no output may
+    name an input or another output (:func:`check_no_clobber`).
+    """
 
     def make_context(self, info_name, args, parent=None, **extra):
         line = shlex.join([info_name or self.name or "", *args])
-        ctx = super().make_context(info_name, args, parent=parent, **extra)
+        prog = info_name or self.name or _prog_name()
+        try:
+            ctx = super().make_context(info_name, args, parent=parent, **extra)
+        except click.exceptions.NoArgsIsHelpError:
+            raise
+        except click.UsageError as exc:
+            raise CommandError(_one_line(exc.format_message()), exit_code=2, prog=prog) from None
+        except AekitError as exc:  # a parameter type's check (e.g. not a regular file)
+            raise CommandError(str(exc), exit_code=exc.exit_code, prog=prog) from None
         ctx.meta["aekit.command_line"] = line
         return ctx
 
     def invoke(self, ctx: click.Context):
+        global _HARD_EXIT
         try:
+            check_no_clobber(ctx)
             return super().invoke(ctx)
         except AekitError as exc:
+            from aekit.fileio import WriteError
+
+            if isinstance(exc, WriteError):
+                _HARD_EXIT = True  # h5py may be left in a state that crashes at shutdown
             raise CommandError(str(exc), exit_code=exc.exit_code) from None
         except BrokenPipeError:
             _quiet_stdout()
             raise SystemExit(0) from None  # the reader had enough (| head): not an error
         except MemoryError:
             raise CommandError("out of memory; try a smaller --batch-size or --block-size") from None
+        except KeyboardInterrupt:
+            raise Stopped("interrupted", exit_code=130) from None
+        except Terminated as exc:
+            raise Stopped(f"terminated ({signal.Signals(exc.signum).name})",
+                          exit_code=128 + exc.signum) from None
+        except PermissionError as exc:
+            from aekit.fileio import describe_os_error
+
+            raise CommandError(describe_os_error(exc), exit_code=2) from None
+        except OSError as exc:
+            from aekit.fileio import describe_os_error, write_errno
+
+            if write_errno(exc) is None:
+                raise
+            _HARD_EXIT = True
+            raise CommandError(describe_os_error(exc), exit_code=1) from None
+
+
+def _one_line(message: str) -> str:
+    return " ".join(line.strip() for line in message.splitlines() if line.strip())
+
+
+# --------------------------------------------------------------------------- paths
+
+class OutputPath(click.Path):
+    """A path the command writes. Outputs are checked against inputs and each other
+    (:func:`check_no_clobber`). With ``refuse_dash`` (the reason, e.g. "HDF5 cannot be
+    written to stdout"), '-' is a usage error instead of a file literally named '-'."""
+
+    def __init__(self, *args, refuse_dash: str | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.refuse_dash = refuse_dash
+
+    def convert(self, value, param, ctx):
+        if self.refuse_dash and str(value) == "-":
+            self.fail(f"{self.refuse_dash}; give a file name", param, ctx)
+        return super().convert(value, param, ctx)
+
+
+class RegularFile(click.Path):
+    """An input that must be a regular, readable file (HDF5, model): a FIFO, a device, a
+    directory or an unreadable file is refused before any work, in one line."""
+
+    def __init__(self, what: str = "input", **kwargs):
+        kwargs.setdefault("dir_okay", False)
+        super().__init__(**kwargs)
+        self.what = what
+
+    def convert(self, value, param, ctx):
+        from aekit.fileio import check_regular_file
+
+        value = super().convert(value, param, ctx)
+        if os.path.lexists(value):
+            check_regular_file(value, self.what)
+        return value
+
+
+def _flag(param: click.Parameter) -> str:
+    if isinstance(param, click.Argument):
+        return param.human_readable_name
+    return "/".join(param.opts)
+
+
+def _same(a: str, b: str) -> bool:
+    """Same file: os.path.samefile where both exist (symlinks, hard links, other
+    spellings), else the same resolved path."""
+    try:
+        if os.path.exists(a) and os.path.exists(b):
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def _stdin_is(path: str) -> bool:
+    try:
+        return os.path.samestat(os.fstat(sys.stdin.fileno()), os.stat(path))
+    except (OSError, ValueError, AttributeError):  # no real stdin (tests), or no such path
+        return False
+
+
+def check_no_clobber(ctx: click.Context) -> None:
+    """Refuse (exit 2, before any work) an output that names an input of the same command,
+    or another output: same file by os.path.samefile (through symlinks, hard links or
+    another spelling), stdin redirected from it included. Inputs are every path parameter
+    that is not an :class:`OutputPath`."""
+    inputs: list[tuple[str, str]] = []
+    outputs: list[tuple[str, str]] = []
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if value is None or not isinstance(param.type, click.Path):
+            continue
+        for v in (value if isinstance(value, (tuple, list)) else (value,)):
+            v = os.fspath(v)
+            (outputs if isinstance(param.type, OutputPath) else inputs).append((_flag(param), v))
+    for i, (oflag, out) in enumerate(outputs):
+        if out == "-":
+            continue
+        for iflag, inp in inputs:
+            if (inp == "-" and _stdin_is(out)) or (inp != "-" and os.path.exists(inp) and _same(out, inp)):
+                where = "stdin" if inp == "-" else f"input {iflag} {inp}"
+                raise CommandError(f"{oflag} {out} is the same file as {where}: refusing to "
+                                   "overwrite an input; choose another output", exit_code=2)
+        for oflag2, out2 in outputs[i + 1:]:
+            if out2 != "-" and _same(out, out2):
+                raise CommandError(f"{oflag} and {oflag2} name the same file ({out}); "
+                                   "give each output its own", exit_code=2)
 
 
 def command(name: str, **kwargs):
-    """Decorator for an ae-* command: our Command class, -h/--help, shared context settings."""
+    """Decorator for an ae-* command: our Command class, -h/--help, --version, shared settings."""
     kwargs.setdefault("context_settings", CONTEXT_SETTINGS)
-    return click.command(name, cls=AeCommand, **kwargs)
+
+    def decorate(f: Callable) -> click.Command:
+        f = click.version_option(__version__, "--version", prog_name=name,
+                                 message="%(prog)s (aekit) %(version)s",
+                                 help="Show the version and exit.")(f)
+        return click.command(name, cls=AeCommand, **kwargs)(f)
+
+    return decorate
+
+
+#: Set when a write failed: h5py can be left in a state that crashes the interpreter's
+#: shutdown, so run() ends the process at once (after the message, temporaries removed).
+_HARD_EXIT = False
 
 
 def run(cli: click.Command, prog_name: str) -> None:
-    """Console-script entry point: run ``cli``; a closed stdout (``| head``) is not an error."""
+    """Console-script entry point: run ``cli``; a closed stdout (``| head``) is not an error.
+
+    SIGTERM and SIGHUP end the command like Ctrl-C does (cleanup runs, temporaries are
+    removed), with status 128 + the signal number; forked workers exit quietly.
+    """
+    global _HARD_EXIT
+    _HARD_EXIT = False
+    install_signal_handlers()
+    sys.unraisablehook = _unraisable
+    sys.excepthook = _excepthook
     try:
         cli.main(prog_name=prog_name)
     except BrokenPipeError:  # raised by the final flush, after the command returned
         _quiet_stdout()
         sys.exit(0)
+    except SystemExit as exc:
+        if _HARD_EXIT:
+            code = exc.code if isinstance(exc.code, int) else 1
+            for stream in (sys.stdout, sys.stderr):
+                try:
+                    stream.flush()
+                except (OSError, ValueError):
+                    pass
+            os._exit(code)
+        raise
+
+
+def install_signal_handlers() -> None:
+    """SIGTERM/SIGHUP raise :class:`Terminated` in this process (so atomic outputs clean
+    up); in a forked worker they, and SIGINT, end it at once without a traceback."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    main_pid = os.getpid()
+
+    def on_signal(signum, frame):
+        if os.getpid() != main_pid:  # a forked worker: the parent reports and cleans up
+            os._exit(128 + signum)
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        raise Terminated(signum)
+
+    for name in ("SIGTERM", "SIGHUP", "SIGINT"):
+        sig = getattr(signal, name, None)
+        if sig is not None and signal.getsignal(sig) in (signal.SIG_DFL, signal.default_int_handler):
+            signal.signal(sig, on_signal)
+    if sys.platform.startswith("linux") and hasattr(os, "register_at_fork"):
+        os.register_at_fork(after_in_child=_die_with_parent)
+
+
+def _die_with_parent() -> None:
+    """In a forked worker (Linux): SIGTERM when the parent dies, even by SIGKILL, so that no
+    orphan keeps working (and the handler above ends it quietly)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+        if os.getppid() == 1:  # the parent is already gone
+            os._exit(128 + signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
+
+
+_default_unraisable = sys.unraisablehook
+_default_excepthook = sys.excepthook
+
+
+def _unraisable(unraisable) -> None:
+    """Drop h5py's 'Exception ignored in __dealloc__' noise that follows a failed write
+    (the one-line error says it all); anything else is reported as usual."""
+    from aekit.fileio import write_errno
+
+    if unraisable.exc_value is not None and write_errno(unraisable.exc_value) is not None:
+        return
+    _default_unraisable(unraisable)
+
+
+def _excepthook(exc_type, exc_value, tb) -> None:
+    """h5py's deallocators print their failures through sys.excepthook (Cython's full
+    tracebacks): after a failed write, that is noise. Everything else as usual."""
+    from aekit.fileio import write_errno
+
+    if exc_value is not None and write_errno(exc_value) is not None:
+        return
+    _default_excepthook(exc_type, exc_value, tb)
 
 
 def _quiet_stdout() -> None:
@@ -185,13 +423,18 @@ def progress(total: int | None, description: str, unit: str = "items") -> Iterat
 
 # --------------------------------------------------------------------------- shared options
 
-def output_option(required: bool = False, allow_dash: bool = True, help: str | None = None):
-    """-o/--output: a file (written atomically), or '-' for stdout where a stream makes sense."""
+def output_option(required: bool = False, allow_dash: bool = True, help: str | None = None,
+                  binary: str = "HDF5"):
+    """-o/--output: a file (written atomically), or '-' for stdout where a stream makes sense.
+
+    Without ``allow_dash``, '-' is refused: "``binary`` cannot be written to stdout".
+    """
     default_help = ("Output file, written atomically; '-' or omitted: stdout."
                     if allow_dash else "Output file (written atomically).")
     kwargs = {} if required else {"default": "-" if allow_dash else None}
+    refuse = None if allow_dash else f"{binary} cannot be written to stdout"
     return click.option("-o", "--output", "output", required=required,
-                        type=click.Path(dir_okay=False, allow_dash=allow_dash),
+                        type=OutputPath(dir_okay=False, allow_dash=allow_dash, refuse_dash=refuse),
                         help=help or default_help, **kwargs)
 
 
@@ -229,6 +472,23 @@ def labels_option(f: Callable) -> Callable:
     return click.option("--labels", "labels_path",
                         type=click.Path(dir_okay=False, allow_dash=True), default=None,
                         help="CSV with an 'id' column and label columns, joined by id.")(f)
+
+
+def _check_where(ctx, param, value):
+    """Parse --where now, so that a refused expression is an error before any work."""
+    if value is not None:
+        from aekit.expr import parse_where
+
+        parse_where(value)  # raises InputError naming the refused construct
+    return value
+
+
+def where_option(f: Callable) -> Callable:
+    """--where EXPR: keep only rows whose --labels match (the safe language of aekit.expr),
+    parsed when the command line is (a refused expression is a usage error before any work)."""
+    return click.option("--where", default=None, metavar="EXPR", callback=_check_where,
+                        help="Keep only rows whose --labels match EXPR, e.g. 'anomaly == 0' or "
+                             "\"machine_type == 'fan'\" (comparisons, in, and/or/not).")(f)
 
 
 def fail_usage(message: str) -> None:

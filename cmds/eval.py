@@ -36,8 +36,9 @@ HELP = """Evaluate a trained autoencoder on a features file, or summarize per-fo
 
 \b
 ae-eval MODEL FEATURES [options]
-  Per-clip reconstruction error (MSE in dB², MAE in dB) of the selected rows; a JSON report
-  on stdout (or -o): count, mean, std, median, percentiles, per split when several occur.
+  Per-clip reconstruction error (MSE in dB², MAE in dB) of the selected rows (--splits/--split/
+  --fold, then --where EXPR on the --labels); a JSON report on stdout (or -o): count, mean,
+  std, median, percentiles, per split when several occur.
   --scores CSV   per-clip table: id,split,mse,mae (+ the label columns with --labels).
   --anomaly-column COL (1 = anomalous): ROC AUC and DCASE pAUC (raw area for FPR in [0, p]
                  divided by p, p = --max-fpr), overall and per --group-by COL with arithmetic
@@ -111,6 +112,7 @@ def _summarize(reports: tuple[str, ...], output: str | None, table: bool,
 @common.output_option(help="JSON report (or summary), written atomically; '-' or omitted: stdout.")
 @common.selection_options
 @common.labels_option
+@common.where_option
 @click.option("--anomaly-column", default=None, metavar="COL",
               help="Label column with 1 = anomalous, 0 = normal: ROC AUC and DCASE pAUC.")
 @click.option("--group-by", default=None, metavar="COL",
@@ -122,9 +124,9 @@ def _summarize(reports: tuple[str, ...], output: str | None, table: bool,
               show_default=True, help="Which reconstruction error is the anomaly score.")
 @click.option("--max-fpr", type=click.FloatRange(0, 1, min_open=True), default=0.1,
               show_default=True, help="Upper FPR bound p of the partial AUC (DCASE: 0.1).")
-@click.option("--scores", "scores_path", type=click.Path(dir_okay=False, allow_dash=True),
+@click.option("--scores", "scores_path", type=common.OutputPath(dir_okay=False, allow_dash=True),
               default=None, help="Write per-clip scores CSV (id,split,mse,mae,+labels).")
-@click.option("--plots", "plots_dir", type=click.Path(file_okay=False), default=None,
+@click.option("--plots", "plots_dir", type=common.OutputPath(file_okay=False), default=None,
               help="Directory for PNG plots (created if missing).")
 @click.option("--log", "log_path", type=click.Path(dir_okay=False, allow_dash=True), default=None,
               help="ae-train --log CSV for the loss plot (default: the model's own history).")
@@ -138,7 +140,8 @@ def cli(inputs, summarize: bool, table: bool, all_metrics: bool, output: str | N
     _stdout_conflict(output, opts["scores_path"], table)
     if summarize:
         model_only = {"--splits": "splits_path", "--split": "split_name", "--fold": "fold",
-                      "--labels": "labels_path", "--anomaly-column": "anomaly_column",
+                      "--labels": "labels_path", "--where": "where",
+                      "--anomaly-column": "anomaly_column",
                       "--group-by": "group_by", "--probe-column": "probe_column",
                       "--scores": "scores_path", "--plots": "plots_dir", "--log": "log_path"}
         used = [flag for flag, name in model_only.items() if opts[name] is not None]
@@ -154,19 +157,31 @@ def cli(inputs, summarize: bool, table: bool, all_metrics: bool, output: str | N
 
 
 def _evaluate(model: str, features: str, *, output, table, all_metrics, splits_path, split_name,
-              fold, labels_path, anomaly_column, group_by, probe_column, score_name, max_fpr,
+              fold, labels_path, where, anomaly_column, group_by, probe_column, score_name, max_fpr,
               scores_path, plots_dir, log_path, batch_size, seed, device) -> None:
+    from contextlib import nullcontext
+
     from aekit import evaluation, metrics
     from aekit.device import resolve_device
-    from aekit.fileio import open_output
+    from aekit.fileio import atomic_dir, check_regular_file, open_output
 
-    opts = evaluation.EvalOptions(
-        labels_path=labels_path, anomaly_column=anomaly_column, group_by=group_by,
-        probe_column=probe_column, score=score_name, max_fpr=max_fpr, plots_dir=plots_dir,
-        seed=seed)
-    report, per_clip = evaluation.evaluate_file(
-        model, features, opts, splits_path, split_name, fold, batch_size, resolve_device(device),
-        command=common.command_line(), log_path=log_path, progress=common.progress)
+    check_regular_file(model, "a model file")
+    check_regular_file(features, "a features file")
+    # Plots go to a temporary directory, renamed into place only when all are written.
+    with (atomic_dir(plots_dir) if plots_dir else nullcontext()) as tmp_plots:
+        opts = evaluation.EvalOptions(
+            labels_path=labels_path, anomaly_column=anomaly_column, group_by=group_by,
+            probe_column=probe_column, score=score_name, max_fpr=max_fpr,
+            plots_dir=str(tmp_plots) if plots_dir else None, seed=seed)
+        report, per_clip = evaluation.evaluate_file(
+            model, features, opts, splits_path, split_name, fold, batch_size,
+            resolve_device(device), command=common.command_line(), log_path=log_path,
+            progress=common.progress, where=where)
+    if plots_dir and isinstance(report.get("plots"), dict):  # name the final paths
+        import os
+
+        report["plots"] = {k: os.path.join(plots_dir, os.path.relpath(v, tmp_plots))
+                           for k, v in report["plots"].items()}
     if scores_path:
         with open_output(scores_path) as fh:
             per_clip.to_csv(fh, index=False, float_format="%.6g")

@@ -34,7 +34,7 @@ See also: ae-merge, ae-split, ae-train, ae-encode, ae-eval.
 
 
 @common.command("ae-featurize", help=HELP)
-@click.argument("inputs", nargs=-1, required=True)
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(allow_dash=True))
 @common.output_option(required=True, allow_dash=False, help="Features file to write (HDF5, atomically).")
 @common.mel_options
 @common.jobs_option
@@ -73,6 +73,10 @@ def cli(inputs, output, jobs, block_size, on_error, max_fail_frac, root, shard, 
         LOG.warning("%d clip(s) had more than %d channel(s): kept the first %d "
                     "(--channel-policy mix mixes them down instead)",
                     report.channels_cut, params.channels, params.channels)
+    if report.truncated:
+        LOG.warning("%d file(s) end before their header says (truncated body), zero-padded and "
+                    "flagged in /truncated: %s", len(report.truncated), ", ".join(report.truncated[:3])
+                    + (f" (and {len(report.truncated) - 3} more)" if len(report.truncated) > 3 else ""))
     LOG.info("Done %d of %d (%d failed) -> %s", report.written, report.total,
              len(report.failures), output)
 

@@ -26,7 +26,7 @@ See also: ae-featurize, ae-split.
 
 
 @common.command("ae-merge", help=HELP)
-@click.argument("shards", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.argument("shards", nargs=-1, required=True, type=common.RegularFile("a features file"))
 @common.output_option(required=True, allow_dash=False, help="Merged features file (HDF5, atomically).")
 @common.verbosity_options
 def cli(shards, output):

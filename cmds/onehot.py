@@ -43,7 +43,7 @@ See also: ae-featurize, ae-split, ae-train, ae-encode, ae-eval.
 @click.option("-c", "--column", "columns", multiple=True, metavar="COL",
               help="Column to encode; repeat for several. With --categories: default all saved.")
 @click.option("--keep-original", is_flag=True, help="Keep the encoded columns as well.")
-@click.option("--save-categories", "save_path", type=click.Path(dir_okay=False), default=None,
+@click.option("--save-categories", "save_path", type=common.OutputPath(dir_okay=False), default=None,
               help="Write the categories seen to this JSON file (atomically).")
 @click.option("--categories", "categories_path", type=click.Path(dir_okay=False, allow_dash=True),
               default=None, help="Apply categories saved by --save-categories instead of fitting.")

@@ -20,14 +20,23 @@ seed, same bytes.
 Files: OUT_DIR/<type>/<id_NN>/<normal|anomaly>_<NNNN>.wav (16-bit PCM). OUT_DIR/labels.csv has
 columns {",".join(synth.LABEL_COLUMNS)}; its ids are the ones ae-featurize gives the files.
 
+--layout dcase2020 names the same clips as DCASE 2020 Task 2 does:
+OUT_DIR/<type>/train/normal_id_NN_<8 digits>.wav (normal clips only) and
+OUT_DIR/<type>/test/<normal|anomaly>_id_NN_<8 digits>.wav (every anomalous clip and as many
+normal ones, at least one normal clip staying in train). labels.csv then has the columns
+ae-labels --preset dcase2020 parses from the ids (machine_id 00, machine fan_id_00, split,
+label, anomaly, clip) followed by anomaly_kind, sample_rate, channels.
+
 \b
 Example:
   ae-synth data/demo
   ae-synth data/small --clips-per-machine 10 --machine-types fan,pump --duration 2
   ae-featurize data/demo -o features.h5
+  ae-synth data/dcase --layout dcase2020 && ae-featurize data/dcase -o dcase.h5
+  ae-labels dcase.h5 --preset dcase2020 -o labels.csv
 
 \b
-See also: ae-featurize, ae-split, ae-train, ae-eval.
+See also: ae-featurize, ae-labels, ae-split, ae-train, ae-eval.
 """
 
 
@@ -85,22 +94,27 @@ _FORMATS = {"wav": ("wav",), "flac": ("flac",), "mixed": ("wav", "flac")}
 @common.seed_option(default=synth.DEFAULT_SEED)
 @click.option("--format", "fmt", type=click.Choice(sorted(_FORMATS)), default="wav", show_default=True,
               help="Audio files: wav, flac, or mixed (alternating within each machine).")
+@click.option("--layout", type=click.Choice(synth.LAYOUTS), default="default", show_default=True,
+              help="File names: <type>/<id_NN>/..., or DCASE 2020's <type>/<train|test>/... (see above).")
 @common.verbosity_options
 def cli(out_dir, clips_per_machine, machine_types, ids_per_type, anomaly_fraction, anomaly_kinds,
-        duration, sample_rates, seed, fmt):
+        duration, sample_rates, seed, fmt, layout):
     if seed < 0:
         common.fail_usage(f"--seed must be >= 0, got {seed}")
+    from aekit.fileio import atomic_dir
+
     total = len(machine_types) * ids_per_type * clips_per_machine
-    with common.progress(total, "ae-synth", unit="clips") as advance:
+    # Written to a temporary directory next to OUT_DIR and moved into place when complete.
+    with common.progress(total, "ae-synth", unit="clips") as advance, atomic_dir(out_dir) as tmp:
         labels = synth.generate(
-            out_dir, n_per_machine=clips_per_machine, machine_types=machine_types,
+            tmp, n_per_machine=clips_per_machine, machine_types=machine_types,
             ids_per_type=ids_per_type, anomaly_fraction=anomaly_fraction, duration=duration,
             sample_rates=sample_rates, seed=seed, formats=_FORMATS[fmt], progress=advance,
-            anomaly_kinds=anomaly_kinds)
+            anomaly_kinds=anomaly_kinds, layout=layout)
     n_anomalous = int(labels["anomaly"].sum())
     common.LOG.info("wrote %d clips (%d normal, %d anomalous) of %d machines; labels: %s",
                     len(labels), len(labels) - n_anomalous, n_anomalous,
-                    labels["machine_id"].nunique(), os.path.join(out_dir, synth.LABELS_NAME))
+                    len(machine_types) * ids_per_type, os.path.join(out_dir, synth.LABELS_NAME))
 
 
 def main() -> None:

@@ -108,8 +108,8 @@ def _self_sigterm_hook():
 
 
 @common.command("ae-train", help=HELP)
-@click.argument("features", type=click.Path(dir_okay=False))
-@common.output_option(required=True, allow_dash=False,
+@click.argument("features", type=common.RegularFile("a features file"))
+@common.output_option(required=True, allow_dash=False, binary="a model file",
                       help="Model file to write (.safetensors, atomically).")
 @click.option("--preset", type=click.Choice(list(S.PRESETS)), default="default",
               show_default=True,
@@ -142,19 +142,18 @@ def _self_sigterm_hook():
 @common.splits_option(help="Split CSV from ae-split (columns id,split,fold); test rows are never used.")
 @common.fold_option(help="Validation fold K: train on the other train folds, validate on fold K.")
 @common.labels_option
-@click.option("--where", default=None,
-              help="Keep only rows whose labels match this pandas query, e.g. 'anomaly == 0'.")
+@common.where_option
 @click.option("--early-stop", type=click.IntRange(min=1), default=None,
               help="Stop after N epochs without a better validation loss.")
 @click.option("--keep", type=click.Choice(S.KEEP), default=None,
               help="Weights in the model file: best validation epoch, or last [default: best; "
                    "tutorial: last].")
-@click.option("--log", "log_path", type=click.Path(dir_okay=False), default=None,
+@click.option("--log", "log_path", type=common.OutputPath(dir_okay=False), default=None,
               help="CSV log: epoch,train_loss,val_loss,lr,seconds,samples_per_s "
                    "(rewritten each epoch).")
 @click.option("--resume", is_flag=True,
               help="Continue from OUTPUT.ckpt/last.pt (error if missing).")
-@click.option("--checkpoint-dir", type=click.Path(file_okay=False), default=None,
+@click.option("--checkpoint-dir", type=common.OutputPath(file_okay=False), default=None,
               help="Checkpoint folder [OUTPUT.ckpt].")
 @click.option("--checkpoint-every", type=click.IntRange(min=1), default=1, show_default=True,
               help="Write last.pt every N epochs (and always on a stop signal).")

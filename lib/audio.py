@@ -55,7 +55,10 @@ def discover(inputs: Sequence[str], stdin_lines: Iterable[str] | None = None) ->
         p = Path(item)
         if p.is_dir():
             found = sorted(
-                (q for q in p.rglob("*") if q.suffix.lower() in AUDIO_EXTENSIONS and q.is_file()),
+                # A dangling symlink is kept: it becomes a failed input with a reason, not a
+                # file silently missing from the data set.
+                (q for q in p.rglob("*") if q.suffix.lower() in AUDIO_EXTENSIONS
+                 and (q.is_file() or _dangling(q))),
                 key=lambda q: q.as_posix(),
             )
         elif p.exists():
@@ -71,6 +74,23 @@ def discover(inputs: Sequence[str], stdin_lines: Iterable[str] | None = None) ->
         raise InputError("no audio files found in the inputs "
                          f"(extensions: {', '.join(sorted(AUDIO_EXTENSIONS))})")
     return out
+
+
+def _dangling(p: Path) -> bool:
+    return p.is_symlink() and not p.exists()
+
+
+def body_truncated(f) -> bool:
+    """Whether an open soundfile's body is shorter than its header declares (a cut-off WAV,
+    AIFF, ...). libsndfile then reports only the frames present; its header log says
+    ``data : DECLARED (should be PRESENT)``."""
+    import re
+
+    info = getattr(f, "extra_info", "") or ""
+    for m in re.finditer(r"^\s*(?:data|SSND)\s*:\s*(\d+)\s*\(should be (\d+)\)", info, re.M):
+        if int(m.group(2)) < int(m.group(1)):
+            return True
+    return False
 
 
 def common_root(inputs: Sequence[str | os.PathLike], paths: Sequence[Path]) -> Path:
@@ -112,6 +132,7 @@ class Clip:
     source_frames: int  # the file's length in its own samples
     valid_samples: int  # samples at the target rate before zero-padding
     channels_cut: bool = False  # the file had more channels than kept
+    truncated: bool = False  # the file's body is shorter than its header declares
 
 
 def resample(x: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
@@ -147,6 +168,8 @@ def load_clip(path: str | os.PathLike, sample_rate: int, num_samples: int, chann
     """
     import soundfile as sf
 
+    if _dangling(Path(path)):
+        raise AudioError(f"dangling symbolic link (its target {os.readlink(path)} does not exist)")
     try:
         if os.path.getsize(path) == 0:
             raise AudioError("empty file (0 bytes)")
@@ -161,8 +184,11 @@ def load_clip(path: str | os.PathLike, sample_rate: int, num_samples: int, chann
                 need = num_samples
             else:
                 need = math.ceil(num_samples * sr / sample_rate) + RESAMPLE_MARGIN
-            data = f.read(frames=need if frames <= 0 else min(need, frames),
-                          dtype="float32", always_2d=True)  # [n, ch]
+            want = need if frames <= 0 else min(need, frames)
+            data = f.read(frames=want, dtype="float32", always_2d=True)  # [n, ch]
+            # MP3 lengths without a Xing/Info header are estimates: allow two MPEG frames.
+            slack = 2304 if f.format == "MP3" else 0
+            truncated = body_truncated(f) or (frames > 0 and data.shape[0] < want - slack)
     except AudioError:
         raise
     except sf.LibsndfileError as exc:
@@ -180,4 +206,4 @@ def load_clip(path: str | os.PathLike, sample_rate: int, num_samples: int, chann
     x, cut = fix_channels(np.ascontiguousarray(y.T), channels, channel_policy)  # [C, n']
     if x.shape[1] < num_samples:
         x = np.pad(x, ((0, 0), (0, num_samples - x.shape[1])))  # zero-pad on the right
-    return Clip(np.ascontiguousarray(x, dtype=np.float32), sr, ch, frames, valid, cut)
+    return Clip(np.ascontiguousarray(x, dtype=np.float32), sr, ch, frames, valid, cut, truncated)

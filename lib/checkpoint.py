@@ -60,7 +60,11 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     try:
         ck = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:
-        first = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+        if "weights only" in str(exc).lower() or "weights_only" in str(exc):
+            # torch's message ends in advice to turn the safe loading off: never that.
+            first = "it holds Python objects, which are never loaded (ae-train writes none)"
+        else:
+            first = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
         raise InputError(f"{p}: not a readable checkpoint ({first})") from None
     if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
         raise InputError(f"{p}: not an ae-train checkpoint")

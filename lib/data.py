@@ -30,7 +30,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from .errors import InputError
+from .errors import AekitError, InputError
 from .settings import DATA_MODES
 from .selection import load_labels, load_splits, query_rows, select_rows
 from .store import FeatureFile
@@ -276,7 +276,18 @@ class _BatchReader(torch.utils.data.Dataset):
         if self.ff is None:
             self.ff = FeatureFile(self.path)
         rows, offsets = self.batches_[i]
-        return torch.from_numpy(self.ff.read(rows)), torch.from_numpy(offsets)  # [b, C, M, T]
+        try:
+            return torch.from_numpy(self.ff.read(rows)), torch.from_numpy(offsets)  # [b, C, M, T]
+        except AekitError as exc:  # handed back as a value: see worker_result
+            return exc
+
+
+def worker_result(xb):
+    """A batch from a DataLoader worker, or the error it met raised here as itself: raised in
+    the worker, torch would wrap it in its traceback text, not the one-line message."""
+    if isinstance(xb, AekitError):
+        raise xb
+    return xb
 
 
 def _one_thread(_worker_id: int) -> None:
@@ -317,7 +328,8 @@ class StreamSource:
             _BatchReader(self.path, parts), batch_size=None, shuffle=False,
             num_workers=self.workers, worker_init_fn=_one_thread if self.workers else None,
             pin_memory=self.device.type == "cuda")
-        for clips, offsets in loader:
+        for item in loader:
+            clips, offsets = worker_result(item)
             xb = self.normalizer.transform(clips.to(self.device, non_blocking=True))
             yield self.model.take_units(xb, offsets.to(self.device))  # [b, D]
 

@@ -316,13 +316,17 @@ def encode_file(model_path: str | os.PathLike, features_path: str | os.PathLike,
                 output: str | os.PathLike, splits_path: str | os.PathLike | None = None,
                 split: str | None = None, fold: int | None = None,
                 batch_size: int = DEFAULT_BATCH, device: torch.device | str = "cpu",
-                command: str = "", progress: ProgressFactory = null_progress) -> tuple[int, int]:
-    """ae-encode as a function: write the latents of the selected rows; return (encoded, total)."""
-    from .selection import select_rows
+                command: str = "", progress: ProgressFactory = null_progress,
+                labels_path: str | os.PathLike | None = None,
+                where: str | None = None) -> tuple[int, int]:
+    """ae-encode as a function: write the latents of the selected rows; return (encoded, total).
+
+    ``where`` (with ``labels_path``) keeps only the selected rows whose labels match."""
+    from .selection import restrict_rows, select_rows
 
     with open_inputs(model_path, features_path, splits_path, device) as (lm, ff, splits):
         fold = fold_for(lm, splits, fold)
-        rows = select_rows(ff.ids, splits, split, fold)
+        rows = restrict_rows(ff.ids, select_rows(ff.ids, splits, split, fold), labels_path, where)
         if rows.size == 0:
             raise InputError("no rows selected: nothing to encode")
         prov = provenance(model_path, features_path, splits_path, split, fold)
@@ -339,19 +343,22 @@ def evaluate_file(model_path: str | os.PathLike, features_path: str | os.PathLik
                   split: str | None = None, fold: int | None = None,
                   batch_size: int = DEFAULT_BATCH, device: torch.device | str = "cpu",
                   command: str = "", log_path: str | os.PathLike | None = None,
-                  progress: ProgressFactory = null_progress):
+                  progress: ProgressFactory = null_progress, where: str | None = None):
     """ae-eval as a function: return (the JSON report as a dict, the per-clip DataFrame).
+
+    ``where`` keeps only the selected rows whose labels (``opts.labels_path``) match.
 
     The probe's training rows are the train rows of ``fold`` (all train rows without a fold);
     the loss plot uses the model's history unless ``log_path`` (an ae-train --log CSV) is given.
     """
     from dataclasses import replace
 
-    from .selection import select_rows
+    from .selection import restrict_rows, select_rows
 
     with open_inputs(model_path, features_path, splits_path, device) as (lm, ff, splits):
         fold = fold_for(lm, splits, fold)
-        rows = select_rows(ff.ids, splits, split, fold)
+        rows = restrict_rows(ff.ids, select_rows(ff.ids, splits, split, fold), opts.labels_path,
+                             where)
         if log_path:
             from .plots import read_training_log
 
@@ -376,7 +383,8 @@ def evaluate_file(model_path: str | os.PathLike, features_path: str | os.PathLik
                   "latent": lm.latent, "input_shape": list(lm.input_shape)},
         "features": {"path": prov["features"], "sha256": prov["features_sha256"], "count": total},
         "selection": {"splits": prov["splits"], "splits_sha256": prov["splits_sha256"],
-                      "split": split or "all", "fold": fold},
+                      "split": split or "all", "fold": fold,
+                      **({"where": where} if where is not None else {})},
         **sections,
     }
     return report, per_clip

@@ -249,7 +249,8 @@ class _Evaluator:
             return bool({"==": a == b, "!=": a != b, "<": a < b, "<=": a <= b, ">": a > b,
                          ">=": a >= b}[op])
         for side in (a, b):
-            if isinstance(side, pd.Series) and side.dtype == object and op not in ("==", "!="):
+            if (isinstance(side, pd.Series) and op not in ("==", "!=")
+                    and (side.dtype == object or pd.api.types.is_string_dtype(side.dtype))):
                 other = b if side is a else a
                 if not isinstance(other, (str, pd.Series)):
                     raise InputError(f"bad --where expression {_show(self.text)}: column "

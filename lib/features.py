@@ -183,3 +183,112 @@ def tutorial_features(waveform: torch.Tensor, sample_rate: int, params: MelParam
                            hop_length=params.hop_length, n_mels=params.n_mels)
     to_db = T.AmplitudeToDB(top_db=params.top_db)
     return to_db(mel(waveform))
+
+
+def empty_mel_filters(params: MelParams, n_mels: int | None = None,
+                      n_fft: int | None = None) -> list[int]:
+    """Indices of the Mel filters that no FFT bin falls inside (all-zero rows), computed on the
+    very filterbank MelFrontend uses (torchaudio's, HTK scale, no norm) for ``n_mels`` bands
+    (default: the params' own)."""
+    import warnings
+
+    import torch
+    import torchaudio.functional as AF
+
+    p = params
+    f_max = p.f_max if p.f_max is not None else p.sample_rate / 2
+    with warnings.catch_warnings():  # torchaudio warns about empty filters: we say it ourselves
+        warnings.simplefilter("ignore")
+        fb = AF.melscale_fbanks((n_fft or p.n_fft) // 2 + 1, p.f_min, f_max, n_mels or p.n_mels,
+                                p.sample_rate, norm=None, mel_scale="htk")  # [n_freqs, n_mels]
+    return torch.nonzero(fb.amax(dim=0) <= 0).flatten().tolist()
+
+
+def _empty_count_fast(params: MelParams, n_mels: int, n_fft: int | None = None) -> int:
+    """Empty filters of the same filterbank, without building it: filter k is non-zero exactly
+    when some bin frequency lies strictly between its edges f_pts[k] and f_pts[k+2] (the same
+    float32 points torchaudio computes). Used only to search; answers are confirmed on the
+    real filterbank."""
+    import torch
+    import torchaudio.functional.functional as AFF
+
+    p = params
+    f_max = p.f_max if p.f_max is not None else p.sample_rate / 2
+    all_freqs = torch.linspace(0, p.sample_rate // 2, (n_fft or p.n_fft) // 2 + 1)
+    m_pts = torch.linspace(AFF._hz_to_mel(p.f_min, mel_scale="htk"),
+                           AFF._hz_to_mel(f_max, mel_scale="htk"), n_mels + 2)
+    f_pts = AFF._mel_to_hz(m_pts, mel_scale="htk")
+    above_low = torch.searchsorted(all_freqs, f_pts[:-2], right=True)  # bins <= lower edge
+    below_high = torch.searchsorted(all_freqs, f_pts[2:], right=False)  # bins < upper edge
+    return int((below_high <= above_low).sum())
+
+
+def max_mel_bands(params: MelParams, upto: int | None = None) -> int:
+    """The largest n_mels <= ``upto`` (default: the params' n_mels) whose filterbank has no
+    empty filter at these n_fft, sample_rate, f_min and f_max; 0 when none has.
+
+    Filters narrow as n_mels grows, so the search bisects; the answer is then confirmed on the
+    real filterbank (and walked down should the two ever disagree).
+    """
+    hi = upto or params.n_mels
+    if _empty_count_fast(params, 1):
+        lo = 0
+    else:
+        lo = 1  # invariant: lo works, every n > hi_bad fails
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if _empty_count_fast(params, mid) == 0:
+                lo = mid
+            else:
+                hi = mid - 1
+    n = lo
+    while n > 0 and empty_mel_filters(params, n):
+        n -= 1
+    return n
+
+
+def min_n_fft(params: MelParams, limit: int = 1 << 20) -> int | None:
+    """The smallest n_fft (up to ``limit``) giving the params' n_mels no empty filter; None when
+    none does (e.g. a sample rate so low that every FFT bin sits at 0 Hz)."""
+    p = params
+    if _empty_count_fast(p, p.n_mels, limit):
+        return None
+    lo, hi = p.n_fft + 1, limit  # invariant: hi works
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if _empty_count_fast(p, p.n_mels, mid) == 0:
+            hi = mid
+        else:
+            lo = mid + 1
+    n = hi
+    while n <= limit and empty_mel_filters(p, n_fft=n):
+        n += 1
+    return n if n <= limit else None
+
+
+def check_mel_params(params: MelParams) -> None:
+    """Refuse settings whose Mel filterbank has empty filters (InputError, naming the limit).
+
+    An empty filter (no FFT bin inside its triangle) gives a band that is the -100 dB floor
+    (or the top_db floor) for every clip whatever the audio: constant features that pass for
+    data. Too many --n-mels for --n-fft, a tiny --n-fft or a tiny --sample-rate all do this.
+    """
+    from .errors import InputError
+
+    empty = empty_mel_filters(params)
+    if not empty:
+        return
+    p = params
+    f_max = p.f_max if p.f_max is not None else p.sample_rate / 2
+    setting = (f"--n-fft {p.n_fft} at --sample-rate {p.sample_rate} "
+               f"(f_min {p.f_min:g} Hz, f_max {f_max:g} Hz)")
+    best = max_mel_bands(p, p.n_mels - 1)
+    need = min_n_fft(p)
+    fft = (f"the smallest --n-fft for {p.n_mels} bands is {need}" if need
+           else f"no --n-fft gives {p.n_mels} bands at this sample rate")
+    if best:
+        raise InputError(f"--n-mels {p.n_mels} is too many for {setting}: {len(empty)} Mel "
+                         f"filter(s) contain no FFT bin; at most --n-mels {best} works here "
+                         f"({fft})")
+    raise InputError(f"no Mel filter contains an FFT bin with {setting} ({fft}"
+                     + ("" if need else "; raise --sample-rate") + ")")

@@ -20,9 +20,9 @@ import numpy as np
 
 from .audio import AudioError, load_clip
 from .errors import DataError, InputError
-from .features import MelFrontend, MelParams
+from .features import MelFrontend, MelParams, check_mel_params
 from .fileio import atomic_path
-from .store import PER_CLIP, FeatureWriter
+from .store import PER_CLIP, FeatureWriter, inputs_fingerprint
 
 LOG = logging.getLogger("aekit")
 
@@ -92,7 +92,7 @@ def _process(task: list[tuple[int, str]]):
         with torch.inference_mode():
             feats = frontend(torch.from_numpy(clip.samples)).numpy()  # [C, M, T]
         meta = (clip.source_sample_rate, clip.source_channels, clip.source_frames,
-                clip.valid_samples, clip.channels_cut)
+                clip.valid_samples, int(clip.truncated), clip.channels_cut)  # PER_CLIP order
         ok.append((index, path, feats, meta))
     return ok, failed
 
@@ -106,6 +106,7 @@ class FeaturizeReport:
     written: int
     failures: list[tuple[str, str]] = field(default_factory=list)
     channels_cut: int = 0
+    truncated: list[str] = field(default_factory=list)  # files whose body was cut short
 
 
 def featurize(paths: Sequence[os.PathLike | str], ids: Sequence[str], output: os.PathLike | str,
@@ -135,7 +136,9 @@ def featurize(paths: Sequence[os.PathLike | str], ids: Sequence[str], output: os
     total = len(work)
     tasks = [work[s:s + TASK_FILES] for s in range(0, total, TASK_FILES)]
     report = FeaturizeReport(Path(output), total, 0)
-    extra = {"num_inputs": len(paths), "shard_index": shard[0], "shard_count": shard[1]}
+    check_mel_params(params)  # empty Mel filters: refused before any work
+    extra = {"num_inputs": len(paths), "inputs_sha256": inputs_fingerprint(paths, ids),
+             "shard_index": shard[0], "shard_count": shard[1]}
 
     with atomic_path(output) as tmp:
         writer = FeatureWriter(tmp, params.to_attrs(), params.clip_shape, command=command,
@@ -180,8 +183,10 @@ def _run(tasks, params, jobs, block_size, on_error, writer, report, ids, on_fail
                 raise DataError(f"{path}: {reason} (stopping: --on-error fail); no output written")
         for index, path, feats, meta in ok:
             buf_feats.append(feats)
-            buf_rows.append((index, path, meta[:4]))
-            report.channels_cut += int(meta[4])
+            buf_rows.append((index, path, meta[:5]))
+            report.channels_cut += int(meta[5])
+            if meta[4]:
+                report.truncated.append(path)
         if progress:
             progress(len(ok) + len(failed))
         if len(buf_rows) >= block_size:

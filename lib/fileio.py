@@ -8,15 +8,114 @@ never leaves a file that Make would take as up to date.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import io
 import os
+import re
+import shutil
+import socket
+import stat
 import sys
 import tempfile
 from pathlib import Path
 from typing import IO, Iterator
 
-from .errors import InputError
+from .errors import DataError, InputError
+
+#: errno values that mean "the destination cannot take these bytes", not "bad input".
+WRITE_ERRNOS = frozenset(e for e in (getattr(errno, n, None) for n in ("ENOSPC", "EDQUOT", "EFBIG", "EROFS"))
+                         if e is not None)
+
+
+class WriteError(DataError):
+    """An output could not be written (disk full, quota, read-only file system, I/O error).
+
+    The temporary file is gone and the previous output, if any, is untouched.
+    """
+
+    def __init__(self, path: str | os.PathLike, reason: str):
+        super().__init__(f"cannot write {path}: {reason}")
+        self.path = str(path)
+        self.reason = reason
+
+
+def write_errno(exc: BaseException) -> int | None:
+    """The errno of a failed write behind ``exc`` (its chain included), or None.
+
+    h5py and torch report a failed write(2) as text ("errno = 28", "file write failed"):
+    those are recognised too.
+    """
+    seen = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        code = getattr(e, "errno", None)
+        if isinstance(e, OSError) and code in WRITE_ERRNOS:
+            return code
+        m = re.search(r"errno = (\d+)|os error (\d+)", str(e))  # h5py, safetensors
+        if m and int(m.group(1) or m.group(2)) in WRITE_ERRNOS:
+            return int(m.group(1) or m.group(2))
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def _full(directory: Path) -> bool:
+    try:
+        st = os.statvfs(directory)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < (1 << 20)
+
+
+def _as_write_error(exc: BaseException, path: Path, parent: Path,
+                    is_dir: bool = False) -> WriteError | None:
+    if isinstance(exc, WriteError):
+        return WriteError(path, exc.reason) if exc.path != str(path) and is_dir else None
+    code = write_errno(exc)
+    if code is None and isinstance(exc, (RuntimeError, OSError)) and _full(parent):
+        code = errno.ENOSPC  # torch.save says only "file write failed" or "unexpected pos"
+    return None if code is None else WriteError(path, os.strerror(code))
+
+
+def describe_os_error(exc: OSError, path: str | os.PathLike | None = None) -> str:
+    """One line for an OSError: '<path>: permission denied', '<path>: no such file', ..."""
+    name = str(path if path is not None else (exc.filename or "")) or "input"
+    code = exc.errno
+    if code in (errno.EACCES, errno.EPERM):
+        return f"{name}: permission denied"
+    if code == errno.ENOENT:
+        return f"{name}: no such file"
+    if code == errno.EISDIR:
+        return f"{name}: is a directory, expected a file"
+    if code in WRITE_ERRNOS:
+        return f"cannot write {name}: {os.strerror(code)}"
+    reason = exc.strerror or str(exc)
+    return f"{name}: {reason[:1].lower() + reason[1:]}"
+
+
+def check_regular_file(path: str | os.PathLike, what: str = "input") -> Path:
+    """Refuse what cannot be a seekable file input (HDF5, model): missing, a directory, a
+    FIFO or device, unreadable. CSV inputs may be pipes and do not need this."""
+    p = Path(path)
+    if str(path) == "-":
+        raise InputError(f"{what} must be a file path, not '-' (it cannot be streamed)")
+    try:
+        st = os.stat(p)
+    except FileNotFoundError:
+        raise InputError(f"{p}: no such file") from None
+    except OSError as exc:
+        raise InputError(describe_os_error(exc, p)) from None
+    if stat.S_ISDIR(st.st_mode):
+        raise InputError(f"{p}: is a directory, expected a file")
+    if not stat.S_ISREG(st.st_mode):
+        kind = ("a FIFO" if stat.S_ISFIFO(st.st_mode) else "a character device"
+                if stat.S_ISCHR(st.st_mode) else "a block device" if stat.S_ISBLK(st.st_mode)
+                else "a socket" if stat.S_ISSOCK(st.st_mode) else "special")
+        raise InputError(f"{p}: not a regular file ({kind}); {what} must be a regular file")
+    if not os.access(p, os.R_OK):
+        raise InputError(f"{p}: permission denied")
+    return p
 
 
 def _check_dir_writable(path: Path) -> Path:
@@ -35,28 +134,128 @@ def check_writable(path: str | os.PathLike, what: str = "output") -> None:
     _check_dir_writable(Path(path))
 
 
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname() or "host")
+
+
+def _tmp_prefix(path: Path) -> str:
+    """Temporary names carry host and pid (``.NAME.HOST-PID.XXXX.tmp``), so that a later
+    run can tell the leftovers of a killed run from the files of one still running."""
+    return f".{path.name}.{_host()}-{os.getpid()}."
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Remove the temporaries of ``path`` left by earlier runs on this host whose process is
+    gone (a SIGKILL, an out-of-memory kill, a power cut leave them). Returns what was removed.
+
+    Temporaries of other hosts (a shared file system) and of live processes are kept.
+    """
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    pattern = re.compile(rf"^\.{re.escape(path.name)}\.{re.escape(_host())}-(\d+)\.[^.]+\.tmp$")
+    removed = []
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return removed
+    for name in names:
+        m = pattern.match(name)
+        if not m or int(m.group(1)) == os.getpid() or _pid_alive(int(m.group(1))):
+            continue
+        stale = parent / name
+        try:
+            if stale.is_dir() and not stale.is_symlink():
+                shutil.rmtree(stale)
+            else:
+                stale.unlink()
+            removed.append(stale)
+        except OSError:
+            pass
+    return removed
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it over ``path`` on success.
 
-    On any exception (KeyboardInterrupt included) the temporary file is removed
-    and ``path`` is left untouched.
+    On any exception (KeyboardInterrupt and signals included) the temporary file is
+    removed and ``path`` is left untouched. A failed write (disk full, quota, ...) is
+    raised as :class:`WriteError` naming ``path``. Stale temporaries of ``path`` from a
+    killed earlier run are removed first.
     """
     path = Path(path)
     parent = _check_dir_writable(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
+    remove_stale_temporaries(path)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(path), suffix=".tmp", dir=parent)
+    except OSError as exc:
+        raise WriteError(path, exc.strerror or str(exc)) from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
         # mkstemp creates 0600; give the result the usual umask-derived mode.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp_path, 0o666 & ~umask)
+        os.chmod(tmp_path, 0o666 & ~_umask())
         os.replace(tmp_path, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
             tmp_path.unlink()
+        err = _as_write_error(exc, path, parent)
+        if err is not None:
+            raise err from None
+        raise
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary directory next to ``path``; on success its files land in ``path``.
+
+    A new ``path`` is renamed into place whole; into an existing one, the files are moved
+    one by one (each rename atomic, no copy). On any exception the temporary directory is
+    removed and ``path`` is untouched: no half-written directory is ever left.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{path}: exists and is not a directory")
+    parent = _check_dir_writable(path)
+    remove_stale_temporaries(path)
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(path), suffix=".tmp", dir=parent))
+    except OSError as exc:
+        raise WriteError(path, exc.strerror or str(exc)) from None
+    try:
+        yield tmp
+        os.chmod(tmp, 0o777 & ~_umask())
+        if not path.exists():
+            os.rename(tmp, path)
+        else:
+            for root, dirs, files in os.walk(tmp):
+                dest = path / Path(root).relative_to(tmp)
+                dest.mkdir(exist_ok=True)
+                for name in files:
+                    os.replace(Path(root) / name, dest / name)
+            shutil.rmtree(tmp)
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        err = _as_write_error(exc, path, parent, is_dir=True)
+        if err is not None:
+            raise err from None
         raise
 
 
@@ -75,18 +274,26 @@ def open_output(path: str | os.PathLike | None) -> Iterator[IO]:
 def read_text_input(path: str | os.PathLike) -> str:
     """Read a whole text input; '-' is stdin."""
     if str(path) == "-":
-        return sys.stdin.read()
-    p = Path(path)
-    if not p.exists():
-        raise InputError(f"{p}: no such file")
-    if p.is_dir():
-        raise InputError(f"{p}: is a directory, expected a file")
+        name = "<stdin>"
+        buffer = getattr(sys.stdin, "buffer", None)
+        if buffer is None:  # a text stream without bytes underneath (tests): nothing to decode
+            return sys.stdin.read()
+        data = buffer.read()
+    else:
+        p = Path(path)
+        name = str(p)
+        if not p.exists():
+            raise InputError(f"{p}: no such file")
+        if p.is_dir():
+            raise InputError(f"{p}: is a directory, expected a file")
+        try:
+            data = p.read_bytes()  # a pipe or process substitution is fine here
+        except OSError as exc:
+            raise InputError(describe_os_error(exc, p)) from None
     try:
-        return p.read_text(encoding="utf-8")
+        return data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise InputError(f"{p}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    except OSError as exc:
-        raise InputError(f"{p}: cannot read ({exc.strerror})") from None
+        raise InputError(f"{name}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
 
 
 def read_csv(path: str | os.PathLike, **kwargs):

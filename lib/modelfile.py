@@ -7,8 +7,11 @@ A model file is one ``.safetensors`` file:
   metadata  key ``aekit`` -> JSON: {"format": "aekit-model", "format_version": 1,
             "config": the kind's config (its "arch" picks the kind), "feature_params": {...}, "normalize": mode,
             "history": [{"epoch", "train_loss", "val_loss", "lr", ...}, ...],
-            "seed", "versions": {"aekit", "torch", ...}, "command", ...}
+            "seed", "versions": {"aekit", "torch", ...}, "command", ...,
+            "tensors_sha256": SHA-256 of every tensor (see ``tensors_sha256``)}
 Losses in the history are MSE in the features' own units (dB squared).
+At load the hash is verified (files written before it existed load without it), and
+weights with NaN/Inf or a normalizer std that is not positive are refused.
 """
 
 from __future__ import annotations
@@ -125,6 +128,7 @@ def save_model(path: str | os.PathLike, model: ClipModel, normalizer: Normalizer
     tensors["norm.mean"] = normalizer.mean.detach().to("cpu").reshape(-1).contiguous()
     tensors["norm.std"] = normalizer.std.detach().to("cpu").reshape(-1).contiguous()
     info = {
+        "tensors_sha256": tensors_sha256(tensors),
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "config": config_to_dict(model.config),
@@ -136,6 +140,42 @@ def save_model(path: str | os.PathLike, model: ClipModel, normalizer: Normalizer
     }
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={"aekit": json.dumps(info, sort_keys=True)})
+
+
+def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over every tensor, in name order: name, dtype, shape and raw bytes of each.
+    Independent of how safetensors lays the file out, so it checks the values themselves."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().to("cpu").contiguous()
+        h.update(f"{name}|{t.dtype}|{list(t.shape)}\n".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def verify_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], info: dict) -> None:
+    """Refuse a model file whose tensors are damaged or unusable (InputError, one line):
+    a SHA-256 that differs from the one stored at save time (bit rot, editing), NaN/Inf in
+    any tensor, a normalizer std that is not positive (divides by zero), or missing norm.*."""
+    want = info.get("tensors_sha256")
+    if want is not None and tensors_sha256(tensors) != want:
+        raise InputError(f"{path}: tensor checksum mismatch (SHA-256 differs from the one stored "
+                         "at save time): the file is corrupt")
+    for key in ("norm.mean", "norm.std"):
+        if key not in tensors:
+            raise InputError(f"{path}: no {key} tensor; not a complete aekit model file")
+    bad = [k for k in sorted(tensors)
+           if tensors[k].is_floating_point() and not bool(torch.isfinite(tensors[k]).all())]
+    if bad:
+        raise InputError(f"{path}: non-finite values (NaN/Inf) in {', '.join(bad[:3])}"
+                         + (f" and {len(bad) - 3} more tensor(s)" if len(bad) > 3 else "")
+                         + "; the model cannot be used")
+    std = tensors["norm.std"]
+    if std.numel() and not bool((std > 0).all()):
+        raise InputError(f"{path}: normalizer std has {int((std <= 0).sum())} value(s) <= 0 "
+                         "(would divide by zero); the model cannot be used")
 
 
 @dataclass
@@ -207,6 +247,22 @@ def read_info(path: str | os.PathLike) -> dict:
     return info
 
 
+def state_mismatch(model: torch.nn.Module, state: dict) -> str:
+    """Why ``state`` does not fit ``model``: the first missing, extra or misshapen tensor."""
+    own = model.state_dict()
+    for name, want in own.items():
+        if name not in state:
+            return f"tensor {name!r} is missing"
+        got = state[name]
+        if tuple(got.shape) != tuple(want.shape):
+            return (f"tensor {name!r} has shape {list(got.shape)}, the architecture expects "
+                    f"{list(want.shape)}")
+    extra = [k for k in state if k not in own]
+    if extra:
+        return f"unexpected tensor {extra[0]!r}"
+    return "tensors do not match"
+
+
 def load_model(path: str | os.PathLike, device: torch.device | str = "cpu") -> LoadedModel:
     """Load a model file safely (safetensors: no code runs); the model is in eval mode."""
     from safetensors.torch import load_file
@@ -221,9 +277,10 @@ def load_model(path: str | os.PathLike, device: torch.device | str = "cpu") -> L
     state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
     try:
         model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
+    except RuntimeError:
         raise InputError(f"{path}: weights do not match the stored architecture: "
-                         f"{str(exc).splitlines()[0]}") from None
+                         f"{state_mismatch(model, state)}") from None
+    verify_tensors(path, tensors, info)
     norm = make_normalizer(model, info.get("normalize", "none"))
     try:
         norm.load(tensors["norm.mean"], tensors["norm.std"])

@@ -122,3 +122,19 @@ def load_labels(path: str | os.PathLike, ids: Sequence[str], id_column: str = "i
 def query_rows(labels: pd.DataFrame, expr: str) -> np.ndarray:
     """Boolean mask over labels rows matching a safe selection expression (see aekit.expr)."""
     return parse_where(expr).mask(labels)
+
+
+def restrict_rows(ids: Sequence[str], rows: np.ndarray, labels_path: str | os.PathLike | None,
+                  where: str | None) -> np.ndarray:
+    """``rows`` (indices into ``ids``) whose labels match ``where`` (``--where`` of ae-eval
+    and ae-encode); ``rows`` unchanged without ``where``. Every selected id needs labels."""
+    if where is None:
+        return rows
+    if labels_path is None:
+        raise InputError("--where needs --labels")
+    where_ = parse_where(where)  # refuse a bad expression before reading anything
+    labels = load_labels(labels_path, [ids[i] for i in rows])
+    keep = rows[where_.mask(labels)]
+    if keep.size == 0:
+        raise InputError(f"no selected row matches --where {where!r} (of {rows.size})")
+    return keep

@@ -11,17 +11,23 @@ Layout (format ``aekit-features``, version 1)::
     /source_frames       int64 [N]        the file's length in its own samples
     /valid_samples       int64 [N]        samples at the target rate before zero-padding
                                           (<= num_samples; < num_samples means padded)
+    /truncated           uint8 [N]        1: the file's body was shorter than its header
+                                          declared (cut-off download or copy); zero-padded
     /failed/paths        utf-8 str [F]    inputs that could not be featurized
     /failed/reasons      utf-8 str [F]    one line each
     attrs: format, format_version, aekit_version, command, kind, the parameters of the
            kind (logmel: ``MelParams.keys()``: sample_rate, num_samples, n_fft, hop_length,
            n_mels, top_db, f_min, f_max, channels, channel_policy, window, power,
-           mel_scale), num_inputs, shard_index, shard_count
+           mel_scale), num_inputs, inputs_sha256, shard_index, shard_count
     ``kind`` names the feature kind (``aekit.features.FEATURE_KINDS``); files written
     before it existed have none and are read as 'logmel'.
 
 No pickled objects anywhere: strings are HDF5 variable-length UTF-8, numbers are
-plain datasets and attributes.
+plain datasets and attributes. The numeric datasets carry HDF5's Fletcher-32 checksum
+filter, so a flipped bit is an error at read time, not a wrong number. Every open checks
+the file's consistency (``check_integrity``) and every read checks the rows it returns
+for NaN/Inf (``check_finite``). ``/truncated`` is absent from files written before it
+existed (read as all 0).
 """
 
 from __future__ import annotations
@@ -51,7 +57,14 @@ PER_CLIP = {
     "source_channels": np.int16,
     "source_frames": np.int64,
     "valid_samples": np.int64,
+    "truncated": np.uint8,
 }
+
+#: Per-clip datasets that files of this format version may lack (read as zeros).
+OPTIONAL_PER_CLIP = ("truncated",)
+
+#: Versions of the format this code reads.
+READABLE_VERSIONS = (1,)
 
 
 def _attr(value):
@@ -112,12 +125,14 @@ class FeatureWriter:
         for k, v in (extra_attrs or {}).items():
             f.attrs[k] = v
         start = max(int(expected), 1)
+        # Fletcher-32 on every numeric dataset: bit rot is detected when the chunk is read.
         f.create_dataset("features", shape=(0, c, m, t), maxshape=(None, c, m, t),
-                         dtype=np.float32, chunks=(1, c, m, t))
+                         dtype=np.float32, chunks=(1, c, m, t), fletcher32=True)
         f.create_dataset("ids", shape=(0,), maxshape=(None,), dtype=STR, chunks=(min(start, 4096),))
         f.create_dataset("paths", shape=(0,), maxshape=(None,), dtype=STR, chunks=(min(start, 4096),))
         for name, dt in PER_CLIP.items():
-            f.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dt, chunks=(min(start, 4096),))
+            f.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dt, chunks=(min(start, 4096),),
+                             fletcher32=True)
         self.n = 0
         self.failed_paths: list[str] = []
         self.failed_reasons: list[str] = []
@@ -159,6 +174,125 @@ def _strings(ds) -> list[str]:
     return [s.decode("utf-8") if isinstance(s, bytes) else str(s) for s in ds[()]]
 
 
+def _preview(items: Sequence[str], k: int = 3) -> str:
+    shown = ", ".join(items[:k])
+    return shown + (f" (and {len(items) - k} more)" if len(items) > k else "")
+
+
+def _read_error(path: Path, name: str, exc: OSError) -> InputError:
+    """A failed HDF5 read as one line; a Fletcher-32 mismatch says the file is corrupt."""
+    msg = str(exc)
+    if any(w in msg.lower() for w in ("checksum", "fletcher", "filter returned failure")):
+        return InputError(f"{path}: /{name} is corrupt (HDF5 Fletcher-32 checksum mismatch); "
+                          "featurize it again or restore it from a copy")
+    return InputError(f"{path}: cannot read /{name}: {msg.splitlines()[0] if msg else type(exc).__name__}")
+
+
+def check_finite(ff: "FeatureFile", x: np.ndarray, rows: np.ndarray) -> None:
+    """Refuse rows holding NaN or Inf, naming the first bad ids (InputError).
+
+    ``x`` [K, ...] are the rows ``rows`` just read. Cheap: one sum per row; only when a sum
+    is not finite (NaN/Inf, or a rare overflow of huge finite values) is the exact test run.
+    """
+    if x.size == 0:
+        return
+    flat = x.reshape(x.shape[0], -1)
+    with np.errstate(over="ignore", invalid="ignore"):
+        sums = flat.sum(axis=1)
+    if np.isfinite(sums).all():
+        return
+    bad = np.flatnonzero(~np.isfinite(flat).all(axis=1))
+    if bad.size == 0:
+        return
+    ids = ff.ids
+    names = [ids[int(rows[i])] for i in bad]
+    raise InputError(f"{ff.path}: {bad.size} clip(s) contain NaN or Inf values: {_preview(names)}")
+
+
+def check_integrity(ff: "FeatureFile") -> None:
+    """Refuse a features file that is not internally consistent (InputError, one line).
+
+    Checked: a format version this code reads; /ids, /paths and the per-clip datasets as long
+    as /features; /failed/paths as long as /failed/reasons; the shape attributes (channels,
+    n_mels, frames from num_samples and hop_length) equal to the data's shape; unique ids.
+    """
+    f, where = ff.f, ff.path
+    version = _attr(f.attrs.get("format_version", None))
+    if not isinstance(version, (int, np.integer)) or int(version) not in READABLE_VERSIONS:
+        raise InputError(f"{where}: unknown features format_version {version!r} (this aekit "
+                         f"reads {', '.join(map(str, READABLE_VERSIONS))}); written by a newer aekit?")
+    feats = f["features"]
+    if feats.ndim != 4:
+        raise InputError(f"{where}: /features has {feats.ndim} dimensions, expected 4 "
+                         "[N, channels, n_mels, frames]")
+    n = int(feats.shape[0])
+    for name in ("ids", "paths", *PER_CLIP):
+        if name not in f:
+            if name in OPTIONAL_PER_CLIP or name == "paths":
+                continue
+            raise InputError(f"{where}: /{name} is missing")
+        if f[name].shape != (n,):
+            raise InputError(f"{where}: /{name} has shape {f[name].shape} but /features has {n} "
+                             "rows; the file is damaged")
+    if "failed" in f:
+        fp, fr = f.get("failed/paths"), f.get("failed/reasons")
+        if fp is None or fr is None or fp.shape != fr.shape:
+            raise InputError(f"{where}: /failed/paths and /failed/reasons differ in length; "
+                             "the file is damaged")
+    _, c, m, t = (int(v) for v in feats.shape)
+    a = {k: _attr(v) for k, v in f.attrs.items()}
+    for key, want in (("channels", c), ("n_mels", m)):
+        if key in a and a[key] != want:
+            raise InputError(f"{where}: attribute {key}={a[key]} disagrees with the data's shape "
+                             f"{c}x{m}x{t} ({key} {want}); the file is damaged")
+    if "num_samples" in a and "hop_length" in a:
+        try:
+            frames = int(a["num_samples"]) // int(a["hop_length"]) + 1
+        except (TypeError, ValueError, ZeroDivisionError):
+            frames = None
+        if frames != t:
+            raise InputError(f"{where}: attributes num_samples={a['num_samples']}, "
+                             f"hop_length={a['hop_length']} give {frames} frames but the data has "
+                             f"{t}; the file is damaged")
+    ids = ff.ids
+    if len(set(ids)) != len(ids):
+        seen: set[str] = set()
+        dups: list[str] = []
+        for i in ids:
+            if i in seen and i not in dups:
+                dups.append(i)
+            seen.add(i)
+        raise InputError(f"{where}: duplicate ids: {_preview(dups)}; ids must be unique")
+
+
+def inputs_fingerprint(paths: Sequence[str | os.PathLike], ids: Sequence[str]) -> str:
+    """SHA-256 of the whole input list (absolute path and id of each, sorted): shards of one
+    run share it, shards made from another input list do not."""
+    import hashlib
+
+    lines = sorted(f"{os.path.abspath(p)}\t{i}" for p, i in zip(paths, ids))
+    h = hashlib.sha256()
+    for line in lines:
+        h.update(line.encode("utf-8", "surrogateescape") + b"\n")
+    return h.hexdigest()
+
+
+def check_same_inputs(files: Sequence["FeatureFile"]) -> None:
+    """Refuse shards whose input-list fingerprints (count + hash) differ, naming the files.
+
+    Shards written before the fingerprint existed (no ``inputs_sha256``) are compared by
+    count only, as before, but not mixed with fingerprinted ones."""
+    first = files[0]
+    key = lambda ff: (ff.attrs.get("num_inputs"), ff.attrs.get("inputs_sha256"))  # noqa: E731
+    ref = key(first)
+    for ff in files[1:]:
+        k = key(ff)
+        if k != ref:
+            fmt = lambda k: f"{k[0]} inputs, list hash {str(k[1])[:12] if k[1] else 'none'}"  # noqa: E731
+            raise InputError(f"{ff.path} was made from a different input list than {first.path} "
+                             f"({fmt(k)} vs {fmt(ref)}): not shards of one run")
+
+
 class FeatureFile:
     """Read access to a features file. Use as a context manager or call close().
 
@@ -184,6 +318,11 @@ class FeatureFile:
                              "make one with ae-featurize")
         self.features = self.f["features"]
         self._ids: list[str] | None = None
+        try:
+            check_integrity(self)
+        except BaseException:
+            self.f.close()
+            raise
 
     # -- metadata
     @property
@@ -222,7 +361,12 @@ class FeatureFile:
         return _strings(self.f["paths"])
 
     def column(self, name: str) -> np.ndarray:
-        return self.f[name][()]
+        if name in OPTIONAL_PER_CLIP and name not in self.f:
+            return np.zeros(len(self), dtype=PER_CLIP[name])
+        try:
+            return self.f[name][()]
+        except OSError as exc:
+            raise _read_error(self.path, name, exc) from None
 
     def failures(self) -> list[tuple[str, str]]:
         if "failed" not in self.f:
@@ -233,7 +377,7 @@ class FeatureFile:
     def read(self, indices: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
         """Features of the given rows (all when None), in the order given."""
         if indices is None:
-            return self.features[()]
+            indices = np.arange(len(self))
         idx = np.asarray(indices, dtype=np.int64)
         if idx.size == 0:
             return np.zeros((0, *self.clip_shape), dtype=np.float32)
@@ -244,12 +388,16 @@ class FeatureFile:
         starts = np.concatenate([[0], breaks])
         ends = np.concatenate([breaks, [sorted_idx.size]])
         tmp = np.empty((idx.size, *self.clip_shape), dtype=np.float32)
-        for s, e in zip(starts, ends):
-            lo, hi = int(sorted_idx[s]), int(sorted_idx[e - 1]) + 1
-            if hi - lo == e - s:
-                self.features.read_direct(tmp, np.s_[lo:hi], np.s_[s:e])
-            else:  # duplicates in the index
-                tmp[s:e] = self.features[lo:hi][sorted_idx[s:e] - lo]
+        try:
+            for s, e in zip(starts, ends):
+                lo, hi = int(sorted_idx[s]), int(sorted_idx[e - 1]) + 1
+                if hi - lo == e - s:
+                    self.features.read_direct(tmp, np.s_[lo:hi], np.s_[s:e])
+                else:  # duplicates in the index
+                    tmp[s:e] = self.features[lo:hi][sorted_idx[s:e] - lo]
+        except OSError as exc:
+            raise _read_error(self.path, "features", exc) from None
+        check_finite(self, tmp, sorted_idx)
         if np.array_equal(order, np.arange(idx.size)):
             return tmp
         out = np.empty_like(tmp)
@@ -300,6 +448,7 @@ def merge_shards(inputs: Sequence[str | os.PathLike], output: str | os.PathLike,
         shape = first.clip_shape
         count = int(first.attrs.get("shard_count", 1))
         total_inputs = first.attrs.get("num_inputs")
+        check_same_inputs(files)
         seen: dict[int, FeatureFile] = {}
         for ff in files:
             diffs = params_mismatch(ref, ff.params)
@@ -337,10 +486,11 @@ def merge_shards(inputs: Sequence[str | os.PathLike], output: str | os.PathLike,
             try:
                 for ff in ordered:
                     n, paths = len(ff), ff.paths
+                    cols = {name: ff.column(name) for name in PER_CLIP}
                     for s in range(0, n, block):
                         e = min(n, s + block)
-                        meta = {name: ff.f[name][s:e] for name in PER_CLIP}
-                        w.append(ff.features[s:e], ff.ids[s:e], paths[s:e], meta)
+                        meta = {name: col[s:e] for name, col in cols.items()}
+                        w.append(ff.read(np.arange(s, e)), ff.ids[s:e], paths[s:e], meta)
                     fails = ff.failures()
                     w.add_failures([p for p, _ in fails], [r for _, r in fails])
                 w.close()
@@ -357,6 +507,7 @@ def merge_shards(inputs: Sequence[str | os.PathLike], output: str | os.PathLike,
 # Latents file layout (format ``aekit-latents``, version 1), written by ae-encode::
 #
 #     /latents   float32 [N, latent]   the code z of each clip (the model's clip_codes)
+#                                      Fletcher-32 checksummed
 #     /ids       utf-8 str [N]         the clip ids, in the features file's order
 #     attrs: format, format_version, aekit_version, command, model, model_sha256,
 #            features, features_sha256, splits, splits_sha256, split, fold, latent,
@@ -382,7 +533,8 @@ class LatentsWriter:
             self.f.attrs[k] = "none" if v is None else v
         self.latent = int(latent)
         self.z = self.f.create_dataset("latents", shape=(0, latent), maxshape=(None, latent),
-                                       dtype=np.float32, chunks=(chunk, latent))
+                                       dtype=np.float32, chunks=(chunk, latent),
+                                       fletcher32=True)
         self.ids = self.f.create_dataset("ids", shape=(0,), maxshape=(None,), dtype=STR,
                                          chunks=(chunk,))
         self.n = 0

@@ -30,6 +30,15 @@ Layout: ``out_dir/<type>/<id_NN>/<normal|anomaly>_<NNNN>.<wav|flac>`` (16-bit PC
 sample_rate,channels``; ``id`` is the file's path relative to ``out_dir`` without extension
 (``fan/id_00/normal_0003``), the id ``ae-featurize out_dir`` gives it.
 
+Layout ``dcase2020`` names the same clips as DCASE 2020 Task 2 names its files:
+``out_dir/<type>/train/normal_id_NN_<8 digits>`` (normal clips only) and
+``out_dir/<type>/test/<normal|anomaly>_id_NN_<8 digits>`` (every anomalous clip and as many
+normal ones, keeping at least one normal clip for training), numbered from 0 in each folder
+for each machine. labels.csv then has the columns ``ae-labels --preset dcase2020`` gives
+(``machine_id`` is the number as text, ``00``; ``machine`` is ``fan_id_00``), followed by
+``anomaly_kind,sample_rate,channels``. Normal clip k of a machine (train first, then test)
+and anomalous clip k are the clips of the default layout with those numbers.
+
 Everything is deterministic: each machine and each clip has its own numpy Generator seeded
 through :class:`numpy.random.SeedSequence` from ``(seed, type, id, label, clip number)``, so
 clip ``fan/id_00/normal_0003`` is the same whatever other types, ids or counts are asked for,
@@ -70,6 +79,10 @@ DEFAULT_SEED = 0
 LABELS_NAME = "labels.csv"
 LABEL_COLUMNS = ("id", "machine_type", "machine_id", "anomaly", "anomaly_kind",
                  "sample_rate", "channels")
+LAYOUTS = ("default", "dcase2020")
+# dcase2020: the columns ae-labels --preset dcase2020 parses from the ids, then what only we know.
+DCASE2020_LABEL_COLUMNS = ("id", "machine_type", "machine_id", "machine", "split", "label",
+                           "anomaly", "clip", "anomaly_kind", "sample_rate", "channels")
 
 _MACHINE_STREAM = 0                   # SeedSequence words: machine parameters ...
 _LABEL_STREAM = {False: 1, True: 2}   # ... normal clips, anomalous clips
@@ -714,6 +727,26 @@ def write_clip(path: str | os.PathLike, audio: np.ndarray, sample_rate: int, fmt
         tmp.write_bytes(buf.getvalue())
 
 
+def _clip_names(m: Machine, n_normal: int, n_anomalous: int, layout: str) -> list[tuple[str, dict]]:
+    """(id, extra label values) of a machine's normal clips 0..n_normal-1, then its anomalous
+    clips 0..n_anomalous-1, in ``layout``."""
+    if layout == "default":
+        return ([(f"{m.machine_type}/{m.name}/normal_{k:04d}", {}) for k in range(n_normal)]
+                + [(f"{m.machine_type}/{m.name}/anomaly_{k:04d}", {}) for k in range(n_anomalous)])
+    # dcase2020: train holds normal clips only; test every anomalous clip and as many normal
+    # ones, as DCASE 2020's development set does, but never the last normal clip.
+    n_test_normal = min(n_anomalous, n_normal - 1)
+    n_train = n_normal - n_test_normal
+    number = f"{m.index:02d}"
+    slots = ([("train", "normal", k) for k in range(n_train)]
+             + [("test", "normal", k) for k in range(n_test_normal)]
+             + [("test", "anomaly", k) for k in range(n_anomalous)])
+    return [(f"{m.machine_type}/{split}/{label}_id_{number}_{k:08d}",
+             {"machine_id": number, "machine": m.key, "split": split, "label": label,
+              "clip": f"{k:08d}"})
+            for split, label, k in slots]
+
+
 def generate(out_dir: str | os.PathLike,
              n_per_machine: int = DEFAULT_CLIPS_PER_MACHINE,
              machine_types: Sequence[str] = MACHINE_TYPES,
@@ -724,7 +757,8 @@ def generate(out_dir: str | os.PathLike,
              seed: int = DEFAULT_SEED,
              formats: Sequence[str] = ("wav",),
              progress: Callable[[int], None] | None = None,
-             anomaly_kinds: Sequence[str] = ANOMALY_KINDS):
+             anomaly_kinds: Sequence[str] = ANOMALY_KINDS,
+             layout: str = "default"):
     """Write the demo data set under ``out_dir`` and return its labels (also in ``labels.csv``).
 
     Per machine, ``round(n_per_machine * anomaly_fraction)`` clips are anomalous (when the
@@ -732,6 +766,7 @@ def generate(out_dir: str | os.PathLike,
     cycling through ``anomaly_kinds``. Each machine's clips cycle through ``formats``.
     ``progress(1)`` is called after each clip. Files from an earlier run that this run does
     not rewrite are left alone (and logged as a warning); labels.csv lists this run's only.
+    ``layout``: ``default`` or ``dcase2020`` (see the module docstring).
     Raises :class:`aekit.errors.InputError` for bad values.
     """
     import pandas as pd
@@ -742,6 +777,8 @@ def generate(out_dir: str | os.PathLike,
     anomaly_kinds = tuple(anomaly_kinds)
     _check(n_per_machine, machine_types, ids_per_type, anomaly_fraction, duration, sample_rates,
            seed, formats, anomaly_kinds)
+    if layout not in LAYOUTS:
+        raise InputError(f"unknown layout {layout!r}; choose from {', '.join(LAYOUTS)}")
     root = Path(out_dir)
     if root.exists() and not root.is_dir():
         raise InputError(f"{root}: exists and is not a directory")
@@ -757,29 +794,29 @@ def generate(out_dir: str | os.PathLike,
     for machine_type in machine_types:
         for index in range(ids_per_type):
             m = make_machine(seed, machine_type, index, sample_rates)
-            mdir = root / machine_type / m.name
-            mdir.mkdir(parents=True, exist_ok=True)
             plan = [(False, k) for k in range(n_per_machine - n_anomalous)]
             plan += [(True, k) for k in range(n_anomalous)]
-            for ordinal, (is_anomaly, k) in enumerate(plan):
+            names = _clip_names(m, n_per_machine - n_anomalous, n_anomalous, layout)
+            for ordinal, ((is_anomaly, k), (clip_id, extra)) in enumerate(zip(plan, names)):
                 kind = (anomaly_kinds[(k + _TYPE_CODE[machine_type] + index) % len(anomaly_kinds)]
                         if is_anomaly else "none")
-                stem = f"{'anomaly' if is_anomaly else 'normal'}_{k:04d}"
                 fmt = formats[ordinal % len(formats)]
                 audio = render_clip(m, duration, kind, clip_rng(seed, machine_type, index, is_anomaly, k))
-                path = mdir / f"{stem}.{fmt}"
+                path = root / f"{clip_id}.{fmt}"
+                path.parent.mkdir(parents=True, exist_ok=True)
                 write_clip(path, audio, m.sample_rate, fmt)
                 written.add(path.resolve())
                 for other in FORMATS:   # the same clip left in another format would duplicate its id
-                    if other != fmt and (mdir / f"{stem}.{other}").exists():
-                        (mdir / f"{stem}.{other}").unlink()
-                rows.append({"id": f"{machine_type}/{m.name}/{stem}", "machine_type": machine_type,
+                    if other != fmt and path.with_suffix(f".{other}").exists():
+                        path.with_suffix(f".{other}").unlink()
+                rows.append({"id": clip_id, "machine_type": machine_type,
                              "machine_id": m.key, "anomaly": int(is_anomaly), "anomaly_kind": kind,
-                             "sample_rate": m.sample_rate, "channels": m.channels})
+                             "sample_rate": m.sample_rate, "channels": m.channels, **extra})
                 if progress is not None:
                     progress(1)
 
-    labels = pd.DataFrame(rows, columns=list(LABEL_COLUMNS))
+    columns = LABEL_COLUMNS if layout == "default" else DCASE2020_LABEL_COLUMNS
+    labels = pd.DataFrame(rows, columns=list(columns))
     with atomic_path(root / LABELS_NAME) as tmp:
         labels.to_csv(tmp, index=False, lineterminator="\n")
     stale = sorted(p for ext in FORMATS for p in root.rglob(f"*.{ext}") if p.resolve() not in written)

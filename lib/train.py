@@ -247,8 +247,66 @@ class TrainResult:
     n_val: int = 0
 
 
+#: A loss (MSE in dB squared) above this is no training: dB features span ~100 dB, so even a
+#: model that outputs garbage stays near 1e4; anything this large is numeric blow-up.
+IMPLAUSIBLE_LOSS = 1e10
+
+_CREATED_DIRS: set[Path] = set()  # checkpoint directories this process made (removed if left empty)
+
+
+def warn_empty_validation(n_val: int, fold: int | None, where: str | None = None) -> None:
+    """A --fold whose validation set is empty trains with nothing to validate on: say so."""
+    if fold is not None and n_val == 0:
+        LOG.warning("--fold %d selects no validation rows%s: training without validation "
+                    "(no val loss; --keep best keeps the last epoch)", fold,
+                    f" (after --where {where!r})" if where else "")
+
+
+def warn_implausible_loss(epoch: int, train_loss: float, val_loss: float | None) -> None:
+    """A finite loss beyond any plausible value (numeric blow-up) is written, but not silently."""
+    for what, v in (("train", train_loss), ("validation", val_loss)):
+        if v is not None and math.isfinite(v) and v > IMPLAUSIBLE_LOSS:
+            LOG.warning("epoch %d: %s loss %.3g dB^2 is above any plausible value (> %.0e): the "
+                        "training has diverged; try a smaller --lr or --normalize global",
+                        epoch, what, v, IMPLAUSIBLE_LOSS)
+
+
+def make_checkpoint_dir(ckdir: Path) -> None:
+    """mkdir -p, remembering whether we made it, so a run that dies before its first
+    checkpoint leaves no empty MODEL.ckpt/ behind."""
+    if not ckdir.exists():
+        ckdir.mkdir(parents=True, exist_ok=True)
+        _CREATED_DIRS.add(ckdir.resolve())
+
+
+def remove_if_empty(ckdir: Path) -> None:
+    """Remove a checkpoint directory this process made and never wrote to."""
+    d = ckdir.resolve()
+    if d in _CREATED_DIRS and d.is_dir() and not any(d.iterdir()):
+        d.rmdir()
+        _CREATED_DIRS.discard(d)
+
+
+def removes_empty_checkpoint_dir(fn: Callable) -> Callable:
+    """On any error (NaN at the first step, a bad row found while streaming...), remove the
+    checkpoint directories this process made and left empty."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except BaseException:
+            for d in list(_CREATED_DIRS):
+                remove_if_empty(d)
+            raise
+
+    return wrapper
+
+
 # --------------------------------------------------------------------------- the loop
 
+@removes_empty_checkpoint_dir
 def train(features: str | os.PathLike, output: str | os.PathLike, settings: TrainSettings, *,
           splits: str | None = None, fold: int | None = None, labels: str | None = None,
           where: str | None = None, device: torch.device | None = None, dist: Dist | None = None,
@@ -317,6 +375,7 @@ def setup(features, output, s: TrainSettings, *, splits, fold, labels, where,
     # -- rows, model config, data (the model decides the training units and the statistics)
     with FeatureFile(features) as ff:
         rows = select_training_rows(ff.ids, splits, fold, labels, where)
+        warn_empty_validation(rows.n_val, fold, where)
         config = make_config(s.arch, ff.clip_shape, hidden=s.hidden, latent=s.latent)
         shape_model = build_model(config, "meta")  # units and statistics' shape, no memory
         data_id = {"input_shape": list(ff.clip_shape), "fold": fold, "where": where,
@@ -356,7 +415,13 @@ def setup(features, output, s: TrainSettings, *, splits, fold, labels, where,
              "x".join(map(str, config.input_shape)), rows.n_train, len(train_src), rows.n_val,
              device, f" x {dist.world} processes ({dist.backend})" if dist.enabled else "")
     if ck is not None:
-        state.load_checkpoint(ck)
+        try:
+            state.load_checkpoint(ck)
+        except RuntimeError:  # the weights' names or shapes differ from the model built now
+            from .modelfile import state_mismatch
+
+            raise InputError(f"{ckdir / 'last.pt'}: checkpoint does not match the model being "
+                             f"trained: {state_mismatch(model, ck['model'])}") from None
         LOG.info("resuming from %s at epoch %d step %d", ckdir / "last.pt", state.epoch + 1,
                  state.step)
     net = model
@@ -366,7 +431,7 @@ def setup(features, output, s: TrainSettings, *, splits, fold, labels, where,
         # Buffers (BatchNorm running statistics) are rank 0's, synced at every forward.
         net = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
     if dist.is_main:
-        ckdir.mkdir(parents=True, exist_ok=True)
+        make_checkpoint_dir(ckdir)
     identity = {"settings": s.to_dict(), "data": data_id, "config": config_to_dict(config),
                 "args": {"features": str(features), "output": str(output),
                          "splits": _str(splits), "fold": fold, "labels": _str(labels),
@@ -464,6 +529,7 @@ def end_epoch(run: Run, state: TrainState, train_loss: float, units: int, second
     state.history.append({"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss,
                           "lr": lr_now, "seconds": round(seconds, 3),
                           "samples_per_s": round(units / max(seconds, 1e-9), 2)})
+    warn_implausible_loss(epoch + 1, train_loss, val_loss)
     improved = val_loss is not None and (state.best_val is None or val_loss < state.best_val)
     if improved:
         state.best_val, state.best_epoch, state.bad_epochs = val_loss, epoch + 1, 0

@@ -21,7 +21,9 @@ SHAPE = (2, 4, 10)
 
 
 def write_features(path, n: int = 40, shape=SHAPE, seed: int = 0, ids=None, params=None):
-    """Low-rank dB-like clips (mean -40, std ~20) in an aekit features file; returns (ids, x)."""
+    """Low-rank dB-like clips (mean -40, std ~20) in an aekit features file; returns (ids, x).
+
+    Without ``params``: PARAMS with channels, n_mels and num_samples matching ``shape``."""
     from aekit import store
 
     rng = np.random.default_rng(seed)
@@ -30,7 +32,10 @@ def write_features(path, n: int = 40, shape=SHAPE, seed: int = 0, ids=None, para
     x = -40 + rng.random((n, 3)) @ tmpl + rng.normal(0, 3, size=(n, c * m * t))
     x = x.astype(np.float32).reshape(n, c, m, t)
     ids = ids or [f"clip{i:03d}" for i in range(n)]
-    w = store.FeatureWriter(path, dict(params or PARAMS), shape)
+    if params is None:  # the shape attributes agree with the data (store checks them)
+        params = {**PARAMS, "channels": c, "n_mels": m,
+                  "num_samples": (t - 1) * PARAMS["hop_length"]}
+    w = store.FeatureWriter(path, dict(params), shape)
     w.append(x, ids, [f"/data/{i}.wav" for i in ids], {k: np.zeros(n) for k in store.PER_CLIP})
     w.close()
     return ids, x

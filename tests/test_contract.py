@@ -27,6 +27,7 @@ COMMANDS = {
     "ae-encode": ("encode", ["missing.safetensors", "missing.h5", "-o", "latents.h5"]),
     "ae-eval": ("eval", ["missing.safetensors", "missing.h5"]),
     "ae-synth": ("synth", None),
+    "ae-labels": ("labels", ["missing.h5", "--preset", "dcase2020"]),
 }
 
 

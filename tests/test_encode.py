@@ -101,6 +101,23 @@ def test_selection_by_split_and_fold(data):
     assert attrs["fold"] == 1
 
 
+def test_where_restricts_rows_by_label(data):
+    d, x, ids = data
+    pd.DataFrame({"id": ids, "anomaly": [int(j % 3 == 0) for j in range(len(ids))],
+                  "machine": ["fan", "pump"] * (len(ids) // 2)}).to_csv(d / "labels.csv",
+                                                                     index=False)
+    r = run([d / "m.safetensors", d / "f.h5", "-o", d / "w.h5", "--splits", d / "splits.csv",
+             "--split", "test", "--labels", d / "labels.csv",
+             "--where", "anomaly == 0 and machine in ['fan']"])
+    assert r.exit_code == 0, r.stderr
+    z, zids, _ = read_latents(d / "w.h5")
+    want = [i for j, i in enumerate(ids[:6]) if j % 3 != 0 and j % 2 == 0]
+    assert zids == want and z.shape == (len(want), 8)
+    r = run([d / "m.safetensors", d / "f.h5", "-o", d / "n.h5", "--where", "anomaly == 0"])
+    assert r.exit_code == 2 and "--where needs --labels" in r.stderr
+    assert not (d / "n.h5").exists()
+
+
 def test_deterministic_and_batch_independent(data):
     d, _, _ = data
     for name, bs in (("a.h5", "256"), ("b.h5", "256"), ("c.h5", "7")):
@@ -141,7 +158,7 @@ def test_refuses_other_feature_params(tmp_path):
 def test_refuses_other_clip_shape(tmp_path):
     x, _ = write_features(tmp_path / "m.h5")
     write_model(tmp_path / "m.safetensors", x)
-    write_features(tmp_path / "f.h5", shape=(2, 4, 12))
+    write_features(tmp_path / "f.h5", params={**PARAMS, "num_samples": 2816}, shape=(2, 4, 12))
     r = run([tmp_path / "m.safetensors", tmp_path / "f.h5", "-o", tmp_path / "z.h5"])
     assert r.exit_code == 2
     assert "clip shape differs: 2x4x12 vs 2x4x10" in r.stderr

@@ -143,6 +143,44 @@ def test_anomaly_auc_matches_sklearn(data):
     assert auc_mae == pytest.approx(roc_auc_score(df["anomaly"], df["mae"]))
 
 
+def test_where_restricts_the_evaluated_rows(data):
+    # A per-machine-type verdict without a hand-made splits file per type.
+    d, *_ = data
+    full = run(d / "m.safetensors", d / "f.h5", "--labels", d / "labels.csv", "--splits",
+               d / "splits.csv", "--split", "train", "--scores", d / "all.csv")
+    assert full.exit_code == 0, full.stderr
+    r = run(d / "m.safetensors", d / "f.h5", "--labels", d / "labels.csv", "--splits",
+            d / "splits.csv", "--split", "train", "--where", "machine == 'fan'",
+            "--anomaly-column", "anomaly", "--scores", d / "fan.csv", "-o", d / "fan.json")
+    assert r.exit_code == 0, r.stderr
+    rep = json.loads((d / "fan.json").read_text())
+    every = pd.read_csv(d / "all.csv")
+    want = every[every["machine"] == "fan"]
+    fan = pd.read_csv(d / "fan.csv")
+    assert fan["id"].tolist() == want["id"].tolist() and len(fan) == 10
+    np.testing.assert_allclose(fan["mse"], want["mse"])
+    assert rep["reconstruction"]["count"] == 10
+    assert rep["selection"]["where"] == "machine == 'fan'"
+    assert rep["anomaly"]["auc"] == pytest.approx(roc_auc_score(fan["anomaly"], fan["mse"]))
+    assert "where" not in json.loads(full.stdout)["selection"]
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--where", "anomaly == 1"], "--where needs --labels"),
+    (["--labels", "LABELS", "--where", "machine == 'drill'"], "no selected row matches --where"),
+    (["--labels", "LABELS", "--where", "open('x')"], "function calls not allowed"),
+    (["--labels", "LABELS", "--where", "nope == 1"], "unknown column"),
+])
+def test_where_refusals(data, args, msg):
+    d, *_ = data
+    args = [d / "labels.csv" if a == "LABELS" else a for a in args]
+    r = run(d / "m.safetensors", d / "f.h5", *args)
+    assert r.exit_code == 2, (r.exit_code, r.stderr)
+    assert msg in one_error_line(r)
+    r = run("a.json", "b.json", "--summarize", "--where", "anomaly == 1")
+    assert r.exit_code == 2 and "--where cannot be used with --summarize" in r.stderr
+
+
 def test_linear_probe(data):
     d, *_ = data
     args = [d / "m.safetensors", d / "f.h5", "--splits", d / "splits.csv", "--split", "val",

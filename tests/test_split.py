@@ -105,15 +105,22 @@ def test_stratified_invariants(data, n_cls, ratio, folds, seed):
         with pytest.raises(InputError):
             S.assign(n, ratio, folds, seed, classes=classes)
         return
-    is_test, fold = S.assign(n, ratio, folds, seed, classes=classes)
+    try:
+        is_test, fold = S.assign(n, ratio, folds, seed, classes=classes)
+    except InputError as exc:  # one test row per class left too few train rows
+        assert "at least one per class" in str(exc)
+        assert n - sum(max(1, math.floor(ratio * c)) for c in counts) < folds
+        return
     check_basic(n, is_test, fold, folds)
-    assert is_test.sum() == n_test
+    if all(1 <= math.floor(ratio * c) < c - 1 for c in counts):
+        assert is_test.sum() == n_test  # no class needed its one test or train row
     sizes = np.bincount(fold[~is_test], minlength=folds)
     assert sizes.max() - sizes.min() <= 1
     cls = np.asarray(classes)
     for c in set(classes):
         mine = cls == c
         assert abs((mine & is_test).sum() - ratio * mine.sum()) <= 1 + 1e-9
+        assert (mine & is_test).any() and (mine & ~is_test).any()
         n_train = (mine & ~is_test).sum()
         for k in range(folds):
             assert abs((mine & (fold == k)).sum() - n_train / folds) <= 1 + 1e-9
@@ -339,3 +346,237 @@ def test_real_pipe_split_into_onehot(tmp_path):
     assert p.returncode == 2 and p.stdout == ""
     assert p.stderr.splitlines()[-1].startswith("ae-split: error: --folds 40 is more than")
     assert not (tmp_path / "s.csv").exists()
+
+
+# --------------------------------------------------------------------------- grouped: balance
+
+def sklearn_folds(groups, classes, fold, folds, seed):
+    """The oracle: StratifiedGroupKFold(shuffle, seed) on the train rows of ``fold``."""
+    import warnings
+
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    train = np.flatnonzero(np.asarray(fold) >= 0)
+    out = np.full(len(fold), -1)
+    g, c = np.asarray(groups)[train], np.asarray(classes)[train]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+        for k, (_, val) in enumerate(splitter.split(np.zeros(train.size), c, g)):
+            out[train[val]] = k
+    return out
+
+
+def structure(data, max_classes=6):
+    """Random group/class structures: few groups per class, one group per class, very
+    unequal groups; every group holds one class, every class at least 2 rows."""
+    n_cls = data.draw(st.integers(1, max_classes))
+    groups, classes = [], []
+    for c in range(n_cls):
+        n_g = data.draw(st.integers(1, 6))
+        skew = data.draw(st.booleans())
+        for j in range(n_g):
+            m = data.draw(st.integers(2 if j == 0 else 1, 80 if skew and j == 0 else 12))
+            groups += [f"c{c}g{j}"] * m
+            classes += [f"c{c}"] * m
+    order = data.draw(st.permutations(range(len(groups))))
+    return [groups[i] for i in order], [classes[i] for i in order]
+
+
+@settings(max_examples=80, deadline=None)
+@given(data=st.data(), folds=st.integers(2, 6), seed=st.integers(0, 2**32 - 1))
+def test_grouped_folds_balanced_and_never_worse_than_sklearn(data, folds, seed):
+    groups, classes = structure(data)
+    if len(set(groups)) < folds + 1:
+        return
+    notes = []
+    is_test, fold = S.assign(len(groups), 0.2, folds, seed, classes=classes, groups=groups,
+                             notes=notes)
+    check_basic(len(groups), is_test, fold, folds)
+    g, c = np.asarray(groups), np.asarray(classes)
+    # Fold sizes: each within max(largest train group, 10 % of the mean) of the mean.
+    sizes = np.bincount(fold[~is_test], minlength=folds)
+    largest = pd.Series(g[~is_test]).value_counts().max()
+    assert np.abs(sizes - sizes.mean()).max() <= max(largest, 0.1 * sizes.mean()) + 1e-9
+    # Never worse than StratifiedGroupKFold on the same rows, in spread or class error.
+    mine = S.fold_quality(fold, classes)
+    try:
+        theirs = S.fold_quality(sklearn_folds(groups, classes, fold, folds, seed), classes)
+    except ValueError:  # StratifiedGroupKFold refuses: every class smaller than --folds
+        theirs = (np.inf, np.inf)
+    assert mine[0] <= theirs[0]
+    assert mine[1] <= theirs[1] + 1e-9
+    # The test set holds every class with at least two groups; the rest are named.
+    for cls in set(classes):
+        n_groups = len(set(g[c == cls]))
+        if not is_test[c == cls].any():
+            assert any(cls in n for n in notes if n.startswith("no test rows")), (cls, notes)
+            assert n_groups == 1 or len(set(groups)) < 2 * folds, (cls, n_groups)
+        held = len(set(fold[(c == cls) & ~is_test]))
+        if held < folds:
+            assert any(f"{cls} ({held})" in n for n in notes), (cls, notes)
+    again = S.assign(len(groups), 0.2, folds, seed, classes=classes, groups=groups)
+    assert (again[0] == is_test).all() and (again[1] == fold).all()
+
+
+def few_groups_per_class(n_cls=10, n_groups=4, rows=184, seed=7):
+    """``n_cls`` classes of ``n_groups`` groups each, ``rows`` rows of unequal group sizes."""
+    n_all = n_cls * n_groups
+    sizes = 2 + np.random.default_rng(seed).multinomial(rows - 2 * n_all, np.full(n_all, 1 / n_all))
+    groups = np.repeat([f"c{i // n_groups}g{i % n_groups}" for i in range(n_all)], sizes)
+    classes = np.array([x.split("g")[0] for x in groups])
+    return groups.tolist(), classes.tolist()
+
+
+@pytest.mark.parametrize("seed", [0, 42])
+def test_ten_classes_of_four_groups(seed):
+    # The issue's case: folds came out 46, 46, 38, 4, 4 and every class sat in folds 0-2.
+    groups, classes = few_groups_per_class()
+    is_test, fold = S.assign(184, 0.2, 5, seed, classes=classes, groups=groups)
+    sizes = np.bincount(fold[~is_test])
+    assert sizes.max() - sizes.min() <= 3, sizes
+    assert set(np.asarray(classes)[is_test]) == set(classes)  # all 10 classes in the test set
+    c = np.asarray(classes)
+    for cls in set(classes):  # 3 train groups each: in 3 different folds
+        assert len(set(fold[(c == cls) & ~is_test])) == 3
+    mine = S.fold_quality(fold, classes)
+    theirs = S.fold_quality(sklearn_folds(groups, classes, fold, 5, seed), classes)
+    assert mine[0] <= theirs[0] and mine[1] <= theirs[1] + 1e-9
+
+
+def test_four_types_of_two_machines_all_types_in_test():
+    # Three of four types used to have no test rows at all, without a warning.
+    groups = [f"{t}-id{m}" for t in ("fan", "pump", "slider", "valve") for m in range(2)
+              for _ in range(30 + m)]
+    types = [g.split("-")[0] for g in groups]
+    for seed in (0, 1, 42):
+        notes = []
+        is_test, fold = S.assign(len(groups), 0.2, 2, seed, classes=types, groups=groups,
+                                 notes=notes)
+        assert set(np.asarray(types)[is_test]) == set(types)
+        assert set(np.asarray(types)[~is_test]) == set(types)
+        # One machine per type left to train: each type is in one of the two folds only.
+        assert notes and "missing from some of the 2 folds" in notes[-1]
+
+
+def test_ties_are_broken_by_the_seed_not_the_lowest_index():
+    # Equal groups of one class: the old greedy put the remainder into the lowest bins.
+    groups = [f"g{i}" for i in range(11) for _ in range(5)]
+    layouts = set()
+    for seed in range(6):
+        is_test, fold = S.assign(len(groups), 0.1, 5, seed, groups=groups)
+        sizes = np.bincount(fold[~is_test])
+        assert sizes.max() - sizes.min() <= 5
+        layouts.add(tuple(fold))
+    assert len(layouts) > 1
+
+
+def test_single_group_class_is_named_and_strict_fails(tmp_path):
+    p = tmp_path / "rows.csv"
+    rows = [f"r{i},{'solo' if i < 8 else 'ab'[i % 2]},{'s0' if i < 8 else f's{i % 7 + 1}'}"
+            for i in range(50)]
+    p.write_text("id,label,spk\n" + "\n".join(rows) + "\n")
+    r = run([str(p), "--stratify", "label", "--group", "spk", "--folds", "2"])
+    assert r.exit_code == 0, r.stderr
+    warn = [ln for ln in r.stderr.splitlines() if "WARNING" in ln]
+    assert len(warn) == 2 and "solo" in warn[0] and "single group" in warn[0]
+    assert "solo (1)" in warn[1] and "missing from some of the 2 folds" in warn[1]
+    summary = [ln for ln in r.stderr.splitlines() if "50 ids" in ln][0]
+    assert "2 unmet" in summary and "solo" in summary
+    df = read_out(r.stdout)
+    assert not (df.loc[df.split == "test", "label"] == "solo").any()
+    out = tmp_path / "s.csv"
+    r = run([str(p), "--stratify", "label", "--group", "spk", "--folds", "2", "--strict",
+             "-o", str(out)])
+    assert r.exit_code == 1 and "--strict" in r.stderr and "solo" in r.stderr
+    assert r.stdout == "" and not out.exists()
+    # Without an unmet constraint --strict changes nothing.
+    a = run([str(p), "--folds", "2", "--strict", "--stratify", "label"])
+    b = run([str(p), "--folds", "2", "--stratify", "label"])
+    assert a.exit_code == 0 and a.stdout == b.stdout
+
+
+# --------------------------------------------------------------------------- protocols
+
+@pytest.fixture
+def machines(tmp_path):
+    """DCASE-like: 3 types x 2 machines x 20 clips, every 5th clip anomalous, own folders."""
+    lines = ["id,machine_type,machine_id,anomaly,folder"]
+    for t in ("fan", "pump", "valve"):
+        for m in range(2):
+            for j in range(20):
+                anomaly = int(j % 5 == 0)
+                folder = "test" if anomaly or j % 5 == 1 else "train"
+                lines.append(f"{t}/id_0{m}/{j:02d}.wav,{t},{t}-0{m},{anomaly},{folder}")
+    p = tmp_path / "labels.csv"
+    p.write_text("\n".join(lines) + "\n")
+    return p
+
+
+def test_test_where_sends_matches_to_test_and_splits_the_rest(machines):
+    r = run([str(machines), "--test-where", "anomaly == 1", "--folds", "3", "--seed", "5"])
+    assert r.exit_code == 0, r.stderr
+    df = read_out(r.stdout)
+    anomalous = df["anomaly"].astype(int) == 1
+    assert (df.loc[anomalous, "split"] == "test").all()
+    assert (df.loc[anomalous, "fold"] == "").all()
+    # The rest is split exactly as if it were the whole input (here the plain recipe).
+    rest = df[~anomalous].reset_index(drop=True)
+    is_test, fold = S.assign(len(rest), 0.2, 3, 5)
+    assert (rest["split"].eq("test").to_numpy() == is_test).all()
+    assert rest.loc[~is_test, "fold"].astype(int).tolist() == fold[~is_test].tolist()
+    # With stratification by machine the normal test clips cover every machine.
+    r = run([str(machines), "--test-where", "anomaly == 1 and machine_type != 'x'",
+             "--stratify", "machine_id", "--folds", "3"])
+    df = read_out(r.stdout)
+    normal_test = df[(df.split == "test") & (df.anomaly.astype(int) == 0)]
+    assert set(normal_test["machine_id"]) == set(df["machine_id"])
+
+
+def test_split_column_takes_train_test_and_makes_folds_inside_train(machines):
+    r = run([str(machines), "--split-column", "folder", "--folds", "4", "--group", "machine_id"])
+    assert r.exit_code == 0, r.stderr
+    df = read_out(r.stdout)
+    assert (df["split"] == df["folder"]).all()
+    train = df[df.split == "train"]
+    assert sorted(set(train["fold"].astype(int))) == [0, 1, 2, 3]
+    assert (train.groupby("machine_id")["fold"].nunique() == 1).all()
+    assert (df.loc[df.split == "test", "fold"] == "").all()
+    # --test-where adds to the column's test set.
+    r = run([str(machines), "--split-column", "folder", "--test-where", "machine_type == 'fan'"])
+    df = read_out(r.stdout)
+    assert (df.loc[df.machine_type == "fan", "split"] == "test").all()
+    other = df[df.machine_type != "fan"]
+    assert (other["split"] == other["folder"]).all()
+
+
+@pytest.mark.parametrize("args,words", [
+    (["--test-where", "__import__('os').system('echo hi')"], ["not allowed"]),
+    (["--test-where", "anomaly.sum() > 0"], ["bad --test-where expression", "not allowed"]),
+    (["--test-where", "anomaly == 7"], ["no row matches --test-where"]),
+    (["--test-where", "anomaly >= 0"], ["every row matches"]),
+    (["--test-where", "nope == 1"], ["unknown column", "nope"]),
+    (["--split-column", "machine_type"], ["must hold 'train' or 'test'", "'fan'"]),
+    (["--split-column", "nope"], ["'nope' not found"]),
+    (["--split-column", "folder", "--test-ratio", "0.3"], ["--test-ratio cannot be used"]),
+])
+def test_protocol_errors(machines, tmp_path, args, words):
+    out = tmp_path / "out.csv"
+    r = run([str(machines), "-o", str(out), *args])
+    one_line_error(r, *words)
+    assert not out.exists()
+
+
+def test_stratified_small_classes_get_a_test_row():
+    # 96 + 2 + 2 rows, 20 %: b and c have an ideal of 0.4 test rows each. Largest remainder
+    # alone gives the one leftover row to only one of them; both get one now.
+    classes = ["a"] * 96 + ["b"] * 2 + ["c"] * 2
+    for seed in range(5):
+        notes = []
+        is_test, fold = S.assign(100, 0.2, 3, seed, classes=classes, notes=notes)
+        c = np.asarray(classes)
+        assert sorted(set(c[is_test])) == ["a", "b", "c"]
+        assert sorted(set(c[~is_test])) == ["a", "b", "c"]
+        assert (c[is_test] == "a").sum() == 19 and is_test.sum() == 21
+        # One train row each for b and c: they are missing from 2 of the 3 folds, and said so.
+        assert len(notes) == 1 and "b (1), c (1)" in notes[0]

@@ -183,6 +183,61 @@ def test_render_clip_shape_and_range():
         assert np.isfinite(x).all() and np.abs(x).max() <= 0.98 + 1e-6
 
 
+# --------------------------------------------------------------------------- dcase2020 layout
+
+def test_dcase2020_layout_names_the_default_layouts_clips(small_set, tmp_path):
+    """Same clips as the default layout, under DCASE 2020 names: normal clips 0 and 1 of a
+    machine in train, normal clip 2 and anomalous clip 0 in test (SMALL: 4 clips, 1 anomalous)."""
+    root, default = small_set
+    out = tmp_path / "dcase"
+    labels = synth.generate(out, **SMALL, layout="dcase2020")
+    on_disk = pd.read_csv(out / "labels.csv", dtype=str, keep_default_na=False)
+    assert list(on_disk.columns) == list(synth.DCASE2020_LABEL_COLUMNS)
+    pd.testing.assert_frame_equal(on_disk, labels.astype(str))
+    assert sorted(p.relative_to(out).with_suffix("").as_posix() for p in audio_files(out)) \
+        == sorted(labels["id"])
+    # where each DCASE file comes from in the default layout
+    source = {"train/normal_id_{i}_00000000": "id_{i}/normal_0000",
+              "train/normal_id_{i}_00000001": "id_{i}/normal_0001",
+              "test/normal_id_{i}_00000000": "id_{i}/normal_0002",
+              "test/anomaly_id_{i}_00000000": "id_{i}/anomaly_0000"}
+    default = default.set_index("id")
+    assert len(labels) == len(default) == 4 * 3 * len(source) == 48
+    for mtype in synth.MACHINE_TYPES:
+        for i in ("00", "01", "02"):
+            for new, old in source.items():
+                new_id, old_id = f"{mtype}/{new.format(i=i)}", f"{mtype}/{old.format(i=i)}"
+                assert (out / f"{new_id}.wav").read_bytes() == (root / f"{old_id}.wav").read_bytes()
+                row = labels.set_index("id").loc[new_id]
+                split, stem = new.split("/")
+                assert (row.machine_type, row.machine_id, row.machine, row.split, row.label, row["clip"]) \
+                    == (mtype, i, f"{mtype}_id_{i}", split, stem.split("_")[0], stem[-8:])
+                assert row.anomaly == int(stem.startswith("anomaly"))
+                assert (row.anomaly_kind, row.sample_rate, row.channels) == tuple(
+                    default.loc[old_id, ["anomaly_kind", "sample_rate", "channels"]])
+
+
+def test_dcase2020_layout_counts(tmp_path):
+    labels = synth.generate(tmp_path, n_per_machine=10, machine_types=("pump",), ids_per_type=1,
+                            anomaly_fraction=0.6, duration=0.05, layout="dcase2020")
+    counts = labels.groupby(["split", "label"]).size().to_dict()
+    # 6 anomalous, 4 normal: as many normal as anomalous in test, but one normal stays in train
+    assert counts == {("train", "normal"): 1, ("test", "normal"): 3, ("test", "anomaly"): 6}
+    labels = synth.generate(tmp_path / "none", n_per_machine=3, machine_types=("pump",),
+                            ids_per_type=1, anomaly_fraction=0.0, duration=0.05, layout="dcase2020")
+    assert set(labels["split"]) == {"train"} and len(labels) == 3
+
+
+def test_cli_layout_dcase2020(tmp_path):
+    r = CliRunner().invoke(cli, [str(tmp_path / "d"), "--layout", "dcase2020", "--clips-per-machine", "2",
+                                 "--machine-types", "valve", "--ids-per-type", "1", "--duration", "0.05",
+                                 "--anomaly-fraction", "0.5"])
+    assert r.exit_code == 0, r.stderr
+    assert "wrote 2 clips (1 normal, 1 anomalous) of 1 machines" in r.stderr
+    assert sorted(p.relative_to(tmp_path / "d").as_posix() for p in audio_files(tmp_path / "d")) == \
+        ["valve/test/anomaly_id_00_00000000.wav", "valve/train/normal_id_00_00000000.wav"]
+
+
 # --------------------------------------------------------------------------- files
 
 def test_flac_and_mixed_formats(tmp_path):
@@ -229,6 +284,7 @@ def test_interrupted_run_leaves_no_partial_file(tmp_path):
     (dict(seed=-1), "seed"),
     (dict(formats=("mp3",)), "formats"),
     (dict(anomaly_kinds=("squeak",)), "squeak"),
+    (dict(layout="dcase2021"), "unknown layout"),
 ])
 def test_bad_values_are_input_errors(tmp_path, kwargs, message):
     with pytest.raises(InputError, match=message):
@@ -281,6 +337,7 @@ def test_cli_quiet(tmp_path):
     ["--duration", "0"],
     ["--format", "mp3"],
     ["--seed", "-1"],
+    ["--layout", "mimii"],
 ])
 def test_cli_bad_values_exit_2(tmp_path, args):
     out = tmp_path / "out"
