@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 
 import click
 
@@ -68,11 +67,8 @@ def cli(input_path: str, output: str, preset: str | None, pattern: str | None,
     if (preset is None) == (pattern is None):
         common.fail_usage("give exactly one of --preset and --pattern")
     parser = idlabels.parser_for(preset=preset, pattern=pattern)
-    if output != "-":
+    if output != "-":  # an -o naming the input is refused by the shared option check
         check_writable(output, "-o/--output")
-        if input_path != "-" and os.path.exists(output) and os.path.exists(input_path) \
-                and os.path.samefile(input_path, output):
-            common.fail_usage(f"-o/--output {output} is the input; write the labels to another file")
     ids = idlabels.read_ids(input_path)
     result = idlabels.label_ids(ids, parser, allow_unmatched=allow_unmatched)
     if result.unmatched:

@@ -233,6 +233,10 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise InputError(f"{path}: exists and is not a directory")
+    try:  # like mkdir -p, as these directories were made before they were written atomically
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise WriteError(path, exc.strerror or str(exc)) from None
     parent = _check_dir_writable(path)
     remove_stale_temporaries(path)
     try:

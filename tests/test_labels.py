@@ -224,7 +224,7 @@ def test_cli_refuses_to_overwrite_its_input(tmp_path):
     ids = tmp_path / "ids.csv"
     ids.write_text(csv_of(IDS))
     r = run([str(ids), "--preset", "dcase2020", "-o", str(tmp_path / "." / "ids.csv")])
-    assert r.exit_code == 2 and "is the input" in r.stderr
+    assert r.exit_code == 2 and "refusing to overwrite an input" in r.stderr
     assert ids.read_text() == csv_of(IDS)
 
 
