@@ -178,3 +178,19 @@ def test_cli_refuses_an_attack_and_writes_nothing(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("ae-train: error: bad --where"), p.stderr
     assert "function calls not allowed" in lines[0]
     assert "Traceback" not in p.stderr
+
+
+@pytest.mark.parametrize("command", ["ae-eval", "ae-encode"])
+def test_eval_and_encode_refuse_a_bad_where_before_reading_inputs(tmp_path, command):
+    """--where is parsed with the command line (common.where_option): the inputs here are not
+    a model or a features file, so reading them first would give another error."""
+    for name in ("m.safetensors", "f.h5"):
+        (tmp_path / name).write_bytes(b"not read")
+    (tmp_path / "labels.csv").write_text("id,anomaly\na,0\n")
+    p = subprocess.run([exe(command), "m.safetensors", "f.h5", "--labels", "labels.csv",
+                        "--where", "anomaly.to_csv('X') != 1", "-o", "out.h5"],
+                       cwd=tmp_path, capture_output=True, text=True)
+    assert p.returncode == 2, p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"{command}: error: bad --where"), p.stderr
+    assert not (tmp_path / "X").exists() and not (tmp_path / "out.h5").exists()
