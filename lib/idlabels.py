@@ -226,9 +226,9 @@ def read_ids(path: str | os.PathLike) -> list[str]:
     """The ids of a features file (HDF5, by its signature) or of a CSV's ``id`` column
     (``-`` is stdin). Raises InputError for a missing, empty or malformed input, empty ids
     and repeated ids."""
-    from .fileio import read_csv
+    from .fileio import display_name, read_csv
 
-    name = "<stdin>" if str(path) == "-" else str(path)
+    name = display_name(path)
     p = Path(path)
     if str(path) != "-":
         if not p.exists():

@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import InputError, preview
+from .fileio import display_name
 
 HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf", ".he5")
 
@@ -75,7 +76,7 @@ def load_split_input(path: str | os.PathLike, id_column: str = "id",
     """
     from .fileio import read_csv
 
-    name = "<stdin>" if str(path) == "-" else str(path)
+    name = display_name(path)
     if str(path) == "-" and labels_path is not None and str(labels_path) == "-":
         raise InputError("the input and --labels cannot both be '-' (stdin)")
     if is_hdf5(path):
@@ -109,7 +110,7 @@ def load_split_input(path: str | os.PathLike, id_column: str = "id",
         from .selection import load_labels
 
         labels = load_labels(labels_path, list(df["id"]), id_column=id_column, as_text=True)
-        lname = "<stdin>" if str(labels_path) == "-" else str(labels_path)
+        lname = display_name(labels_path)
         labels = labels.drop(columns=[c for c in ("split", "fold") if c in labels.columns])
         clash = [c for c in labels.columns if c in df.columns]
         if clash:
@@ -121,7 +122,7 @@ def load_split_input(path: str | os.PathLike, id_column: str = "id",
 
 # --------------------------------------------------------------------------- splitting
 
-def _check_params(n: int, test_ratio: float, folds: int, seed: int) -> None:
+def _check_params(test_ratio: float, folds: int, seed: int) -> None:
     if not isinstance(test_ratio, (int, float)) or not (0.0 < float(test_ratio) < 1.0):
         raise InputError(f"--test-ratio must be between 0 and 1 (both excluded), got {test_ratio}")
     if folds < 2:
@@ -167,7 +168,7 @@ def assign(n: int, test_ratio: float = 0.2, folds: int = 5, seed: int = 42,
     ``notes``, when given, receives one line per constraint the split could not meet
     (a class without test rows, a class missing from some folds).
     """
-    _check_params(n, test_ratio, folds, seed)
+    _check_params(test_ratio, folds, seed)
     ratio = float(test_ratio)
     cls = None if classes is None else _check_classes(classes)
     if groups is not None:
@@ -198,7 +199,7 @@ def assign_folds(n: int, folds: int = 5, seed: int = 42, classes: Sequence[str] 
                  notes: list[str] | None = None) -> np.ndarray:
     """Folds 0..K-1 for rows 0..n-1 that are all train rows (the test set is chosen
     elsewhere, e.g. by ``--split-column``): the fold part of :func:`assign`."""
-    _check_params(n, 0.5, folds, seed)
+    _check_params(0.5, folds, seed)
     rng = np.random.default_rng(seed)
     cls = None if classes is None else _check_classes(classes)
     if groups is not None:

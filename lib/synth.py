@@ -631,8 +631,17 @@ def _apply_anomaly(kind: str, rng, m: Machine, parts: _Parts, n: int) -> None:
         x = np.sin(_wrap(parts.shaft_phase + phi + rng.uniform(-0.5, 0.5))) * running
         x += 0.3 * np.sin(_wrap(2 * parts.shaft_phase + rng.uniform(0, TWO_PI))) * running
         parts.mono["anomaly"] = x * _anomaly_gain(rng, normal, x, sr, (8.0, 16.0), (-10.0, -3.0))
-    elif kind not in ("drift", "none"):   # drift is in the speed profile already
-        raise InputError(f"unknown anomaly kind {kind!r}; choose from {', '.join(ANOMALY_KINDS)}")
+    # drift is in the speed profile already; render_clip checked the kind
+
+
+def check_anomaly_kinds(kinds: Sequence[str]) -> None:
+    """Raise InputError unless ``kinds`` is a non-empty list of :data:`ANOMALY_KINDS`."""
+    if not kinds:
+        raise InputError("no anomaly kinds given; choose from " + ", ".join(ANOMALY_KINDS))
+    bad = [k for k in kinds if k not in ANOMALY_KINDS]
+    if bad:
+        raise InputError(f"unknown anomaly kind(s) {', '.join(map(repr, bad))}; "
+                         f"choose from {', '.join(ANOMALY_KINDS)}")
 
 
 def render_clip(machine: Machine, duration: float, anomaly: str = "none",
@@ -642,8 +651,8 @@ def render_clip(machine: Machine, duration: float, anomaly: str = "none",
     ``anomaly`` is ``none`` or one of :data:`ANOMALY_KINDS`. ``rng`` defaults to a fixed
     generator; :func:`generate` passes the clip's own (:func:`clip_rng`).
     """
-    if anomaly != "none" and anomaly not in ANOMALY_KINDS:
-        raise InputError(f"unknown anomaly kind {anomaly!r}; choose from {', '.join(ANOMALY_KINDS)}")
+    if anomaly != "none":
+        check_anomaly_kinds([anomaly])
     if rng is None:
         rng = np.random.default_rng(0)
     sr = machine.sample_rate
@@ -706,12 +715,7 @@ def _check(n_per_machine, machine_types, ids_per_type, anomaly_fraction, duratio
     if not formats or any(f not in FORMATS for f in formats):
         raise InputError(f"formats must be among {', '.join(FORMATS)}, got {', '.join(map(str, formats))}")
     if anomaly_fraction > 0:
-        if not anomaly_kinds:
-            raise InputError("no anomaly kinds given; choose from " + ", ".join(ANOMALY_KINDS))
-        bad = [k for k in anomaly_kinds if k not in ANOMALY_KINDS]
-        if bad:
-            raise InputError(f"unknown anomaly kind(s) {', '.join(map(repr, bad))}; "
-                             f"choose from {', '.join(ANOMALY_KINDS)}")
+        check_anomaly_kinds(anomaly_kinds)
 
 
 def write_clip(path: str | os.PathLike, audio: np.ndarray, sample_rate: int, fmt: str = "wav") -> None:
