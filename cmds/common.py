@@ -496,12 +496,35 @@ def fail_usage(message: str) -> None:
     raise CommandError(message, exit_code=2)
 
 
+class _FeatureParam(click.ParamType):
+    """A feature option's type: the field's type, passing an option not given (UNSET)
+    through, and taking 'none' where the field allows it (e.g. --top-db none: no floor)."""
+
+    def __init__(self, inner: click.ParamType, none_ok: bool):
+        self.inner, self.none_ok = inner, none_ok
+        self.name = inner.name + ("|none" if none_ok else "")
+
+    def get_metavar(self, param, *args, **kwargs):
+        inner = self.inner.get_metavar(param, *args, **kwargs) or self.inner.name.upper()
+        return inner + ("|none" if self.none_ok else "")
+
+    def convert(self, value, param, ctx):
+        from aekit.features import UNSET
+
+        if value is UNSET:
+            return value
+        if self.none_ok and isinstance(value, str) and value.strip().lower() == "none":
+            return None
+        return self.inner.convert(value, param, ctx)
+
+
 def mel_options(f: Callable) -> Callable:
     """The feature-parameter options, made from the parameter dataclass (MelParams): its
-    fields give the names, defaults, ranges, choices and help, so none is typed twice."""
+    fields give the names, defaults, ranges, choices and help, so none is typed twice;
+    --preset picks a named set of field values (MelParams.PRESETS) under explicit options."""
     from dataclasses import fields
 
-    from aekit.features import MelParams
+    from aekit.features import UNSET, MelParams
 
     for fld in reversed(fields(MelParams)):
         m = fld.metadata
@@ -511,10 +534,19 @@ def mel_options(f: Callable) -> Callable:
             kind = click.IntRange(min=m["min"], min_open=m["min_open"])
         else:
             kind = click.FloatRange(min=m["min"], min_open=m["min_open"])
-        help_ = m["help"] + (f" [default: {m['default_help']}]" if m["default_help"] else "")
-        f = click.option(f"--{fld.name.replace('_', '-')}", type=kind, default=fld.default,
-                         show_default=m["default_help"] is None, help=help_)(f)
-    return f
+        kind = _FeatureParam(kind, m["none_ok"])
+        shown = m["default_help"] or ("none" if fld.default is None else f"{fld.default:g}"
+                                      if isinstance(fld.default, float) else str(fld.default))
+        # The default is UNSET, not the field's: a preset's value must win over a default
+        # that was not typed, and an explicit option over the preset.
+        f = click.option(f"--{fld.name.replace('_', '-')}", type=kind, default=UNSET,
+                         show_default=False, help=m["help"] + f" [default: {shown}]")(f)
+    presets = "; ".join(f"{name}: " + ", ".join(f"{k}={'none' if v is None else v}"
+                                                for k, v in values.items())
+                        for name, values in MelParams.PRESETS.items())
+    return click.option("--preset", "mel_preset", type=click.Choice(list(MelParams.PRESETS)),
+                        default=None, help=f"Feature settings of a known front end ({presets}); "
+                                           "options given explicitly override it.")(f)
 
 
 def mel_params_from(kwargs: dict):
@@ -523,7 +555,9 @@ def mel_params_from(kwargs: dict):
 
     from aekit.features import MelParams
 
-    return MelParams(**{fld.name: kwargs.pop(fld.name) for fld in fields(MelParams)})
+    preset = kwargs.pop("mel_preset", None)
+    return MelParams.from_preset(preset, **{fld.name: kwargs.pop(fld.name)
+                                            for fld in fields(MelParams)})
 
 
 def jobs_option(f: Callable) -> Callable:

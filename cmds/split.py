@@ -84,7 +84,8 @@ def cli(input_path: str, output: str, id_column: str, labels_path: str | None,
     if split_column is not None and test_ratio is not None:
         common.fail_usage("--test-ratio cannot be used with --split-column (the column "
                           "chooses the test set)")
-    rows = split.load_split_input(input_path, id_column=id_column, labels_path=labels_path)
+    rows = split.load_split_input(input_path, id_column=id_column, labels_path=labels_path,
+                                  keep=split_column)
     notes: list[str] = []
     table = split.split_table(rows, test_ratio=0.2 if test_ratio is None else test_ratio,
                               folds=folds, seed=seed, stratify=stratify, group=group,

@@ -74,6 +74,20 @@ class _KindChoice(click.Choice):
         pass
 
 
+def _arch_options(f):
+    """Every model kind's own options (aekit.settings.ArchInfo.options, e.g. --context), added
+    without naming a kind; their values reach the command as arch_NAME."""
+    seen = {}
+    for arch, info in S.ARCHS.items():
+        for name, opt in info.options.items():
+            seen.setdefault(name, (opt, []))[1].append(arch)
+    for name, (opt, archs) in reversed(list(seen.items())):
+        f = click.option(f"--{name.replace('_', '-')}", f"arch_{name}",
+                         type=click.IntRange(min=opt.min), default=None,
+                         help=f"{opt.help} [{opt.default}]")(f)
+    return f
+
+
 @contextlib.contextmanager
 def stop_signals():
     """Yield a 'stop requested?' callable set by SIGTERM or SIGUSR1 (SLURM preemption)."""
@@ -118,17 +132,19 @@ def _self_sigterm_hook():
 @click.option("--arch", type=_KindChoice(), default=S.default_of("arch"),
               show_default=True,
               help="; ".join(f"{k}: {a.help}" for k, a in S.ARCHS.items()) + ".")
-@click.option("--hidden", callback=_widths, default=",".join(map(str, S.DEFAULT_HIDDEN)),
-              show_default=True,
-              help="Hidden layer widths, encoder side (the decoder mirrors them).")
-@click.option("--latent", type=click.IntRange(min=1), default=S.DEFAULT_LATENT, show_default=True,
-              help="Bottleneck width.")
+@click.option("--hidden", callback=_widths, default=None,
+              help="Hidden layer widths, encoder side (the decoder mirrors them) "
+                   f"[{S.defaults_help('hidden', lambda h: ','.join(map(str, h)))}].")
+@click.option("--latent", type=click.IntRange(min=1), default=None,
+              help=f"Bottleneck width [{S.defaults_help('latent')}].")
+@_arch_options
 @click.option("--epochs", type=click.IntRange(min=1), default=None,
-              help=f"Epochs [{S.default_of('epochs')}].")
+              help=f"Epochs [{S.defaults_help('epochs')}].")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
-              help=f"Rows per step, per process [{S.default_of('batch_size')}].")
+              help=f"Units (clips, or windows for frames) per step, per process "
+                   f"[{S.defaults_help('batch_size')}].")
 @click.option("--lr", type=float, default=None,
-              help=f"Adam learning rate (schedule peak) [{S.default_of('lr'):g}].")
+              help=f"Adam learning rate (schedule peak) [{S.defaults_help('lr', '{:g}'.format)}].")
 @click.option("--normalize", type=click.Choice(S.NORM_MODES), default=None,
               help="Input normalization fitted on training rows [default: global; tutorial: none].")
 @click.option("--schedule", type=click.Choice(S.SCHEDULES), default=None,
@@ -168,7 +184,7 @@ def _self_sigterm_hook():
 def cli(features, output, preset, arch, hidden, latent, epochs, batch_size, lr, normalize,
         schedule, warmup, balanced_batches, precision, splits_path, fold, labels_path, where,
         early_stop, keep, log_path, resume, checkpoint_dir, checkpoint_every, data_mode, workers,
-        seed, device):
+        seed, device, **arch_options):
     from aekit import train as tr  # torch is imported here, not at --help
     from aekit.fileio import null_progress
 
@@ -176,7 +192,8 @@ def cli(features, output, preset, arch, hidden, latent, epochs, batch_size, lr, 
         preset, arch=arch, hidden=hidden, latent=latent, epochs=epochs, batch_size=batch_size,
         lr=lr, normalize=normalize, schedule=schedule, warmup=warmup,
         balanced_batches=balanced_batches, precision=precision, early_stop=early_stop,
-        keep=keep, seed=seed)
+        keep=keep, seed=seed,
+        model_options={k.removeprefix("arch_"): v for k, v in arch_options.items()})
     if fold is not None and splits_path is None:
         raise InputError("--fold needs --splits")
     from aekit.fileio import check_writable

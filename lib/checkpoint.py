@@ -81,7 +81,7 @@ def resume_mismatch(ck: dict, settings: TrainSettings, data_id: dict) -> list[st
     diffs = []
     old = ck["settings"]
     for k in RESUME_MUST_MATCH:
-        a, b = old.get(k), settings.to_dict().get(k)
+        a, b = old.get(k, {} if k == "model_options" else None), settings.to_dict().get(k)
         if a != b:
             diffs.append(f"{k}: checkpoint {a}, now {b}")
     for k, b in data_id.items():

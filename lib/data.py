@@ -171,6 +171,10 @@ class WholeClips:
     def take_units(self, clips: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
         return clips.flatten(1)
 
+    def gather_units(self, x: torch.Tensor, clip: torch.Tensor, offsets: torch.Tensor
+                     ) -> torch.Tensor:
+        return x.index_select(0, clip).flatten(1)
+
 
 def _split_units(u: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Unit numbers -> (clip position, offset in the clip): unit u is offset u % k of clip u // k."""
@@ -250,15 +254,20 @@ class MemorySource:
         offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
         for i in range(start, len(sizes)):
             clip, off = _split_units(order[offsets[i]:offsets[i + 1]], self.k)
-            yield self._units(self.x.index_select(0, clip), off)  # [b, D]
+            # One indexing of the clip tensor per batch (the model's units, not whole clips).
+            units = self.model.gather_units(self.x, clip, off.to(self.home))  # [b, D]
+            yield units.to(self.device, non_blocking=True)
 
     def blocks(self, block: int = 256) -> Iterator[torch.Tensor]:
         """Every unit once, in order, ``block`` units at a time (validation)."""
         for s in range(0, len(self), block):
             u = torch.arange(s, min(len(self), s + block), device=self.home)
             clip, off = _split_units(u, self.k)
-            xb = self.x[s:s + block] if self.k == 1 else self.x.index_select(0, clip)
-            yield self._units(xb, off)
+            if self.k == 1:
+                yield self._units(self.x[s:s + block], off)
+            else:
+                yield self.model.gather_units(self.x, clip, off).to(self.device,
+                                                                    non_blocking=True)
 
 
 class _BatchReader(torch.utils.data.Dataset):

@@ -17,15 +17,17 @@ if TYPE_CHECKING:  # torch is imported where it is used, so option parsing stays
     import torch
 
 AMIN = 1e-10  # torchaudio AmplitudeToDB default
+UNSET = object()  # an option not given on the command line (None is a value: 'none')
 
 
 def param(default, help: str, *, type=None, min=None, min_open: bool = False,
-          choices: tuple | None = None, default_help: str | None = None):
+          choices: tuple | None = None, default_help: str | None = None, none_ok: bool = False):
     """A feature parameter: its default, and what its command-line option needs (help, range,
-    choices), so the dataclass is the one list of parameters (attributes, options, checks)."""
+    choices; ``none_ok``: the option also takes 'none'), so the dataclass is the one list of
+    parameters (attributes, options, checks)."""
     return field(default=default, metadata={
         "help": help, "type": type or builtins_type(default), "min": min, "min_open": min_open,
-        "choices": choices, "default_help": default_help})
+        "choices": choices, "default_help": default_help, "none_ok": none_ok})
 
 
 def builtins_type(value):
@@ -43,6 +45,13 @@ class MelParams:
     kind: ClassVar[str] = "logmel"
     #: What MelFrontend always uses: recorded in every file and checked, but not options.
     FIXED: ClassVar[dict] = {"window": "hann", "power": 2.0, "mel_scale": "htk"}
+    #: ``ae-featurize --preset NAME``: field values replacing the defaults (explicit options
+    #: still override them). dcase2020 is the DCASE 2020 Task 2 baseline's front end: mono,
+    #: 128 Mel bands, n_fft 1024, hop 512, 10 s at 16 kHz, no dB floor.
+    PRESETS: ClassVar[dict] = {
+        "dcase2020": dict(sample_rate=16000, num_samples=160_000, n_fft=1024, hop_length=512,
+                          n_mels=128, top_db=None, channels=1, channel_policy="mix"),
+    }
 
     sample_rate: int = param(16000, "Resample every clip to this rate (Hz) first.", min=1)
     # ~6.25 s at 16 kHz; longer clips truncated, shorter zero-padded
@@ -51,8 +60,8 @@ class MelParams:
     n_fft: int = param(1024, "FFT size (Hann window of the same length).", min=2)
     hop_length: int = param(256, "Samples between STFT frames.", min=1)
     n_mels: int = param(32, "Mel bands.", min=1)
-    top_db: float | None = param(80.0, "Dynamic range kept below each clip's maximum (dB).",
-                                 min=0, min_open=True)
+    top_db: float | None = param(80.0, "Dynamic range kept below each clip's maximum (dB); "
+                                       "'none': no floor.", min=0, min_open=True, none_ok=True)
     f_min: float = param(0.0, "Lowest Mel filter edge (Hz).", min=0)
     f_max: float | None = param(None, "Highest Mel filter edge (Hz).", type=float, min=0,
                                 min_open=True, default_help="sample-rate / 2")  # None: Nyquist
@@ -105,6 +114,18 @@ class MelParams:
         d["top_db"] = None if self.top_db is None else float(self.top_db)
         d["f_min"] = float(self.f_min)
         return d
+
+    @classmethod
+    def from_preset(cls, preset: str | None = None, **options) -> "MelParams":
+        """The parameters of ``preset`` (None: the defaults) with ``options`` overriding it;
+        an option whose value is ``UNSET`` keeps the preset's (or default) value."""
+        from .errors import InputError
+
+        if preset is not None and preset not in cls.PRESETS:
+            raise InputError(f"unknown feature preset {preset!r}: use {', '.join(cls.PRESETS)}")
+        values = {**(cls.PRESETS[preset] if preset else {}),
+                  **{k: v for k, v in options.items() if v is not UNSET}}
+        return cls(**values)
 
     @classmethod
     def from_attrs(cls, attrs: dict) -> "MelParams":

@@ -49,6 +49,13 @@ class ClipModel(nn.Module):
         """clips [B, C, M, T], offsets [B] -> units [B, D] (here the whole clip)."""
         return clips.flatten(1)  # [B, C*M*T]
 
+    def gather_units(self, x: torch.Tensor, clip: torch.Tensor, offsets: torch.Tensor
+                     ) -> torch.Tensor:
+        """Units of many clips held together: x [N, C, M, T], clip [B] (positions in x),
+        offsets [B] -> [B, D]. A model with many small units per clip overrides this to
+        index its units directly instead of copying whole clips first."""
+        return self.take_units(x.index_select(0, clip), offsets)
+
     def forward(self, units: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 

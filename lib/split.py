@@ -65,15 +65,18 @@ def is_hdf5(path: str | os.PathLike) -> bool:
 
 
 def load_split_input(path: str | os.PathLike, id_column: str = "id",
-                     labels_path: str | os.PathLike | None = None) -> pd.DataFrame:
+                     labels_path: str | os.PathLike | None = None,
+                     keep: str | None = None) -> pd.DataFrame:
     """The rows to split: a DataFrame whose first column is ``id`` (str), then any other columns.
 
     ``path`` is a features file (its ids; HDF5 is recognised by its signature) or a CSV
     (``-`` is stdin) with an ``id_column``; a CSV's other columns are kept as text, exactly
     as written. ``labels_path``: a CSV joined by id (its ``id_column`` too); every id needs
     a row there. Columns ``split`` and ``fold`` of a CSV input (an earlier ae-split output)
-    are dropped, since they are what is being recomputed.
+    are dropped, since they are what is being recomputed, unless named by ``keep`` (the
+    --split-column: e.g. ae-labels' ``split``, which holds the data set's own folders).
     """
+    dropped = tuple(c for c in ("split", "fold") if c != keep)
     from .fileio import read_csv
 
     name = display_name(path)
@@ -91,7 +94,7 @@ def load_split_input(path: str | os.PathLike, id_column: str = "id",
         if id_column not in raw.columns:
             raise InputError(f"{name}: column '{id_column}' not found; columns are: "
                              f"{', '.join(map(str, raw.columns))} (name the id column with --id-column)")
-        rest = [c for c in raw.columns if c != id_column and c not in ("split", "fold")]
+        rest = [c for c in raw.columns if c != id_column and c not in dropped]
         if "id" in rest:
             raise InputError(f"{name}: has both '{id_column}' (the id column) and 'id'; "
                              "rename one of them")
@@ -111,7 +114,7 @@ def load_split_input(path: str | os.PathLike, id_column: str = "id",
 
         labels = load_labels(labels_path, list(df["id"]), id_column=id_column, as_text=True)
         lname = display_name(labels_path)
-        labels = labels.drop(columns=[c for c in ("split", "fold") if c in labels.columns])
+        labels = labels.drop(columns=[c for c in dropped if c in labels.columns])
         clash = [c for c in labels.columns if c in df.columns]
         if clash:
             raise InputError(f"{lname}: column(s) {', '.join(map(str, clash))} are also in {name}; "
@@ -673,8 +676,9 @@ def split_table(df: pd.DataFrame, test_ratio: float = 0.2, folds: int = 5, seed:
         "split": np.where(is_test, "test", "train").astype(object),
         "fold": pd.arrays.IntegerArray(np.where(is_test, 0, fold).astype(np.int64), is_test.copy()),
     })
-    rest = df.drop(columns=["id"]).reset_index(drop=True)
-    return pd.concat([out, rest], axis=1)
+    # A kept 'split'/'fold' input column (--split-column split) is replaced by the result.
+    rest = df.drop(columns=[c for c in ("id", "split", "fold") if c in df.columns])
+    return pd.concat([out, rest.reset_index(drop=True)], axis=1)
 
 
 def _typed(df: pd.DataFrame) -> pd.DataFrame:

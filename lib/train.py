@@ -376,7 +376,8 @@ def setup(features, output, s: TrainSettings, *, splits, fold, labels, where,
     with FeatureFile(features) as ff:
         rows = select_training_rows(ff.ids, splits, fold, labels, where)
         warn_empty_validation(rows.n_val, fold, where)
-        config = make_config(s.arch, ff.clip_shape, hidden=s.hidden, latent=s.latent)
+        config = make_config(s.arch, ff.clip_shape, hidden=s.hidden, latent=s.latent,
+                             **s.model_options)
         shape_model = build_model(config, "meta")  # units and statistics' shape, no memory
         data_id = {"input_shape": list(ff.clip_shape), "fold": fold, "where": where,
                    "n_train": rows.n_train, "n_val": rows.n_val, "rows": rows.ids_digest,

@@ -103,3 +103,48 @@ def test_slurm_train_script_checkpoints_on_usr1_and_resumes(tmp_path, env_bin):
     from aekit.modelfile import read_info
 
     assert len(read_info(model)["history"]) == 400
+
+
+@pytest.mark.slow
+def test_dcase_example_on_tiny_synthetic_data(tmp_path, env_bin):
+    """examples/dcase without DATA: ae-synth --layout dcase2020, one model per type and arch,
+    the DCASE-shaped table; its AUCs are scikit-learn's on the per-clip scores, its means the
+    arithmetic and harmonic means of the rows above."""
+    from statistics import harmonic_mean, mean
+
+    import pandas as pd
+    from sklearn.metrics import roc_auc_score
+
+    w = tmp_path / "work"
+    tiny = "--hidden 16 --latent 4 --epochs 2 --batch-size 8"
+    p = make([f"W={w}", "TYPES=fan pump", "IDS=2", "CLIPS=8", "DURATION=1", "FOLDS=2", "JOBS=1",
+              "ARCHS=frames improved", "FEATURE_OPTS=--preset dcase2020 --num-samples 16000",
+              f"OPTS_frames={tiny}", f"OPTS_improved={tiny}"], env_bin, cwd=EXAMPLES / "dcase")
+    assert p.stdout.endswith((w / "table.md").read_text())
+    rows = [r.strip("|").split("|") for r in (w / "table.md").read_text().splitlines()[2:]]
+    rows = [[c.strip().strip("*") for c in r] for r in rows]
+    assert [r[:2] for r in rows] == [["fan", "00"], ["fan", "01"], ["fan", "mean"],
+                                     ["pump", "00"], ["pump", "01"], ["pump", "mean"],
+                                     ["all types", "arithmetic mean"],
+                                     ["all types", "harmonic mean"]]
+    labels = pd.read_csv(w / "labels.csv", dtype={"machine_id": str})
+    assert set(pd.read_csv(w / "splits.csv").merge(labels, on="id").query("split_x == 'test'")
+               ["split_y"]) == {"test"}  # the data set's folders decide the test set
+    for j, arch in enumerate(["frames", "improved"]):
+        col = 2 + 2 * j
+        for k, mtype in enumerate(["fan", "pump"]):
+            s = pd.read_csv(w / "reports" / f"{arch}.{mtype}.scores.csv", dtype={"machine": str})
+            assert set(s["machine_type"]) == {mtype} and set(s["split"]) == {"test"}
+            for i, mid in enumerate(["00", "01"]):
+                g = s[s["machine"] == f"{mtype}_id_{mid}"]
+                assert float(rows[3 * k + i][col]) == pytest.approx(
+                    roc_auc_score(g["anomaly"], g["mse"]), abs=6e-4)
+            assert float(rows[3 * k + 2][col]) == pytest.approx(
+                mean(float(rows[3 * k + i][col]) for i in range(2)), abs=1.1e-3)
+        per_type = [float(rows[r][col]) for r in (2, 5)]
+        assert float(rows[6][col]) == pytest.approx(mean(per_type), abs=1.1e-3)
+        assert float(rows[7][col]) == pytest.approx(harmonic_mean(per_type), abs=1.1e-3)
+    # A second run has nothing left to do but show the table.
+    again = make(["-n", f"W={w}", "TYPES=fan pump", "ARCHS=frames improved"], env_bin,
+                 cwd=EXAMPLES / "dcase")
+    assert again.stdout.strip() == f"cat {w}/table.md", again.stdout

@@ -204,3 +204,31 @@ def test_root_sets_the_ids(corpus, tmp_path):
         assert ff.ids == ["fan/a", "fan/b"]
     r = run([str(corpus / "fan"), "-o", str(out), *SMALL, "--root", str(corpus / "pump")])
     assert r.exit_code == 2 and "is not under the id root" in r.stderr
+
+
+def test_preset_dcase2020_and_top_db_none(tmp_path):
+    """--preset sets MelParams.PRESETS' values, an explicit option overrides it, and
+    --top-db none keeps the whole dynamic range (a -120 dB tail survives an 80 dB floor's cut)."""
+    audio = tmp_path / "a"
+    write_tone(audio / "x.wav", seconds=1.0, channels=2)
+    wav, sr = sf.read(str(audio / "x.wav"))
+    sf.write(str(audio / "x.wav"), np.concatenate([wav, np.zeros((sr, 2))]) , sr)  # 1 s silence
+    r = run([str(audio), "-o", str(tmp_path / "p.h5"), "--preset", "dcase2020", "--n-mels", "64",
+             "-j", "1", "-q"])
+    assert r.exit_code == 0, r.output
+    with h5py.File(tmp_path / "p.h5") as f:
+        a = dict(f.attrs)
+        assert f["features"].shape == (1, 1, 64, 160_000 // 512 + 1)
+    assert (a["channels"], a["n_mels"], a["n_fft"], a["hop_length"], a["num_samples"],
+            a["channel_policy"], a["top_db"]) == (1, 64, 1024, 512, 160_000, "mix", "none")
+    for top_db, floor in (("none", False), ("80", True)):
+        out = tmp_path / f"t{top_db}.h5"
+        r = run([str(audio), "-o", str(out), "--top-db", top_db, "-j", "1", "-q"])
+        assert r.exit_code == 0, r.output
+        x = FeatureFile(out).read()[0]
+        assert (x.max() - x.min() <= 80 + 1e-3) == floor
+    assert MelParams.from_preset(None, top_db=None).top_db is None
+    r = run([str(audio), "-o", str(tmp_path / "b.h5"), "--top-db", "-3"])
+    assert r.exit_code == 2 and not (tmp_path / "b.h5").exists()
+    r = run([str(audio), "-o", str(tmp_path / "b.h5"), "--preset", "dcase2019"])
+    assert r.exit_code == 2 and not (tmp_path / "b.h5").exists()

@@ -65,3 +65,27 @@ def test_two_process_ddp_then_sigterm_resume(tmp_path, setup):
     assert r.returncode == 0, r.stderr[-3000:]
     a, b = load_file(str(full)), load_file(str(part))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_two_process_ddp_frames_counts_windows_and_resumes(tmp_path, setup):
+    """A kind with many units per clip under DDP: each rank takes half of the windows
+    (clips x windows, not clips), and a SIGTERM mid-run then --resume is bit-exact."""
+    p, sp = setup
+    args = [p, "--arch", "frames", "--hidden", "16", "--latent", "4", "--context", "4",
+            "--epochs", "2", "--batch-size", "16", "--splits", sp, "--fold", "0"]
+    full = tmp_path / "full.safetensors"
+    r = torchrun([*args, "-o", full, "-v"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    # 16 training clips x 7 windows = 112 units, 56 per rank: 4 batches of 14 per epoch.
+    assert "16 training clips (112 units)" in r.stderr
+    assert r.stderr.count("epoch 1/2: 4/4 batches") == 1, r.stderr[-3000:]
+    info = read_info(full)
+    assert info["world_size"] == 2 and len(info["history"]) == 2
+    part = tmp_path / "part.safetensors"
+    r = torchrun([*args, "-o", part], env={"AEKIT_TRAIN_SIGTERM_AT_STEP": "5"})
+    assert r.returncode != 0 and not part.exists()
+    assert "run again with --resume" in r.stderr
+    r = torchrun([*args, "-o", part, "--resume"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    a, b = load_file(str(full)), load_file(str(part))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

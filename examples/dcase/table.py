@@ -1,0 +1,44 @@
+"""The DCASE-shaped results table of examples/dcase: reports/ARCH.TYPE.json from ae-eval
+(--anomaly-column anomaly --group-by machine) -> one Markdown table per metric set:
+a row per machine id and per machine type (its arithmetic mean over ids, as the DCASE
+tables give), then the arithmetic and harmonic means over the machine types."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from statistics import harmonic_mean, mean
+
+
+def main(paths: list[str]) -> None:
+    reports: dict[tuple[str, str], dict] = {}
+    for p in paths:
+        arch, mtype = Path(p).stem.split(".", 1)
+        reports[(arch, mtype)] = json.loads(Path(p).read_text())["anomaly"]
+    archs = list(dict.fromkeys(a for a, _ in reports))
+    types = list(dict.fromkeys(t for _, t in reports))
+    head = "| machine type | id | " + " | ".join(f"{a} AUC | {a} pAUC" for a in archs) + " |"
+    print(head)
+    print("|---|---|" + "---|---|" * len(archs))
+    per_type: dict[str, dict[str, tuple[float, float]]] = {a: {} for a in archs}
+    for t in types:
+        ids = sorted(reports[(archs[0], t)]["groups"])
+        for m in ids:
+            cells = [f"{reports[(a, t)]['groups'][m]['auc']:.3f} | "
+                     f"{reports[(a, t)]['groups'][m]['pauc']:.3f}" for a in archs]
+            print(f"| {t} | {m.rsplit('_', 1)[-1]} | " + " | ".join(cells) + " |")
+        cells = []
+        for a in archs:
+            g = reports[(a, t)]["group_mean"]
+            per_type[a][t] = (g["auc_arithmetic"], g["pauc_arithmetic"])
+            cells.append(f"**{g['auc_arithmetic']:.3f}** | **{g['pauc_arithmetic']:.3f}**")
+        print(f"| **{t}** | mean | " + " | ".join(cells) + " |")
+    for name, fn in (("arithmetic mean", mean), ("harmonic mean", harmonic_mean)):
+        cells = [f"{fn([v[0] for v in per_type[a].values()]):.3f} | "
+                 f"{fn([v[1] for v in per_type[a].values()]):.3f}" for a in archs]
+        print(f"| **all types** | {name} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
