@@ -298,3 +298,49 @@ def test_readme_api_example_runs(audio, features, tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "stdout", out)
     exec(compile(block, "README.md", "exec"), {})
     assert out.getvalue().strip()
+
+
+def test_decision_report_matches_sklearn():
+    from sklearn.metrics import confusion_matrix, f1_score, precision_score, recall_score
+
+    from aekit.metrics import decision_report
+
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, 200)
+    s = rng.normal(size=200) + y
+    for t in (-0.5, 0.7, 99.0):  # 99: nothing flagged, precision undefined -> 0
+        got = decision_report(y, s, t)
+        pred = (s > t).astype(int)
+        tn, fp, fn, tp = confusion_matrix(y, pred, labels=[0, 1]).ravel()
+        assert (got["tp"], got["fp"], got["fn"], got["tn"]) == (tp, fp, fn, tn)
+        assert got["precision"] == pytest.approx(precision_score(y, pred, zero_division=0))
+        assert got["recall"] == pytest.approx(recall_score(y, pred, zero_division=0))
+        assert got["f1"] == pytest.approx(f1_score(y, pred, zero_division=0))
+
+
+def test_eval_reports_the_stored_thresholds_decisions(features, tmp_path):
+    import json
+
+    from sklearn.metrics import f1_score, precision_score, recall_score
+
+    import aekit
+
+    model = trained(features, "baseline")
+    t = aekit.load_model(model).info["threshold"]
+    with aekit.open_features(features) as ff:
+        ids = ff.ids
+    labels = tmp_path / "labels.csv"
+    y = {i: k % 2 for k, i in enumerate(ids)}
+    labels.write_text("id,anomaly\n" + "".join(f"{i},{y[i]}\n" for i in ids))
+    scores_csv, report = tmp_path / "s.csv", tmp_path / "r.json"
+    r = invoke("eval", [model, features, "--labels", labels, "--anomaly-column", "anomaly",
+                        "--scores", scores_csv, "-o", report, "-q"])
+    assert r.exit_code == 0, r.stderr
+    got = json.loads(report.read_text())["anomaly"]["threshold"]
+    rows = read_csv(scores_csv.read_text())
+    yt = [y[row["id"]] for row in rows]
+    pred = [int(float(row["mse"]) > t["value"]) for row in rows]
+    assert got["value"] == t["value"] and got["method"] == t["method"]
+    assert got["precision"] == pytest.approx(precision_score(yt, pred, zero_division=0))
+    assert got["recall"] == pytest.approx(recall_score(yt, pred, zero_division=0))
+    assert got["f1"] == pytest.approx(f1_score(yt, pred, zero_division=0))
