@@ -220,6 +220,12 @@ def evaluate(model: LoadedModel, ff: FeatureFile, rows: np.ndarray, split_names:
             "group_by": opts.group_by,
             **metrics.anomaly_report(lab.anomaly, score, lab.groups, opts.max_fpr),
         }
+        stored = (model.info or {}).get("threshold")
+        if opts.score == "mse" and isinstance(stored, dict) and stored.get("value") is not None:
+            # Decisions at the threshold ae-train stored (ae-score --threshold model).
+            report["anomaly"]["threshold"] = {
+                "method": stored.get("method"),
+                **metrics.decision_report(lab.anomaly, score, float(stored["value"]))}
     if train_rows is not None:
         z_train = _train_codes(model, ff, rows, sc.latents, train_rows, batch_size, device)
         report["probe"] = {

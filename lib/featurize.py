@@ -8,13 +8,15 @@ the number of files. Failures are recorded and skipped, or stop the run, as aske
 
 from __future__ import annotations
 
+import itertools
 import logging
 import multiprocessing as mp
 import os
 import sys
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 
@@ -27,6 +29,7 @@ from .store import PER_CLIP, FeatureWriter, inputs_fingerprint
 LOG = logging.getLogger("aekit")
 
 TASK_FILES = 8  # files per task: few enough that results stream back in order without stalls
+IN_FLIGHT_PER_JOB = 4  # tasks queued per worker: keeps workers busy, bounds results held
 
 
 def available_cpus() -> int:
@@ -172,25 +175,63 @@ def _run(tasks, params, jobs, block_size, on_error, writer, report, ids, on_fail
         buf_feats.clear()
         buf_rows.clear()
 
-    def consume(result) -> None:
-        ok, failed = result
-        for index, path, reason in failed:
-            report.failures.append((path, reason))
-            writer.add_failures([path], [reason])
+    for item in _iter_tasks(tasks, params, jobs):
+        if item.error is not None:
+            report.failures.append((item.path, item.error))
+            writer.add_failures([item.path], [item.error])
             if on_failure:
-                on_failure(path, reason)
+                on_failure(item.path, item.error)
             if on_error == "fail":
-                raise DataError(f"{path}: {reason} (stopping: --on-error fail); no output written")
-        for index, path, feats, meta in ok:
-            buf_feats.append(feats)
-            buf_rows.append((index, path, meta[:5]))
-            report.channels_cut += int(meta[5])
-            if meta[4]:
-                report.truncated.append(path)
+                raise DataError(f"{item.path}: {item.error} (stopping: --on-error fail); "
+                                "no output written")
+        else:
+            buf_feats.append(item.features)
+            buf_rows.append((item.index, item.path, item.meta[:5]))
+            report.channels_cut += int(item.meta[5])
+            if item.meta[4]:
+                report.truncated.append(item.path)
         if progress:
-            progress(len(ok) + len(failed))
+            progress(1)
         if len(buf_rows) >= block_size:
             flush()
+    flush()
+
+
+# ------------------------------------------------------------------ shared iterator
+
+class Featurized(NamedTuple):
+    """One input's result: features float32 [C, M, T] and per-clip meta (PER_CLIP order, then
+    channels_cut), or ``features=None`` and the one-line reason in ``error``."""
+
+    index: int  # position in the input list
+    path: str
+    features: np.ndarray | None
+    meta: tuple | None
+    error: str | None
+
+
+def iter_features(paths: Sequence[os.PathLike | str], params: MelParams,
+                  jobs: int | None = None) -> Iterator[Featurized]:
+    """Decode and featurize ``paths`` in worker processes; yield one :class:`Featurized` per
+    path, in input order, as results arrive. Failures are yielded, not raised.
+
+    At most a few tasks per worker are in flight, so memory stays flat however slowly the
+    caller consumes (``featurize`` writes blocks, ``aekit.scoring`` runs a model). Closing
+    the generator early stops the workers.
+    """
+    check_mel_params(params)
+    work = [(i, str(p)) for i, p in enumerate(paths)]
+    tasks = [work[s:s + TASK_FILES] for s in range(0, len(work), TASK_FILES)]
+    yield from _iter_tasks(tasks, params, max(1, int(jobs or available_cpus())))
+
+
+def _iter_tasks(tasks: list[list[tuple[int, str]]], params: MelParams,
+                jobs: int) -> Iterator[Featurized]:
+    def items(result) -> list[Featurized]:
+        ok, failed = result
+        out = [Featurized(i, p, f, m, None) for i, p, f, m in ok]
+        out += [Featurized(i, p, None, None, r) for i, p, r in failed]
+        return sorted(out, key=lambda it: it.index)
 
     _preload()
     frontend = MelFrontend(params)  # built once, here; workers get a copy
@@ -200,16 +241,23 @@ def _run(tasks, params, jobs, block_size, on_error, writer, report, ids, on_fail
 
         _init_worker(frontend, torch.get_num_threads())
         for task in tasks:
-            consume(_process(task))
-    else:
-        # fork is cheapest (workers inherit the imports and the frontend); on macOS, where
-        # forking a process with threads is unsafe, and elsewhere, spawn.
-        ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
-        with ctx.Pool(min(jobs, len(tasks)), initializer=_init_worker, initargs=(frontend, 1)) as pool:
-            try:
-                for result in pool.imap(_process, tasks):
-                    consume(result)
-            except BaseException:
-                pool.terminate()
-                raise
-    flush()
+            yield from items(_process(task))
+        return
+    # fork is cheapest (workers inherit the imports and the frontend); on macOS, where
+    # forking a process with threads is unsafe, and elsewhere, spawn.
+    ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+    window = IN_FLIGHT_PER_JOB * min(jobs, len(tasks))
+    with ctx.Pool(min(jobs, len(tasks)), initializer=_init_worker, initargs=(frontend, 1)) as pool:
+        try:
+            pending: deque = deque()
+            todo = iter(tasks)
+            for task in itertools.islice(todo, window):
+                pending.append(pool.apply_async(_process, (task,)))
+            while pending:
+                result = pending.popleft().get()
+                for task in itertools.islice(todo, 1):
+                    pending.append(pool.apply_async(_process, (task,)))
+                yield from items(result)
+        except BaseException:  # an error, Ctrl-C, or the caller closed the generator
+            pool.terminate()
+            raise

@@ -174,6 +174,21 @@ def anomaly_labels(column: pd.Series, name: str) -> np.ndarray:
     return vals.to_numpy(dtype=np.int64)
 
 
+def decision_report(y_true, scores, threshold: float) -> dict:
+    """Decisions score > threshold against 0/1 labels: the confusion counts and precision,
+    recall and F1 of the anomalous class (0 where undefined, as scikit-learn's
+    zero_division=0), as the DCASE 2023+ Task 2 results report them."""
+    y, s = np.asarray(y_true).astype(int), np.asarray(scores, dtype=np.float64)
+    pred = s > threshold
+    tp, fp = int((pred & (y == 1)).sum()), int((pred & (y == 0)).sum())
+    fn, tn = int((~pred & (y == 1)).sum()), int((~pred & (y == 0)).sum())
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0
+    return {"value": float(threshold), "tp": tp, "fp": fp, "fn": fn, "tn": tn,
+            "precision": precision, "recall": recall, "f1": f1}
+
+
 def anomaly_report(y_true, scores, groups: Sequence | None = None,
                    max_fpr: float = MAX_FPR) -> dict:
     """AUC and DCASE pAUC overall and per group, with arithmetic and harmonic means over groups."""
@@ -325,7 +340,7 @@ def summarize_reports(reports: Sequence[dict], names: Sequence[str] | None = Non
 
 #: Last parts of metric keys left out of tables by default: counts and spread statistics.
 _DETAIL = frozenset({"count", "normal", "anomalous", "train_count", "std", "min", "max",
-                     "p5", "p25", "p75", "p95"})
+                     "p5", "p25", "p75", "p95", "value", "tp", "fp", "fn", "tn"})
 
 
 def is_headline(key: str) -> bool:

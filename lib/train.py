@@ -340,6 +340,11 @@ def train(features: str | os.PathLike, output: str | os.PathLike, settings: Trai
     if dist.is_main:
         if weights == "best" and state.best_epoch != len(state.history):
             model.load_state_dict(load_checkpoint(run.best_path)["model"])
+        # The suggested decision threshold, from all training clips' scores (rank 0 scores
+        # them all) with the weights kept: aekit.scoring.fit_threshold.
+        from .scoring import training_threshold
+
+        threshold = training_threshold(model, norm, features, rows.train, device)
         if log and state.history:
             _write_log(log, state.history)
         save_model(output, model, norm, feature_params, state.history,
@@ -347,7 +352,8 @@ def train(features: str | os.PathLike, output: str | os.PathLike, settings: Trai
                    splits=_str(splits), where=where, n_train=rows.n_train, n_val=rows.n_val,
                    best_epoch=state.best_epoch, best_val_loss=state.best_val, weights=weights,
                    epochs_run=len(state.history), stopped_early=state.stopped_early,
-                   world_size=dist.world, device=str(device), loss_units="dB^2", **(meta or {}))
+                   world_size=dist.world, device=str(device), loss_units="dB^2",
+                   threshold=threshold, **(meta or {}))
     dist.barrier()
     return TrainResult(history=state.history, best_epoch=state.best_epoch,
                        best_val_loss=state.best_val, stopped_early=state.stopped_early,

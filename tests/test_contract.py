@@ -26,6 +26,7 @@ COMMANDS = {
     "ae-train": ("train", ["missing.h5", "-o", "model.safetensors"]),
     "ae-encode": ("encode", ["missing.safetensors", "missing.h5", "-o", "latents.h5"]),
     "ae-eval": ("eval", ["missing.safetensors", "missing.h5"]),
+    "ae-score": ("score", ["missing.safetensors", "missing.wav"]),
     "ae-synth": ("synth", None),
     "ae-labels": ("labels", ["missing.h5", "--preset", "dcase2020"]),
 }

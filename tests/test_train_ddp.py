@@ -52,7 +52,16 @@ def test_two_process_ddp_then_sigterm_resume(tmp_path, setup):
     assert len(info["history"]) == 3 and all(np.isfinite(h["val_loss"]) for h in info["history"])
     assert len(log.read_text().splitlines()) == 4  # one writer: rank 0
     assert r.stderr.count("epoch 3/3: train loss") == 1  # rank 0 alone reports
-    load_model(full)
+    model = load_model(full)
+    # The stored threshold covers the training rows of both ranks (rank 0 scores them all).
+    from aekit.inference import score_rows
+    from aekit.store import FeatureFile
+
+    train_rows = [k for k in range(40) if k % 5 != 4 and k % 2 == 1]  # train, not fold 0
+    with FeatureFile(p) as ff:
+        scores = score_rows(model, ff, np.array(train_rows)).mse
+    assert info["threshold"]["n"] == len(train_rows) == 16
+    np.testing.assert_allclose(info["threshold"]["empirical"], np.quantile(scores, 0.9), rtol=1e-6)
 
     # Both ranks get SIGTERM at global step 3 of 6 (2 per epoch per rank): status 3, then resume.
     part = tmp_path / "part.safetensors"

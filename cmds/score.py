@@ -1,0 +1,145 @@
+"""ae-score: score new recordings with a trained model, streaming: audio in, id,path,score out."""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+
+import click
+
+from aekit.cmds import common
+
+LOG = logging.getLogger("aekit")
+
+HELP = """Score audio files with a trained model: one CSV row per file, as computed.
+
+Each file is decoded and featurized with the feature parameters stored in MODEL
+(exactly as ae-featurize would, in worker processes), and scored by the model: the
+score is the clip's reconstruction MSE in dB^2 (higher: more anomalous), the same
+number ae-featurize + ae-eval --scores give. Rows (id,path,score) come in input order,
+a batch at a time, so a long stream runs in constant memory and '| head' works.
+
+INPUTS are audio files and directories (searched recursively by extension), or
+'-' alone to read paths from stdin, one per line; ids as in ae-featurize (relative
+to the inputs' common root or --root, without extension). A file that cannot be
+decoded is reported on stderr and gets a row with an empty score (and decision);
+--on-error fail stops at the first one instead, and the run fails (exit 1) when more
+than --max-fail-frac of the inputs failed.
+
+--threshold T adds a column decision: 1 when score > T, else 0. --threshold model
+uses the threshold ae-train stored in the model (the 90th percentile of a gamma
+distribution fitted to its training clips' scores, as in the DCASE baselines).
+
+\b
+Examples:
+  ae-score model.safetensors new/ -o scores.csv
+  find new -name '*.wav' | ae-score model.safetensors - --threshold model | head
+
+See also: ae-featurize, ae-train, ae-eval.
+"""
+
+
+def _threshold(ctx, param, value):
+    if value is None or value == "model":
+        return value
+    try:
+        t = float(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is neither a number nor 'model'") from None
+    if not math.isfinite(t):
+        raise click.BadParameter(f"{value!r} is not a finite number")
+    return t
+
+
+@common.command("ae-score", help=HELP)
+@click.argument("model_path", metavar="MODEL", type=common.RegularFile("model file"))
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(allow_dash=True))
+@common.output_option(help="Scores CSV, written atomically; '-' or omitted: stdout (streamed).")
+@click.option("--threshold", default=None, metavar="T|model", callback=_threshold,
+              help="Add a decision column (1: score > T); 'model': the threshold stored by ae-train.")
+@common.jobs_option
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Clips per forward pass (rows are written a batch at a time).")
+@click.option("--on-error", type=click.Choice(["skip", "fail"]), default="skip", show_default=True,
+              help="A bad input: report it and write a row with an empty score, or stop at once.")
+@click.option("--max-fail-frac", type=click.FloatRange(0, 1), default=0.05, show_default=True,
+              help="Fail the run when more than this fraction of inputs failed.")
+@click.option("--root", type=click.Path(file_okay=False), default=None,
+              help="Make ids relative to this directory [default: the inputs' common root].")
+@common.device_option
+@common.verbosity_options
+def cli(model_path, inputs, output, threshold, jobs, batch_size, on_error, max_fail_frac, root,
+        device):
+    from aekit.audio import common_root, discover, make_ids
+    from aekit.device import resolve_device
+    from aekit.errors import DataError, InputError
+    from aekit.featurize import available_cpus
+    from aekit.fileio import open_output
+    from aekit.modelfile import load_model
+    from aekit.scoring import model_params, score_files, stored_threshold
+
+    model = load_model(model_path, resolve_device(device))
+    params = model_params(model)  # refuses a model without feature parameters
+    if threshold == "model":
+        threshold = stored_threshold(model)
+        LOG.info("threshold %.6g (stored in %s, method %s)", threshold, model_path,
+                 model.info["threshold"].get("method"))
+    paths = discover(list(inputs), sys.stdin if list(inputs) == ["-"] else None)
+    ids = make_ids(paths, root if root is not None else common_root(list(inputs), paths))
+    if len(set(ids)) != len(ids):
+        raise InputError("ids are not unique")
+    jobs = jobs or available_cpus()
+    LOG.info("%d input file(s), %d job(s); clip shape %s", len(paths), jobs,
+             list(params.clip_shape))
+
+    header = ["id", "path", "score"] + (["decision"] if threshold is not None else [])
+    failed = scored = 0
+    with common.progress(len(paths), "score", unit="files") as advance, \
+            open_output(output) as fh:
+        fh.write(",".join(header) + "\n")
+        records = score_files(model, paths, ids, jobs=jobs, batch_size=batch_size)
+        try:
+            last = -1
+            for rec in records:
+                if rec.error is not None:
+                    failed += 1
+                    if on_error == "fail":
+                        raise DataError(f"{rec.path}: {rec.error} (stopping: --on-error fail)")
+                    LOG.warning("%s: %s (empty score)", rec.path, rec.error)
+                    row = [rec.id, rec.path, ""] + ([""] if threshold is not None else [])
+                else:
+                    scored += 1
+                    row = [rec.id, rec.path, format(rec.score, ".9g")]
+                    if threshold is not None:
+                        row.append("1" if rec.score > threshold else "0")
+                if rec.index != last + 1:  # a bug, not bad data: never write rows out of order
+                    raise RuntimeError("ae-score: rows out of input order")
+                last = rec.index
+                fh.write(",".join(_csv_field(v) for v in row) + "\n")
+                if fh is sys.stdout:
+                    fh.flush()  # a reader sees each batch's rows as soon as they are scored
+                advance(1)
+        finally:
+            records.close()
+        total = len(paths)
+        if total and failed / total > max_fail_frac:
+            raise DataError(f"{failed} of {total} inputs failed ({100 * failed / total:.1f}% > "
+                            f"--max-fail-frac {max_fail_frac:g})"
+                            + ("; no output written" if output not in (None, "-") else ""))
+    LOG.info("Done %d of %d (%d failed) -> %s", scored, len(paths), failed,
+             "stdout" if output in (None, "-") else output)
+
+
+def _csv_field(value: str) -> str:
+    if any(c in value for c in ',"\n\r'):
+        return '"' + value.replace('"', '""') + '"'
+    return value
+
+
+def main() -> None:
+    common.run(cli, "ae-score")
+
+
+if __name__ == "__main__":
+    main()
