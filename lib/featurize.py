@@ -8,6 +8,7 @@ the number of files. Failures are recorded and skipped, or stop the run, as aske
 
 from __future__ import annotations
 
+import gc
 import logging
 import multiprocessing as mp
 import os
@@ -18,7 +19,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .audio import AudioError, load_clip
+from .audio import AudioError, ClipReader
 from .errors import DataError, InputError
 from .features import MelFrontend, MelParams, check_mel_params
 from .fileio import atomic_path
@@ -60,12 +61,32 @@ def shard_indices(n_items: int, shard: tuple[int, int]) -> np.ndarray:
 _WORKER: dict = {}
 
 
-def _init_worker(frontend: MelFrontend, threads: int) -> None:
+def _init_worker(frontend: MelFrontend, threads: int, own_process: bool = False) -> None:
     import torch
 
     torch.set_num_threads(threads)
-    _WORKER["params"] = frontend.params
+    p = frontend.params
+    _WORKER["params"] = p
     _WORKER["frontend"] = frontend
+    _WORKER["reader"] = ClipReader(p.sample_rate, p.num_samples, p.channels, p.channel_policy)
+    if own_process:
+        _keep_heap()
+
+
+def _keep_heap() -> None:
+    """In a worker process: let glibc keep freed memory for the next file instead of handing
+    it back to the kernel and faulting it in again (each STFT's buffers are megabytes, above
+    glibc's mmap threshold). Memory stays flat: the same buffers are reused file after file."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD: 32 MiB (glibc's largest)
+        libc.mallopt(-1, 64 << 20)  # M_TRIM_THRESHOLD: keep up to 64 MiB free on the heap
+    except (OSError, AttributeError):  # not glibc (musl, ...): nothing to tune
+        pass
 
 
 def _preload() -> None:
@@ -79,13 +100,12 @@ def _process(task: list[tuple[int, str]]):
     """Decode and featurize a few files. Returns (ok rows, failures) in task order."""
     import torch
 
-    params: MelParams = _WORKER["params"]
     frontend: MelFrontend = _WORKER["frontend"]
+    reader: ClipReader = _WORKER["reader"]
     ok, failed = [], []
     for index, path in task:
         try:
-            clip = load_clip(path, params.sample_rate, params.num_samples, params.channels,
-                             params.channel_policy)
+            clip = reader.read(path)  # samples: the reader's buffer, overwritten by the next file
         except AudioError as exc:
             failed.append((index, path, str(exc)))
             continue
@@ -205,7 +225,13 @@ def _run(tasks, params, jobs, block_size, on_error, writer, report, ids, on_fail
         # fork is cheapest (workers inherit the imports and the frontend); on macOS, where
         # forking a process with threads is unsafe, and elsewhere, spawn.
         ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
-        with ctx.Pool(min(jobs, len(tasks)), initializer=_init_worker, initargs=(frontend, 1)) as pool:
+        gc.freeze()  # forked workers' collections then leave the parent's objects (pages) alone
+        try:
+            pool = ctx.Pool(min(jobs, len(tasks)), initializer=_init_worker,
+                            initargs=(frontend, 1, True))
+        finally:
+            gc.unfreeze()
+        with pool:
             try:
                 for result in pool.imap(_process, tasks):
                     consume(result)
