@@ -11,7 +11,7 @@ On each, in one run:
 Each row prints files/s, the ratio to the loop and to the floor (wall clock), the CPU
 efficiency (the floor's CPU seconds per file over ae-featurize's, parent and workers
 together: the honest figure when other work shares the machine), the targets and the
-parent's peak RSS. --many N adds a row of N short-clip inputs (the generated clips, listed
+parent's largest RSS during the run (torch alone is about 0.5 GiB of it). --many N adds a row of N short-clip inputs (the generated clips, listed
 again under new ids) and reports how the parent's memory grows over the run.
 Usage: python bench/bench_featurize.py [--clips 800] [--long 96] [--many 10000] [--keep DIR]
 """
@@ -154,8 +154,9 @@ def bench_set(name: str, kind: str, paths: list[Path], work: Path) -> dict:
     for p in paths:
         p.read_bytes()
     t_loop, c_loop = time_tutorial_loop(paths)
-    ae = time_aekit(paths, work / f"{kind}.h5")
-    rss = peak_rss_mib()  # the parent's peak so far: featurize's, before the floor's arrays
+    trace: list[float] = []  # the parent's RSS after each task, over both runs
+    ae = time_aekit(paths, work / f"{kind}.h5", rss_trace=trace)
+    rss = max(trace, default=peak_rss_mib())
     fl = time_floor(paths)
     to_loop, to_floor = TARGETS[kind]
     return {
@@ -221,7 +222,7 @@ def main() -> None:
     print(f"ae-featurize, {cores()} cores (files/s; ratios from this one run; "
           f"load average {_load():.1f})")
     print(table(rows, ("data", "files", "ae-featurize", "tutorial loop", "floor", "vs loop",
-                       "of floor", "CPU eff.", "target", "parent peak RSS MiB")))
+                       "of floor", "CPU eff.", "target", "parent RSS MiB (max)")))
     print("of floor: wall-clock ratio; CPU eff.: the floor's CPU per file / ae-featurize's "
           "(parent + workers), which other load on the machine disturbs less")
     for r in results:
