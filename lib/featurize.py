@@ -1,9 +1,10 @@
 """Audio files -> one features file: decode and compute in worker processes, write in blocks.
 
-Work is cut into small tasks of a few files; each worker process (one torch thread)
-decodes its files and computes their features with one reusable MelFrontend; the
-parent writes results in input order, block by block, so memory stays flat whatever
-the number of files. Failures are recorded and skipped, or stop the run, as asked.
+Work is cut into tasks of up to 32 files that shrink towards the end; each worker process
+(one torch thread) decodes its files into buffers it reuses (ClipReader) and computes their
+features with one reusable MelFrontend; the parent (one torch thread too, so no OpenMP pool
+spins beside the workers) writes results in input order, block by block, so memory stays
+flat whatever the number of files. Failures are recorded and skipped, or stop the run, as asked.
 """
 
 from __future__ import annotations
