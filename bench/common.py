@@ -22,11 +22,27 @@ def best_of(fn, repeat: int = 3) -> float:
     return min(times)
 
 
-
 def peak_rss_mib() -> float:
     """Peak resident set size of this process so far (MiB)."""
     r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return r / 1024 if sys.platform != "darwin" else r / 2**20
+
+
+def cpu_seconds() -> float:
+    """CPU seconds (user + system) of this process and of its children that have ended:
+    a pool's workers are counted once they are joined."""
+    s = resource.getrusage(resource.RUSAGE_SELF)
+    c = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime
+
+
+def current_rss_mib() -> float:
+    """Resident set size of this process now (MiB; Linux, else the peak so far)."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return peak_rss_mib()
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def matmul_peak_gflops(n: int = 2048, repeat: int = 5, dtype=None) -> float:

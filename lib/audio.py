@@ -166,6 +166,35 @@ def load_clip(path: str | os.PathLike, sample_rate: int, num_samples: int, chann
 
     Raises AudioError with a one-line reason for anything that is not usable audio.
     """
+    return _load(path, sample_rate, num_samples, channels, channel_policy, None)
+
+
+class ClipReader:
+    """``load_clip`` for many files in a row, decoding into buffers reused from one file to
+    the next: a worker then allocates (and page-faults in) nothing per file but its results.
+
+    The samples of the Clip that ``read`` returns are a view of the reader's buffer: they
+    hold until the next ``read``. Values are exactly ``load_clip``'s.
+    """
+
+    def __init__(self, sample_rate: int, num_samples: int, channels: int,
+                 channel_policy: str = "first"):
+        self.args = (sample_rate, num_samples, channels, channel_policy)
+        self.out = np.empty((channels, num_samples), dtype=np.float32)  # [C, N]
+        self._raw = np.empty((0, 1), dtype=np.float32)  # [frames, file channels]
+
+    def raw(self, frames: int, channels: int) -> np.ndarray:
+        """A C-contiguous [frames, channels] float32 decode buffer, grown when needed."""
+        if self._raw.shape[1] != channels or self._raw.shape[0] < frames:
+            self._raw = np.empty((max(frames, self._raw.shape[0]), channels), dtype=np.float32)
+        return self._raw[:frames]
+
+    def read(self, path: str | os.PathLike) -> Clip:
+        return _load(path, *self.args, self)
+
+
+def _load(path, sample_rate: int, num_samples: int, channels: int, channel_policy: str,
+          reader: ClipReader | None) -> Clip:
     import soundfile as sf
 
     if _dangling(Path(path)):
@@ -185,7 +214,8 @@ def load_clip(path: str | os.PathLike, sample_rate: int, num_samples: int, chann
             else:
                 need = math.ceil(num_samples * sr / sample_rate) + RESAMPLE_MARGIN
             want = need if frames <= 0 else min(need, frames)
-            data = f.read(frames=want, dtype="float32", always_2d=True)  # [n, ch]
+            out = reader.raw(want, ch) if reader is not None and want > 0 else None
+            data = f.read(frames=want, dtype="float32", always_2d=True, out=out)  # [n, ch]
             # MP3 lengths without a Xing/Info header are estimates: allow two MPEG frames.
             slack = 2304 if f.format == "MP3" else 0
             truncated = body_truncated(f) or (frames > 0 and data.shape[0] < want - slack)
@@ -198,12 +228,32 @@ def load_clip(path: str | os.PathLike, sample_rate: int, num_samples: int, chann
         raise AudioError(f"cannot decode: {str(exc).strip() or type(exc).__name__}") from None
     if data.shape[0] == 0:
         raise AudioError("no samples (empty or truncated audio data)")
-    if not np.isfinite(data).all():
+    # A sum is NaN or Inf exactly when an element is (float64 cannot overflow on float32
+    # samples): one pass and no [n, ch] boolean temporary.
+    if not np.isfinite(data.sum(dtype=np.float64)):
         raise AudioError("samples contain NaN or Inf")
     frames = frames if frames > 0 else data.shape[0]
     y = resample(data, sr, sample_rate)[:num_samples]  # [n', ch]
     valid = min(num_samples, int(round(frames * sample_rate / sr)), max(y.shape[0], 0))
+    if reader is not None:
+        return Clip(_fill(reader.out, y, channels, channel_policy), sr, ch, frames, valid,
+                    ch > channels and channel_policy == "first", truncated)
     x, cut = fix_channels(np.ascontiguousarray(y.T), channels, channel_policy)  # [C, n']
     if x.shape[1] < num_samples:
         x = np.pad(x, ((0, 0), (0, num_samples - x.shape[1])))  # zero-pad on the right
     return Clip(np.ascontiguousarray(x, dtype=np.float32), sr, ch, frames, valid, cut, truncated)
+
+
+def _fill(x: np.ndarray, y: np.ndarray, channels: int, policy: str) -> np.ndarray:
+    """Write [n', ch] samples ``y`` into the [channels, N] buffer ``x`` as ``fix_channels``
+    and zero-padding would (same values, no temporaries); returns ``x``."""
+    k, ch = y.shape
+    if ch == channels or (ch > channels and policy == "first"):
+        x[:, :k] = y[:, :channels].T  # same, or the first ``channels``
+    elif ch < channels:
+        for c in range(channels):  # repeated cyclically, as np.tile
+            x[c, :k] = y[:, c % ch]
+    else:  # mix: exactly fix_channels' arithmetic on the [ch, n'] array
+        x[:, :k] = fix_channels(np.ascontiguousarray(y.T), channels, policy)[0]
+    x[:, k:] = 0.0
+    return x

@@ -106,3 +106,60 @@ def test_ids_keep_extension_when_stems_collide(tmp_path, tone):
     a = tone(tmp_path / "x.wav")
     b = tone(tmp_path / "x.flac")
     assert make_ids([a, b]) == ["x.wav", "x.flac"]
+
+
+def _mixed_files(d):
+    """Rates, channel counts, lengths, containers, a cut-off body and bad files, in a row."""
+    from conftest import write_tone
+
+    files = [
+        write_tone(d / "mono16.wav", sr=16000, seconds=0.3, channels=1, subtype="PCM_16"),
+        write_tone(d / "st44.wav", sr=44100, seconds=0.5, channels=2, subtype="PCM_24"),
+        write_tone(d / "three8k.wav", sr=8000, seconds=0.2, channels=3, subtype="PCM_U8"),
+        write_tone(d / "long.flac", sr=16000, seconds=1.5, channels=2, seed=3),
+        write_tone(d / "four.wav", sr=22050, seconds=0.4, channels=4, subtype="FLOAT"),
+        write_tone(d / "st.ogg", sr=16000, seconds=0.5, channels=2),
+    ]
+    cut = d / "cut.wav"
+    whole = write_tone(d / "whole.wav", sr=16000, seconds=0.8, channels=2).read_bytes()
+    cut.write_bytes(whole[: len(whole) // 2])
+    bad = d / "bad.wav"
+    bad.write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt ")
+    nan = d / "nan.wav"
+    x = np.zeros((800, 2), dtype=np.float32)
+    x[10, 1] = np.inf
+    sf.write(str(nan), x, 16000, subtype="FLOAT")
+    return [files[0], bad, files[1], cut, files[2], nan, files[3], files[4], files[5], files[0]]
+
+
+@pytest.mark.parametrize("channels,policy", [(2, "first"), (1, "first"), (2, "mix"), (3, "first")])
+def test_clip_reader_equals_load_clip(tmp_path, channels, policy):
+    from aekit.audio import ClipReader
+
+    reader = ClipReader(16000, 12000, channels, policy)
+    previous = None
+    for f in _mixed_files(tmp_path):
+        try:
+            want = load_clip(f, 16000, 12000, channels, policy)
+        except AudioError as exc:
+            with pytest.raises(AudioError) as got:
+                reader.read(f)
+            assert str(got.value) == str(exc)
+            continue
+        got = reader.read(f)
+        assert got.samples.dtype == np.float32 and got.samples.shape == want.samples.shape
+        assert got.samples.tobytes() == want.samples.tobytes(), f  # the same bits
+        assert (got.source_sample_rate, got.source_channels, got.source_frames, got.valid_samples,
+                got.channels_cut, got.truncated) == (
+                want.source_sample_rate, want.source_channels, want.source_frames,
+                want.valid_samples, want.channels_cut, want.truncated)
+        if previous is not None:  # one buffer, reused: nothing allocated per file
+            assert np.shares_memory(previous, got.samples)
+        previous = got.samples
+
+
+def test_large_finite_samples_are_not_taken_for_inf(tmp_path):
+    f = tmp_path / "loud.wav"
+    sf.write(str(f), np.full((4000, 2), 3e38, dtype=np.float32), 16000, subtype="FLOAT")
+    clip = load_clip(f, 16000, 4000, 2)  # their float32 sum overflows; they are finite
+    assert np.isfinite(clip.samples).all() and clip.samples.max() == np.float32(3e38)

@@ -232,3 +232,51 @@ def test_preset_dcase2020_and_top_db_none(tmp_path):
     assert r.exit_code == 2 and not (tmp_path / "b.h5").exists()
     r = run([str(audio), "-o", str(tmp_path / "b.h5"), "--preset", "dcase2019"])
     assert r.exit_code == 2 and not (tmp_path / "b.h5").exists()
+
+
+def _all_datasets(path):
+    out = {}
+    with h5py.File(path, "r") as f:
+        f.visititems(lambda name, obj: out.__setitem__(name, obj) if isinstance(obj, h5py.Dataset) else None)
+        got = {name: (ds.dtype.str, ds.shape, ds.chunks, ds.fletcher32, ds[()].tobytes()
+                      if ds.dtype.kind != "O" else list(ds[()])) for name, ds in out.items()}
+        got["attrs"] = sorted((k, str(v)) for k, v in f.attrs.items())
+    return got
+
+
+def test_worker_pool_writes_the_same_bytes_as_one_process(corpus, tmp_path):
+    """Workers (buffers reused, many small tasks, blocks of 3) against the single-process path:
+    features, ids, per-clip columns, /truncated, failures and attributes, bit for bit."""
+    from aekit.audio import discover, make_ids
+    from aekit.featurize import featurize
+
+    (corpus / "fan" / "broken.wav").write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt ")
+    (corpus / "pump" / "empty.flac").write_bytes(b"")
+    whole = write_tone(tmp_path / "whole.wav", sr=16000, seconds=0.8, channels=2).read_bytes()
+    (corpus / "valve" / "cut.wav").write_bytes(whole[: len(whole) // 2])
+    paths = discover([str(corpus)])
+    ids = make_ids(paths)
+    params = MelParams(num_samples=8000)
+    one, pool = tmp_path / "one.h5", tmp_path / "pool.h5"
+    r1 = featurize(paths, ids, one, params, jobs=1, max_fail_frac=0.5)
+    threads = torch.get_num_threads()
+    r2 = featurize(paths, ids, pool, params, jobs=2, block_size=3, max_fail_frac=0.5)
+    assert torch.get_num_threads() == threads  # the parent's setting is given back
+    assert r1.truncated == r2.truncated and len(r1.truncated) == 1
+    assert r1.failures == r2.failures and len(r1.failures) == 2
+    a, b = _all_datasets(one), _all_datasets(pool)
+    assert a.keys() == b.keys() and "truncated" in a and "failed/reasons" in a
+    for name in a:
+        assert a[name] == b[name], name
+
+
+def test_tasks_shrink_towards_the_end():
+    from aekit.featurize import make_tasks
+
+    for n, jobs in [(1, 2), (7, 2), (96, 2), (800, 2), (10_000, 4)]:
+        tasks = make_tasks(list(range(n)), jobs, most=32)
+        assert [i for t in tasks for i in t] == list(range(n))  # every file once, in order
+        sizes = [len(t) for t in tasks]
+        assert all(1 <= k <= 32 for k in sizes) and sizes == sorted(sizes, reverse=True)
+        assert sizes[-1] == 1
+    assert [len(t) for t in make_tasks(list(range(800)), 2, most=32)][:3] == [32, 32, 32]

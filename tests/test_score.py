@@ -256,7 +256,7 @@ def test_score_files_is_lazy(audio, features, monkeypatch):
     model = aekit.load_model(trained(features, "baseline"))
     gen = aekit.score_files(model, sorted(audio.iterdir()), jobs=1, batch_size=2)
     first = next(gen)
-    assert first.index == 0 and len(calls) == 1  # one task of 8 files of 12
+    assert first.index == 0 and len(calls) == 1  # one task (of 3 files: guided sizes for 12 files, 1 job)
     gen.close()
 
 
