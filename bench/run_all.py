@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHES = ["bench_featurize.py", "bench_train.py", "bench_infer.py"]
+BENCHES = ["bench_featurize.py", "bench_train.py", "bench_stream.py", "bench_infer.py"]
 
 
 def main() -> int:

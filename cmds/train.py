@@ -177,7 +177,8 @@ def _self_sigterm_hook():
               default="auto", show_default=True,
               help="auto: load into memory when under 25%% of RAM, else stream from HDF5.")
 @click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True,
-              help="DataLoader workers when streaming.")
+              help="Streaming: blocks of 256 clips read ahead on a background thread while "
+                   "the step runs (0: read them in the training loop).")
 @common.seed_option()
 @common.device_option
 @common.verbosity_options

@@ -14,18 +14,22 @@ Two sources serve the batches of that order:
   MemorySource  every clip loaded once as one float32 tensor [N, C, M, T], normalized
                 once, on the training device (in pinned host memory when it would take
                 more than a tenth of a GPU); a batch is an index into it (no DataLoader).
-  StreamSource  clips read from the HDF5 file batch by batch by DataLoader workers, each
-                opening the file itself; the order shuffles contiguous blocks of units and
-                units within a block, so reads stay local.
+  StreamSource  clips read from the HDF5 file in contiguous blocks of 256 clips by a
+                background thread (its own file handle) while the step runs; the order
+                shuffles contiguous blocks of units and units within a block, so each
+                block is read once per epoch and a batch is an index into one or two.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import os
+import queue
+import threading
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -270,52 +274,92 @@ class MemorySource:
                                                                     non_blocking=True)
 
 
-class _BatchReader(torch.utils.data.Dataset):
-    """One item = one batch of (file row, offset) units; each worker opens the HDF5 file itself."""
+def _index(a: np.ndarray, device: torch.device) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64)).to(device)
 
-    def __init__(self, path: str, batches: list[tuple[np.ndarray, np.ndarray]]):
-        self.path = str(path)
-        self.batches_ = batches
-        self.ff: FeatureFile | None = None
 
-    def __len__(self) -> int:
-        return len(self.batches_)
+class _BlockReader:
+    """Reads the blocks of clips a pass needs, in the order it first needs them, on a
+    background thread (``ahead`` blocks in flight) or inline (``ahead`` 0).
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.ff is None:
-            self.ff = FeatureFile(self.path)
-        rows, offsets = self.batches_[i]
+    A block is ``block`` consecutive selected rows, read as contiguous slices of the file
+    (one HDF5 read per run of rows) and normalized once; the thread holds its own handle on
+    the file and does the work while the step runs (h5py and torch release the GIL).
+    """
+
+    def __init__(self, path: str, rows: np.ndarray, block: int, blocks: list[int],
+                 prepare: Callable[[torch.Tensor], torch.Tensor], ahead: int):
+        self.path, self.rows, self.block, self.order = path, rows, block, blocks
+        self.prepare, self.ahead = prepare, ahead
+        self.stop = threading.Event()
+        self.thread: threading.Thread | None = None
+        if ahead > 0 and blocks:
+            self.q: queue.Queue = queue.Queue(maxsize=ahead)
+            self.thread = threading.Thread(target=self._run, name="aekit-stream", daemon=True)
+            self.thread.start()
+        else:
+            self.ff: FeatureFile | None = None
+            self.it = iter(blocks)
+
+    def _read(self, ff: FeatureFile, b: int) -> torch.Tensor:
+        rows = self.rows[b * self.block:(b + 1) * self.block]
+        return self.prepare(torch.from_numpy(ff.read(rows)))  # [n, C, M, T]
+
+    def _run(self) -> None:
         try:
-            return torch.from_numpy(self.ff.read(rows)), torch.from_numpy(offsets)  # [b, C, M, T]
-        except AekitError as exc:  # handed back as a value: see worker_result
-            return exc
+            with FeatureFile(self.path) as ff:
+                for b in self.order:
+                    item = (b, self._read(ff, b))
+                    while not self.stop.is_set():
+                        try:
+                            self.q.put(item, timeout=0.1)
+                            break
+                        except queue.Full:
+                            continue
+                    if self.stop.is_set():
+                        return
+        except BaseException as exc:  # handed to the consumer, raised there as itself
+            with contextlib.suppress(queue.Full):
+                self.q.put((None, exc), timeout=1.0)
 
+    def next(self) -> tuple[int, torch.Tensor]:
+        if self.thread is None:
+            if self.ff is None:
+                self.ff = FeatureFile(self.path)
+            b = next(self.it)
+            return b, self._read(self.ff, b)
+        b, item = self.q.get()
+        if b is None:
+            raise item
+        return b, item
 
-def worker_result(xb):
-    """A batch from a DataLoader worker, or the error it met raised here as itself: raised in
-    the worker, torch would wrap it in its traceback text, not the one-line message."""
-    if isinstance(xb, AekitError):
-        raise xb
-    return xb
-
-
-def _one_thread(_worker_id: int) -> None:
-    torch.set_num_threads(1)
+    def close(self) -> None:
+        if self.thread is not None:
+            self.stop.set()
+            self.thread.join()
+        elif self.ff is not None:
+            self.ff.close()
 
 
 class StreamSource:
-    """Clips read from HDF5 batch by batch (DataLoader workers), normalized on the device,
-    cut into units by the model."""
+    """Clips read from HDF5 in contiguous blocks, prefetched on a thread while the step
+    runs, normalized once per block, cut into units by the model.
+
+    The epoch order (``epoch_order(..., block=STREAM_BLOCK_ROWS * k)``) visits units block
+    by block, so a batch needs one or two blocks and each block is read once per epoch;
+    any other order is served correctly too (a block stays until its last use).
+    """
 
     streaming = True
 
     def __init__(self, ff: FeatureFile, rows: np.ndarray, normalizer, device: torch.device,
-                 workers: int = 2, model=None):
+                 workers: int = 2, model=None, block: int = STREAM_BLOCK_ROWS):
         self.path = str(ff.path)
         self.rows = rows
         self.normalizer = normalizer
         self.device = device
         self.workers = workers
+        self.block = block
         self.model = model if model is not None else WholeClips()
         self.k = int(self.model.units_per_clip(ff.clip_shape[-1]))
 
@@ -331,27 +375,70 @@ class StreamSource:
     def prepare(self) -> None:
         pass
 
-    def _loader(self, units: list[np.ndarray]):
-        parts = [(self.rows[u // self.k], (u % self.k).astype(np.int64)) for u in units]
-        loader = torch.utils.data.DataLoader(
-            _BatchReader(self.path, parts), batch_size=None, shuffle=False,
-            num_workers=self.workers, worker_init_fn=_one_thread if self.workers else None,
-            pin_memory=self.device.type == "cuda")
-        for item in loader:
-            clips, offsets = worker_result(item)
-            xb = self.normalizer.transform(clips.to(self.device, non_blocking=True))
-            yield self.model.take_units(xb, offsets.to(self.device))  # [b, D]
+    def _prepare_block(self, raw: torch.Tensor) -> torch.Tensor:
+        if self.device.type == "cpu":
+            return self.normalizer.transform(raw)
+        return raw.pin_memory() if self.device.type == "cuda" else raw
+
+    def _on_device(self, x: torch.Tensor) -> torch.Tensor:
+        if self.device.type == "cpu":
+            return x
+        return self.normalizer.transform(x.to(self.device, non_blocking=True))
+
+    def _serve(self, batches: list[np.ndarray]) -> Iterator[torch.Tensor]:
+        """Units [b, D] of each batch of unit numbers, blocks read ahead in order of first use."""
+        clip_of = [u // self.k for u in batches]
+        blocks_of = [np.unique(c // self.block) for c in clip_of]
+        first, last = [], {}
+        for i, bs in enumerate(blocks_of):
+            for b in bs.tolist():
+                if b not in last:
+                    first.append(b)
+                last[b] = i
+        reader = _BlockReader(self.path, self.rows, self.block, first, self._prepare_block,
+                              ahead=max(0, self.workers) and max(2, self.workers))
+        held: dict[int, torch.Tensor] = {}
+        try:
+            for i, u in enumerate(batches):
+                for b in blocks_of[i].tolist():
+                    while b not in held:
+                        got, x = reader.next()
+                        held[got] = self._on_device(x)
+                clips, off = clip_of[i], torch.from_numpy((u % self.k).astype(np.int64))
+                bs = blocks_of[i].tolist()
+                if len(bs) == 1:
+                    x = held[bs[0]]
+                    pos = clips - bs[0] * self.block
+                else:  # the batch spans blocks: gather each block's clips into place
+                    x = None
+                    for b in bs:
+                        sel = np.flatnonzero(clips // self.block == b)
+                        part = held[b].index_select(0, _index(clips[sel] - b * self.block,
+                                                              held[b].device))
+                        if x is None:
+                            x = part.new_empty((len(clips), *part.shape[1:]))
+                        x[_index(sel, x.device)] = part
+                    yield self.model.take_units(x, off.to(x.device))  # [b, D]
+                    pos = None
+                if pos is not None:
+                    yield self.model.take_units(x.index_select(0, _index(pos, x.device)),
+                                                off.to(x.device))  # [b, D]
+                for b in bs:
+                    if last[b] == i:
+                        del held[b]
+        finally:
+            reader.close()
 
     def batches(self, order: torch.Tensor, sizes: Sequence[int], start: int = 0
                 ) -> Iterator[torch.Tensor]:
         units = order.numpy()
         offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
-        yield from self._loader([units[offsets[i]:offsets[i + 1]]
-                                 for i in range(start, len(sizes))])
+        yield from self._serve([units[offsets[i]:offsets[i + 1]]
+                                for i in range(start, len(sizes))])
 
     def blocks(self, block: int = 256) -> Iterator[torch.Tensor]:
         n = len(self)
-        yield from self._loader([np.arange(s, min(n, s + block)) for s in range(0, n, block)])
+        yield from self._serve([np.arange(s, min(n, s + block)) for s in range(0, n, block)])
 
 
 def open_source(ff: FeatureFile, rows: np.ndarray, normalizer, device: torch.device,
