@@ -22,7 +22,6 @@ Two sources serve the batches of that order:
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import math
 import os
@@ -305,22 +304,25 @@ class _BlockReader:
         rows = self.rows[b * self.block:(b + 1) * self.block]
         return self.prepare(torch.from_numpy(ff.read(rows)))  # [n, C, M, T]
 
+    def _put(self, item) -> bool:
+        """Queue ``item`` once there is room; False when the consumer has stopped."""
+        while not self.stop.is_set():
+            try:
+                self.q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def _run(self) -> None:
         try:
             with FeatureFile(self.path) as ff:
                 for b in self.order:
-                    item = (b, self._read(ff, b))
-                    while not self.stop.is_set():
-                        try:
-                            self.q.put(item, timeout=0.1)
-                            break
-                        except queue.Full:
-                            continue
-                    if self.stop.is_set():
+                    if not self._put((b, self._read(ff, b))):
                         return
         except BaseException as exc:  # handed to the consumer, raised there as itself
-            with contextlib.suppress(queue.Full):
-                self.q.put((None, exc), timeout=1.0)
+            # (waiting for room like any block: dropped, the consumer would wait forever)
+            self._put((None, exc))
 
     def next(self) -> tuple[int, torch.Tensor]:
         if self.thread is None:

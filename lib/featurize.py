@@ -17,7 +17,6 @@ import os
 import sys
 from collections import deque
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, Iterator, NamedTuple, Sequence
 
 import numpy as np
@@ -139,7 +138,6 @@ def _process(task: list[tuple[int, str]]):
 
 @dataclass
 class FeaturizeReport:
-    output: Path
     total: int
     written: int
     failures: list[tuple[str, str]] = field(default_factory=list)
@@ -173,7 +171,7 @@ def featurize(paths: Sequence[os.PathLike | str], ids: Sequence[str], output: os
     work = [(int(i), str(paths[i])) for i in sel]
     total = len(work)
     tasks = make_tasks(work, jobs)
-    report = FeaturizeReport(Path(output), total, 0)
+    report = FeaturizeReport(total, 0)
     check_mel_params(params)  # empty Mel filters: refused before any work
     extra = {"num_inputs": len(paths), "inputs_sha256": inputs_fingerprint(paths, ids),
              "shard_index": shard[0], "shard_count": shard[1]}

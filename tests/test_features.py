@@ -81,9 +81,19 @@ def test_parameter_dataclass_is_the_one_list():
 
     names = [f.name for f in fields(MelParams)]
     assert set(store.FEATURE_PARAM_KEYS) == {*names, *MelParams.FIXED}
+    from aekit.cmds.common import mel_params_from
+    from aekit.features import UNSET
+
     opts = {p.name: p for p in cli.params}
-    for f in fields(MelParams):  # every parameter is an option with the dataclass default
-        assert opts[f.name].default == f.default, f.name
+    for f in fields(MelParams):  # every parameter is an option showing the dataclass default
+        # (the option's own default is UNSET, so that --preset wins over an untyped default)
+        assert opts[f.name].default is UNSET, f.name
+        shown = "none" if f.default is None else f"{f.default:g}" if isinstance(
+            f.default, float) else str(f.default)
+        assert f"[default: {f.metadata['default_help'] or shown}]" in opts[f.name].help, f.name
+    # no option given, no preset: exactly the dataclass defaults
+    untyped = {f.name: UNSET for f in fields(MelParams)}
+    assert mel_params_from({**untyped, "mel_preset": None}) == MelParams()
     assert set(MelParams().to_attrs()) == set(store.FEATURE_PARAM_KEYS)
 
 

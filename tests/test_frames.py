@@ -126,7 +126,7 @@ def test_an_epoch_is_every_window_once(tmp_path, monkeypatch, data):
     real = tr.train_step
 
     def spy(net, opt, xb, weight, amp):
-        seen.append(xb.detach().numpy().copy())
+        seen.append(xb.detach().cpu().numpy().copy())
         return real(net, opt, xb, weight, amp)
 
     monkeypatch.setattr(tr, "train_step", spy)

@@ -407,6 +407,9 @@ class _Halves:
         halves = torch.stack([clips[..., :h], clips[..., h:2 * h]], 1)  # [B, 2, C, M, h]
         return halves[torch.arange(clips.shape[0]), offsets].flatten(1)
 
+    def gather_units(self, x, clip, offsets):  # as models.ClipModel's
+        return self.take_units(x.index_select(0, clip), offsets)
+
 
 @pytest.mark.parametrize("workers", [0, 2])
 @pytest.mark.parametrize("model", [None, _Halves()], ids=["clips", "halves"])
@@ -476,3 +479,43 @@ def test_step_in_backward_is_bit_identical_to_opt_step(arch):
             assert torch.equal(v, sb["state"][k][name]), (k, name)
     # and the steps moved every weight at all (the comparison is not vacuous)
     assert all(not torch.equal(v, init[k]) for k, v in a.state_dict().items())
+
+
+def test_stream_read_error_reaches_a_slow_consumer(tmp_path):
+    """A bad block met by the read-ahead thread while its queue is full and the step is slow
+    is raised in the consumer as its one-line error, not lost (a lost error hung training)."""
+    import threading
+    import time
+
+    import h5py
+
+    from aekit.data import StreamSource
+    from aekit.errors import AekitError
+    from aekit.modelfile import Normalizer
+    from aekit.store import FeatureFile
+
+    p = tmp_path / "f.h5"
+    write_features(p, n=12)
+    with h5py.File(p, "r+") as f:
+        # clip 7, in block 3 of 2 clips: read while blocks 1 and 2 fill the queue (2 ahead)
+        f["features"][7, 0, 0, 0] = np.nan
+    norm = Normalizer("none")
+    with FeatureFile(p) as ff:
+        stream = StreamSource(ff, np.arange(12), norm, torch.device("cpu"), workers=2, block=2)
+    order = torch.arange(12)
+    batches = stream.batches(order, [2] * 6)
+    next(batches)
+    time.sleep(1.5)  # the thread fills its queue, then meets the bad block while waiting
+    out: list = []
+
+    def consume():
+        try:
+            list(batches)
+        except AekitError as exc:
+            out.append(exc)
+
+    t = threading.Thread(target=consume, daemon=True)
+    t.start()
+    t.join(timeout=30)
+    assert not t.is_alive(), "the consumer waits forever: the reader's error was lost"
+    assert len(out) == 1 and "clip007" in str(out[0])
