@@ -38,6 +38,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 FULL = dict(shape=(2, 32, 391), hidden=(8224, 2056, 1024, 512), latent=256)
 SMALL = dict(shape=(2, 32, 40), hidden=(512, 256, 128, 64), latent=32)
@@ -90,6 +91,15 @@ def bandwidth_gbs(mb: int = 256, repeat: int = 5) -> float:
         torch.add(a, b, out=c)
         best = min(best, time.perf_counter() - t0)
     return 3 * n * 4 / best / 1e9
+
+
+def native_bf16() -> bool:
+    """Whether the CPU multiplies bf16 natively (Linux: /proc/cpuinfo flags)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return True  # not Linux: let the row run
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def tutorial_model(cfg):
@@ -227,7 +237,10 @@ def main() -> None:
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
         return json.loads(out.strip().splitlines()[-1])
 
-    bf16_ok = not args.no_bf16 and torch.backends.mkldnn.is_available()
+    bf16_ok = not args.no_bf16 and torch.backends.mkldnn.is_available() and native_bf16()
+    if not bf16_ok and not args.no_bf16:
+        print("(no bf16 row: this CPU has no native bf16 instructions (avx512_bf16, amx_bf16), "
+              "where bf16 matmuls are emulated and run far slower than fp32)")
     names = (["tutorial", "ae-train", "ae-train/plain-step", "ae-train/foreach"]
              + (["ae-train/bf16"] if bf16_ok else []))
     t0 = time.time()
