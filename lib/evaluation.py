@@ -222,10 +222,13 @@ def evaluate(model: LoadedModel, ff: FeatureFile, rows: np.ndarray, split_names:
         }
         stored = (model.info or {}).get("threshold")
         if opts.score == "mse" and isinstance(stored, dict) and stored.get("value") is not None:
-            # Decisions at the threshold ae-train stored (ae-score --threshold model).
+            # Decisions at the threshold ae-train stored (ae-score --threshold model); the
+            # same check as ae-score's (a finite number), so a damaged value is an error.
+            from .scoring import stored_threshold
+
             report["anomaly"]["threshold"] = {
                 "method": stored.get("method"),
-                **metrics.decision_report(lab.anomaly, score, float(stored["value"]))}
+                **metrics.decision_report(lab.anomaly, score, stored_threshold(model))}
     if train_rows is not None:
         z_train = _train_codes(model, ff, rows, sc.latents, train_rows, batch_size, device)
         report["probe"] = {

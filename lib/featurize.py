@@ -75,17 +75,21 @@ def make_tasks(work: list, jobs: int, most: int | None = None) -> list[list]:
 
 # ------------------------------------------------------------------ worker side
 
-_WORKER: dict = {}
+_WORKER: dict = {}  # a worker process's state (set by _init_worker in each worker)
+
+
+def _worker_state(frontend: MelFrontend) -> dict:
+    p = frontend.params
+    return {"params": p, "frontend": frontend,
+            "reader": ClipReader(p.sample_rate, p.num_samples, p.channels, p.channel_policy)}
 
 
 def _init_worker(frontend: MelFrontend, threads: int, own_process: bool = False) -> None:
     import torch
 
     torch.set_num_threads(threads)
-    p = frontend.params
-    _WORKER["params"] = p
-    _WORKER["frontend"] = frontend
-    _WORKER["reader"] = ClipReader(p.sample_rate, p.num_samples, p.channels, p.channel_policy)
+    _WORKER.clear()
+    _WORKER.update(_worker_state(frontend))
     if own_process:
         _keep_heap()
 
@@ -113,12 +117,14 @@ def _preload() -> None:
     import soxr  # noqa: F401
 
 
-def _process(task: list[tuple[int, str]]):
-    """Decode and featurize a few files. Returns (ok rows, failures) in task order."""
+def _process(task: list[tuple[int, str]], state: dict | None = None):
+    """Decode and featurize a few files with ``state`` (the in-process path's own) or this
+    worker's. Returns (ok rows, failures) in task order."""
     import torch
 
-    frontend: MelFrontend = _WORKER["frontend"]
-    reader: ClipReader = _WORKER["reader"]
+    state = _WORKER if state is None else state
+    frontend: MelFrontend = state["frontend"]
+    reader: ClipReader = state["reader"]
     ok, failed = [], []
     for index, path in task:
         try:
@@ -128,6 +134,10 @@ def _process(task: list[tuple[int, str]]):
             continue
         with torch.inference_mode():
             feats = frontend(torch.from_numpy(clip.samples)).numpy()  # [C, M, T]
+        if not np.isfinite(feats).all():  # finite samples whose power overflows float32
+            failed.append((index, path, "features are not finite (sample values too large: "
+                                        "a corrupt float file?)"))
+            continue
         meta = (clip.source_sample_rate, clip.source_channels, clip.source_frames,
                 clip.valid_samples, int(clip.truncated), clip.channels_cut)  # PER_CLIP order
         ok.append((index, path, feats, meta))
@@ -258,6 +268,27 @@ def iter_features(paths: Sequence[os.PathLike | str], params: MelParams,
     yield from _iter_tasks(make_tasks(work, jobs), params, jobs)
 
 
+def _result(pool, pending, workers: set):
+    """The result of one task; DataError if a worker process died meanwhile. (A Pool
+    replaces a dead worker and never delivers the task it held: without this check a worker
+    killed by the OOM killer, or crashing in a decoder, would leave the caller waiting forever.)
+    ``workers`` collects every worker process seen, replacements included."""
+    import signal
+
+    while True:
+        try:
+            return pending.get(timeout=0.5)
+        except mp.TimeoutError:
+            workers.update(pool._pool)  # the pool's current processes
+            dead = next((w for w in workers if w.exitcode is not None), None)
+            if dead is not None:
+                code = dead.exitcode
+                how = (f"killed by {signal.Signals(-code).name}" if code < 0
+                       and -code in signal.Signals._value2member_map_ else f"exit status {code}")
+                raise DataError(f"a worker process died ({how}; out of memory?); "
+                                "no output written")
+
+
 def _start_pool(n: int, frontend: MelFrontend):
     # fork is cheapest (workers inherit the imports and the frontend); on macOS, where
     # forking a process with threads is unsafe, and elsewhere, spawn.
@@ -292,10 +323,10 @@ def _iter_tasks(tasks: list[list[tuple[int, str]]], params: MelParams,
         pool = None if serial else _start_pool(min(jobs, len(tasks)), frontend)
     finally:
         torch.set_num_threads(threads)
-    if pool is None:
-        _init_worker(frontend, threads)
+    if pool is None:  # in this process, with state of its own (not the workers' global)
+        state = _worker_state(frontend)
         for task in tasks:
-            yield from items(_process(task))
+            yield from items(_process(task, state))
         return
     window = IN_FLIGHT_PER_JOB * min(jobs, len(tasks))
     with pool:
@@ -304,8 +335,9 @@ def _iter_tasks(tasks: list[list[tuple[int, str]]], params: MelParams,
             todo = iter(tasks)
             for task in itertools.islice(todo, window):
                 pending.append(pool.apply_async(_process, (task,)))
+            workers = set(pool._pool)  # the processes started with the pool
             while pending:
-                result = pending.popleft().get()
+                result = _result(pool, pending.popleft(), workers)
                 for task in itertools.islice(todo, 1):
                     pending.append(pool.apply_async(_process, (task,)))
                 yield from items(result)

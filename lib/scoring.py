@@ -236,10 +236,12 @@ def stored_threshold(model: "LoadedModel") -> float:
     """The threshold ``ae-train`` stored in the model; InputError for a model without one."""
     t = (model.info or {}).get("threshold")
     name = str(model.path) if model.path else "the model"
-    if not isinstance(t, dict) or not isinstance(t.get("value"), (int, float)) \
-            or not math.isfinite(t["value"]):
+    if not isinstance(t, dict) or t.get("value") is None:
         raise InputError(f"{name} stores no threshold (trained before ae-train stored one); "
                          "give --threshold a number, or retrain")
+    v = t["value"]
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise InputError(f"{name}: its stored threshold {v!r} is not a finite number")
     return float(t["value"])
 
 

@@ -394,7 +394,11 @@ def train(features: str | os.PathLike, output: str | os.PathLike, settings: Trai
         # them all) with the weights kept: aekit.scoring.fit_threshold.
         from .scoring import training_threshold
 
-        threshold = training_threshold(model, norm, features, rows.train, device)
+        try:
+            threshold = training_threshold(model, norm, features, rows.train, device)
+        except AekitError as exc:  # the model is still worth writing: say why none is stored
+            LOG.warning("no decision threshold stored in the model: %s", exc)
+            threshold = None
         if log and state.history:
             _write_log(log, state.history)
         save_model(output, model, norm, feature_params, state.history,

@@ -280,3 +280,72 @@ def test_tasks_shrink_towards_the_end():
         assert all(1 <= k <= 32 for k in sizes) and sizes == sorted(sizes, reverse=True)
         assert sizes[-1] == 1
     assert [len(t) for t in make_tasks(list(range(800)), 2, most=32)][:3] == [32, 32, 32]
+
+
+def test_a_dead_worker_is_an_error_not_a_hang(corpus, tmp_path, monkeypatch):
+    """A worker killed mid-task (the OOM killer, a crash in a decoder): multiprocessing.Pool
+    replaces it and never delivers its task; featurize must say so instead of waiting forever."""
+    import os
+    import signal
+    import threading
+
+    from aekit import featurize as fz
+    from aekit.audio import discover, make_ids
+    from aekit.errors import DataError
+
+    real = fz._process
+
+    def dying(task, *a):
+        if any(i == 1 for i, _ in task):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(task, *a)
+
+    dying.__module__, dying.__qualname__ = "aekit.featurize", "_process"  # pickled by name
+    monkeypatch.setattr(fz, "_process", dying)
+    paths = discover([str(corpus)])
+    out, got = tmp_path / "f.h5", []
+
+    def call():
+        try:
+            fz.featurize(paths, make_ids(paths), out, MelParams(num_samples=8000), jobs=2)
+        except DataError as exc:
+            got.append(str(exc))
+
+    t = threading.Thread(target=call, daemon=True)
+    t.start()
+    t.join(timeout=60)
+    assert not t.is_alive(), "featurize waits forever for the dead worker's task"
+    assert len(got) == 1 and "worker process died (killed by SIGKILL" in got[0], got
+    assert not out.exists()
+
+
+def test_overflowing_samples_are_a_failed_input(corpus, tmp_path):
+    """Finite float samples whose power overflows float32 give Inf features: a failure of
+    that file, never Inf values in the output."""
+    from aekit.audio import discover, make_ids
+    from aekit.featurize import featurize
+
+    sf.write(str(corpus / "fan" / "huge.wav"), np.full((8000, 2), 1e30, np.float32), 16000,
+             subtype="FLOAT")
+    paths = discover([str(corpus)])
+    rep = featurize(paths, make_ids(paths), tmp_path / "f.h5", MelParams(num_samples=8000),
+                    jobs=1, max_fail_frac=0.5)
+    assert [(p.rsplit("/", 1)[-1], r.split(" (")[0]) for p, r in rep.failures] == [
+        ("huge.wav", "features are not finite")]
+    with FeatureFile(tmp_path / "f.h5") as ff:
+        assert np.isfinite(ff.read()).all() and len(ff.ids) == len(paths) - 1
+
+
+def test_interleaved_in_process_iterators_keep_their_own_parameters(corpus):
+    """jobs=1 runs in the caller's process: two iterators advanced in turn (e.g. two models'
+    ae-score paths zipped) each keep their own front end and decode buffer."""
+    from aekit.audio import discover
+    from aekit.featurize import iter_features
+
+    paths = discover([str(corpus)])
+    pa, pb = MelParams(num_samples=8000), MelParams(num_samples=8000, top_db=20.0, n_mels=16)
+    want_a = [r.features for r in iter_features(paths, pa, jobs=1)]
+    want_b = [r.features for r in iter_features(paths, pb, jobs=1)]
+    for ra, rb, a, b in zip(iter_features(paths, pa, jobs=1), iter_features(paths, pb, jobs=1),
+                            want_a, want_b):
+        assert np.array_equal(ra.features, a) and np.array_equal(rb.features, b)

@@ -376,8 +376,8 @@ SLOW = r"""
 import sys, time
 import aekit.featurize, aekit.store
 real_process, real_append = aekit.featurize._process, aekit.store.FeatureWriter.append
-def _process(task):
-    out = real_process(task)
+def _process(task, *a):
+    out = real_process(task, *a)
     time.sleep(60)
     return out
 _process.__module__, _process.__qualname__ = "aekit.featurize", "_process"

@@ -252,7 +252,7 @@ def test_score_files_is_lazy(audio, features, monkeypatch):
 
     calls = []
     real = featurize._process
-    monkeypatch.setattr(featurize, "_process", lambda task: calls.append(task) or real(task))
+    monkeypatch.setattr(featurize, "_process", lambda task, *a: calls.append(task) or real(task, *a))
     model = aekit.load_model(trained(features, "baseline"))
     gen = aekit.score_files(model, sorted(audio.iterdir()), jobs=1, batch_size=2)
     first = next(gen)
@@ -344,3 +344,22 @@ def test_eval_reports_the_stored_thresholds_decisions(features, tmp_path):
     assert got["precision"] == pytest.approx(precision_score(yt, pred, zero_division=0))
     assert got["recall"] == pytest.approx(recall_score(yt, pred, zero_division=0))
     assert got["f1"] == pytest.approx(f1_score(yt, pred, zero_division=0))
+
+
+def test_stored_threshold_refuses_a_damaged_value():
+    """ae-score --threshold model and ae-eval's decisions use one check: a missing threshold
+    and a value that is not a finite number are one-line errors, never all-0 decisions."""
+    from types import SimpleNamespace
+
+    from aekit.errors import InputError
+    from aekit.scoring import stored_threshold
+
+    def model(t):
+        return SimpleNamespace(info={"threshold": t}, path="m.safetensors")
+
+    assert stored_threshold(model({"value": 12.5, "method": "gamma"})) == 12.5
+    with pytest.raises(InputError, match="stores no threshold"):
+        stored_threshold(model(None))
+    for bad in (float("nan"), float("inf"), "12", True):
+        with pytest.raises(InputError, match="not a finite number"):
+            stored_threshold(model({"value": bad}))

@@ -11,6 +11,16 @@ from pathlib import Path
 from statistics import harmonic_mean, mean
 
 
+def fmt(v) -> str:
+    """A metric, or n/a where ae-eval could not compute it (a group with one class only)."""
+    return "n/a" if v is None else f"{v:.3f}"
+
+
+def means(fn, values) -> str:
+    values = [v for v in values if v is not None]
+    return fmt(fn(values)) if values else "n/a"
+
+
 def main(paths: list[str]) -> None:
     reports: dict[tuple[str, str], dict] = {}
     for p in paths:
@@ -25,18 +35,18 @@ def main(paths: list[str]) -> None:
     for t in types:
         ids = sorted(reports[(archs[0], t)]["groups"])
         for m in ids:
-            cells = [f"{reports[(a, t)]['groups'][m]['auc']:.3f} | "
-                     f"{reports[(a, t)]['groups'][m]['pauc']:.3f}" for a in archs]
+            cells = [f"{fmt(reports[(a, t)]['groups'][m]['auc'])} | "
+                     f"{fmt(reports[(a, t)]['groups'][m]['pauc'])}" for a in archs]
             print(f"| {t} | {m.rsplit('_', 1)[-1]} | " + " | ".join(cells) + " |")
         cells = []
         for a in archs:
             g = reports[(a, t)]["group_mean"]
             per_type[a][t] = (g["auc_arithmetic"], g["pauc_arithmetic"])
-            cells.append(f"**{g['auc_arithmetic']:.3f}** | **{g['pauc_arithmetic']:.3f}**")
+            cells.append(f"**{fmt(g['auc_arithmetic'])}** | **{fmt(g['pauc_arithmetic'])}**")
         print(f"| **{t}** | mean | " + " | ".join(cells) + " |")
     for name, fn in (("arithmetic mean", mean), ("harmonic mean", harmonic_mean)):
-        cells = [f"{fn([v[0] for v in per_type[a].values()]):.3f} | "
-                 f"{fn([v[1] for v in per_type[a].values()]):.3f}" for a in archs]
+        cells = [f"{means(fn, [v[0] for v in per_type[a].values()])} | "
+                 f"{means(fn, [v[1] for v in per_type[a].values()])}" for a in archs]
         print(f"| **all types** | {name} | " + " | ".join(cells) + " |")
 
 
