@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import logging
 import math
 import os
@@ -90,11 +91,20 @@ def make_optimizer(params, lr: float) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=lr, foreach=True)
 
 
+@functools.lru_cache(maxsize=1)
+def _adam_keywords() -> frozenset:
+    import inspect
+
+    from torch.optim.adam import adam
+
+    return frozenset(inspect.signature(adam).parameters)
+
+
 class StepInBackward:
     """Adam's step for each parameter run inside backward, as soon as that parameter's
     gradient is complete (``register_post_accumulate_grad_hook``), its gradient dropped at
-    once: the whole model's gradients are never held together (1.8 GB less at full widths)
-    and each is consumed while recently written.
+    once: the whole model's gradients are never held together (measured at full widths,
+    batch 25, on a 2-core CPU: 0.9 GB less peak memory, the same step time within noise).
 
     The state is the optimizer's own (``opt.state``, ``opt.param_groups``, looked up at
     each call, so load_state_dict and the lr schedule work as before) and the update is
@@ -120,12 +130,16 @@ class StepInBackward:
         params, grads, avgs, sqs, maxs, steps = [], [], [], [], [], []
         has_complex = self.opt._init_group(one, params, grads, avgs, sqs, maxs, steps)
         beta1, beta2 = group["betas"]
-        adam(params, grads, avgs, sqs, maxs, steps, amsgrad=group["amsgrad"],
-             has_complex=has_complex, beta1=beta1, beta2=beta2, lr=group["lr"],
-             weight_decay=group["weight_decay"], eps=group["eps"], maximize=group["maximize"],
-             foreach=group["foreach"], capturable=group["capturable"],
-             differentiable=group["differentiable"], fused=group["fused"],
-             decoupled_weight_decay=group["decoupled_weight_decay"])
+        options = dict(amsgrad=group["amsgrad"], has_complex=has_complex, beta1=beta1,
+                       beta2=beta2, lr=group["lr"], weight_decay=group["weight_decay"],
+                       eps=group["eps"], maximize=group["maximize"], foreach=group["foreach"],
+                       capturable=group["capturable"], differentiable=group["differentiable"],
+                       fused=group["fused"],
+                       decoupled_weight_decay=group.get("decoupled_weight_decay", False))
+        # Only what this torch's functional Adam takes (decoupled_weight_decay is 2.7+;
+        # it is False for Adam, as the weight_decay of the older versions was).
+        adam(params, grads, avgs, sqs, maxs, steps,
+             **{k: v for k, v in options.items() if k in _adam_keywords()})
         p.grad = None
 
     def remove(self) -> None:
