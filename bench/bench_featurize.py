@@ -11,8 +11,9 @@ On each, in one run:
 Each row prints files/s, the ratio to the loop and to the floor (wall clock), the CPU
 efficiency (the floor's CPU seconds per file over ae-featurize's, parent and workers
 together: the honest figure when other work shares the machine), the targets and the
-parent's largest RSS during the run (torch alone is about 0.5 GiB of it). --many N adds a row of N short-clip inputs (the generated clips, listed
-again under new ids) and reports how the parent's memory grows over the run.
+parent's largest RSS during the run (torch alone is about 0.5 GiB of it). --many N (default
+10000, 0 skips) adds a row of N inputs (the generated clips, listed again under new ids) and
+reports how the parent's memory grows over the run.
 Usage: python bench/bench_featurize.py [--clips 800] [--long 96] [--many 10000] [--keep DIR]
 """
 
@@ -200,8 +201,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--clips", type=int, default=800, help="6-second WAV clips")
     ap.add_argument("--long", type=int, default=96, help="60-second FLAC recordings")
-    ap.add_argument("--many", type=int, default=0,
-                    help="also featurize this many short-clip inputs and report the parent's RSS")
+    ap.add_argument("--many", type=int, default=10_000,
+                    help="also featurize this many short-clip inputs and report the parent's "
+                         "RSS (issue 13: flat over 10,000); 0: skip")
     ap.add_argument("--keep", type=Path, default=None, help="cache the generated audio here")
     args = ap.parse_args()
     many = None

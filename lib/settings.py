@@ -172,5 +172,7 @@ def default_of(name: str):
 
 def defaults_help(name: str, fmt=str) -> str:
     """'20; frames: 100': the general default of a field and the kinds that change it."""
-    own = [f"{arch}: {fmt(a.defaults[name])}" for arch, a in ARCHS.items() if name in a.defaults]
-    return "; ".join([fmt(default_of(name)), *own])
+    general = default_of(name)
+    own = [f"{arch}: {fmt(a.defaults[name])}" for arch, a in ARCHS.items()
+           if name in a.defaults and a.defaults[name] != general]
+    return "; ".join([fmt(general), *own])
