@@ -560,6 +560,20 @@ def mel_params_from(kwargs: dict):
                                             for fld in fields(MelParams)})
 
 
+def audio_input_options(on_error_help: str):
+    """--on-error, --max-fail-frac and --root: the options of commands that decode audio files."""
+    def deco(f: Callable) -> Callable:
+        f = click.option("--root", type=click.Path(file_okay=False), default=None,
+                         help="Make ids relative to this directory "
+                              "[default: the inputs' common root].")(f)
+        f = click.option("--max-fail-frac", type=click.FloatRange(0, 1), default=0.05,
+                         show_default=True,
+                         help="Fail the run when more than this fraction of inputs failed.")(f)
+        return click.option("--on-error", type=click.Choice(["skip", "fail"]), default="skip",
+                            show_default=True, help=on_error_help)(f)
+    return deco
+
+
 def jobs_option(f: Callable) -> Callable:
     return click.option("-j", "--jobs", type=click.IntRange(min=1), default=None,
                         help="Worker processes [default: all available cores].")(f)

@@ -40,12 +40,7 @@ See also: ae-merge, ae-split, ae-train, ae-encode, ae-eval.
 @common.jobs_option
 @click.option("--block-size", type=click.IntRange(min=1), default=64, show_default=True,
               help="Clips written to the file at a time.")
-@click.option("--on-error", type=click.Choice(["skip", "fail"]), default="skip", show_default=True,
-              help="A bad input: record and skip it, or stop at once.")
-@click.option("--max-fail-frac", type=click.FloatRange(0, 1), default=0.05, show_default=True,
-              help="Fail the run when more than this fraction of inputs failed.")
-@click.option("--root", type=click.Path(file_okay=False), default=None,
-              help="Make ids relative to this directory [default: the inputs' common root].")
+@common.audio_input_options("A bad input: record and skip it, or stop at once.")
 @click.option("--shard", default=None, metavar="I/N",
               help="Process only the I-th of N deterministic parts (job arrays); join with ae-merge.")
 @common.verbosity_options

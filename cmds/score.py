@@ -61,12 +61,7 @@ def _threshold(ctx, param, value):
 @common.jobs_option
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
               help="Clips per forward pass (rows are written a batch at a time).")
-@click.option("--on-error", type=click.Choice(["skip", "fail"]), default="skip", show_default=True,
-              help="A bad input: report it and write a row with an empty score, or stop at once.")
-@click.option("--max-fail-frac", type=click.FloatRange(0, 1), default=0.05, show_default=True,
-              help="Fail the run when more than this fraction of inputs failed.")
-@click.option("--root", type=click.Path(file_okay=False), default=None,
-              help="Make ids relative to this directory [default: the inputs' common root].")
+@common.audio_input_options("A bad input: report it and write a row with an empty score, or stop at once.")
 @common.device_option
 @common.verbosity_options
 def cli(model_path, inputs, output, threshold, jobs, batch_size, on_error, max_fail_frac, root,

@@ -33,7 +33,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-from .errors import AekitError, InputError
+from .errors import InputError
 from .settings import DATA_MODES
 from .selection import load_labels, load_splits, query_rows, select_rows
 from .store import FeatureFile

@@ -67,17 +67,8 @@ class FramesAE(models.ClipModel):
     def __init__(self, config: FramesConfig):
         super().__init__()
         self.config = config
-        widths = [config.input_dim, *config.hidden, config.latent]
-        enc: list[nn.Module] = []
-        for a, b in zip(widths[:-1], widths[1:]):
-            enc += _block(a, b)
-        back = widths[::-1]  # latent, ..., hidden[0], input
-        dec: list[nn.Module] = []
-        for a, b in zip(back[:-2], back[1:-1]):
-            dec += _block(a, b)
-        dec.append(nn.Linear(back[-2], back[-1]))  # dB values: no activation
-        self.encoder = nn.Sequential(*enc)
-        self.decoder = nn.Sequential(*dec)
+        self.encoder, self.decoder = models.mirrored(
+            [config.input_dim, *config.hidden, config.latent], _block)
 
     def forward(self, units: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         z = self.encoder(units)  # [B, latent]

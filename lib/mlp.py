@@ -73,16 +73,8 @@ class Autoencoder(models.ClipModel):
         super().__init__()
         self.config = config
         widths = [config.input_dim, *config.hidden, config.latent]
-        enc: list[nn.Module] = []
-        for a, b in zip(widths[:-1], widths[1:]):
-            enc += _block(config.arch, a, b, config.negative_slope)
-        dec: list[nn.Module] = []
-        back = widths[::-1]  # latent, ..., hidden[0], input
-        for a, b in zip(back[:-2], back[1:-1]):
-            dec += _block(config.arch, a, b, config.negative_slope)
-        dec.append(nn.Linear(back[-2], back[-1]))  # output layer: no activation, no BatchNorm
-        self.encoder = nn.Sequential(*enc)
-        self.decoder = nn.Sequential(*dec)
+        self.encoder, self.decoder = models.mirrored(
+            widths, lambda a, b: _block(config.arch, a, b, config.negative_slope))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if x.dim() > 2:

@@ -183,6 +183,21 @@ def build_model(config, device: torch.device | str | None = None) -> ClipModel:
     return model.to(device) if device is not None else model
 
 
+def mirrored(widths: list[int], block: Callable[[int, int], list[nn.Module]]
+             ) -> tuple[nn.Sequential, nn.Sequential]:
+    """An encoder of ``block(a, b)`` through ``widths`` (input, hidden..., latent) and its
+    mirror as decoder, ending in a plain Linear to the input width (no activation)."""
+    enc: list[nn.Module] = []
+    for a, b in zip(widths[:-1], widths[1:]):
+        enc += block(a, b)
+    back = widths[::-1]  # latent, ..., hidden[0], input
+    dec: list[nn.Module] = []
+    for a, b in zip(back[:-2], back[1:-1]):
+        dec += block(a, b)
+    dec.append(nn.Linear(back[-2], back[-1]))
+    return nn.Sequential(*enc), nn.Sequential(*dec)
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 

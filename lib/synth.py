@@ -634,14 +634,19 @@ def _apply_anomaly(kind: str, rng, m: Machine, parts: _Parts, n: int) -> None:
     # drift is in the speed profile already; render_clip checked the kind
 
 
+def _check_names(names: Sequence[str], known: Sequence[str], what: str) -> None:
+    """Raise InputError unless ``names`` is a non-empty list of ``known`` ones."""
+    if not names:
+        raise InputError(f"no {what}s given; choose from " + ", ".join(known))
+    bad = [k for k in names if k not in known]
+    if bad:
+        raise InputError(f"unknown {what}(s) {', '.join(map(repr, bad))}; "
+                         f"choose from {', '.join(known)}")
+
+
 def check_anomaly_kinds(kinds: Sequence[str]) -> None:
     """Raise InputError unless ``kinds`` is a non-empty list of :data:`ANOMALY_KINDS`."""
-    if not kinds:
-        raise InputError("no anomaly kinds given; choose from " + ", ".join(ANOMALY_KINDS))
-    bad = [k for k in kinds if k not in ANOMALY_KINDS]
-    if bad:
-        raise InputError(f"unknown anomaly kind(s) {', '.join(map(repr, bad))}; "
-                         f"choose from {', '.join(ANOMALY_KINDS)}")
+    _check_names(kinds, ANOMALY_KINDS, "anomaly kind")
 
 
 def render_clip(machine: Machine, duration: float, anomaly: str = "none",
@@ -692,12 +697,7 @@ def _check(n_per_machine, machine_types, ids_per_type, anomaly_fraction, duratio
         raise InputError(f"clips per machine must be a whole number >= 1, got {n_per_machine!r}")
     if not is_int(ids_per_type) or ids_per_type < 1:
         raise InputError(f"ids per type must be a whole number >= 1, got {ids_per_type!r}")
-    if not machine_types:
-        raise InputError("no machine types given; choose from " + ", ".join(MACHINE_TYPES))
-    unknown = [t for t in machine_types if t not in _TYPE_CODE]
-    if unknown:
-        raise InputError(f"unknown machine type(s) {', '.join(map(repr, unknown))}; "
-                         f"choose from {', '.join(MACHINE_TYPES)}")
+    _check_names(machine_types, MACHINE_TYPES, "machine type")
     if len(set(machine_types)) != len(machine_types):
         raise InputError("machine types repeated: " + ", ".join(machine_types))
     if not (isinstance(anomaly_fraction, (int, float, np.floating)) and 0.0 <= anomaly_fraction < 1.0):

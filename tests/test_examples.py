@@ -1,6 +1,5 @@
 """The example pipeline (examples/Makefile) and the SLURM scripts, run locally at small sizes."""
 
-import os
 import signal
 import subprocess
 import time
