@@ -213,6 +213,22 @@ def check_no_clobber(ctx: click.Context) -> None:
                                    "give each output its own", exit_code=2)
 
 
+def check_output_not_among(output, paths, flag: str = "-o/--output") -> None:
+    """Refuse (exit 2) an output that is one of the input files found inside directories or
+    listed on stdin (check_no_clobber sees only the paths given as arguments)."""
+    if output is None or str(output) == "-" or not os.path.exists(output):
+        return  # an input exists: an output that does not is none of them
+    st = os.stat(output)
+    for p in paths:
+        try:
+            same = os.path.samestat(st, os.stat(p))
+        except OSError:
+            continue
+        if same:
+            raise CommandError(f"{flag} {output} is the same file as input {p}: refusing to "
+                               "overwrite an input; choose another output", exit_code=2)
+
+
 def command(name: str, **kwargs):
     """Decorator for an ae-* command: our Command class, -h/--help, --version, shared settings."""
     kwargs.setdefault("context_settings", CONTEXT_SETTINGS)

@@ -51,6 +51,7 @@ def cli(inputs, output, jobs, block_size, on_error, max_fail_frac, root, shard, 
     params = common.mel_params_from(kwargs)
     shard_ix = parse_shard(shard)
     paths = discover(list(inputs), sys.stdin if list(inputs) == ["-"] else None)
+    common.check_output_not_among(output, paths)
     ids = make_ids(paths, root if root is not None else common_root(list(inputs), paths))
     jobs = jobs or available_cpus()
     LOG.info("%d input file(s)%s, %d job(s); clip shape %s", len(paths),

@@ -81,6 +81,7 @@ def cli(model_path, inputs, output, threshold, jobs, batch_size, on_error, max_f
         LOG.info("threshold %.6g (stored in %s, method %s)", threshold, model_path,
                  model.info["threshold"].get("method"))
     paths = discover(list(inputs), sys.stdin if list(inputs) == ["-"] else None)
+    common.check_output_not_among(output, paths)
     ids = make_ids(paths, root if root is not None else common_root(list(inputs), paths))
     if len(set(ids)) != len(ids):
         raise InputError("ids are not unique")

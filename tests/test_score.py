@@ -363,3 +363,25 @@ def test_stored_threshold_refuses_a_damaged_value():
     for bad in (float("nan"), float("inf"), "12", True):
         with pytest.raises(InputError, match="not a finite number"):
             stored_threshold(model({"value": bad}))
+
+
+def test_output_naming_a_file_found_in_an_input_directory_is_refused(audio, features, tmp_path):
+    """-o naming one of the audio files found inside an input directory (or listed on
+    stdin, or reached through a symlink) is refused before any work, by ae-score and by
+    ae-featurize: that file is left as it was."""
+    import shutil
+
+    model = trained(features, "baseline")
+    d = tmp_path / "d"
+    d.mkdir()
+    wav = d / "x.wav"
+    shutil.copy(sorted(audio.glob("*.wav"))[0], wav)
+    before = wav.read_bytes()
+    (tmp_path / "link.wav").symlink_to(wav)
+    for cmd, args in [("score", [model, d, "-o", wav]),
+                      ("score", [model, "-", "-o", tmp_path / "link.wav"]),
+                      ("featurize", [d, "-o", tmp_path / "link.wav", *MEL])]:
+        r = invoke(cmd, [*args, "-q"], input=f"{wav}\n")
+        assert r.exit_code == 2, (cmd, r.stderr)
+        assert "is the same file as input" in r.stderr and str(wav) in r.stderr
+        assert wav.read_bytes() == before
