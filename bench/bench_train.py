@@ -19,6 +19,8 @@ a matmul peak measured in the same run, and peak RSS.
   ae-train/plain-step  the same with zero_grad + backward + opt.step() (ablation; as ae-train
                  under DDP)
   ae-train/foreach   plain step with the multi-tensor Adam instead of the fused one (ablation)
+  ae-train/4k-pages  ae-train without its 2 MiB-page setting (aekit.hostmem; ablation):
+                 each step's gradients faulted in 4 KiB page by 4 KiB page
   ae-train/bf16  ae-train with --precision bf16 (autocast), where the CPU supports it
 
 Roofline: at batch 25 a step moves far more bytes than it does FLOPs per byte; an fp32 Adam
@@ -129,6 +131,10 @@ def tutorial_model(cfg):
 def run_one(name: str, cfg, warmup: int, steps: int, n: int) -> dict:
     import torch
 
+    if name.startswith("ae-train") and name != "ae-train/4k-pages":
+        from aekit import hostmem
+
+        hostmem.for_cpu_training()  # first, as ae-train's setup does on the CPU
     torch.manual_seed(0)
     x = synthetic(n, cfg["shape"])
     batch = 25
@@ -173,7 +179,7 @@ def run_one(name: str, cfg, warmup: int, steps: int, n: int) -> dict:
             opt = torch.optim.Adam(model.parameters(), lr=1e-3, foreach=True)
         else:
             opt = tr.make_optimizer(model.parameters(), 1e-3)
-        in_backward = name in ("ae-train", "ae-train/bf16")
+        in_backward = name in ("ae-train", "ae-train/bf16", "ae-train/4k-pages")
         if in_backward:
             tr.StepInBackward(model, opt)
         norm = Normalizer("none")
@@ -198,11 +204,18 @@ def run_one(name: str, cfg, warmup: int, steps: int, n: int) -> dict:
     model.train()
     for _ in range(warmup):
         step()
+    import resource
+
+    r0 = resource.getrusage(resource.RUSAGE_SELF)
     t0 = time.perf_counter()
     rows = sum(step() for _ in range(steps))
     dt = time.perf_counter() - t0
+    r1 = resource.getrusage(resource.RUSAGE_SELF)
     return {"name": name, "samples_per_s": rows / dt, "step_s": dt / steps, "params": params,
-            "peak_rss_mb": peak_rss_mb()}
+            "peak_rss_mb": peak_rss_mb(),
+            "faults_per_step": (r1.ru_minflt - r0.ru_minflt) / steps,
+            "sys_s_per_step": (r1.ru_stime - r0.ru_stime) / steps,
+            "user_s_per_step": (r1.ru_utime - r0.ru_utime) / steps}
 
 
 def main() -> None:
@@ -241,7 +254,8 @@ def main() -> None:
     if not bf16_ok and not args.no_bf16:
         print("(no bf16 row: this CPU has no native bf16 instructions (avx512_bf16, amx_bf16), "
               "where bf16 matmuls are emulated and run far slower than fp32)")
-    names = (["tutorial", "ae-train", "ae-train/plain-step", "ae-train/foreach"]
+    names = (["tutorial", "ae-train", "ae-train/plain-step", "ae-train/foreach",
+              "ae-train/4k-pages"]
              + (["ae-train/bf16"] if bf16_ok else []))
     t0 = time.time()
     bw = sub("--bandwidth")["bw"]
@@ -261,13 +275,15 @@ def main() -> None:
           f"({BYTES_PER_PARAM} bytes x {results[0]['params'] / 1e6:.0f} M parameters); "
           f"bandwidth {bw:.1f} GB/s (c = a + b, 256 MB arrays) -> roofline {floor_s:.3f} s/step")
     print(f"{'config':20s} {'samples/s':>10s} {'vs tutorial':>12s} {'s/step':>8s} "
-          f"{'GFLOP/s':>8s} {'of peak':>8s} {'of roofline':>12s} {'peak RSS':>10s}")
+          f"{'GFLOP/s':>8s} {'of peak':>8s} {'of roofline':>12s} {'peak RSS':>10s} "
+          f"{'faults/step':>12s} {'kernel s/step':>14s}")
     for r in results:
         gflops = 6 * r["params"] * r["samples_per_s"] / 1e9
         peak = peak16 if r["name"].endswith("bf16") else peak32
         print(f"{r['name']:20s} {r['samples_per_s']:10.1f} {r['samples_per_s'] / base:11.2f}x "
               f"{r['step_s']:8.3f} {gflops:8.1f} {gflops / peak:8.0%} "
-              f"{floor_s / r['step_s']:12.0%} {r['peak_rss_mb'] / 1024:8.2f} GB")
+              f"{floor_s / r['step_s']:12.0%} {r['peak_rss_mb'] / 1024:8.2f} GB "
+              f"{r['faults_per_step']:12.0f} {r['sys_s_per_step']:14.2f}")
     ours = next(r for r in results if r["name"] == "ae-train")["samples_per_s"] / base
     print(f"ae-train vs the tutorial's loop: {ours:.2f}x (target >= {TARGET}x: "
           f"{'met' if ours >= TARGET else 'not met'}); bf16 rows use the bf16 matmul peak, "

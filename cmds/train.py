@@ -186,7 +186,9 @@ def cli(features, output, preset, arch, hidden, latent, epochs, batch_size, lr, 
         schedule, warmup, balanced_batches, precision, splits_path, fold, labels_path, where,
         early_stop, keep, log_path, resume, checkpoint_dir, checkpoint_every, data_mode, workers,
         seed, device, **arch_options):
+    from aekit import hostmem
     from aekit import train as tr  # torch is imported here, not at --help
+    from aekit.device import resolve_device
     from aekit.fileio import null_progress
 
     settings = S.make_settings(
@@ -202,6 +204,9 @@ def cli(features, output, preset, arch, hidden, latent, epochs, batch_size, lr, 
     check_writable(output, "-o/--output")
     if log_path is not None:
         check_writable(log_path, "--log")
+    if resolve_device(device).type == "cpu":
+        # Before torch's first allocation (gloo's included): heap reuse and 2 MiB pages.
+        hostmem.for_cpu_training()
     with stop_signals() as stop_requested, tr.distributed(device) as (dist, dev):
         if not dist.is_main:
             common.LOG.setLevel("WARNING")  # one process reports

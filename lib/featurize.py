@@ -21,6 +21,7 @@ from typing import Callable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 
+from . import hostmem
 from .audio import AudioError, ClipReader
 from .errors import DataError, InputError
 from .features import MelFrontend, MelParams, check_mel_params
@@ -31,6 +32,7 @@ LOG = logging.getLogger("aekit")
 
 TASK_FILES = 32  # most files per task: few enough that results stream back in order without stalls
 IN_FLIGHT_PER_JOB = 2  # tasks queued per worker: keeps workers busy, bounds results held
+DECODE_AHEAD_BYTES = 32 << 20  # samples decoded before featurizing them, per worker
 
 
 def available_cpus() -> int:
@@ -91,23 +93,7 @@ def _init_worker(frontend: MelFrontend, threads: int, own_process: bool = False)
     _WORKER.clear()
     _WORKER.update(_worker_state(frontend))
     if own_process:
-        _keep_heap()
-
-
-def _keep_heap() -> None:
-    """In a worker process: let glibc keep freed memory for the next file instead of handing
-    it back to the kernel and faulting it in again (each STFT's buffers are megabytes, above
-    glibc's mmap threshold). Memory stays flat: the same buffers are reused file after file."""
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
-
-    try:
-        libc = ctypes.CDLL(None)
-        libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD: 32 MiB (glibc's largest)
-        libc.mallopt(-1, 64 << 20)  # M_TRIM_THRESHOLD: keep up to 64 MiB free on the heap
-    except (OSError, AttributeError):  # not glibc (musl, ...): nothing to tune
-        pass
+        hostmem.for_feature_workers()
 
 
 def _preload() -> None:
@@ -119,29 +105,57 @@ def _preload() -> None:
 
 def _process(task: list[tuple[int, str]], state: dict | None = None):
     """Decode and featurize a few files with ``state`` (the in-process path's own) or this
-    worker's. Returns (ok rows, failures) in task order."""
+    worker's. Returns (ok rows (index, path, meta), their features [k, C, M, T] as one array
+    (one buffer to send back, not k), failures (index, path, reason)), each in task order.
+
+    The files are decoded a group at a time into the worker's group buffer (at most
+    DECODE_AHEAD_BYTES of samples), then featurized: the decoder's and the STFT's code and
+    tables stay in cache through a run of files instead of evicting each other per file.
+    """
     import torch
 
     state = _WORKER if state is None else state
     frontend: MelFrontend = state["frontend"]
     reader: ClipReader = state["reader"]
-    ok, failed = [], []
+    p = frontend.params
+    group = state.setdefault("group", np.empty((_group_files(p), p.channels, p.num_samples),
+                                               dtype=np.float32))
+    decoded, failed = [], []  # decoded: (index, path, meta) of the clips in ``group``
+    rows = []
+    feats_out = np.empty((len(task), *p.clip_shape), dtype=np.float32)
+
+    def featurize_group() -> None:
+        with torch.inference_mode():
+            for k, (index, path, meta) in enumerate(decoded):
+                dst = feats_out[len(rows)]
+                dst[...] = frontend(torch.from_numpy(group[k])).numpy()  # [C, M, T]
+                if not np.isfinite(dst.sum(dtype=np.float64)):  # power overflowing float32
+                    failed.append((index, path, "features are not finite (sample values too "
+                                                "large: a corrupt float file?)"))
+                    continue
+                rows.append((index, path, meta))
+        decoded.clear()
+
     for index, path in task:
         try:
             clip = reader.read(path)  # samples: the reader's buffer, overwritten by the next file
         except AudioError as exc:
             failed.append((index, path, str(exc)))
             continue
-        with torch.inference_mode():
-            feats = frontend(torch.from_numpy(clip.samples)).numpy()  # [C, M, T]
-        if not np.isfinite(feats).all():  # finite samples whose power overflows float32
-            failed.append((index, path, "features are not finite (sample values too large: "
-                                        "a corrupt float file?)"))
-            continue
-        meta = (clip.source_sample_rate, clip.source_channels, clip.source_frames,
-                clip.valid_samples, int(clip.truncated), clip.channels_cut)  # PER_CLIP order
-        ok.append((index, path, feats, meta))
-    return ok, failed
+        group[len(decoded)] = clip.samples
+        decoded.append((index, path, (clip.source_sample_rate, clip.source_channels,
+                                      clip.source_frames, clip.valid_samples,
+                                      int(clip.truncated), clip.channels_cut)))  # PER_CLIP order
+        if len(decoded) == len(group):
+            featurize_group()
+    featurize_group()
+    return rows, feats_out[:len(rows)], failed
+
+
+def _group_files(params: MelParams) -> int:
+    """Files decoded ahead per group: as many as DECODE_AHEAD_BYTES of samples hold (>= 1)."""
+    per_file = 4 * params.channels * params.num_samples
+    return max(1, min(TASK_FILES, DECODE_AHEAD_BYTES // per_file))
 
 
 # ------------------------------------------------------------------ parent side
@@ -303,8 +317,8 @@ def _start_pool(n: int, frontend: MelFrontend):
 def _iter_tasks(tasks: list[list[tuple[int, str]]], params: MelParams,
                 jobs: int) -> Iterator[Featurized]:
     def items(result) -> list[Featurized]:
-        ok, failed = result
-        out = [Featurized(i, p, f, m, None) for i, p, f, m in ok]
+        ok, feats, failed = result
+        out = [Featurized(i, p, feats[k], m, None) for k, (i, p, m) in enumerate(ok)]
         out += [Featurized(i, p, None, None, r) for i, p, r in failed]
         return sorted(out, key=lambda it: it.index)
 

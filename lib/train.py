@@ -39,6 +39,7 @@ from typing import Callable, ContextManager
 import numpy as np
 import torch
 
+from . import hostmem
 from .checkpoint import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, checkpoint_dir_for,  # noqa: F401
                          load_checkpoint, resume_mismatch, rng_state, save_checkpoint,
                          set_rng_state)
@@ -445,6 +446,8 @@ def setup(features, output, s: TrainSettings, *, splits, fold, labels, where,
     if not resume and (ckdir / "last.pt").exists() and dist.is_main:
         LOG.warning("%s exists; starting afresh (use --resume to continue it)", ckdir / "last.pt")
     amp = autocast_for(device, s.precision)  # checked before any work
+    if device.type == "cpu":  # before the data and the model are allocated
+        hostmem.for_cpu_training()
 
     # -- rows, model config, data (the model decides the training units and the statistics)
     with FeatureFile(features) as ff:
