@@ -443,7 +443,7 @@ def test_stream_blocks_serve_the_same_units_as_memory(tmp_path, workers, model):
     assert torch.equal(torch.cat(list(stream.blocks(7))), torch.cat(list(mem.blocks(7))))
 
 
-@pytest.mark.parametrize("arch", ["improved", "baseline"])
+@pytest.mark.parametrize("arch", ["improved", "baseline", "frames"])
 def test_step_in_backward_is_bit_identical_to_opt_step(arch):
     """Adam run per parameter inside backward (ae-train's single-process step) leaves the
     same weights, moments and step counts as zero_grad + backward + opt.step(), bit for bit,
@@ -451,18 +451,22 @@ def test_step_in_backward_is_bit_identical_to_opt_step(arch):
     import contextlib
     import copy
 
-    cfg = AEConfig(arch=arch, input_shape=(2, 4, 10), hidden=(16, 8), latent=4)
+    from aekit.models import make_config
+
+    cfg = make_config(arch, (2, 4, 10), hidden=(16, 8), latent=4)
     torch.manual_seed(0)
     a = build_model(cfg, torch.device("cpu"))
     b = copy.deepcopy(a)
+    width = next(m for m in a.modules() if isinstance(m, torch.nn.Linear)).in_features
     init = copy.deepcopy(a.state_dict())
     oa, ob = tr.make_optimizer(a.parameters(), 1e-3), tr.make_optimizer(b.parameters(), 1e-3)
-    tr.StepInBackward(b, ob)
+    stepper = tr.StepInBackward(b, ob)
+    assert stepper.linears  # the Linear layers step inside their own backward
     amp = contextlib.nullcontext()
     for i in range(6):
         if i == 3:  # a resume: the optimizer state replaced by load_state_dict
             ob.load_state_dict(copy.deepcopy(oa.state_dict()))
-        x = torch.randn(5, 80)
+        x = torch.randn(5, width)
         for g in oa.param_groups + ob.param_groups:
             g["lr"] = 1e-3 * (i + 1)
         la = tr.train_step(a, oa, x, None, amp)
@@ -478,6 +482,30 @@ def test_step_in_backward_is_bit_identical_to_opt_step(arch):
             assert torch.equal(v, sb["state"][k][name]), (k, name)
     # and the steps moved every weight at all (the comparison is not vacuous)
     assert all(not torch.equal(v, init[k]) for k, v in a.state_dict().items())
+    assert stepper._scratch is not None  # the fused path ran (not only the hooks)
+
+
+def test_step_in_backward_refuses_a_linear_used_twice_and_can_be_removed():
+    import contextlib
+
+    class Twice(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(6, 6)
+
+        def forward(self, x):
+            y = self.lin(self.lin(x))
+            return y, y
+
+    torch.manual_seed(0)
+    net = Twice()
+    opt = tr.make_optimizer(net.parameters(), 1e-3)
+    stepper = tr.StepInBackward(net, opt)
+    with pytest.raises(RuntimeError, match="used twice in one forward"):
+        tr.train_step(net, opt, torch.randn(4, 6), None, contextlib.nullcontext())
+    stepper.remove()
+    assert "forward" not in vars(net.lin) and not getattr(opt, "aekit_step_in_backward")
+    tr.train_step(net, opt, torch.randn(4, 6), None, contextlib.nullcontext())  # plain step
 
 
 def test_stream_read_error_reaches_a_slow_consumer(tmp_path):
