@@ -14,10 +14,11 @@ a matmul peak measured in the same run, and peak RSS.
                  backward; step
   ae-train       aekit.train.train_step as ae-train runs it: rows pre-loaded as one tensor
                  indexed by the epoch's permutation (no DataLoader), fused Adam run per
-                 parameter inside backward (StepInBackward: no gradient outlives its
-                 step), no per-step host sync
+                 parameter inside backward (StepInBackward: each Linear's weight gradient
+                 computed into one scratch buffer reused by every layer and step, so no
+                 gradient is allocated), 2 MiB pages (aekit.hostmem), no per-step host sync
   ae-train/plain-step  the same with zero_grad + backward + opt.step() (ablation; as ae-train
-                 under DDP)
+                 under DDP): each step's gradients allocated afresh, in 2 MiB pages
   ae-train/foreach   plain step with the multi-tensor Adam instead of the fused one (ablation)
   ae-train/4k-pages  ae-train without its 2 MiB-page setting (aekit.hostmem; ablation):
                  each step's gradients faulted in 4 KiB page by 4 KiB page
