@@ -138,11 +138,10 @@ def _process(task: list[tuple[int, str]], state: dict | None = None):
 
     for index, path in task:
         try:
-            clip = reader.read(path)  # samples: the reader's buffer, overwritten by the next file
+            clip = reader.read(path, out=group[len(decoded)])  # decoded into its group slot
         except AudioError as exc:
             failed.append((index, path, str(exc)))
             continue
-        group[len(decoded)] = clip.samples
         decoded.append((index, path, (clip.source_sample_rate, clip.source_channels,
                                       clip.source_frames, clip.valid_samples,
                                       int(clip.truncated), clip.channels_cut)))  # PER_CLIP order

@@ -133,6 +133,7 @@ class FeatureWriter:
         for name, dt in PER_CLIP.items():
             f.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dt, chunks=(min(start, 4096),),
                              fletcher32=True)
+        self.datasets = {name: f[name] for name in ("features", "ids", "paths", *PER_CLIP)}
         self.n = 0
         self.failed_paths: list[str] = []
         self.failed_reasons: list[str] = []
@@ -144,14 +145,14 @@ class FeatureWriter:
             return
         assert features.shape[1:] == self.clip_shape, (features.shape, self.clip_shape)
         n0, n1 = self.n, self.n + k
-        f = self.f
-        for name in ("features", "ids", "paths", *PER_CLIP):
-            f[name].resize((n1,) + f[name].shape[1:])
-        f["features"][n0:n1] = features.astype(np.float32, copy=False)
-        f["ids"][n0:n1] = list(ids)
-        f["paths"][n0:n1] = list(paths)
+        d = self.datasets  # opened once: a lookup by name costs more than a block's metadata
+        for ds in d.values():
+            ds.resize(n1, axis=0)
+        d["features"][n0:n1] = features.astype(np.float32, copy=False)
+        d["ids"][n0:n1] = list(ids)
+        d["paths"][n0:n1] = list(paths)
         for name, dt in PER_CLIP.items():
-            f[name][n0:n1] = np.asarray(meta[name], dtype=dt)
+            d[name][n0:n1] = np.asarray(meta[name], dtype=dt)
         self.n = n1
 
     def add_failures(self, paths: Sequence[str], reasons: Sequence[str]) -> None:
