@@ -119,7 +119,10 @@ class StepInBackward:
     each call, so load_state_dict and the lr schedule work as before) and the update is
     the same per-tensor kernel on the same gradient (the same matrix products autograd
     runs for F.linear): the weights and the optimizer state are bit-identical to
-    ``opt.step()`` after a full backward (tests/test_train.py checks it). Not for DDP: the
+    ``opt.step()`` after a full backward (tests/test_train.py checks it), except that on
+    the CPU the forward of a large layer at a small batch runs by row blocks
+    (``_skinny_linear``: 1.25x faster steps at full widths), which may round an output
+    differently in the last bit; a run is as deterministic as before. Not for DDP: the
     step would run before the gradient is all-reduced. A parameter used twice in one
     forward (tied weights) would be updated between its uses: refused with an error.
     """
@@ -189,6 +192,25 @@ def _linear_forward(m: torch.nn.Linear, stepper: StepInBackward, x: torch.Tensor
     return torch.nn.functional.linear(x, w, m.bias)  # hooks step it, if it is trained here
 
 
+#: On the CPU, x [B, K] @ W.T with few rows B and a large W runs as products of row blocks
+#: of W (MKL's kernel for the whole skinny product reaches a fraction of what the blocks do).
+SKINNY_ROWS, SKINNY_BLOCK, SKINNY_MIN_OUT = 64, 512, 2048
+
+
+def _skinny_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """F.linear, computed by blocks of SKINNY_BLOCK output features when the batch is small
+    and the layer large, on the CPU. Measured at full widths (451 M parameters, batch 25, 2
+    cores): the 25024 -> 8224 product 1.8x faster, a whole training step 1.25x (six
+    interleaved pairs of steps: 1.55 s against 1.94 s on average). Each output is the same
+    dot product; it may round differently in the last bit than the one large call."""
+    n = weight.shape[0]
+    if x.device.type != "cpu" or x.shape[0] > SKINNY_ROWS or n < SKINNY_MIN_OUT:
+        return torch.nn.functional.linear(x, weight, bias)
+    return torch.cat([torch.nn.functional.linear(x, weight[i:i + SKINNY_BLOCK],
+                                                 None if bias is None else bias[i:i + SKINNY_BLOCK])
+                      for i in range(0, n, SKINNY_BLOCK)], dim=1)
+
+
 class _LinearStep(torch.autograd.Function):
     """F.linear whose backward steps its weight and bias (see StepInBackward)."""
 
@@ -196,7 +218,7 @@ class _LinearStep(torch.autograd.Function):
     def forward(ctx, x, weight, bias, stepper):
         ctx.save_for_backward(x)
         ctx.params = (weight, bias, stepper, stepper.steps.get(weight, 0))
-        return torch.nn.functional.linear(x, weight, bias)
+        return _skinny_linear(x, weight, bias)
 
     @staticmethod
     def backward(ctx, g):

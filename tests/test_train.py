@@ -546,3 +546,16 @@ def test_stream_read_error_reaches_a_slow_consumer(tmp_path):
     t.join(timeout=30)
     assert not t.is_alive(), "the consumer waits forever: the reader's error was lost"
     assert len(out) == 1 and "clip007" in str(out[0])
+
+
+def test_skinny_linear_blocks_equal_one_product():
+    """A large layer at a small batch runs by row blocks on the CPU: the same outputs as
+    F.linear to float32 rounding, the ragged last block included; large batches untouched."""
+    torch.manual_seed(0)
+    w, b = torch.randn(tr.SKINNY_MIN_OUT + 37, 96), torch.randn(tr.SKINNY_MIN_OUT + 37)
+    x = torch.randn(5, 96)
+    got, want = tr._skinny_linear(x, w, b), torch.nn.functional.linear(x, w, b)
+    assert got.shape == want.shape and torch.allclose(got, want, rtol=1e-5, atol=1e-5)
+    assert torch.equal(tr._skinny_linear(x, w, None), tr._skinny_linear(x, w, None))
+    big = torch.randn(tr.SKINNY_ROWS + 1, 96)
+    assert torch.equal(tr._skinny_linear(big, w, b), torch.nn.functional.linear(big, w, b))
