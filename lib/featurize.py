@@ -1,10 +1,12 @@
 """Audio files -> one features file: decode and compute in worker processes, write in blocks.
 
 Work is cut into tasks of up to 32 files that shrink towards the end; each worker process
-(one torch thread) decodes its files into buffers it reuses (ClipReader) and computes their
-features with one reusable MelFrontend; the parent (which warms up with one torch thread, so
-no OpenMP pool spins beside the workers) keeps a few tasks per worker in flight and writes
-results in input order, block by block, so memory stays flat whatever the number of files. Failures are recorded and skipped, or stop the run, as asked.
+(one torch thread) decodes a group of its files into a buffer it reuses (ClipReader), then
+computes their features with one reusable MelFrontend into one array per task; the parent
+(which warms up with one torch thread, so no OpenMP pool spins beside the workers) keeps a
+few tasks per worker in flight and writes results in input order, block by block, so memory
+stays flat whatever the number of files. Failures are recorded and skipped, or stop the run,
+as asked.
 """
 
 from __future__ import annotations
