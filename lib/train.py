@@ -134,7 +134,8 @@ class StepInBackward:
                         for p in model.parameters() if p.requires_grad]
         self.linears = [m for m in model.modules() if type(m) is torch.nn.Linear
                         and m.weight.requires_grad and m.weight in self.group_of
-                        and (m.bias is None or m.bias in self.group_of)]
+                        and (m.bias is None or (m.bias.requires_grad
+                                                and m.bias in self.group_of))]
         for m in self.linears:
             m.forward = functools.partial(_linear_forward, m, self)  # this instance only
         self._scratch: torch.Tensor | None = None

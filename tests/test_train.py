@@ -505,6 +505,9 @@ def test_step_in_backward_refuses_a_linear_used_twice_and_can_be_removed():
         tr.train_step(net, opt, torch.randn(4, 6), None, contextlib.nullcontext())
     stepper.remove()
     assert "forward" not in vars(net.lin) and not getattr(opt, "aekit_step_in_backward")
+    frozen = torch.nn.Linear(3, 3)
+    frozen.bias.requires_grad_(False)  # a frozen bias is never stepped: left to the hooks path
+    assert tr.StepInBackward(frozen, tr.make_optimizer([frozen.weight], 1e-3)).linears == []
     tr.train_step(net, opt, torch.randn(4, 6), None, contextlib.nullcontext())  # plain step
 
 
