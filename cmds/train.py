@@ -205,7 +205,7 @@ def cli(features, output, preset, arch, hidden, latent, epochs, batch_size, lr, 
     if log_path is not None:
         check_writable(log_path, "--log")
     if resolve_device(device).type == "cpu":
-        # Before torch's first allocation (gloo's included): heap reuse and 2 MiB pages.
+        # Before torch's first allocation (gloo's and the data's included): 2 MiB pages.
         hostmem.for_cpu_training()
     with stop_signals() as stop_requested, tr.distributed(device) as (dist, dev):
         if not dist.is_main:

@@ -35,13 +35,15 @@ def test_opt_out_and_caller_setting_win():
 
 
 def test_ae_train_sets_it_before_torch_allocates(tmp_path):
-    # The command sets it before gloo or the data allocate anything: checked through the
-    # variable the training process sees (a model option's value is not enough: torch reads
-    # it once), by running the CLI's entry in-process with torch not yet having allocated.
+    # torch reads the variable once, at its first CPU allocation, so the command itself must
+    # set it before the process group and the data exist (the library's setup() calling it
+    # too would be too late for the command). The caller of the first call is recorded.
     code = ("import os, sys; from aekit.cmds import train as t; from aekit import hostmem;"
-            "hostmem.for_cpu_training = (lambda f=hostmem.for_cpu_training: "
-            "(print('CALLED', flush=True), f())[1]);"
+            "real = hostmem.for_cpu_training; calls = [];"
+            "hostmem.for_cpu_training = lambda: (calls.append(sys._getframe(1).f_code.co_filename), real())[1];"
             "sys.argv=['ae-train','missing.h5','-o',os.path.join(sys.argv[1],'m.pt'),'--device','cpu'];"
+            "import atexit; atexit.register(lambda: print('FIRST', calls[0] if calls else None, flush=True));"
             "t.main()")
     p = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True)
-    assert "CALLED" in p.stdout
+    first = [ln for ln in p.stdout.splitlines() if ln.startswith("FIRST ")]
+    assert first and first[0].replace("\\", "/").endswith("cmds/train.py"), (p.stdout, p.stderr)
