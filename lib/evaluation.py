@@ -99,8 +99,9 @@ def _label_column(labels, column: str, what: str, source: str):
         raise InputError(f"{what} column '{column}' not found in {source}; columns are: "
                          f"{', '.join(map(str, labels.columns))}")
     col = labels[column]
-    if col.isna().any():
-        ids = col.index[col.isna()]
+    empty = col.isna() | col.astype(object).map(lambda v: isinstance(v, str) and not v.strip())
+    if empty.any():  # labels are text: an empty cell is '' (NA, null, ... are values)
+        ids = col.index[empty.to_numpy(dtype=bool)]
         raise InputError(f"{source}: {what} column '{column}' is empty for {len(ids)} id(s): "
                          f"{preview(ids)}")
     return col

@@ -11,6 +11,16 @@ attribute or reach Python's builtins. Allowed:
   ``col == None`` / ``col != None`` test for a missing value;
 - ``and``, ``or``, ``not`` and parentheses.
 
+Types are strict: a column is *numeric* when every non-empty value in it is a decimal
+number (``0``, ``-1.5``, ``2e3``; ``nan``, ``inf``, ``0x10`` are text), *text* otherwise;
+in a label CSV, where every cell is read as text, that is decided from all the file's rows
+(an empty or blank cell is a missing value and does not count). A numeric column compares
+only with numbers, a text column only with strings (``machine_id == '00'`` on a numeric
+column, ``anomaly != '1'`` on a numeric one, ``machine == 3`` on a text one are errors
+naming the column and its type), so that no comparison quietly selects every row or none.
+A column with no value at all compares with anything and matches nothing (``!=``: every
+row). ``True``/``False`` compare only with a boolean column (a DataFrame given by Python).
+
 Everything else (attribute access, calls, subscripts, arithmetic, lambdas,
 comprehensions, f-strings, ``@`` references, backticks, ``&``/``|``) is refused with an
 :class:`~aekit.errors.InputError` naming the construct.
@@ -19,6 +29,8 @@ comprehensions, f-strings, ``@`` references, backticks, ``&``/``|``) is refused 
 from __future__ import annotations
 
 import ast
+import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,7 +70,10 @@ class Where:
         return [n.id for n in ast.walk(self.tree) if isinstance(n, ast.Name)]
 
     def mask(self, df: pd.DataFrame) -> np.ndarray:
-        """Boolean array over ``df``'s rows that match."""
+        """Boolean array over ``df``'s rows that match.
+
+        Each column is typed by :func:`column_kinds` (``df.attrs["column_kinds"]`` when
+        given, as :func:`aekit.selection.load_labels` sets it from the whole file)."""
         unknown = [c for c in dict.fromkeys(self.columns) if c not in df.columns]
         if unknown:
             raise InputError(f"bad --where expression {_show(self.text)}: unknown column(s) "
@@ -69,6 +84,9 @@ class Where:
             raise
         except (TypeError, ValueError) as exc:  # e.g. '<' between text and a number
             raise InputError(f"bad --where expression {_show(self.text)}: {_first_line(exc)}") from None
+        if isinstance(value, _Col):
+            raise InputError(f"bad --where expression {_show(self.text)}: it must be a condition "
+                             "(a comparison), not a bare column; e.g. anomaly == 1")
         if isinstance(value, pd.Series):
             if value.dtype != bool:
                 raise InputError(f"bad --where expression {_show(self.text)}: it must be a condition "
@@ -182,15 +200,110 @@ def _first_line(exc: BaseException) -> str:
     return msg
 
 
+#: A decimal number as a CSV cell holds it (surrounding blanks allowed); nan/inf are text.
+_NUMBER = re.compile(r"\s*[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?\s*")
+
+NUMBER, TEXT, BOOL, EMPTY = "numeric", "text", "boolean", "empty"
+
+
+def _missing(v: Any) -> bool:
+    if v is None:
+        return True
+    if isinstance(v, str):
+        return not v.strip()
+    try:
+        return bool(pd.isna(v))
+    except (TypeError, ValueError):
+        return False
+
+
+def column_kind(values: pd.Series) -> str:
+    """How ``--where`` types a column: 'numeric' (every non-empty value a number), 'text',
+    'boolean' (a bool column given by Python) or 'empty' (no value at all)."""
+    if pd.api.types.is_bool_dtype(values.dtype):
+        return BOOL
+    if pd.api.types.is_numeric_dtype(values.dtype):
+        return NUMBER if values.notna().any() else EMPTY
+    seen = False
+    for v in pd.unique(values.astype(object)):
+        if _missing(v):
+            continue
+        seen = True
+        if isinstance(v, (bool, np.bool_)):
+            return TEXT
+        if isinstance(v, (int, float, np.integer, np.floating)):
+            if not math.isfinite(float(v)):
+                return TEXT
+            continue
+        if not (isinstance(v, str) and _NUMBER.fullmatch(v)):
+            return TEXT
+    return NUMBER if seen else EMPTY
+
+
+def column_kinds(df: pd.DataFrame) -> dict:
+    """{column: kind} for every column of ``df`` (see :func:`column_kind`)."""
+    return {c: column_kind(df[c]) for c in df.columns}
+
+
+def _typed(values: pd.Series, kind: str) -> pd.Series:
+    """The column as compared: numbers as numbers (missing: NaN), text as Python strings
+    exactly as written (missing: None)."""
+    if kind in (BOOL,) or (kind == NUMBER and pd.api.types.is_numeric_dtype(values.dtype)):
+        return values
+    obj = values.astype(object)
+    missing = obj.map(_missing).to_numpy(dtype=bool)
+    obj = obj.where(~missing, None)
+    if kind == NUMBER:
+        return pd.to_numeric(obj.map(lambda v: v.strip() if isinstance(v, str) else v))
+    return obj
+
+
+def _literal_kind(v: Any) -> str:
+    if v is None:
+        return EMPTY
+    if isinstance(v, bool):
+        return BOOL
+    if isinstance(v, (int, float)):
+        return NUMBER
+    return TEXT
+
+
+@dataclass(frozen=True)
+class _Col:
+    """A column as an operand: its typed values and its kind."""
+
+    name: str
+    values: pd.Series
+    kind: str
+
+    def describe(self) -> str:
+        if self.kind == TEXT:
+            return f"column {self.name!r} holds text"
+        return f"column {self.name!r} is {self.kind}" + (
+            " (every value in it is a number)" if self.kind == NUMBER else "")
+
+
 class _Evaluator:
-    """Evaluates a checked tree over a DataFrame: columns are Series, literals stay Python."""
+    """Evaluates a checked tree over a DataFrame: columns are typed Series, literals stay Python."""
 
     def __init__(self, df: pd.DataFrame, text: str):
         self.df, self.text = df, text
+        self.kinds = dict(df.attrs.get("column_kinds") or {})
+
+    def _column(self, name: str) -> _Col:
+        values = self.df[name]
+        if isinstance(values, pd.DataFrame):
+            raise InputError(f"bad --where expression {_show(self.text)}: column {name!r} "
+                             "appears more than once")
+        kind = self.kinds.get(name) or column_kind(values)
+        return _Col(name, _typed(values, kind), kind)
+
+    def _error(self, what: str) -> InputError:
+        return InputError(f"bad --where expression {_show(self.text)}: {what}")
 
     def eval(self, node: ast.AST) -> Any:
         if isinstance(node, ast.Name):
-            return self.df[node.id]
+            return self._column(node.id)
         if isinstance(node, ast.Constant):
             return node.value
         if isinstance(node, ast.UnaryOp):
@@ -213,53 +326,102 @@ class _Evaluator:
                 part = self._bool(self._compare(operands[i], _COMPARE[type(op)], operands[i + 1]))
                 out = part if out is None else (out & part)
             return out
-        raise InputError(f"bad --where expression {_show(self.text)}: cannot evaluate "
-                         f"{type(node).__name__}")  # unreachable after _check
+        raise self._error(f"cannot evaluate {type(node).__name__}")  # unreachable after _check
 
     def _bool(self, v: Any) -> pd.Series:
+        if isinstance(v, _Col):
+            if v.kind == BOOL:
+                return v.values.fillna(False).astype(bool)
+            raise self._error(f"column {v.name!r} is not a condition; compare it, e.g. "
+                              "anomaly == 1")
         if isinstance(v, pd.Series):
             if v.dtype != bool:
-                if str(v.dtype) == "boolean":  # nullable booleans: missing is no match
-                    return v.fillna(False).astype(bool)
-                raise InputError(f"bad --where expression {_show(self.text)}: column {v.name!r} is not "
-                                 "a condition; compare it, e.g. anomaly == 1")
+                return v.fillna(False).astype(bool)
             return v
         if isinstance(v, (bool, np.bool_)):
             return pd.Series(np.full(len(self.df), bool(v)), index=self.df.index)
-        raise InputError(f"bad --where expression {_show(self.text)}: {v!r} is not a condition")
+        raise self._error(f"{v!r} is not a condition")
+
+    def _check_kinds(self, a: Any, op: str, b: Any) -> None:
+        """Refuse comparing a number with text (either way round), or a boolean with either."""
+        cols = [x for x in (a, b) if isinstance(x, _Col)]
+        if len(cols) == 2:
+            ka, kb = a.kind, b.kind
+            if EMPTY not in (ka, kb) and ka != kb:
+                raise self._error(f"{a.describe()} and {b.describe()}: they cannot be compared")
+            return
+        if not cols:  # literals only
+            ka = _literal_kind(a)
+            kb = [_literal_kind(v) for v in (b if isinstance(b, list) else [b])]
+            bad = [k for k in kb if EMPTY not in (ka, k) and k != ka]
+            if bad:
+                raise self._error(f"{a!r} {op} {b!r} compares a {ka} value with a {bad[0]} one")
+            return
+        col = cols[0]
+        values = b if isinstance(b, list) else [b if col is a else a]
+        if col.kind == EMPTY:
+            return
+        for v in values:
+            kind = _literal_kind(v)
+            if kind in (EMPTY, col.kind):
+                continue
+            if col.kind == NUMBER:
+                hint = (f"; e.g. {col.name} {op} {v.strip()}" if isinstance(v, str)
+                        and _NUMBER.fullmatch(v) and op not in ("in", "not in") else "")
+                raise self._error(f"{col.describe()}; it cannot be compared with the "
+                                  f"{kind} value {v!r}: compare it with a number{hint}")
+            if col.kind == TEXT:
+                example = (f"[{str(v)!r}]" if op in ("in", "not in") else repr(str(v)))
+                raise self._error(f"{col.describe()}; it cannot be compared with the {kind} "
+                                  f"value {v!r} using {op}: compare it with a string, e.g. "
+                                  f"{col.name} {op} {example}")
+            raise self._error(f"{col.describe()}; it cannot be compared with the {kind} "
+                              f"value {v!r}: compare it with True or False")
 
     def _compare(self, a: Any, op: str, b: Any) -> Any:
         if op in ("in", "not in"):
-            if not isinstance(a, pd.Series):
-                a = pd.Series([a] * len(self.df), index=self.df.index, dtype=object)
+            if isinstance(b, _Col) or not isinstance(b, list):
+                raise self._error("'in' needs a list of literals on its right")
+            self._check_kinds(a, op, b)
             values = list(b)
-            hit = a.isin([v for v in values if v is not None])
-            if any(v is None for v in values):
-                hit = hit | a.isna()
-            return hit if op == "in" else ~hit
+            if isinstance(a, _Col):
+                hit = a.values.isin([v for v in values if v is not None])
+                if any(v is None for v in values):
+                    hit = hit | a.values.isna()
+                hit = hit.fillna(False).astype(bool)
+                return hit if op == "in" else ~hit
+            hit = a in values
+            return hit if op == "in" else not hit
         if a is None or b is None:
             if op not in ("==", "!="):
-                raise InputError(f"bad --where expression {_show(self.text)}: only == and != "
-                                 "compare with None")
+                raise self._error("only == and != compare with None")
             other = b if a is None else a
-            if not isinstance(other, pd.Series):
+            if not isinstance(other, _Col):
                 return (other is None) == (op == "==")
-            return other.isna() if op == "==" else other.notna()
-        if not isinstance(a, pd.Series) and not isinstance(b, pd.Series):
-            return bool({"==": a == b, "!=": a != b, "<": a < b, "<=": a <= b, ">": a > b,
-                         ">=": a >= b}[op])
-        for side in (a, b):
-            if (isinstance(side, pd.Series) and op not in ("==", "!=")
-                    and (side.dtype == object or pd.api.types.is_string_dtype(side.dtype))):
-                other = b if side is a else a
-                if not isinstance(other, (str, pd.Series)):
-                    raise InputError(f"bad --where expression {_show(self.text)}: column "
-                                     f"{side.name!r} holds text; it cannot be compared with "
-                                     f"{other!r} using {op}")
-        result = {"==": lambda: a == b, "!=": lambda: a != b, "<": lambda: a < b,
-                  "<=": lambda: a <= b, ">": lambda: a > b, ">=": lambda: a >= b}[op]()
+            return other.values.isna() if op == "==" else other.values.notna()
+        self._check_kinds(a, op, b)
+        if not isinstance(a, _Col) and not isinstance(b, _Col):
+            return bool({"==": lambda: a == b, "!=": lambda: a != b, "<": lambda: a < b,
+                         "<=": lambda: a <= b, ">": lambda: a > b, ">=": lambda: a >= b}[op]())
+        av = a.values if isinstance(a, _Col) else a
+        bv = b.values if isinstance(b, _Col) else b
+        if op not in ("==", "!="):  # text orders as text; a missing value matches nothing
+            if any(isinstance(x, _Col) and x.kind == EMPTY for x in (a, b)):
+                return pd.Series(False, index=self.df.index)
+            present = pd.Series(True, index=self.df.index)
+            for side in (av, bv):
+                if isinstance(side, pd.Series):
+                    present &= side.notna()
+            if isinstance(av, pd.Series):
+                av = av.where(present, "" if a.kind == TEXT else np.nan)
+            if isinstance(bv, pd.Series):
+                bv = bv.where(present, "" if b.kind == TEXT else np.nan)
+            result = {"<": lambda: av < bv, "<=": lambda: av <= bv, ">": lambda: av > bv,
+                      ">=": lambda: av >= bv}[op]()
+            return result.fillna(False).astype(bool) & present
+        result = (av == bv) if op == "==" else (av != bv)
         if isinstance(result, pd.Series):
-            return result.fillna(False).astype(bool) if result.dtype != bool else result
+            return result.fillna(op == "!=").astype(bool) if result.dtype != bool else result
         return result
 
 

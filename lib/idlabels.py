@@ -258,7 +258,14 @@ def read_ids(path: str | os.PathLike) -> list[str]:
 
 
 def _is_hdf5(p: Path) -> bool:
+    """By the signature, read from a regular file only: a pipe (``<(cat labels.csv)``) or a
+    device is never probed, since reading its first bytes would consume them (and an HDF5
+    file cannot be streamed anyway: read_csv then names it)."""
+    import stat
+
     try:
+        if not stat.S_ISREG(os.stat(p).st_mode):
+            return False
         with open(p, "rb") as fh:
             head = fh.read(8)
     except OSError as exc:

@@ -38,7 +38,7 @@ def _save(fig, path: str | os.PathLike) -> Path:
 
 def read_training_log(path: str | os.PathLike) -> list[dict]:
     """The ``--log`` CSV of ae-train (epoch,train_loss,val_loss,lr,...) as a list of dicts."""
-    df = read_csv(path)
+    df = read_csv(path, dtype=None, keep_default_na=True)  # a log of numbers: typed by pandas
     name = display_name(path)
     missing = [c for c in ("epoch", "train_loss") if c not in df.columns]
     if missing:

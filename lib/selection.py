@@ -97,13 +97,17 @@ def load_labels(path: str | os.PathLike, ids: Sequence[str], id_column: str = "i
                 require_all: bool = True, as_text: bool = False) -> pd.DataFrame:
     """Label CSV joined to ``ids``: a DataFrame indexed by id in the order of ``ids``.
 
+    Every value is text exactly as written (``01`` stays ``01``, ``NA`` is an id or a value
+    like any other, an empty cell is ``''``): ``as_text`` is kept for compatibility and
+    changes nothing. ``--where`` types a column itself (see :mod:`aekit.expr`), from all the
+    file's rows: ``attrs["column_kinds"]`` of the result.
+
     Raises InputError when the id column is missing, ids repeat, or (require_all) some ids
     have no labels.
     """
-    if as_text:  # values exactly as written ('01' stays '01'), e.g. to pass labels through
-        df = read_csv(path, dtype=str, keep_default_na=False)
-    else:
-        df = read_csv(path, dtype={id_column: str})
+    from .expr import column_kinds
+
+    df = read_csv(path, dtype=str, keep_default_na=False)
     name = display_name(path)
     if id_column not in df.columns:
         raise InputError(f"{name}: column '{id_column}' not found; columns are: "
@@ -116,7 +120,10 @@ def load_labels(path: str | os.PathLike, ids: Sequence[str], id_column: str = "i
         if len(missing):
             raise InputError(f"{name}: labels missing for {len(missing)} id(s): {preview(sorted(missing))}"
                              " (ids are paths relative to ae-featurize's --root)")
-    return df.reindex(pd.Index(ids, name="id"))
+    kinds = column_kinds(df)
+    out = df.reindex(pd.Index(ids, name="id"))
+    out.attrs["column_kinds"] = kinds
+    return out
 
 
 def query_rows(labels: pd.DataFrame, expr: str) -> np.ndarray:

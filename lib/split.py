@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 import os
+import stat
 from pathlib import Path
 from typing import Sequence
 
@@ -54,7 +55,13 @@ def is_hdf5(path: str | os.PathLike) -> bool:
     if str(path) == "-":
         return False
     p = Path(path)
-    if not p.is_file():
+    try:  # a pipe or device is never probed: reading its first bytes would consume them
+        st = os.stat(p)
+    except OSError:
+        return p.suffix.lower() in HDF5_SUFFIXES
+    if stat.S_ISFIFO(st.st_mode) or stat.S_ISCHR(st.st_mode) or stat.S_ISSOCK(st.st_mode):
+        return False
+    if not stat.S_ISREG(st.st_mode):
         return p.suffix.lower() in HDF5_SUFFIXES
     import h5py
 
@@ -682,15 +689,13 @@ def split_table(df: pd.DataFrame, test_ratio: float = 0.2, folds: int = 5, seed:
 
 
 def _typed(df: pd.DataFrame) -> pd.DataFrame:
-    """The text columns of a split input as an expression sees them in a label CSV:
-    a column whose non-empty cells are all numbers is numeric; empty cells are missing."""
-    out = {}
-    for c in df.columns:
-        empty = _missing(df[c])
-        s = df[c].astype(object).where(~empty, None)
-        num = pd.to_numeric(s, errors="coerce")
-        out[c] = num if (not empty.all() and (num.notna() | empty).all()) else s
-    return pd.DataFrame(out, index=df.index)
+    """The split input as an expression sees it in a label CSV: every column typed by
+    :func:`aekit.expr.column_kinds` (numeric when every non-empty cell is a number)."""
+    from .expr import column_kinds
+
+    out = df.copy()
+    out.attrs["column_kinds"] = column_kinds(df)
+    return out
 
 
 def summary(table: pd.DataFrame, group: str | None = None, stratify: str | None = None,
