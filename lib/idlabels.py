@@ -26,9 +26,12 @@ allowed, since where a tree was featurized from decides them. Both presets give 
 an empty ``label`` and ``anomaly``; a train file always has one.
 
 Every value is text as written in the id (machine id ``00`` stays ``00``), except ``anomaly``
-(``0``/``1``/empty). A user pattern is a Python regular expression (:mod:`re`, searched in
-the id) whose named groups become the columns; it is data, never code, and is refused above
-:data:`MAX_PATTERN_LENGTH` characters.
+(``0``/``1``/empty). A user pattern is a Python regular expression (searched in the id)
+whose named groups become the columns; it is data, never code, and is refused above
+:data:`MAX_PATTERN_LENGTH` characters. It runs on the ``regex`` module (the syntax of
+:mod:`re`) with a time limit, since a backtracking pattern such as ``(a+)+$`` can take
+hours on one id: a match that takes more than :data:`MATCH_TIMEOUT` seconds, or all
+matches together more than :data:`TOTAL_MATCH_TIMEOUT`, is an InputError naming the id.
 """
 
 from __future__ import annotations
@@ -44,6 +47,8 @@ import pandas as pd
 from .errors import InputError, preview
 
 MAX_PATTERN_LENGTH = 1000  # characters: a file-name layout, not a program
+MATCH_TIMEOUT = 1.0  # seconds for one id: a file-name layout matches in microseconds
+TOTAL_MATCH_TIMEOUT = 60.0  # seconds for all the ids together
 LABEL_VALUES = {"normal": "0", "anomaly": "1"}
 
 
@@ -57,9 +62,22 @@ class Parser:
     columns: tuple[str, ...]
     derive: Callable[[dict], dict | None] | None = None   # preset: groups -> row, or None
     fullmatch: bool = True   # presets match the whole id; a user pattern is searched
+    timeout: float | None = None  # seconds one match may take (a user pattern: regex module)
 
-    def parse(self, id_: str) -> dict | None:
-        m = self.regex.fullmatch(id_) if self.fullmatch else self.regex.search(id_)
+    def parse(self, id_: str, timeout: float | None = None) -> dict | None:
+        """The columns of one id, or None. ``timeout`` (seconds, for a user pattern: at most
+        its own) bounds the match: over it, InputError."""
+        if self.timeout is None:
+            m = self.regex.fullmatch(id_) if self.fullmatch else self.regex.search(id_)
+        else:
+            limit = self.timeout if timeout is None else min(self.timeout, timeout)
+            try:
+                m = self.regex.search(id_, timeout=max(limit, 1e-3))
+            except TimeoutError:
+                raise InputError(
+                    f"--pattern {self.template!r} took more than {limit:g} s on the id "
+                    f"{id_!r} (nested repetition such as (a+)+ backtracks exponentially): "
+                    "simplify the pattern") from None
         if m is None:
             return None
         groups = m.groupdict()
@@ -122,16 +140,18 @@ def compile_pattern(text: str) -> Parser:
     """A user's ``--pattern``: a Python regex with named groups, searched in each id."""
     if len(text) > MAX_PATTERN_LENGTH:
         raise InputError(f"--pattern is {len(text)} characters long; at most {MAX_PATTERN_LENGTH}")
+    import regex as regex_module  # the same syntax as re, and a match can time out
+
     try:
-        regex = re.compile(text)
-    except re.error as exc:
+        regex = regex_module.compile(text)
+    except (regex_module.error, re.error, ValueError, OverflowError, RecursionError) as exc:
         raise InputError(f"--pattern {text!r} is not a valid regular expression: {exc}") from None
     names = tuple(regex.groupindex)  # in the order the groups open
     if not names:
         raise InputError(f"--pattern {text!r} has no named groups; name each column as (?P<name>...)")
     if "id" in names:
         raise InputError("--pattern: a group cannot be named 'id' (that is the id column)")
-    return Parser("--pattern", text, regex, names, fullmatch=False)
+    return Parser("--pattern", text, regex, names, fullmatch=False, timeout=MATCH_TIMEOUT)
 
 
 def parser_for(preset: str | None = None, pattern: str | None = None) -> Parser:
@@ -182,7 +202,20 @@ class Labels:
 def label_ids(ids: Sequence[str], parser: Parser, allow_unmatched: bool = False) -> Labels:
     """Parse every id; raise InputError when some do not match (unless ``allow_unmatched``,
     which leaves their columns empty) and when none do."""
-    rows = [parser.parse(i) for i in ids]
+    if parser.timeout is None:
+        rows = [parser.parse(i) for i in ids]
+    else:  # each match within its own limit, all of them within the total one
+        import time
+
+        deadline = time.monotonic() + TOTAL_MATCH_TIMEOUT
+        rows = []
+        for i in ids:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise InputError(f"--pattern {parser.template!r}: matching {len(ids)} ids took "
+                                 f"more than {TOTAL_MATCH_TIMEOUT:g} s (stopped at id {i!r}); "
+                                 "simplify the pattern")
+            rows.append(parser.parse(i, timeout=left))
     unmatched = [i for i, r in zip(ids, rows) if r is None]
     if len(unmatched) == len(ids):
         raise InputError(f"none of the {len(ids)} ids matches {_what(parser)}: "
