@@ -411,6 +411,8 @@ def load_reports(paths: Sequence[str]) -> list[dict]:
             rep = json.loads(text)
         except json.JSONDecodeError as exc:
             raise InputError(f"{path}: not JSON ({exc.msg} at line {exc.lineno})") from None
+        except RecursionError:
+            raise InputError(f"{path}: JSON nested too deeply; not an ae-eval report") from None
         if not isinstance(rep, dict) or rep.get("format") != REPORT_FORMAT:
             raise InputError(f"{path}: not an ae-eval report (expected \"format\": \"{REPORT_FORMAT}\")")
         loaded.append(rep)

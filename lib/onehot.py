@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
@@ -162,8 +163,9 @@ def transform(df: pd.DataFrame, cats: Mapping[str, ColumnCategories],
     for col in columns:
         new_names += cats[col].output_names(col)
     kept_cols = [c for c in df.columns if keep_original or c not in cats]
-    clash = [n for n in new_names if n in kept_cols]
-    dup = sorted({n for n in new_names if new_names.count(n) > 1})
+    kept_set = set(kept_cols)  # sets and counts: linear in the number of categories
+    clash = [n for n in new_names if n in kept_set]
+    dup = sorted(n for n, k in Counter(new_names).items() if k > 1)
     if clash or dup:
         raise InputError(f"one-hot column name(s) {preview(sorted(set(clash + dup)))} collide with "
                          "another column; rename the column or the category")
@@ -259,6 +261,8 @@ def load_categories(path: str | os.PathLike) -> Categories:
         doc = json.loads(text)
     except json.JSONDecodeError as exc:
         raise InputError(f"{name}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    except RecursionError:
+        raise InputError(f"{name}: JSON nested too deeply; not an aekit categories file") from None
     return from_json(doc, name)
 
 
