@@ -10,6 +10,7 @@ Exit codes (documented in the README):
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -258,6 +259,9 @@ def run(cli: click.Command, prog_name: str) -> None:
     install_signal_handlers()
     sys.unraisablehook = _unraisable
     sys.excepthook = _excepthook
+    for stream, errors in ((sys.stdout, "strict"), (sys.stdin, "surrogateescape")):
+        with contextlib.suppress(AttributeError, ValueError, OSError):  # CSV out is UTF-8 always;
+            stream.reconfigure(encoding="utf-8", errors=errors)  # stdin lists: any file name
     try:
         cli.main(prog_name=prog_name)
     except BrokenPipeError:  # raised by the final flush, after the command returned

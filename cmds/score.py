@@ -70,7 +70,7 @@ def cli(model_path, inputs, output, threshold, jobs, batch_size, on_error, max_f
     from aekit.device import resolve_device
     from aekit.errors import DataError, InputError
     from aekit.featurize import available_cpus
-    from aekit.fileio import open_output
+    from aekit.fileio import open_output, text_name
     from aekit.modelfile import load_model
     from aekit.scoring import model_params, score_files, stored_threshold
 
@@ -112,7 +112,7 @@ def cli(model_path, inputs, output, threshold, jobs, batch_size, on_error, max_f
                 if rec.index != last + 1:  # a bug, not bad data: never write rows out of order
                     raise RuntimeError("ae-score: rows out of input order")
                 last = rec.index
-                fh.write(",".join(_csv_field(v) for v in row) + "\n")
+                fh.write(",".join(_csv_field(text_name(v)) for v in row) + "\n")
                 if fh is sys.stdout:
                     fh.flush()  # a reader sees each batch's rows as soon as they are scored
                 advance(1)

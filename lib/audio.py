@@ -11,11 +11,12 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
 from .errors import InputError
+from .fileio import is_utf8_name
 
 AUDIO_EXTENSIONS = frozenset({
     ".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".aifc",
@@ -35,13 +36,15 @@ class AudioError(Exception):
 
 def discover(inputs: Sequence[str], stdin_lines: Iterable[str] | None = None) -> list[Path]:
     """Expand inputs into a list of files: directories are searched recursively for audio
-    extensions (sorted), files are taken as given, '-' (alone) reads paths from stdin.
+    extensions (sorted), files are taken as given, '-' (alone) reads paths from stdin, one
+    a line (only the line end is removed: a name may start or end with a space; empty lines
+    are skipped; a leading byte order mark is dropped).
 
     Order is deterministic: inputs in the order given, each directory's files sorted.
     Duplicates are dropped. A missing input is an InputError.
     """
     if list(inputs) == ["-"]:
-        raw = [ln.strip() for ln in (stdin_lines or []) if ln.strip()]
+        raw = [p for p in _list_lines(stdin_lines or []) if p]
         if not raw:
             raise InputError("no paths on stdin")
         items = raw
@@ -74,6 +77,19 @@ def discover(inputs: Sequence[str], stdin_lines: Iterable[str] | None = None) ->
         raise InputError("no audio files found in the inputs "
                          f"(extensions: {', '.join(sorted(AUDIO_EXTENSIONS))})")
     return out
+
+
+def _list_lines(lines: Iterable[str]) -> Iterator[str]:
+    """The paths of a list, one a line: only the line end (LF or CRLF) is removed, so a name
+    may start or end with a space; a UTF-8 byte order mark before the first is dropped."""
+    for k, line in enumerate(lines):
+        if k == 0:
+            line = line.removeprefix("\ufeff")
+        if line.endswith("\n"):
+            line = line[:-1]
+        if line.endswith("\r"):
+            line = line[:-1]
+        yield line
 
 
 def _dangling(p: Path) -> bool:
@@ -202,6 +218,9 @@ def _load(path, sample_rate: int, num_samples: int, channels: int, channel_polic
           reader: ClipReader | None, dest: np.ndarray | None = None) -> Clip:
     import soundfile as sf
 
+    if not is_utf8_name(path):  # ids, paths and reasons are UTF-8 text in every output
+        raise AudioError("file name is not valid UTF-8; rename the file (aekit's ids and "
+                         "outputs are UTF-8 text)")
     if _dangling(Path(path)):
         raise AudioError(f"dangling symbolic link (its target {os.readlink(path)} does not exist)")
     try:

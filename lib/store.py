@@ -42,6 +42,7 @@ import numpy as np
 from . import __version__
 from .errors import InputError
 from .features import DEFAULT_KIND, MelParams, params_class
+from .fileio import text_name
 
 FORMAT = "aekit-features"
 FORMAT_VERSION = 1
@@ -156,7 +157,7 @@ class FeatureWriter:
         self.n = n1
 
     def add_failures(self, paths: Sequence[str], reasons: Sequence[str]) -> None:
-        self.failed_paths.extend(paths)
+        self.failed_paths.extend(text_name(str(p)) for p in paths)  # \xNN: not UTF-8 names
         self.failed_reasons.extend(reasons)
 
     def close(self) -> None:
