@@ -97,22 +97,6 @@ def test_encode_and_eval_where_select_by_text_ids_and_NA_values(text_data):
     assert got[:2] == ["NA", "nan"]
 
 
-def test_labels_and_split_keep_ids_with_leading_zeros(tmp_path):
-    (tmp_path / "ids.csv").write_text("id\n" + "\n".join(TEXT_IDS) + "\n")
-    r = invoke("labels", [tmp_path / "ids.csv", "--pattern", r"^(?P<head>.)(?P<rest>.*)$"])
-    assert r.exit_code == 0, r.stderr
-    table = list(csv.reader(io.StringIO(r.stdout)))
-    assert [row[0] for row in table[1:]] == TEXT_IDS
-    assert table[7] == ["00000032", "0", "0000032"]
-    (tmp_path / "lab.csv").write_text(r.stdout)
-    r = invoke("split", [tmp_path / "ids.csv", "--labels", tmp_path / "lab.csv",
-                         "--test-ratio", "0.3", "--folds", "2"])
-    assert r.exit_code == 0, r.stderr
-    out = list(csv.DictReader(io.StringIO(r.stdout)))
-    assert [row["id"] for row in out] == TEXT_IDS
-    assert [row["rest"] for row in out] == [i[1:] for i in TEXT_IDS]
-
-
 # --------------------------------------------------------------------------- field counts
 
 @pytest.mark.parametrize("module,args", [
