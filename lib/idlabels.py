@@ -292,13 +292,16 @@ def read_ids(path: str | os.PathLike) -> list[str]:
 
 def _is_hdf5(p: Path) -> bool:
     """By the signature, read from a regular file only: a pipe (``<(cat labels.csv)``) or a
-    device is never probed, since reading its first bytes would consume them (and an HDF5
-    file cannot be streamed anyway: read_csv then names it)."""
+    device is never probed, since reading its first bytes would consume them; named like an
+    HDF5 file it is then refused as not a regular file (opening it could block), else it is
+    read as a CSV, once."""
     import stat
+
+    from .split import HDF5_SUFFIXES
 
     try:
         if not stat.S_ISREG(os.stat(p).st_mode):
-            return False
+            return p.suffix.lower() in HDF5_SUFFIXES
         with open(p, "rb") as fh:
             head = fh.read(8)
     except OSError as exc:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import math
 import os
-import stat
 from pathlib import Path
 from typing import Sequence
 
@@ -55,14 +54,8 @@ def is_hdf5(path: str | os.PathLike) -> bool:
     if str(path) == "-":
         return False
     p = Path(path)
-    try:  # a pipe or device is never probed: reading its first bytes would consume them
-        st = os.stat(p)
-    except OSError:
-        return p.suffix.lower() in HDF5_SUFFIXES
-    if stat.S_ISFIFO(st.st_mode) or stat.S_ISCHR(st.st_mode) or stat.S_ISSOCK(st.st_mode):
-        return False
-    if not stat.S_ISREG(st.st_mode):
-        return p.suffix.lower() in HDF5_SUFFIXES
+    if not p.is_file():  # a pipe is never probed (that would consume it): named .h5, it is
+        return p.suffix.lower() in HDF5_SUFFIXES  # refused as not a regular file, else CSV
     import h5py
 
     try:
