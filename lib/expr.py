@@ -84,6 +84,8 @@ class Where:
             raise
         except (TypeError, ValueError) as exc:  # e.g. '<' between text and a number
             raise InputError(f"bad --where expression {_show(self.text)}: {_first_line(exc)}") from None
+        if isinstance(value, _Col) and value.kind == BOOL:  # a boolean column is a condition
+            value = value.values.fillna(False).astype(bool)
         if isinstance(value, _Col):
             raise InputError(f"bad --where expression {_show(self.text)}: it must be a condition "
                              "(a comparison), not a bare column; e.g. anomaly == 1")

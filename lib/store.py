@@ -158,7 +158,7 @@ class FeatureWriter:
 
     def add_failures(self, paths: Sequence[str], reasons: Sequence[str]) -> None:
         self.failed_paths.extend(text_name(str(p)) for p in paths)  # \xNN: not UTF-8 names
-        self.failed_reasons.extend(reasons)
+        self.failed_reasons.extend(text_name(str(r)) for r in reasons)
 
     def close(self) -> None:
         if self.f.id.valid:
