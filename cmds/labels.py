@@ -35,7 +35,8 @@ the machine type, featurize from the directory holding the machine types (or abo
 
 --pattern REGEX takes any other layout: a Python regular expression (at most 1000 characters)
 searched in each id (anchor it with ^ and $), whose named groups (?P<name>...) become the
-columns, in order; a group that does not take part is empty. An id that does not match is an error (exit 2, naming the first
+columns, in order; a group that does not take part is empty. Matching has a time limit
+(1 s per id, 60 s in all): a pattern that backtracks without end is an error, not a hang. An id that does not match is an error (exit 2, naming the first
 few); --allow-unmatched keeps it with empty columns instead.
 
 \b
