@@ -12,9 +12,7 @@ import io
 import json
 import os
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -216,7 +214,10 @@ def test_a_name_that_is_not_utf8_is_a_failed_input_written_escaped(text_data, tm
     d = tmp_path / "a"
     for i in range(6):
         write_tone(d / f"g{i}.wav", seconds=0.2, channels=2, freq=300 + 40 * i, seed=i)
-    os.rename(d / "g5.wav", os.fsdecode(bytes(d) + b"/bad\xff.wav"))
+    try:
+        os.rename(d / "g5.wav", os.fsdecode(bytes(d) + b"/bad\xff.wav"))
+    except OSError:  # a file system that only takes UTF-8 names (macOS)
+        pytest.skip("this file system refuses names that are not UTF-8")
     r = invoke("featurize", [d, "-o", tmp_path / "f.h5", "--max-fail-frac", "0.5", *MEL])
     assert r.exit_code == 0, (r.stderr, r.exception)
     with h5py.File(tmp_path / "f.h5") as f:
