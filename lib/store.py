@@ -725,17 +725,21 @@ def merge_shards(inputs: Sequence[str | os.PathLike], output: str | os.PathLike,
 
 # --------------------------------------------------------------------------- latents files
 #
-# Latents file layout (format ``aekit-latents``, version 1), written by ae-encode::
+# Latents file layout (format ``aekit-latents``, version 2), written by ae-encode::
 #
 #     /latents   float32 [N, latent]   the code z of each clip (the model's clip_codes)
 #                                      Fletcher-32 checksummed
 #     /ids       utf-8 str [N]         the clip ids, in the features file's order
 #     attrs: format, format_version, aekit_version, command, model, model_sha256,
 #            features, features_sha256, splits, splits_sha256, split, fold, latent,
-#            input_shape, arch, and the model's feature parameters
+#            input_shape, arch, and the model's feature parameters,
+#            meta_sha256 (version 2: SHA-256 of the other attributes and the ids, as in
+#            features files; checked on reading, with the chunk index; /latents' fill value
+#            is NaN and a non-finite code is refused)
 
 LATENTS_FORMAT = "aekit-latents"
-LATENTS_FORMAT_VERSION = 1
+LATENTS_FORMAT_VERSION = 2
+LATENTS_READABLE_VERSIONS = (1, 2)
 
 
 class LatentsWriter:
@@ -755,7 +759,8 @@ class LatentsWriter:
         self.latent = int(latent)
         self.z = self.f.create_dataset("latents", shape=(0, latent), maxshape=(None, latent),
                                        dtype=np.float32, chunks=(chunk, latent),
-                                       fletcher32=True)
+                                       fletcher32=True, fillvalue=np.float32("nan"))
+        self._ids_hash = _StringsHash()
         self.ids = self.f.create_dataset("ids", shape=(0,), maxshape=(None,), dtype=STR,
                                          chunks=(chunk,))
         self.n = 0
@@ -765,13 +770,17 @@ class LatentsWriter:
         self.z.resize((self.n + k, self.latent))
         self.ids.resize((self.n + k,))
         self.z[self.n:self.n + k] = z
-        self.ids[self.n:self.n + k] = list(ids)
+        ids = list(ids)
+        self.ids[self.n:self.n + k] = ids
+        self._ids_hash.update(ids)
         self.n += k
 
     def __enter__(self) -> "LatentsWriter":
         return self
 
     def __exit__(self, *exc) -> None:
+        if exc[0] is None and self.f.id.valid:
+            self.f.attrs[META_HASH] = meta_sha256(self.f.attrs, self._ids_hash.digest(), b"", b"")
         self.f.close()
         self._atomic.__exit__(*exc)
 
@@ -784,20 +793,43 @@ class LatentsFile:
         if not p.exists():
             raise InputError(f"{p}: no such file")
         try:
-            with h5py.File(p, "r") as f:
+            f = h5py.File(p, "r")
+        except OSError:
+            raise InputError(f"{p}: not an HDF5 file") from None
+        try:
+            with f:
                 fmt = f.attrs.get("format", "")
                 fmt = fmt.decode() if isinstance(fmt, bytes) else str(fmt)
                 if fmt != LATENTS_FORMAT:
                     raise InputError(f"{p}: not an aekit latents file (format={fmt!r}); "
                                      "make one with ae-encode")
-                self.latents = f["latents"][()]
-                self.ids = [s.decode("utf-8") if isinstance(s, bytes) else str(s)
-                            for s in f["ids"][()]]
+                version = _attr(f.attrs.get("format_version"))
+                if not isinstance(version, int) or version not in LATENTS_READABLE_VERSIONS:
+                    raise InputError(f"{p}: unknown latents format_version {version!r} (this aekit "
+                                     f"reads {', '.join(map(str, LATENTS_READABLE_VERSIONS))})")
+                check_chunks(f, p, ("latents", "ids"))
+                try:
+                    self.latents = f["latents"][()]
+                except OSError as exc:
+                    raise _read_error(p, "latents", exc) from None
+                self.ids = _strings(f["ids"])
+                if self.latents.ndim != 2 or self.latents.shape[0] != len(self.ids):
+                    raise InputError(f"{p}: /latents has shape {self.latents.shape} but there are "
+                                     f"{len(self.ids)} ids; the file is damaged")
+                if version >= 2 and _attr(f.attrs.get(META_HASH)) != meta_sha256(
+                        f.attrs, _StringsHash().update(self.ids).digest(), b"", b""):
+                    raise InputError(f"{p}: metadata checksum mismatch (the SHA-256 of the "
+                                     "attributes and ids differs from the one written): the file "
+                                     "is corrupt")
+                if not np.isfinite(self.latents).all():
+                    raise InputError(f"{p}: /latents holds NaN or Inf (a missing chunk reads as "
+                                     "NaN): the file is corrupt")
                 self.attrs = {k: (v.item() if isinstance(v, np.generic) else
                                   v.tolist() if isinstance(v, np.ndarray) else v)
                               for k, v in f.attrs.items()}
-        except OSError:
-            raise InputError(f"{p}: not an HDF5 file") from None
+        except (OSError, KeyError, ValueError, TypeError, RuntimeError, AttributeError,
+                IndexError, UnicodeError) as exc:
+            raise InputError(f"{p}: corrupt or not an aekit latents file ({_first_line(exc)})") from None
 
     def __repr__(self) -> str:  # pragma: no cover - convenience
         return f"LatentsFile(n={len(self.ids)}, latent={self.latents.shape[1]})"
