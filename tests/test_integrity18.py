@@ -57,26 +57,37 @@ def find_once(path, needle: bytes, exclude_before: bytes = b"") -> int:
 
 # --------------------------------------------------------------------------- features files
 
-def test_chunk_index_bit_flip_is_refused_not_read_as_zeros(tmp_path, monkeypatch):
+def _flip_chunk_row(p, name, i, rank):
+    """Flip bit 0 of the row coordinate in the chunk index (a v1 B-tree) of chunk ``i`` of
+    /name: key (size u32, filter mask u32, offsets u64 x (rank + 1)), then the chunk's
+    address; the key of the chunk ends right before its address."""
+    with h5py.File(p) as f:
+        addr = f[name].id.get_chunk_info(i).byte_offset
+        row = f[name].id.get_chunk_info(i).chunk_offset[0]
+    key = find_once(p, addr.to_bytes(8, "little")) - (8 + 8 * (rank + 1))
+    assert int.from_bytes(open(p, "rb").read()[key + 8:key + 16], "little") == row
+    flip(p, key + 8, 0x01)
+
+
+def test_chunk_index_bit_flip_is_refused_not_read_as_zeros(tmp_path):
+    p = tmp_path / "f.h5"
+    _, x = write_features(p, n=24)
+    _flip_chunk_row(p, "features", 5, 4)  # clip 5's chunk now claims row 4: row 5 has none
+    with store.FeatureFile(p) as ff:
+        np.testing.assert_array_equal(ff.read([6, 7]), x[[6, 7]])
+        with pytest.raises(InputError, match=r"data of 1 clip\(s\) is missing from the HDF5 "
+                                             r"chunk index: clip005; the file is corrupt"):
+            ff.read([5])  # the fill value is NaN, never a clip of zeros
+    line = one_error_line(invoke(merge_cli, [p, "-o", tmp_path / "m.h5"]))
+    assert "missing from the HDF5 chunk index: clip005" in line and not (tmp_path / "m.h5").exists()
+
+
+def test_per_clip_chunk_index_bit_flip_is_refused_on_open(tmp_path):
     p = tmp_path / "f.h5"
     write_features(p, n=24)
-    with h5py.File(p) as f:
-        addr = f["features"].id.get_chunk_info(5).byte_offset
-    # v1 B-tree of chunks: key (size u32, filter mask u32, offsets u64 x (rank + 1)), child
-    # address: the key of clip 5's chunk ends right before its address.
-    key = find_once(p, addr.to_bytes(8, "little")) - 48
-    assert int.from_bytes(open(p, "rb").read()[key + 8:key + 16], "little") == 5
-    flip(p, key + 8, 0x01)  # the chunk now claims row 4: row 5 has no chunk at all
-    with pytest.raises(InputError, match=r"chunk index of /features does not match its shape"):
+    _flip_chunk_row(p, "valid_samples", 0, 1)  # its one chunk moves off the grid: all zeros
+    with pytest.raises(InputError, match=r"chunk index of /valid_samples does not match its shape"):
         store.FeatureFile(p)
-    line = one_error_line(invoke(merge_cli, [p, "-o", tmp_path / "m.h5"]))
-    assert "the file is corrupt" in line and not (tmp_path / "m.h5").exists()
-    # Even without the open-time check, the row reads as NaN (the fill value), never zeros.
-    monkeypatch.setattr(store, "check_chunks", lambda *a, **k: None)
-    with store.FeatureFile(p) as ff:
-        with pytest.raises(InputError, match=r"data of 1 clip\(s\) is missing from the HDF5 "
-                                             r"chunk index: clip005"):
-            ff.read([4, 5])
 
 
 def test_id_heap_bit_flip_is_refused(tmp_path):
