@@ -5,7 +5,8 @@ Checkpoints live in ``<output>.ckpt/`` (or ``checkpoint_dir``):
            model, optimizer, schedule, normalizer, epoch, step-in-epoch, the epoch's
            permutation of units, torch/numpy RNG states, history, best-so-far, settings
            and data identity (shape, selection, ids, feature parameters, and the SHA-256
-           of the features' values: ``data_content_id``). Written at the end of every epoch (``checkpoint_every``)
+           of the features' values: ``data_content_id``). Written at the end of every
+           epoch (``checkpoint_every``)
            and when a stop is requested.
   best.pt  the model of the epoch with the lowest validation loss.
 Both are ``torch.save`` of plain tensors and primitives, written atomically and read
@@ -122,6 +123,6 @@ def data_content_id(ff, verify: bool) -> str:
     stored = ff.content_sha256
     if stored is not None and not verify:
         return stored
-    LOG.info("hashing the values of %s (%s)", ff.path,
-             "to compare them with the checkpoint" if verify else "features format 1: no stored hash")
+    why = "to compare them with the checkpoint" if verify else "features format 1: no stored hash"
+    LOG.info("hashing the values of %s (%s)", ff.path, why)
     return content_sha256(ff)

@@ -175,7 +175,8 @@ def check_metadata(path, info) -> None:
     if info.get("format") != FORMAT:
         raise InputError(f"{path}: not an aekit model file (format={info.get('format')!r})")
     version = info.get("format_version")
-    if isinstance(version, bool) or not isinstance(version, int) or version not in READABLE_VERSIONS:
+    if (isinstance(version, bool) or not isinstance(version, int)
+            or version not in READABLE_VERSIONS):
         raise InputError(f"{path}: unknown model format_version {version!r} (this aekit reads "
                          f"{', '.join(map(str, READABLE_VERSIONS))}); written by a newer aekit?")
     if version >= 2:
@@ -223,7 +224,8 @@ def check_stored_shapes(path, model: ClipModel, normalize: str) -> None:
             got = {k: (f.get_slice(k).get_dtype(), list(f.get_slice(k).get_shape()))
                    for k in f.keys()}
     except Exception:
-        raise InputError(f"{path}: not a model file (expected safetensors written by ae-train)") from None
+        raise InputError(f"{path}: not a model file (expected safetensors written by "
+                         "ae-train)") from None
     for name, (dt, shape) in want.items():
         if name not in got:
             raise InputError(f"{path}: weights do not match the stored architecture: tensor "

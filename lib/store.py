@@ -145,7 +145,8 @@ def meta_sha256(attrs, ids_digest: bytes, paths_digest: bytes, failed_digest: by
 
 
 def _failed_digest(paths: Sequence[str], reasons: Sequence[str]) -> bytes:
-    return _StringsHash().update(list(paths)).digest() + _StringsHash().update(list(reasons)).digest()
+    return (_StringsHash().update(list(paths)).digest()
+            + _StringsHash().update(list(reasons)).digest())
 
 
 def feature_params(attrs) -> dict:
@@ -412,7 +413,8 @@ def check_integrity(ff: "FeatureFile") -> None:
         stored = {k: _attr(f.attrs.get(k)) for k in (CONTENT_HASH, META_HASH)}
         bad = [k for k, v in stored.items() if not (isinstance(v, str) and len(v) == 64)]
         if bad:
-            raise InputError(f"{where}: attribute {bad[0]} is missing or damaged; the file is corrupt")
+            raise InputError(f"{where}: attribute {bad[0]} is missing or damaged; "
+                             "the file is corrupt")
         if "paths" not in f:
             raise InputError(f"{where}: /paths is missing; the file is damaged")
         fails = ff.failures()
@@ -663,7 +665,8 @@ def merge_shards(inputs: Sequence[str | os.PathLike], output: str | os.PathLike,
         shape = first.clip_shape
         count = _int_attr(first, "shard_count", 1)
         if count < 1:
-            raise InputError(f"{first.path}: shard_count {count} is not positive; the file is damaged")
+            raise InputError(f"{first.path}: shard_count {count} is not positive; "
+                             "the file is damaged")
         total_inputs = first.attrs.get("num_inputs")
         check_same_inputs(files)
         seen: dict[int, FeatureFile] = {}
@@ -843,7 +846,8 @@ class LatentsFile:
                               for k, v in f.attrs.items()}
         except (OSError, KeyError, ValueError, TypeError, RuntimeError, AttributeError,
                 IndexError, UnicodeError) as exc:
-            raise InputError(f"{p}: corrupt or not an aekit latents file ({_first_line(exc)})") from None
+            raise InputError(f"{p}: corrupt or not an aekit latents file "
+                             f"({_first_line(exc)})") from None
 
     def __repr__(self) -> str:  # pragma: no cover - convenience
         return f"LatentsFile(n={len(self.ids)}, latent={self.latents.shape[1]})"

@@ -159,7 +159,8 @@ def test_merge_bad_shard_count_is_one_line(tmp_path, value, msg):
     write_features(p, n=4)
     with h5py.File(p, "a") as f:
         f.attrs["shard_count"] = value
-    assert "metadata checksum mismatch" in one_error_line(invoke(merge_cli, [p, "-o", tmp_path / "m.h5"]))
+    line = one_error_line(invoke(merge_cli, [p, "-o", tmp_path / "m.h5"]))
+    assert "metadata checksum mismatch" in line
     _as_format_1(p)  # no hash to catch it: the value itself is checked
     assert msg in one_error_line(invoke(merge_cli, [p, "-o", tmp_path / "m.h5"]))
     assert not (tmp_path / "m.h5").exists()
@@ -186,7 +187,8 @@ def test_merge_verifies_the_values_and_writes_their_hash(tmp_path):
     with store.FeatureFile(p) as ff:  # opening stays cheap: the values are not read
         with pytest.raises(InputError, match="data checksum mismatch"):
             store.content_sha256(ff)
-    assert "data checksum mismatch" in one_error_line(invoke(merge_cli, [p, "-o", tmp_path / "n.h5"]))
+    line = one_error_line(invoke(merge_cli, [p, "-o", tmp_path / "n.h5"]))
+    assert "data checksum mismatch" in line
     assert not (tmp_path / "n.h5").exists()
 
 
@@ -231,7 +233,8 @@ THRESHOLD = {"method": "empirical", "value": 1.5, "quantile": 0.9, "n": 8}
 
 @pytest.mark.parametrize("old,new,msg", [
     ('\\"top_db\\": 80.0', '\\"top_db\\": 90.0', "metadata checksum mismatch"),
-    ('\\"normalize\\": \\"global\\"', '\\"normalize\\": \\"none\\"  ', "metadata checksum mismatch"),
+    ('\\"normalize\\": \\"global\\"', '\\"normalize\\": \\"none\\"  ',
+     "metadata checksum mismatch"),
     ('\\"value\\": 1.5', '\\"value\\": 9.5', "metadata checksum mismatch"),
     ('\\"format_version\\": 2,', '\\"format_version\\":99,', "unknown model format_version 99"),
 ])
@@ -297,8 +300,8 @@ def test_huge_claimed_layers_are_refused_before_allocation(tmp_path, monkeypatch
     p = _rewrite(_model(tmp_path / "m.safetensors"), _set("hidden", [1_000_000, 8], "config"))
     built = []
     real = modelfile.build_model
-    monkeypatch.setattr(modelfile, "build_model",
-                        lambda config, device=None: built.append(str(device)) or real(config, device))
+    monkeypatch.setattr(modelfile, "build_model", lambda config, device=None:
+                        built.append(str(device)) or real(config, device))
     with pytest.raises(InputError, match=r"tensor 'model.encoder.0.weight' is F32 \[16, 80\], the "
                                          r"config implies F32 \[1000000, 80\]"):
         load_model(p)
@@ -341,7 +344,8 @@ def test_resume_refuses_other_values_under_the_same_ids(tmp_path, monkeypatch):
     with store.FeatureFile(p) as ff:
         params = ff.params
     w = store.FeatureWriter(p, params, SHAPE)
-    w.append(x[perm], ids, [f"/data/{i}.wav" for i in ids], {k: np.zeros(24) for k in store.PER_CLIP})
+    w.append(x[perm], ids, [f"/data/{i}.wav" for i in ids],
+             {k: np.zeros(24) for k in store.PER_CLIP})
     w.close()
     line = one_error_line(invoke(train_cli, [*args, "--resume"]))
     assert "the features' values differ" in line and "same ids, other data" in line
