@@ -63,6 +63,11 @@ FORMAT_VERSION = 2
 #: of everything else that changes a number or a name (attributes, ids, paths, failures).
 CONTENT_HASH = "features_sha256"
 META_HASH = "meta_sha256"
+#: How many clips were all zeros when written (format 2; real log-Mel dB never is: silence
+#: is -100 dB). HDF5's Fletcher-32 of all-zero bytes is 0, so a chunk address damaged to
+#: point into zeroed space reads a clip of zeros without error: when none was written so,
+#: a row read as all zeros is refused.
+ZERO_CLIPS = "zero_clips"
 
 #: Attributes that define log-Mel features (the parameter dataclass is the one list);
 #: two files are compatible when these, and their kind, are equal.
@@ -217,6 +222,7 @@ class FeatureWriter:
         # The hashes are fed as the rows are written: no second pass over the file.
         self._content = _content_hasher(self.clip_shape)
         self._ids_hash, self._paths_hash = _StringsHash(), _StringsHash()
+        self._zero_clips = 0
 
     def append(self, features: np.ndarray, ids: Sequence[str], paths: Sequence[str],
                meta: dict[str, Sequence[int]]) -> None:
@@ -231,6 +237,7 @@ class FeatureWriter:
         x = features.astype(np.float32, copy=False)
         d["features"][n0:n1] = x
         _feed_rows(self._content, x)
+        self._zero_clips += int(np.count_nonzero(~x.reshape(k, -1).any(axis=1)))
         ids, paths = list(ids), list(paths)
         d["ids"][n0:n1] = ids
         d["paths"][n0:n1] = paths
@@ -250,6 +257,7 @@ class FeatureWriter:
             g.create_dataset("paths", data=np.array(self.failed_paths, dtype=object), dtype=STR)
             g.create_dataset("reasons", data=np.array(self.failed_reasons, dtype=object), dtype=STR)
             self.f.attrs[CONTENT_HASH] = self._content.hexdigest()
+            self.f.attrs[ZERO_CLIPS] = self._zero_clips
             self.f.attrs[META_HASH] = meta_sha256(
                 self.f.attrs, self._ids_hash.digest(), self._paths_hash.digest(),
                 _failed_digest(self.failed_paths, self.failed_reasons))
@@ -297,6 +305,13 @@ def check_finite(ff: "FeatureFile", x: np.ndarray, rows: np.ndarray) -> None:
     flat = x.reshape(x.shape[0], -1)
     with np.errstate(over="ignore", invalid="ignore"):
         sums = flat.sum(axis=1)
+    if ff.no_zero_clips and (sums == 0).any():
+        zero = [i for i in np.flatnonzero(sums == 0) if not flat[i].any()]
+        if zero:
+            ids = ff.ids
+            raise InputError(f"{ff.path}: {len(zero)} clip(s) read as all zeros although none "
+                             "was written so (a damaged HDF5 chunk address): "
+                             f"{_preview([ids[int(rows[i])] for i in zero])}; the file is corrupt")
     if np.isfinite(sums).all():
         return
     bad = np.flatnonzero(~np.isfinite(flat).all(axis=1))
@@ -309,6 +324,15 @@ def check_finite(ff: "FeatureFile", x: np.ndarray, rows: np.ndarray) -> None:
         raise InputError(f"{ff.path}: the data of {len(missing)} clip(s) is missing from the HDF5 "
                          f"chunk index: {_preview(missing)}; the file is corrupt")
     raise InputError(f"{ff.path}: {bad.size} clip(s) contain NaN or Inf values: {_preview(names)}")
+
+
+def _standard_type(ds, dtype) -> bool:
+    """Whether a dataset's HDF5 datatype is exactly the standard one of ``dtype`` (either byte
+    order): a damaged float or integer description would convert every value silently."""
+    t = ds.id.get_type()
+    kind = {np.float32: "IEEE_F32", np.int64: "STD_I64", np.int32: "STD_I32",
+            np.int16: "STD_I16", np.uint8: "STD_U8"}[dtype]
+    return any(t.equal(getattr(h5py.h5t, kind + order)) for order in ("LE", "BE"))
 
 
 def _row_allocated(ds, row: int) -> bool:
@@ -384,6 +408,10 @@ def check_integrity(ff: "FeatureFile") -> None:
         if fp is None or fr is None or fp.shape != fr.shape:
             raise InputError(f"{where}: /failed/paths and /failed/reasons differ in length; "
                              "the file is damaged")
+    for name, dt in (("features", np.float32), *PER_CLIP.items()):
+        if name in f and not _standard_type(f[name], dt):
+            raise InputError(f"{where}: /{name} is not stored as {np.dtype(dt).name} (its HDF5 "
+                             "datatype is damaged); the file is corrupt")
     _, c, m, t = (int(v) for v in feats.shape)
     a = {k: _attr(v) for k, v in f.attrs.items()}
     for key, want in (("channels", c), ("n_mels", m)):
@@ -476,6 +504,7 @@ class FeatureFile:
         self._ids: list[str] | None = None
         self._paths: list[str] | None = None
         self._failures: list[tuple[str, str]] | None = None
+        self._no_zero: bool | None = None
         try:
             fmt = _attr(self.f.attrs.get("format", ""))
             if fmt != FORMAT or "features" not in self.f or "ids" not in self.f:
@@ -541,6 +570,14 @@ class FeatureFile:
                 raise InputError(f"{self.path}: corrupt or not an aekit features file "
                                  f"(/paths: {_first_line(exc)})") from None
         return self._paths
+
+    @property
+    def no_zero_clips(self) -> bool:
+        """True when the file records that no clip was all zeros (format 2)."""
+        if self._no_zero is None:
+            v = _attr(self.f.attrs.get(ZERO_CLIPS))
+            self._no_zero = isinstance(v, int) and not isinstance(v, bool) and v == 0
+        return self._no_zero
 
     @property
     def content_sha256(self) -> str | None:

@@ -90,6 +90,39 @@ def test_per_clip_chunk_index_bit_flip_is_refused_on_open(tmp_path):
         store.FeatureFile(p)
 
 
+def test_chunk_address_bit_flip_into_zeros_is_refused(tmp_path):
+    """HDF5's Fletcher-32 of all-zero bytes is 0: a chunk address flipped to point into zeroed
+    space reads a clip of zeros without any HDF5 error."""
+    p = tmp_path / "f.h5"
+    _, x = write_features(p, n=24)
+    with h5py.File(p) as f:
+        info = f["features"].id.get_chunk_info(5)
+        assert f.attrs["zero_clips"] == 0
+    data = open(p, "rb").read()
+    at = find_once(p, info.byte_offset.to_bytes(8, "little"))
+    bit = next(b for b in range(4, 24) if (t := info.byte_offset ^ (1 << b)) + info.size
+               <= len(data) and not any(data[t:t + info.size]))
+    flip(p, at + bit // 8, 1 << (bit % 8))
+    with h5py.File(p) as f:
+        assert not f["features"][5].any()  # HDF5 reads zeros, no checksum error
+    with store.FeatureFile(p) as ff:
+        np.testing.assert_array_equal(ff.read([4, 6]), x[[4, 6]])
+        with pytest.raises(InputError, match=r"1 clip\(s\) read as all zeros although none was "
+                                             r"written so .*: clip005; the file is corrupt"):
+            ff.read([5])
+
+
+def test_datatype_bit_flip_is_refused(tmp_path):
+    p = tmp_path / "f.h5"
+    write_features(p, n=24)
+    # /features' float datatype (the only float here): exponent at bit 23, 8 bits, mantissa
+    # at bit 0, 23 bits, exponent bias 127
+    at = find_once(p, bytes([0x17, 0x08, 0x00, 0x17, 0x7F, 0, 0, 0]))
+    flip(p, at + 4, 0x10)  # bias 127 -> 111: HDF5 converts every value, silently
+    with pytest.raises(InputError, match=r"/features is not stored as float32 .*the file is corrupt"):
+        store.FeatureFile(p)
+
+
 def test_id_heap_bit_flip_is_refused(tmp_path):
     p = tmp_path / "f.h5"
     write_features(p, n=24)
