@@ -20,6 +20,7 @@ Layout (format ``aekit-features``, version 2)::
            n_mels, top_db, f_min, f_max, channels, channel_policy, window, power,
            mel_scale), num_inputs, inputs_sha256, shard_index, shard_count,
            features_sha256 (SHA-256 of the features' values, ``content_sha256``),
+           zero_clips (clips that were all zeros when written: normally 0),
            meta_sha256 (SHA-256 of every other attribute, the ids, the paths and the
            failure records, ``meta_sha256``; checked at every open)
     ``kind`` names the feature kind (``aekit.features.FEATURE_KINDS``); files written
@@ -36,7 +37,9 @@ What Fletcher-32 cannot see is covered too: ``meta_sha256`` (strings and attribu
 small, so it is checked at every open); the chunk index of every dataset (each row held
 by exactly one chunk, checked at open: a damaged index would read a clip as its fill
 value); and /features' fill value is NaN, never a feature, so a row without data is an
-error at read time. Version-1 files (written before the hashes) are still read, without
+error at read time, as is a row read as all zeros from a file that wrote none (Fletcher-32
+of zeros is 0: a chunk address pointing into zeroed space). The datasets' HDF5 datatypes
+must be the standard ones. Version-1 files (written before the hashes) are still read, without
 these two hashes; the chunk index and the values are checked as for version 2.
 """
 
