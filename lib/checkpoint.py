@@ -4,7 +4,9 @@ Checkpoints live in ``<output>.ckpt/`` (or ``checkpoint_dir``):
   last.pt  everything needed to continue bit for bit (``TrainState.to_checkpoint``):
            model, optimizer, schedule, normalizer, epoch, step-in-epoch, the epoch's
            permutation of units, torch/numpy RNG states, history, best-so-far, settings
-           and data identity. Written at the end of every epoch (``checkpoint_every``)
+           and data identity (shape, selection, ids, feature parameters, and the SHA-256
+           of the features' values: ``data_content_id``). Written at the end of every
+           epoch (``checkpoint_every``)
            and when a stop is requested.
   best.pt  the model of the epoch with the lowest validation loss.
 Both are ``torch.save`` of plain tensors and primitives, written atomically and read
@@ -14,6 +16,7 @@ with ``torch.load(weights_only=True)``: loading one runs no code.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from pathlib import Path
 
@@ -23,6 +26,8 @@ import torch
 from .errors import InputError
 from .fileio import atomic_path
 from .settings import RESUME_MUST_MATCH, TrainSettings
+
+LOG = logging.getLogger("aekit")
 
 CHECKPOINT_FORMAT = "aekit-train-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -86,6 +91,38 @@ def resume_mismatch(ck: dict, settings: TrainSettings, data_id: dict) -> list[st
             diffs.append(f"{k}: checkpoint {a}, now {b}")
     for k, b in data_id.items():
         a = ck["data"].get(k)
+        if k == CONTENT_KEY:
+            if a is None:  # a checkpoint written before the values were hashed: ids only
+                LOG.warning("the checkpoint records no hash of the features' values (an older "
+                            "aekit): only their ids, shape and parameters are compared")
+            elif a != b:
+                diffs.append(f"the features' values differ (SHA-256 {str(a)[:12]}... in the "
+                             f"checkpoint, {str(b)[:12]}... now): same ids, other data")
+            continue
         if a != b:
             diffs.append(f"{k}: checkpoint {a}, now {b}")
     return diffs
+
+
+#: The data identity's key for the SHA-256 of the features' values.
+CONTENT_KEY = "features_sha256"
+
+
+def data_content_id(ff, verify: bool) -> str:
+    """The SHA-256 of a features file's values, for the checkpoint's data identity.
+
+    A fresh run takes the hash the file stores (written with the rows: free); a file of
+    format 1 has none and is hashed here (one pass over its values). A resumed run
+    (``verify``) always hashes the values it is about to train on and compares them with the
+    stored hash too, so a file whose rows were rewritten in place is refused even when its
+    ids, shape, parameters and stored hash are unchanged: one pass over the file per resume,
+    none per epoch.
+    """
+    from .store import content_sha256
+
+    stored = ff.content_sha256
+    if stored is not None and not verify:
+        return stored
+    why = "to compare them with the checkpoint" if verify else "features format 1: no stored hash"
+    LOG.info("hashing the values of %s (%s)", ff.path, why)
+    return content_sha256(ff)

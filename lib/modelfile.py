@@ -4,18 +4,26 @@ A model file is one ``.safetensors`` file:
   tensors   ``model.*``  the model's state dict (weights, BatchNorm statistics)
             ``norm.mean``, ``norm.std``  normalization statistics, flattened (float32: [1]
             for global, the model's ``norm_shape()`` flattened for per-feature)
-  metadata  key ``aekit`` -> JSON: {"format": "aekit-model", "format_version": 1,
+  metadata  key ``aekit`` -> JSON: {"format": "aekit-model", "format_version": 2,
             "config": the kind's config (its "arch" picks the kind), "feature_params": {...}, "normalize": mode,
             "history": [{"epoch", "train_loss", "val_loss", "lr", ...}, ...],
             "seed", "versions": {"aekit", "torch", ...}, "command", ...,
-            "tensors_sha256": SHA-256 of every tensor (see ``tensors_sha256``)}
+            "tensors_sha256": SHA-256 of every tensor (see ``tensors_sha256``),
+            "sha256": SHA-256 of all the other metadata, ``tensors_sha256`` included
+            (``metadata_sha256``): the JSON and, through it, the tensors}
 Losses in the history are MSE in the features' own units (dB squared).
-At load the hash is verified (files written before it existed load without it), and
+At load, before anything is allocated: the format version is one this code reads, the
+metadata hash matches (format 2; format 1 files, written before it, have none), the
+metadata's types are right (``check_metadata``), and the tensors the config implies (built
+on the meta device, no memory) have exactly the names, dtypes and shapes stored in the
+file's header, so a header claiming huge layers is refused before a byte is allocated.
+Then the tensors' hash is verified (files written before it existed load without it), and
 weights with NaN/Inf or a normalizer std that is not positive are refused.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -30,11 +38,15 @@ import torch
 from . import __version__
 from .errors import InputError
 from .fileio import atomic_path
-from .models import ClipModel, build_model, config_from_dict, config_to_dict
+from .models import ClipModel, build_model, check_config_dict, config_from_dict, config_to_dict
 from .settings import NORM_MODES
 
 FORMAT = "aekit-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: Versions of the format this code reads (1: without the metadata hash).
+READABLE_VERSIONS = (1, 2)
+#: The metadata key holding the SHA-256 of the rest of the metadata (format 2).
+META_HASH = "sha256"
 STD_FLOOR = 1e-2  # dB; a constant feature (e.g. always at the -80 dB floor) must not blow up
 
 
@@ -127,6 +139,8 @@ def save_model(path: str | os.PathLike, model: ClipModel, normalizer: Normalizer
     tensors = {f"model.{k}": v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     tensors["norm.mean"] = normalizer.mean.detach().to("cpu").reshape(-1).contiguous()
     tensors["norm.std"] = normalizer.std.detach().to("cpu").reshape(-1).contiguous()
+    for k in (META_HASH, "tensors_sha256"):  # computed here, never carried over
+        meta.pop(k, None)
     info = {
         "tensors_sha256": tensors_sha256(tensors),
         "format": FORMAT,
@@ -138,8 +152,93 @@ def save_model(path: str | os.PathLike, model: ClipModel, normalizer: Normalizer
         "versions": versions(),
         **meta,
     }
+    info = json.loads(json.dumps(info))  # as it will be read back: the hash covers that
+    info[META_HASH] = metadata_sha256(info)
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={"aekit": json.dumps(info, sort_keys=True)})
+
+
+def metadata_sha256(info: dict) -> str:
+    """SHA-256 of a model's metadata but the hash itself, as canonical JSON (sorted keys, no
+    spaces). It covers ``tensors_sha256``, so metadata and tensors are hashed together."""
+    body = {k: v for k, v in info.items() if k != META_HASH}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(b"aekit-model-meta\n" + text.encode("ascii")).hexdigest()
+
+
+def check_metadata(path, info) -> None:
+    """Refuse model metadata that is damaged or malformed (InputError, one line): not a JSON
+    object, another format, a format version this code does not read, a metadata hash that
+    differs (format 2), a missing or malformed config, and values of the wrong type."""
+    if not isinstance(info, dict):
+        raise InputError(f"{path}: model metadata is not a JSON object; the file is corrupt")
+    if info.get("format") != FORMAT:
+        raise InputError(f"{path}: not an aekit model file (format={info.get('format')!r})")
+    version = info.get("format_version")
+    if (isinstance(version, bool) or not isinstance(version, int)
+            or version not in READABLE_VERSIONS):
+        raise InputError(f"{path}: unknown model format_version {version!r} (this aekit reads "
+                         f"{', '.join(map(str, READABLE_VERSIONS))}); written by a newer aekit?")
+    if version >= 2:
+        want = info.get(META_HASH)
+        if not isinstance(want, str) or want != metadata_sha256(info):
+            raise InputError(f"{path}: metadata checksum mismatch (the SHA-256 of the JSON header "
+                             "differs from the one stored at save time): the file is corrupt")
+    if "config" not in info:
+        raise InputError(f"{path}: bad model metadata: no config")
+    try:
+        check_config_dict(info["config"])
+    except InputError as exc:
+        raise InputError(f"{path}: bad model metadata: {exc}") from None
+    types = {"feature_params": dict, "history": list, "threshold": dict, "normalize": str,
+             "tensors_sha256": str}
+    for key, typ in types.items():
+        if key in info and not isinstance(info[key], typ):
+            raise InputError(f"{path}: bad model metadata: {key} is a {type(info[key]).__name__}, "
+                             f"expected a {'JSON object' if typ is dict else typ.__name__}")
+    if version >= 2 and "normalize" not in info:
+        raise InputError(f"{path}: bad model metadata: no normalize")
+    if info.get("normalize", "none") not in NORM_MODES:
+        raise InputError(f"{path}: bad model metadata: normalize {info['normalize']!r} is not one "
+                         f"of {', '.join(NORM_MODES)}")
+
+
+_ST_DTYPES = {torch.float32: "F32", torch.float64: "F64", torch.float16: "F16",
+              torch.bfloat16: "BF16", torch.int64: "I64", torch.int32: "I32",
+              torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8", torch.bool: "BOOL"}
+
+
+def check_stored_shapes(path, model: ClipModel, normalize: str) -> None:
+    """Refuse a file whose stored tensors (names, dtypes, shapes: read from the safetensors
+    header only) are not exactly those ``model`` (built on the meta device) and a normalizer
+    of ``normalize`` need (InputError, one line). Called before any tensor is allocated, so a
+    config claiming layers far larger than the file costs nothing."""
+    from safetensors import safe_open
+
+    want = {f"model.{k}": (_ST_DTYPES.get(v.dtype, str(v.dtype)), list(v.shape))
+            for k, v in model.state_dict().items()}
+    n_norm = math.prod(model.norm_shape()) if normalize == "per-feature" else 1
+    want.update({"norm.mean": ("F32", [n_norm]), "norm.std": ("F32", [n_norm])})
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            got = {k: (f.get_slice(k).get_dtype(), list(f.get_slice(k).get_shape()))
+                   for k in f.keys()}
+    except Exception:
+        raise InputError(f"{path}: not a model file (expected safetensors written by "
+                         "ae-train)") from None
+    for name, (dt, shape) in want.items():
+        if name not in got:
+            raise InputError(f"{path}: weights do not match the stored architecture: tensor "
+                             f"{name!r} is missing")
+        if got[name] != (dt, shape):
+            what = ("normalization statistics" if name.startswith("norm.") else
+                    "weights do not match the stored architecture:")
+            raise InputError(f"{path}: {what} tensor {name!r} is {got[name][0]} "
+                             f"{got[name][1]}, the config implies {dt} {shape}")
+    extra = sorted(set(got) - set(want))
+    if extra:
+        raise InputError(f"{path}: weights do not match the stored architecture: unexpected "
+                         f"tensor {extra[0]!r}")
 
 
 def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
@@ -242,8 +341,9 @@ def read_info(path: str | os.PathLike) -> dict:
         info = json.loads(meta["aekit"])
     except (KeyError, json.JSONDecodeError):
         raise InputError(f"{p}: safetensors file without aekit metadata; not written by ae-train") from None
-    if info.get("format") != FORMAT:
-        raise InputError(f"{p}: not an aekit model file (format={info.get('format')!r})")
+    except RecursionError:
+        raise InputError(f"{p}: model metadata nested too deeply; the file is corrupt") from None
+    check_metadata(p, info)
     return info
 
 
@@ -267,11 +367,13 @@ def load_model(path: str | os.PathLike, device: torch.device | str = "cpu") -> L
     """Load a model file safely (safetensors: no code runs); the model is in eval mode."""
     from safetensors.torch import load_file
 
-    info = read_info(path)
+    info = read_info(path)  # format, version, metadata hash, types: nothing allocated yet
     try:
         config = config_from_dict(info["config"])
     except (TypeError, ValueError) as exc:
         raise InputError(f"{path}: bad model config: {exc}") from None
+    # The tensors the config implies, counted on the meta device, against the file's header.
+    check_stored_shapes(path, build_model(config, "meta"), info.get("normalize", "none"))
     tensors = load_file(str(path), device="cpu")
     model = build_model(config)
     state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}

@@ -156,6 +156,64 @@ def make_config(arch: str, input_shape, **options):
                **{k: v for k, v in options.items() if k in names})
 
 
+def check_config_dict(d) -> None:
+    """Refuse a stored config (model file, checkpoint) whose fields are missing or of the wrong
+    type or range, before anything is built (InputError, one line).
+
+    Each field must have the type of its default: a positive integer for an int (a width, a
+    context), a finite number for a float, a list of positive integers for a tuple (shapes,
+    widths), a string for a str; ``arch`` and ``input_shape`` must be present. Keys the kind
+    does not know are ignored, as ``config_from_dict`` does.
+    """
+    import math
+    from dataclasses import MISSING
+
+    if not isinstance(d, dict):
+        raise InputError(f"config is not a JSON object but {type(d).__name__}")
+    arch = d.get("arch")
+    if not isinstance(arch, str):
+        raise InputError(f"config: arch {arch!r} is not a name")
+    cls = kind(arch).config_cls
+    for f in fields(cls):
+        if f.name not in d:
+            if f.name == "input_shape" or (f.default is MISSING and f.default_factory is MISSING):
+                raise InputError(f"config: {f.name} is missing")
+            continue
+        default = f.default if f.default is not MISSING else (
+            f.default_factory() if f.default_factory is not MISSING else None)
+        v = d[f.name]
+        if isinstance(default, bool):
+            ok = isinstance(v, bool)
+        elif isinstance(default, int):
+            ok = isinstance(v, int) and not isinstance(v, bool) and v >= 1
+        elif isinstance(default, float):
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        elif isinstance(default, tuple):
+            ok = (isinstance(v, list) and len(v) >= 1
+                  and all(isinstance(x, int) and not isinstance(x, bool) and x >= 1 for x in v)
+                  and (f.name != "input_shape" or len(v) == 3))
+        elif isinstance(default, str):
+            ok = isinstance(v, str)
+        else:
+            ok = True
+        if not ok:
+            shown = repr(v) if len(repr(v)) <= 60 else repr(v)[:57] + "..."
+            raise InputError(f"config: {f.name}={shown} is not valid "
+                             f"(expected {_expected(default, f.name)})")
+
+
+def _expected(default, name: str) -> str:
+    if isinstance(default, bool):
+        return "true or false"
+    if isinstance(default, int):
+        return "a positive integer"
+    if isinstance(default, float):
+        return "a finite number"
+    if isinstance(default, tuple):
+        return "3 positive integers" if name == "input_shape" else "a list of positive integers"
+    return "a string"
+
+
 def config_from_dict(d: dict):
     """The config stored in a model file or checkpoint (its 'arch' picks the kind)."""
     cls = kind(d.get("arch", "improved")).config_cls

@@ -1,6 +1,6 @@
 """The features file: the HDF5 layout ae-featurize writes and every later command reads.
 
-Layout (format ``aekit-features``, version 1)::
+Layout (format ``aekit-features``, version 2)::
 
     /features            float32 [N, C, n_mels, frames]   chunked one clip per chunk
     /ids                 utf-8 str [N]    unique keys (path relative to the inputs' common root,
@@ -18,7 +18,11 @@ Layout (format ``aekit-features``, version 1)::
     attrs: format, format_version, aekit_version, command, kind, the parameters of the
            kind (logmel: ``MelParams.keys()``: sample_rate, num_samples, n_fft, hop_length,
            n_mels, top_db, f_min, f_max, channels, channel_policy, window, power,
-           mel_scale), num_inputs, inputs_sha256, shard_index, shard_count
+           mel_scale), num_inputs, inputs_sha256, shard_index, shard_count,
+           features_sha256 (SHA-256 of the features' values, ``content_sha256``),
+           zero_clips (clips that were all zeros when written: normally 0),
+           meta_sha256 (SHA-256 of every other attribute, the ids, the paths and the
+           failure records, ``meta_sha256``; checked at every open)
     ``kind`` names the feature kind (``aekit.features.FEATURE_KINDS``); files written
     before it existed have none and are read as 'logmel'.
 
@@ -28,10 +32,21 @@ filter, so a flipped bit is an error at read time, not a wrong number. Every ope
 the file's consistency (``check_integrity``) and every read checks the rows it returns
 for NaN/Inf (``check_finite``). ``/truncated`` is absent from files written before it
 existed (read as all 0).
+
+What Fletcher-32 cannot see is covered too: ``meta_sha256`` (strings and attributes are
+small, so it is checked at every open); the chunk index of every dataset (each row held
+by exactly one chunk, checked at open: a damaged index would read a clip as its fill
+value); and /features' fill value is NaN, never a feature, so a row without data is an
+error at read time, as is a row read as all zeros from a file that wrote none (Fletcher-32
+of zeros is 0: a chunk address pointing into zeroed space). The datasets' HDF5 datatypes
+must be the standard ones. Version-1 files (written before the hashes) are still read, without
+these two hashes; the chunk index and the values are checked as for version 2.
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -44,8 +59,19 @@ from .errors import InputError
 from .features import DEFAULT_KIND, MelParams, params_class
 from .fileio import text_name
 
+LOG = logging.getLogger("aekit")
+
 FORMAT = "aekit-features"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: Attributes holding the SHA-256 hashes (format version 2): of the features' values, and
+#: of everything else that changes a number or a name (attributes, ids, paths, failures).
+CONTENT_HASH = "features_sha256"
+META_HASH = "meta_sha256"
+#: How many clips were all zeros when written (format 2; real log-Mel dB never is: silence
+#: is -100 dB). HDF5's Fletcher-32 of all-zero bytes is 0, so a chunk address damaged to
+#: point into zeroed space reads a clip of zeros without error: when none was written so,
+#: a row read as all zeros is refused.
+ZERO_CLIPS = "zero_clips"
 
 #: Attributes that define log-Mel features (the parameter dataclass is the one list);
 #: two files are compatible when these, and their kind, are equal.
@@ -64,8 +90,8 @@ PER_CLIP = {
 #: Per-clip datasets that files of this format version may lack (read as zeros).
 OPTIONAL_PER_CLIP = ("truncated",)
 
-#: Versions of the format this code reads.
-READABLE_VERSIONS = (1,)
+#: Versions of the format this code reads (1: without the two hashes).
+READABLE_VERSIONS = (1, 2)
 
 
 def _attr(value):
@@ -74,6 +100,62 @@ def _attr(value):
     if isinstance(value, np.generic):
         return value.item()
     return value
+
+
+class _StringsHash:
+    """SHA-256 of a sequence of strings, each followed by NUL (fed block by block, with the
+    same hash however the sequence is split). Unambiguous: an HDF5 string holds no NUL."""
+
+    def __init__(self) -> None:
+        self.h = hashlib.sha256()
+        self.n = 0
+
+    def update(self, items) -> "_StringsHash":
+        items = list(items)
+        if items:
+            self.h.update("\0".join(items).encode("utf-8", "surrogateescape") + b"\0")
+        self.n += len(items)
+        return self
+
+    def digest(self) -> bytes:
+        return self.h.digest() + self.n.to_bytes(8, "little")
+
+
+def _content_hasher(clip_shape) -> "hashlib._Hash":
+    h = hashlib.sha256(b"aekit-features-data\n")
+    h.update("x".join(str(int(v)) for v in clip_shape).encode() + b"\n")
+    return h
+
+
+def _feed_rows(h, x: np.ndarray) -> None:
+    h.update(np.ascontiguousarray(x, dtype="<f4").reshape(-1).view(np.uint8))
+
+
+def _attrs_blob(attrs) -> bytes:
+    """Every attribute but ``meta_sha256`` itself, by name, with its type: one canonical text."""
+    lines = []
+    for k in sorted(attrs.keys()):
+        if k == META_HASH:
+            continue
+        v = _attr(attrs[k])
+        if isinstance(v, np.ndarray):
+            v = v.tolist()
+        lines.append(f"{k}\t{type(v).__name__}\t{v!r}")
+    return "\n".join(lines).encode("utf-8", "surrogateescape")
+
+
+def meta_sha256(attrs, ids_digest: bytes, paths_digest: bytes, failed_digest: bytes) -> str:
+    """SHA-256 of a features file's attributes (but itself), ids, paths and failure records."""
+    h = hashlib.sha256(b"aekit-features-meta\n")
+    for part in (_attrs_blob(attrs), ids_digest, paths_digest, failed_digest):
+        h.update(len(part).to_bytes(8, "little"))
+        h.update(part)
+    return h.hexdigest()
+
+
+def _failed_digest(paths: Sequence[str], reasons: Sequence[str]) -> bytes:
+    return (_StringsHash().update(list(paths)).digest()
+            + _StringsHash().update(list(reasons)).digest())
 
 
 def feature_params(attrs) -> dict:
@@ -127,8 +209,11 @@ class FeatureWriter:
             f.attrs[k] = v
         start = max(int(expected), 1)
         # Fletcher-32 on every numeric dataset: bit rot is detected when the chunk is read.
+        # Fill value NaN: a row whose chunk is missing (a damaged chunk index) reads as NaN,
+        # which every read refuses, never as a clip of zeros.
         f.create_dataset("features", shape=(0, c, m, t), maxshape=(None, c, m, t),
-                         dtype=np.float32, chunks=(1, c, m, t), fletcher32=True)
+                         dtype=np.float32, chunks=(1, c, m, t), fletcher32=True,
+                         fillvalue=np.float32("nan"))
         f.create_dataset("ids", shape=(0,), maxshape=(None,), dtype=STR, chunks=(min(start, 4096),))
         f.create_dataset("paths", shape=(0,), maxshape=(None,), dtype=STR, chunks=(min(start, 4096),))
         for name, dt in PER_CLIP.items():
@@ -138,6 +223,10 @@ class FeatureWriter:
         self.n = 0
         self.failed_paths: list[str] = []
         self.failed_reasons: list[str] = []
+        # The hashes are fed as the rows are written: no second pass over the file.
+        self._content = _content_hasher(self.clip_shape)
+        self._ids_hash, self._paths_hash = _StringsHash(), _StringsHash()
+        self._zero_clips = 0
 
     def append(self, features: np.ndarray, ids: Sequence[str], paths: Sequence[str],
                meta: dict[str, Sequence[int]]) -> None:
@@ -149,9 +238,15 @@ class FeatureWriter:
         d = self.datasets  # opened once: a lookup by name costs more than a block's metadata
         for ds in d.values():
             ds.resize(n1, axis=0)
-        d["features"][n0:n1] = features.astype(np.float32, copy=False)
-        d["ids"][n0:n1] = list(ids)
-        d["paths"][n0:n1] = list(paths)
+        x = features.astype(np.float32, copy=False)
+        d["features"][n0:n1] = x
+        _feed_rows(self._content, x)
+        self._zero_clips += int(np.count_nonzero(~x.reshape(k, -1).any(axis=1)))
+        ids, paths = list(ids), list(paths)
+        d["ids"][n0:n1] = ids
+        d["paths"][n0:n1] = paths
+        self._ids_hash.update(ids)
+        self._paths_hash.update(paths)
         for name, dt in PER_CLIP.items():
             d[name][n0:n1] = np.asarray(meta[name], dtype=dt)
         self.n = n1
@@ -165,6 +260,11 @@ class FeatureWriter:
             g = self.f.create_group("failed")
             g.create_dataset("paths", data=np.array(self.failed_paths, dtype=object), dtype=STR)
             g.create_dataset("reasons", data=np.array(self.failed_reasons, dtype=object), dtype=STR)
+            self.f.attrs[CONTENT_HASH] = self._content.hexdigest()
+            self.f.attrs[ZERO_CLIPS] = self._zero_clips
+            self.f.attrs[META_HASH] = meta_sha256(
+                self.f.attrs, self._ids_hash.digest(), self._paths_hash.digest(),
+                _failed_digest(self.failed_paths, self.failed_reasons))
             self.f.close()
 
     def abort(self) -> None:
@@ -174,6 +274,14 @@ class FeatureWriter:
 
 def _strings(ds) -> list[str]:
     return [s.decode("utf-8") if isinstance(s, bytes) else str(s) for s in ds[()]]
+
+
+_NOTED: set[str] = set()  # format-1 files already warned about (once per path)
+
+
+def _first_line(exc: BaseException) -> str:
+    msg = str(exc).strip()
+    return msg.splitlines()[0][:200] if msg else type(exc).__name__
 
 
 def _preview(items: Sequence[str], k: int = 3) -> str:
@@ -201,6 +309,13 @@ def check_finite(ff: "FeatureFile", x: np.ndarray, rows: np.ndarray) -> None:
     flat = x.reshape(x.shape[0], -1)
     with np.errstate(over="ignore", invalid="ignore"):
         sums = flat.sum(axis=1)
+    if ff.no_zero_clips and (sums == 0).any():
+        zero = [i for i in np.flatnonzero(sums == 0) if not flat[i].any()]
+        if zero:
+            ids = ff.ids
+            raise InputError(f"{ff.path}: {len(zero)} clip(s) read as all zeros although none "
+                             "was written so (a damaged HDF5 chunk address): "
+                             f"{_preview([ids[int(rows[i])] for i in zero])}; the file is corrupt")
     if np.isfinite(sums).all():
         return
     bad = np.flatnonzero(~np.isfinite(flat).all(axis=1))
@@ -208,7 +323,61 @@ def check_finite(ff: "FeatureFile", x: np.ndarray, rows: np.ndarray) -> None:
         return
     ids = ff.ids
     names = [ids[int(rows[i])] for i in bad]
+    missing = [ids[int(rows[i])] for i in bad if not _row_allocated(ff.features, int(rows[i]))]
+    if missing:  # read as the fill value: the chunk index does not point to the row's data
+        raise InputError(f"{ff.path}: the data of {len(missing)} clip(s) is missing from the HDF5 "
+                         f"chunk index: {_preview(missing)}; the file is corrupt")
     raise InputError(f"{ff.path}: {bad.size} clip(s) contain NaN or Inf values: {_preview(names)}")
+
+
+def _standard_type(ds, dtype) -> bool:
+    """Whether a dataset's HDF5 datatype is exactly the standard one of ``dtype`` (either byte
+    order): a damaged float or integer description would convert every value silently."""
+    t = ds.id.get_type()
+    kind = {np.float32: "IEEE_F32", np.int64: "STD_I64", np.int32: "STD_I32",
+            np.int16: "STD_I16", np.uint8: "STD_U8"}[dtype]
+    return any(t.equal(getattr(h5py.h5t, kind + order)) for order in ("LE", "BE"))
+
+
+def _row_allocated(ds, row: int) -> bool:
+    try:
+        info = ds.id.get_chunk_info_by_coord((row,) + (0,) * (ds.ndim - 1))
+    except Exception:  # not chunked, or an h5py without the call: cannot tell
+        return True
+    return info.byte_offset is not None
+
+
+def check_chunks(f, where, names: Sequence[str]) -> None:
+    """Refuse a dataset whose chunk index does not hold exactly one chunk per chunk position
+    (InputError): a damaged index reads a row as its fill value without any error from HDF5."""
+    for name in names:
+        if name not in f:
+            continue
+        ds = f[name]
+        if ds.chunks is None or ds.size == 0:
+            continue
+        shape, chunks = np.array(ds.shape, dtype=np.int64), np.array(ds.chunks, dtype=np.int64)
+        grid = -(-shape // chunks)
+        want = int(np.prod(grid))
+        fill = ds.fillvalue
+        if isinstance(fill, np.floating) and np.isnan(fill):
+            # A row without a chunk reads as NaN, which every read refuses: count only (fast)
+            ok = ds.id.get_num_chunks() == want
+        else:
+            offsets: list[tuple] = []
+            try:
+                ds.id.chunk_iter(lambda info: offsets.append(info.chunk_offset))
+                got = np.array(offsets, dtype=np.int64).reshape(-1, ds.ndim)
+                pos = got // chunks
+                ok = (len(got) == want and bool((got % chunks == 0).all())
+                      and bool(((pos >= 0) & (pos < grid)).all())
+                      and bool((np.bincount(np.ravel_multi_index(pos.T, grid), minlength=want)
+                                == 1).all()))
+            except AttributeError:  # h5py without chunk_iter: count only
+                ok = ds.id.get_num_chunks() == want
+        if not ok:
+            raise InputError(f"{where}: the HDF5 chunk index of /{name} does not match its shape "
+                             "(rows missing or misplaced); the file is corrupt")
 
 
 def check_integrity(ff: "FeatureFile") -> None:
@@ -216,7 +385,9 @@ def check_integrity(ff: "FeatureFile") -> None:
 
     Checked: a format version this code reads; /ids, /paths and the per-clip datasets as long
     as /features; /failed/paths as long as /failed/reasons; the shape attributes (channels,
-    n_mels, frames from num_samples and hop_length) equal to the data's shape; unique ids.
+    n_mels, frames from num_samples and hop_length) equal to the data's shape; every
+    dataset's chunk index (one chunk per position); from version 2, ``meta_sha256`` (the
+    attributes, ids, paths and failure records as written); unique ids.
     """
     f, where = ff.f, ff.path
     version = _attr(f.attrs.get("format_version", None))
@@ -241,6 +412,10 @@ def check_integrity(ff: "FeatureFile") -> None:
         if fp is None or fr is None or fp.shape != fr.shape:
             raise InputError(f"{where}: /failed/paths and /failed/reasons differ in length; "
                              "the file is damaged")
+    for name, dt in (("features", np.float32), *PER_CLIP.items()):
+        if name in f and not _standard_type(f[name], dt):
+            raise InputError(f"{where}: /{name} is not stored as {np.dtype(dt).name} (its HDF5 "
+                             "datatype is damaged); the file is corrupt")
     _, c, m, t = (int(v) for v in feats.shape)
     a = {k: _attr(v) for k, v in f.attrs.items()}
     for key, want in (("channels", c), ("n_mels", m)):
@@ -265,6 +440,23 @@ def check_integrity(ff: "FeatureFile") -> None:
                 dups.append(i)
             seen.add(i)
         raise InputError(f"{where}: duplicate ids: {_preview(dups)}; ids must be unique")
+    check_chunks(f, where, ("features", "ids", "paths", *PER_CLIP))
+    if int(version) >= 2:
+        stored = {k: _attr(f.attrs.get(k)) for k in (CONTENT_HASH, META_HASH)}
+        bad = [k for k, v in stored.items() if not (isinstance(v, str) and len(v) == 64)]
+        if bad:
+            raise InputError(f"{where}: attribute {bad[0]} is missing or damaged; "
+                             "the file is corrupt")
+        if "paths" not in f:
+            raise InputError(f"{where}: /paths is missing; the file is damaged")
+        fails = ff.failures()
+        got = meta_sha256(f.attrs, _StringsHash().update(ids).digest(),
+                          _StringsHash().update(ff.paths).digest(),
+                          _failed_digest([p for p, _ in fails], [r for _, r in fails]))
+        if got != stored[META_HASH]:
+            raise InputError(f"{where}: metadata checksum mismatch (the SHA-256 of the attributes, "
+                             "ids and paths differs from the one written): the file is corrupt; "
+                             "featurize it again or restore it from a copy")
 
 
 def inputs_fingerprint(paths: Sequence[str | os.PathLike], ids: Sequence[str]) -> str:
@@ -313,18 +505,30 @@ class FeatureFile:
             self.f = h5py.File(self.path, "r")
         except OSError:
             raise InputError(f"{self.path}: not an HDF5 file") from None
-        fmt = _attr(self.f.attrs.get("format", ""))
-        if fmt != FORMAT or "features" not in self.f or "ids" not in self.f:
-            self.f.close()
-            raise InputError(f"{self.path}: not an aekit features file (format={fmt!r}); "
-                             "make one with ae-featurize")
-        self.features = self.f["features"]
         self._ids: list[str] | None = None
+        self._paths: list[str] | None = None
+        self._failures: list[tuple[str, str]] | None = None
+        self._no_zero: bool | None = None
         try:
+            fmt = _attr(self.f.attrs.get("format", ""))
+            if fmt != FORMAT or "features" not in self.f or "ids" not in self.f:
+                raise InputError(f"{self.path}: not an aekit features file (format={fmt!r}); "
+                                 "make one with ae-featurize")
+            self.features = self.f["features"]
             check_integrity(self)
-        except BaseException:
+        except BaseException as exc:
             self.f.close()
+            if isinstance(exc, (OSError, KeyError, ValueError, TypeError, RuntimeError,
+                                AttributeError, IndexError, UnicodeError)):
+                # HDF5 could not parse its own metadata (object headers, heaps, B-trees)
+                raise InputError(f"{self.path}: corrupt or not an aekit features file "
+                                 f"({_first_line(exc)})") from None
             raise
+        if _attr(self.f.attrs.get("format_version")) == 1 and str(self.path) not in _NOTED:
+            _NOTED.add(str(self.path))
+            LOG.warning("%s: features format 1 (an older aekit): its ids, paths and attributes "
+                        "carry no checksum; ae-merge %s -o NEW.h5 rewrites it with one",
+                        self.path, self.path)
 
     # -- metadata
     @property
@@ -360,7 +564,30 @@ class FeatureFile:
 
     @property
     def paths(self) -> list[str]:
-        return _strings(self.f["paths"])
+        if self._paths is None:
+            if "paths" not in self.f:
+                raise InputError(f"{self.path}: /paths is missing (the file is damaged or was not "
+                                 "written by ae-featurize)")
+            try:
+                self._paths = _strings(self.f["paths"])
+            except (OSError, ValueError, UnicodeError) as exc:
+                raise InputError(f"{self.path}: corrupt or not an aekit features file "
+                                 f"(/paths: {_first_line(exc)})") from None
+        return self._paths
+
+    @property
+    def no_zero_clips(self) -> bool:
+        """True when the file records that no clip was all zeros (format 2)."""
+        if self._no_zero is None:
+            v = _attr(self.f.attrs.get(ZERO_CLIPS))
+            self._no_zero = isinstance(v, int) and not isinstance(v, bool) and v == 0
+        return self._no_zero
+
+    @property
+    def content_sha256(self) -> str | None:
+        """The SHA-256 of the features' values stored at write time (None: format 1)."""
+        v = _attr(self.f.attrs.get(CONTENT_HASH))
+        return v if isinstance(v, str) else None
 
     def column(self, name: str) -> np.ndarray:
         if name in OPTIONAL_PER_CLIP and name not in self.f:
@@ -371,9 +598,14 @@ class FeatureFile:
             raise _read_error(self.path, name, exc) from None
 
     def failures(self) -> list[tuple[str, str]]:
-        if "failed" not in self.f:
-            return []
-        return list(zip(_strings(self.f["failed/paths"]), _strings(self.f["failed/reasons"])))
+        if self._failures is None:
+            try:
+                self._failures = [] if "failed" not in self.f else list(
+                    zip(_strings(self.f["failed/paths"]), _strings(self.f["failed/reasons"])))
+            except (OSError, KeyError, ValueError, UnicodeError) as exc:
+                raise InputError(f"{self.path}: corrupt or not an aekit features file "
+                                 f"(/failed: {_first_line(exc)})") from None
+        return list(self._failures)
 
     # -- data
     def read(self, indices: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
@@ -430,6 +662,30 @@ def read_ids(path: str | os.PathLike) -> list[str]:
         return list(ff.ids)
 
 
+def content_sha256(ff: FeatureFile, block: int = 256) -> str:
+    """The SHA-256 of every row's values, in order, read from the file (one pass over it):
+    the same hash as the ``features_sha256`` ``FeatureWriter`` stores. InputError when the
+    file stores one that differs (the values were changed after they were written)."""
+    h = _content_hasher(ff.clip_shape)
+    for _, x in ff.iter_blocks(block=block):
+        _feed_rows(h, x)
+    got = h.hexdigest()
+    if ff.content_sha256 is not None and got != ff.content_sha256:
+        raise InputError(f"{ff.path}: data checksum mismatch (the SHA-256 of /features differs "
+                         "from the one written): the values were changed; featurize it again "
+                         "or restore it from a copy")
+    return got
+
+
+def _int_attr(ff: FeatureFile, name: str, default: int) -> int:
+    """An integer attribute of a shard (InputError naming it when it is not one)."""
+    v = _attr(ff.f.attrs.get(name, default))
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
+        raise InputError(f"{ff.path}: attribute {name}={v!r} is not an integer; the file is "
+                         "damaged or not written by ae-featurize")
+    return int(v)
+
+
 def merge_shards(inputs: Sequence[str | os.PathLike], output: str | os.PathLike,
                  command: str = "", block: int = 256) -> int:
     """Join the shard files of one ``ae-featurize --shard I/N`` job into one file.
@@ -448,7 +704,10 @@ def merge_shards(inputs: Sequence[str | os.PathLike], output: str | os.PathLike,
         first = files[0]
         ref = first.params
         shape = first.clip_shape
-        count = int(first.attrs.get("shard_count", 1))
+        count = _int_attr(first, "shard_count", 1)
+        if count < 1:
+            raise InputError(f"{first.path}: shard_count {count} is not positive; "
+                             "the file is damaged")
         total_inputs = first.attrs.get("num_inputs")
         check_same_inputs(files)
         seen: dict[int, FeatureFile] = {}
@@ -460,17 +719,28 @@ def merge_shards(inputs: Sequence[str | os.PathLike], output: str | os.PathLike,
             if ff.clip_shape != shape:
                 raise InputError(f"{ff.path}: clip shape {ff.clip_shape} differs from {shape}")
             a = ff.attrs
-            if int(a.get("shard_count", 1)) != count or a.get("num_inputs") != total_inputs:
+            if _int_attr(ff, "shard_count", 1) != count or a.get("num_inputs") != total_inputs:
                 raise InputError(f"{ff.path} belongs to a different sharded run "
                                  f"(shard_count {a.get('shard_count')}, num_inputs {a.get('num_inputs')}) "
                                  f"than {first.path} (shard_count {count}, num_inputs {total_inputs})")
-            i = int(a.get("shard_index", 0))
+            i = _int_attr(ff, "shard_index", 0)
+            if not 0 <= i < count:
+                raise InputError(f"{ff.path}: shard_index {i} is outside 0..{count - 1} "
+                                 f"(shard_count {count}); the file is damaged")
             if i in seen:
                 raise InputError(f"shard {i}/{count} given twice: {seen[i].path} and {ff.path}")
             seen[i] = ff
-        missing = sorted(set(range(count)) - set(seen))
-        if missing:
-            raise InputError(f"incomplete set of shards: missing {', '.join(f'{i}/{count}' for i in missing)}")
+        if len(seen) != count:  # every index seen is in 0..count-1: some are missing
+            missing: list[int] = []
+            for i in range(count):  # stops after 5: at most len(files) + 5 steps
+                if i not in seen:
+                    missing.append(i)
+                    if len(missing) == 5:
+                        break
+            more = count - len(seen) - len(missing)
+            raise InputError("incomplete set of shards: missing "
+                             + ", ".join(f"{i}/{count}" for i in missing)
+                             + (f" (and {more} more)" if more else ""))
         ordered = [seen[i] for i in range(count)]
         all_ids = [x for ff in ordered for x in ff.ids]
         if len(set(all_ids)) != len(all_ids):
@@ -479,7 +749,7 @@ def merge_shards(inputs: Sequence[str | os.PathLike], output: str | os.PathLike,
         extra = {k: first.attrs[k] for k in first.attrs
                  if k not in FEATURE_PARAM_KEYS and k not in (
                      "format", "format_version", "aekit_version", "command", "kind", "shard_index",
-                     "shard_count")}
+                     "shard_count", CONTENT_HASH, META_HASH)}
         extra.update(shard_index=0, shard_count=1)
         with atomic_path(output) as tmp:
             w = FeatureWriter(tmp, {**{k: first.f.attrs[k] for k in FEATURE_PARAM_KEYS
@@ -489,10 +759,17 @@ def merge_shards(inputs: Sequence[str | os.PathLike], output: str | os.PathLike,
                 for ff in ordered:
                     n, paths = len(ff), ff.paths
                     cols = {name: ff.column(name) for name in PER_CLIP}
+                    check = _content_hasher(shape)  # every value is read: verify the shard's hash
                     for s in range(0, n, block):
                         e = min(n, s + block)
                         meta = {name: col[s:e] for name, col in cols.items()}
-                        w.append(ff.read(np.arange(s, e)), ff.ids[s:e], paths[s:e], meta)
+                        x = ff.read(np.arange(s, e))
+                        _feed_rows(check, x)
+                        w.append(x, ff.ids[s:e], paths[s:e], meta)
+                    if ff.content_sha256 is not None and check.hexdigest() != ff.content_sha256:
+                        raise InputError(f"{ff.path}: data checksum mismatch (the SHA-256 of "
+                                         "/features differs from the one written): the values "
+                                         "were changed; featurize it again")
                     fails = ff.failures()
                     w.add_failures([p for p, _ in fails], [r for _, r in fails])
                 w.close()
@@ -506,17 +783,21 @@ def merge_shards(inputs: Sequence[str | os.PathLike], output: str | os.PathLike,
 
 # --------------------------------------------------------------------------- latents files
 #
-# Latents file layout (format ``aekit-latents``, version 1), written by ae-encode::
+# Latents file layout (format ``aekit-latents``, version 2), written by ae-encode::
 #
 #     /latents   float32 [N, latent]   the code z of each clip (the model's clip_codes)
 #                                      Fletcher-32 checksummed
 #     /ids       utf-8 str [N]         the clip ids, in the features file's order
 #     attrs: format, format_version, aekit_version, command, model, model_sha256,
 #            features, features_sha256, splits, splits_sha256, split, fold, latent,
-#            input_shape, arch, and the model's feature parameters
+#            input_shape, arch, and the model's feature parameters,
+#            meta_sha256 (version 2: SHA-256 of the other attributes and the ids, as in
+#            features files; checked on reading, with the chunk index; /latents' fill value
+#            is NaN and a non-finite code is refused)
 
 LATENTS_FORMAT = "aekit-latents"
-LATENTS_FORMAT_VERSION = 1
+LATENTS_FORMAT_VERSION = 2
+LATENTS_READABLE_VERSIONS = (1, 2)
 
 
 class LatentsWriter:
@@ -536,7 +817,8 @@ class LatentsWriter:
         self.latent = int(latent)
         self.z = self.f.create_dataset("latents", shape=(0, latent), maxshape=(None, latent),
                                        dtype=np.float32, chunks=(chunk, latent),
-                                       fletcher32=True)
+                                       fletcher32=True, fillvalue=np.float32("nan"))
+        self._ids_hash = _StringsHash()
         self.ids = self.f.create_dataset("ids", shape=(0,), maxshape=(None,), dtype=STR,
                                          chunks=(chunk,))
         self.n = 0
@@ -546,13 +828,17 @@ class LatentsWriter:
         self.z.resize((self.n + k, self.latent))
         self.ids.resize((self.n + k,))
         self.z[self.n:self.n + k] = z
-        self.ids[self.n:self.n + k] = list(ids)
+        ids = list(ids)
+        self.ids[self.n:self.n + k] = ids
+        self._ids_hash.update(ids)
         self.n += k
 
     def __enter__(self) -> "LatentsWriter":
         return self
 
     def __exit__(self, *exc) -> None:
+        if exc[0] is None and self.f.id.valid:
+            self.f.attrs[META_HASH] = meta_sha256(self.f.attrs, self._ids_hash.digest(), b"", b"")
         self.f.close()
         self._atomic.__exit__(*exc)
 
@@ -565,20 +851,44 @@ class LatentsFile:
         if not p.exists():
             raise InputError(f"{p}: no such file")
         try:
-            with h5py.File(p, "r") as f:
+            f = h5py.File(p, "r")
+        except OSError:
+            raise InputError(f"{p}: not an HDF5 file") from None
+        try:
+            with f:
                 fmt = f.attrs.get("format", "")
                 fmt = fmt.decode() if isinstance(fmt, bytes) else str(fmt)
                 if fmt != LATENTS_FORMAT:
                     raise InputError(f"{p}: not an aekit latents file (format={fmt!r}); "
                                      "make one with ae-encode")
-                self.latents = f["latents"][()]
-                self.ids = [s.decode("utf-8") if isinstance(s, bytes) else str(s)
-                            for s in f["ids"][()]]
+                version = _attr(f.attrs.get("format_version"))
+                if not isinstance(version, int) or version not in LATENTS_READABLE_VERSIONS:
+                    raise InputError(f"{p}: unknown latents format_version {version!r} (this aekit "
+                                     f"reads {', '.join(map(str, LATENTS_READABLE_VERSIONS))})")
+                check_chunks(f, p, ("latents", "ids"))
+                try:
+                    self.latents = f["latents"][()]
+                except OSError as exc:
+                    raise _read_error(p, "latents", exc) from None
+                self.ids = _strings(f["ids"])
+                if self.latents.ndim != 2 or self.latents.shape[0] != len(self.ids):
+                    raise InputError(f"{p}: /latents has shape {self.latents.shape} but there are "
+                                     f"{len(self.ids)} ids; the file is damaged")
+                if version >= 2 and _attr(f.attrs.get(META_HASH)) != meta_sha256(
+                        f.attrs, _StringsHash().update(self.ids).digest(), b"", b""):
+                    raise InputError(f"{p}: metadata checksum mismatch (the SHA-256 of the "
+                                     "attributes and ids differs from the one written): the file "
+                                     "is corrupt")
+                if not np.isfinite(self.latents).all():
+                    raise InputError(f"{p}: /latents holds NaN or Inf (a missing chunk reads as "
+                                     "NaN): the file is corrupt")
                 self.attrs = {k: (v.item() if isinstance(v, np.generic) else
                                   v.tolist() if isinstance(v, np.ndarray) else v)
                               for k, v in f.attrs.items()}
-        except OSError:
-            raise InputError(f"{p}: not an HDF5 file") from None
+        except (OSError, KeyError, ValueError, TypeError, RuntimeError, AttributeError,
+                IndexError, UnicodeError) as exc:
+            raise InputError(f"{p}: corrupt or not an aekit latents file "
+                             f"({_first_line(exc)})") from None
 
     def __repr__(self) -> str:  # pragma: no cover - convenience
         return f"LatentsFile(n={len(self.ids)}, latent={self.latents.shape[1]})"

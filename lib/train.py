@@ -43,6 +43,7 @@ from . import hostmem
 from .checkpoint import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, checkpoint_dir_for,  # noqa: F401
                          load_checkpoint, resume_mismatch, rng_state, save_checkpoint,
                          set_rng_state)
+from .checkpoint import CONTENT_KEY, data_content_id
 from .data import STREAM_BLOCK_ROWS, batch_sizes, epoch_order, open_source, select_training_rows
 from .device import resolve_device
 from .distributed import Dist, distributed, distributed_env  # noqa: F401 (public here too)
@@ -546,7 +547,8 @@ def setup(features, output, s: TrainSettings, *, splits, fold, labels, where,
         shape_model = build_model(config, "meta")  # units and statistics' shape, no memory
         data_id = {"input_shape": list(ff.clip_shape), "fold": fold, "where": where,
                    "n_train": rows.n_train, "n_val": rows.n_val, "rows": rows.ids_digest,
-                   "world_size": dist.world, "feature_params": ff.params}
+                   "world_size": dist.world, "feature_params": ff.params,
+                   CONTENT_KEY: data_content_id(ff, verify=ck is not None)}
         if ck is not None and (diffs := resume_mismatch(ck, s, data_id)):
             raise InputError(f"--resume: settings differ from the checkpoint "
                              f"{ckdir / 'last.pt'}: " + "; ".join(diffs))

@@ -221,6 +221,8 @@ def test_model_without_hash_still_loads(tmp_path):
     tensors, meta = _model_tensors(tmp_path)
     info = json.loads(meta["aekit"])
     assert len(info.pop("tensors_sha256")) == 64
+    assert len(info.pop("sha256")) == 64 and info["format_version"] == 2  # as format 1 files
+    info["format_version"] = 1
     save_file(tensors, str(tmp_path / "old.safetensors"), metadata={"aekit": json.dumps(info)})
     load_model(tmp_path / "old.safetensors")
 
