@@ -552,8 +552,15 @@ class LatentsWriter:
         return self
 
     def __exit__(self, *exc) -> None:
-        self.f.close()
-        self._atomic.__exit__(*exc)
+        failed = None
+        try:  # closing flushes: on a full disk it fails, and the temporary must still go
+            self.f.close()
+        except BaseException as err:
+            if exc[1] is None:
+                failed, exc = err, (type(err), err, err.__traceback__)
+        self._atomic.__exit__(*exc)  # removes the temporary on error (raising WriteError)
+        if failed is not None:
+            raise failed
 
 
 class LatentsFile:
