@@ -358,7 +358,7 @@ def test_train_checkpoint_files_are_outputs_too(tmp_path):
 
 
 def test_train_run_owns_its_checkpoint_directory(tmp_path):
-    from aekit.checkpoint import LOCK_NAME
+    LOCK_NAME = ".ae-train.lock"  # aekit.checkpoint.LOCK_NAME, as documented
 
     feats = tmp_path / "f.h5"
     write_features(feats, n=8)
