@@ -278,12 +278,6 @@ def _is_input(path: Path) -> bool:
                 return True
         except OSError:
             continue
-        try:
-            if Path(os.path.realpath(path)).is_relative_to(os.path.realpath(inp)) \
-                    and os.path.isdir(inp):
-                return True  # a file inside an input directory
-        except (OSError, ValueError):
-            pass
     return False
 
 
