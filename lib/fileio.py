@@ -176,10 +176,11 @@ def output_target(path: str | os.PathLike) -> tuple[Path, bool]:
     - a path that does not exist, or a regular file: itself, written atomically;
     - a symbolic link to a regular file: the file it resolves to, written atomically in that
       file's directory (the link stays a link, like ``cp`` or ``sed -i --follow-symlinks``);
-    - a character device, a FIFO, a socket, or anything reached through /proc or /dev/fd
+    - a character device, a FIFO, or anything reached through /proc or /dev/fd
       (``/dev/stdout``): itself, in place (``written in place = True``); never unlinked or
       replaced.
-    Refused (InputError): an empty path, a directory, a dangling symbolic link.
+    Refused (InputError): an empty path, a directory, a dangling symbolic link, a block
+    device or a socket.
     """
     check_path_text(path)
     p = Path(path)
@@ -199,8 +200,11 @@ def output_target(path: str | os.PathLike) -> tuple[Path, bool]:
         raise InputError(describe_os_error(exc, p)) from None
     if stat.S_ISDIR(st.st_mode):
         raise InputError(f"{p}: is a directory, expected a file")
-    if not stat.S_ISREG(st.st_mode):
+    if stat.S_ISCHR(st.st_mode) or stat.S_ISFIFO(st.st_mode):
         return p, True
+    if not stat.S_ISREG(st.st_mode):  # a block device (a disk!), a socket: never written
+        raise InputError(f"{p}: not a regular file ({_file_kind(st.st_mode)}); refusing to "
+                         "write an output there")
     if stat.S_ISLNK(lst.st_mode):
         return Path(os.path.realpath(p)), False
     return p, False
@@ -438,6 +442,23 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
+def _open_in_place(path: Path) -> int:
+    """A descriptor to write ``path`` in place: our own stdout or stderr when it is that file
+    (``/dev/stdout``: the same open file, even a socket), else opened for appending (never
+    created or truncated)."""
+    try:
+        st = os.stat(path)
+        for fd in (1, 2):
+            with contextlib.suppress(OSError):
+                if os.path.samestat(st, os.fstat(fd)):
+                    with contextlib.suppress(AttributeError, ValueError, OSError):
+                        (sys.stdout if fd == 1 else sys.stderr).flush()
+                    return os.dup(fd)
+        return os.open(path, os.O_WRONLY | os.O_APPEND | getattr(os, "O_NOCTTY", 0))
+    except OSError as exc:
+        raise InputError(describe_os_error(exc, path)) from None
+
+
 @contextlib.contextmanager
 def open_output(path: str | os.PathLike | None) -> Iterator[IO]:
     """Open a text output: '-' or None is stdout, else a file written atomically.
@@ -450,7 +471,7 @@ def open_output(path: str | os.PathLike | None) -> Iterator[IO]:
         return
     with atomic_path(path, special_ok=True) as tmp:
         if tmp == Path(path) and output_target(path)[1]:
-            fd = os.open(tmp, os.O_WRONLY | os.O_APPEND | getattr(os, "O_NOCTTY", 0))
+            fd = _open_in_place(tmp)
             try:
                 with open(fd, "w", encoding="utf-8", newline="", closefd=False) as fh:
                     yield fh
