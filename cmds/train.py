@@ -27,7 +27,8 @@ in dB squared either way.
 \b
 Checkpoints go to OUTPUT.ckpt/ (--checkpoint-dir): last.pt (resumable, every epoch
 and on SIGTERM/SIGUSR1, after which the exit status is 3) and best.pt (lowest
-validation loss). --resume continues from last.pt, bit for bit on CPU.
+validation loss). --resume continues from last.pt, bit for bit on CPU. A run owns its
+checkpoint folder (it holds .ae-train.lock there): a second run on the same folder exits 1.
 Under torchrun or srun (SLURM_PROCID/SLURM_NTASKS + MASTER_ADDR/MASTER_PORT) it runs
 as DistributedDataParallel; --batch-size is per process.
 

@@ -177,6 +177,12 @@ def test_library_refuses_special_files_for_binary_outputs(nulldev):
     with atomic_path(nulldev, special_ok=True) as p:
         assert p == nulldev
     assert stat.S_ISCHR(os.lstat(nulldev).st_mode)
+    blk = nulldev.parent / "blk"   # a disk is never written, even by a text output
+    os.mknod(blk, 0o600 | stat.S_IFBLK, os.makedev(7, 200))
+    with pytest.raises(InputError, match="not a regular file \\(a block device\\); refusing"):
+        with atomic_path(blk, special_ok=True):
+            pass
+    assert stat.S_ISBLK(os.lstat(blk).st_mode)
 
 
 # --------------------------------------------------------------------------- empty paths
