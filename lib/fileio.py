@@ -154,12 +154,15 @@ def _file_kind(mode: int) -> str:
             else "a directory" if stat.S_ISDIR(mode) else "special")
 
 
+_FD_LINK = re.compile(r"^/(?:proc/(?:self|thread-self|\d+)|dev)/fd/\d+$")
+
+
 def _through_proc(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is, or links (hop by hop) to, a /proc or /dev/fd name such as
-    /dev/stdout -> /proc/self/fd/1: an open descriptor, written in place, never replaced."""
+    """Whether ``path`` is, or links (hop by hop) to, a descriptor's name (/proc/self/fd/N,
+    /dev/fd/N) such as /dev/stdout -> /proc/self/fd/1: written in place, never replaced."""
     p = os.path.abspath(os.fspath(path))
     for _ in range(40):
-        if p.startswith(("/proc/", "/dev/fd/")):
+        if _FD_LINK.match(p):
             return True
         if not os.path.islink(p):
             return False
@@ -192,6 +195,8 @@ def output_target(path: str | os.PathLike) -> tuple[Path, bool]:
         raise InputError(describe_os_error(exc, p)) from None
     if _through_proc(p):
         return p, True
+    if os.path.realpath(p).startswith(("/proc/", "/sys/")):  # kernel settings: never ours
+        raise InputError(f"{p}: a kernel file (/proc, /sys); refusing to write an output there")
     try:
         st = os.stat(p)
     except FileNotFoundError:
