@@ -250,6 +250,10 @@ def check_no_clobber(ctx: click.Context, extra_outputs=()) -> None:
 def check_output_not_among(output, paths, flag: str = "-o/--output") -> None:
     """Refuse (exit 2) an output that is one of the input files found inside directories or
     listed on stdin (check_no_clobber sees only the paths given as arguments)."""
+    from aekit.fileio import register_inputs
+
+    paths = list(paths)
+    register_inputs(paths)  # never removed as a stale temporary either
     if output is None or str(output) == "-" or not os.path.exists(output):
         return  # an input exists: an output that does not is none of them
     st = os.stat(output)
