@@ -128,7 +128,8 @@ def _summarize(reports: tuple[str, ...], output: str | None, table: bool,
               default=None, help="Write per-clip scores CSV (id,split,mse,mae,+labels).")
 @click.option("--plots", "plots_dir", type=common.OutputPath(file_okay=False), default=None,
               help="Directory for PNG plots (created if missing).")
-@click.option("--log", "log_path", type=common.InputPath(dir_okay=False, allow_dash=True), default=None,
+@click.option("--log", "log_path", type=common.InputPath(dir_okay=False, allow_dash=True),
+              default=None,
               help="ae-train --log CSV for the loss plot (default: the model's own history).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True,
               help="Clips per forward pass.")

@@ -45,7 +45,8 @@ See also: ae-featurize, ae-split, ae-train, ae-encode, ae-eval.
 @click.option("--keep-original", is_flag=True, help="Keep the encoded columns as well.")
 @click.option("--save-categories", "save_path", type=common.OutputPath(dir_okay=False), default=None,
               help="Write the categories seen to this JSON file (atomically).")
-@click.option("--categories", "categories_path", type=common.InputPath(dir_okay=False, allow_dash=True),
+@click.option("--categories", "categories_path",
+              type=common.InputPath(dir_okay=False, allow_dash=True),
               default=None, help="Apply categories saved by --save-categories instead of fitting.")
 @click.option("--handle-unknown", type=click.Choice(["error", "ignore"]), default="error",
               show_default=True, help="A category not in --categories: fail, or all zeros.")
