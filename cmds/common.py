@@ -129,22 +129,49 @@ def _one_line(message: str) -> str:
 
 # --------------------------------------------------------------------------- paths
 
-class OutputPath(click.Path):
+class InputPath(click.Path):
+    """Every path option and argument of every command is this type or a subclass: an empty
+    path is a usage error (it would mean the current directory), and so is a path ending in
+    '/' where a file is meant (``dir_okay=False``); a directory may end in '/'."""
+
+    def convert(self, value, param, ctx):
+        text = os.fsdecode(value) if isinstance(value, (bytes, os.PathLike)) else str(value)
+        if text == "":
+            self.fail("empty path", param, ctx)
+        if not self.dir_okay and text != "-" and text.endswith(("/", os.sep)):
+            self.fail(f"{text!r} ends in '/': a directory, expected a file name", param, ctx)
+        return super().convert(value, param, ctx)
+
+
+class OutputPath(InputPath):
     """A path the command writes. Outputs are checked against inputs and each other
     (:func:`check_no_clobber`). With ``refuse_dash`` (the reason, e.g. "HDF5 cannot be
-    written to stdout"), '-' is a usage error instead of a file literally named '-'."""
+    written to stdout"), '-' is a usage error instead of a file literally named '-'.
 
-    def __init__(self, *args, refuse_dash: str | None = None, **kwargs):
+    An existing device, FIFO or /dev/stdout is written in place (text outputs) or, with
+    ``regular_only`` (HDF5, model files: they need a seekable regular file), refused."""
+
+    def __init__(self, *args, refuse_dash: str | None = None, regular_only: bool = False,
+                 **kwargs):
         super().__init__(*args, **kwargs)
         self.refuse_dash = refuse_dash
+        self.regular_only = regular_only
 
     def convert(self, value, param, ctx):
         if self.refuse_dash and str(value) == "-":
             self.fail(f"{self.refuse_dash}; give a file name", param, ctx)
-        return super().convert(value, param, ctx)
+        value = super().convert(value, param, ctx)
+        if self.file_okay and str(value) != "-":
+            from aekit.fileio import check_regular_output, output_target
+
+            if self.regular_only:
+                check_regular_output(value, _flag(param) if param is not None else "output")
+            else:
+                output_target(value)  # a dangling symbolic link or a directory: refused now
+        return value
 
 
-class RegularFile(click.Path):
+class RegularFile(InputPath):
     """An input that must be a regular, readable file (HDF5, model): a FIFO, a device, a
     directory or an unreadable file is refused before any work, in one line."""
 
@@ -186,11 +213,16 @@ def _stdin_is(path: str) -> bool:
         return False
 
 
-def check_no_clobber(ctx: click.Context) -> None:
+def check_no_clobber(ctx: click.Context, extra_outputs=()) -> None:
     """Refuse (exit 2, before any work) an output that names an input of the same command,
     or another output: same file by os.path.samefile (through symlinks, hard links or
     another spelling), stdin redirected from it included. Inputs are every path parameter
-    that is not an :class:`OutputPath`."""
+    that is not an :class:`OutputPath`; ``extra_outputs`` are (what, path) pairs of the files
+    a command writes inside its output directories (ae-train's checkpoints, ae-eval's
+    plots). The inputs are also registered with aekit.fileio, whose stale-temporary cleanup
+    never removes one."""
+    from aekit.fileio import register_inputs
+
     inputs: list[tuple[str, str]] = []
     outputs: list[tuple[str, str]] = []
     for param in ctx.command.params:
@@ -200,6 +232,8 @@ def check_no_clobber(ctx: click.Context) -> None:
         for v in (value if isinstance(value, (tuple, list)) else (value,)):
             v = os.fspath(v)
             (outputs if isinstance(param.type, OutputPath) else inputs).append((_flag(param), v))
+    outputs += [(what, os.fspath(p)) for what, p in extra_outputs]
+    register_inputs(inp for _, inp in inputs)
     for i, (oflag, out) in enumerate(outputs):
         if out == "-":
             continue
@@ -217,6 +251,10 @@ def check_no_clobber(ctx: click.Context) -> None:
 def check_output_not_among(output, paths, flag: str = "-o/--output") -> None:
     """Refuse (exit 2) an output that is one of the input files found inside directories or
     listed on stdin (check_no_clobber sees only the paths given as arguments)."""
+    from aekit.fileio import register_inputs
+
+    paths = list(paths)
+    register_inputs(paths)  # never removed as a stale temporary either
     if output is None or str(output) == "-" or not os.path.exists(output):
         return  # an input exists: an output that does not is none of them
     st = os.stat(output)
@@ -453,8 +491,10 @@ def output_option(required: bool = False, allow_dash: bool = True, help: str | N
                     if allow_dash else "Output file (written atomically).")
     kwargs = {} if required else {"default": "-" if allow_dash else None}
     refuse = None if allow_dash else f"{binary} cannot be written to stdout"
+    # A text output may be a device or a FIFO (written in place); a binary one may not.
     return click.option("-o", "--output", "output", required=required,
-                        type=OutputPath(dir_okay=False, allow_dash=allow_dash, refuse_dash=refuse),
+                        type=OutputPath(dir_okay=False, allow_dash=allow_dash, refuse_dash=refuse,
+                                        regular_only=not allow_dash),
                         help=help or default_help, **kwargs)
 
 
@@ -470,7 +510,7 @@ def device_option(f: Callable) -> Callable:
 
 
 def splits_option(help: str = "Split CSV from ae-split (columns id,split,fold)."):
-    return click.option("--splits", "splits_path", type=click.Path(dir_okay=False, allow_dash=True),
+    return click.option("--splits", "splits_path", type=InputPath(dir_okay=False, allow_dash=True),
                         default=None, help=help)
 
 
@@ -490,7 +530,7 @@ def selection_options(f: Callable) -> Callable:
 
 def labels_option(f: Callable) -> Callable:
     return click.option("--labels", "labels_path",
-                        type=click.Path(dir_okay=False, allow_dash=True), default=None,
+                        type=InputPath(dir_okay=False, allow_dash=True), default=None,
                         help="CSV with an 'id' column and label columns, joined by id.")(f)
 
 
@@ -583,7 +623,7 @@ def mel_params_from(kwargs: dict):
 def audio_input_options(on_error_help: str):
     """--on-error, --max-fail-frac and --root: the options of commands that decode audio files."""
     def deco(f: Callable) -> Callable:
-        f = click.option("--root", type=click.Path(file_okay=False), default=None,
+        f = click.option("--root", type=InputPath(file_okay=False), default=None,
                          help="Make ids relative to this directory "
                               "[default: the inputs' common root].")(f)
         f = click.option("--max-fail-frac", type=click.FloatRange(0, 1), default=0.05,

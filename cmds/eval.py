@@ -101,7 +101,7 @@ def _summarize(reports: tuple[str, ...], output: str | None, table: bool,
 
 @common.command("ae-eval", help=HELP)
 @click.argument("inputs", nargs=-1, required=True, metavar="MODEL FEATURES | REPORT.json...",
-                type=click.Path(dir_okay=False, allow_dash=True))
+                type=common.InputPath(dir_okay=False, allow_dash=True))
 @click.option("--summarize", is_flag=True,
               help="Combine per-fold JSON reports (the arguments) into mean ± std per metric.")
 @click.option("--table", is_flag=True,
@@ -128,7 +128,8 @@ def _summarize(reports: tuple[str, ...], output: str | None, table: bool,
               default=None, help="Write per-clip scores CSV (id,split,mse,mae,+labels).")
 @click.option("--plots", "plots_dir", type=common.OutputPath(file_okay=False), default=None,
               help="Directory for PNG plots (created if missing).")
-@click.option("--log", "log_path", type=click.Path(dir_okay=False, allow_dash=True), default=None,
+@click.option("--log", "log_path", type=common.InputPath(dir_okay=False, allow_dash=True),
+              default=None,
               help="ae-train --log CSV for the loss plot (default: the model's own history).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True,
               help="Clips per forward pass.")
@@ -167,6 +168,11 @@ def _evaluate(model: str, features: str, *, output, table, all_metrics, splits_p
 
     check_regular_file(model, "a model file")
     check_regular_file(features, "a features file")
+    if plots_dir:  # the PNGs replace same-named files in DIR: none may be an input
+        from aekit.plots import plot_paths
+
+        common.check_no_clobber(click.get_current_context(),
+                                [("--plots", p) for p in plot_paths(plots_dir)])
     # Plots go to a temporary directory, renamed into place only when all are written.
     with (atomic_dir(plots_dir) if plots_dir else nullcontext()) as tmp_plots:
         opts = evaluation.EvalOptions(

@@ -34,7 +34,7 @@ See also: ae-merge, ae-split, ae-train, ae-encode, ae-eval.
 
 
 @common.command("ae-featurize", help=HELP)
-@click.argument("inputs", nargs=-1, required=True, type=click.Path(allow_dash=True))
+@click.argument("inputs", nargs=-1, required=True, type=common.InputPath(allow_dash=True))
 @common.output_option(required=True, allow_dash=False, help="Features file to write (HDF5, atomically).")
 @common.mel_options
 @common.jobs_option

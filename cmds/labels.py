@@ -51,7 +51,7 @@ See also: ae-synth, ae-featurize, ae-split, ae-onehot, ae-train.
 
 
 @common.command("ae-labels", help=HELP, short_help="Label columns parsed from the ids (file names).")
-@click.argument("input_path", metavar="INPUT", type=click.Path(allow_dash=True))
+@click.argument("input_path", metavar="INPUT", type=common.InputPath(allow_dash=True))
 @common.output_option()
 @click.option("--preset", type=click.Choice(["dcase2020", "dcase2021"]), default=None,
               help="A known file-name layout (see above).")

@@ -38,14 +38,15 @@ See also: ae-featurize, ae-split, ae-train, ae-encode, ae-eval.
 
 
 @common.command("ae-onehot", help=HELP, short_help="One-hot encode categorical CSV columns.")
-@click.argument("input_path", metavar="INPUT", type=click.Path(allow_dash=True))
+@click.argument("input_path", metavar="INPUT", type=common.InputPath(allow_dash=True))
 @common.output_option()
 @click.option("-c", "--column", "columns", multiple=True, metavar="COL",
               help="Column to encode; repeat for several. With --categories: default all saved.")
 @click.option("--keep-original", is_flag=True, help="Keep the encoded columns as well.")
 @click.option("--save-categories", "save_path", type=common.OutputPath(dir_okay=False), default=None,
               help="Write the categories seen to this JSON file (atomically).")
-@click.option("--categories", "categories_path", type=click.Path(dir_okay=False, allow_dash=True),
+@click.option("--categories", "categories_path",
+              type=common.InputPath(dir_okay=False, allow_dash=True),
               default=None, help="Apply categories saved by --save-categories instead of fitting.")
 @click.option("--handle-unknown", type=click.Choice(["error", "ignore"]), default="error",
               show_default=True, help="A category not in --categories: fail, or all zeros.")

@@ -54,7 +54,7 @@ def _threshold(ctx, param, value):
 
 @common.command("ae-score", help=HELP)
 @click.argument("model_path", metavar="MODEL", type=common.RegularFile("model file"))
-@click.argument("inputs", nargs=-1, required=True, type=click.Path(allow_dash=True))
+@click.argument("inputs", nargs=-1, required=True, type=common.InputPath(allow_dash=True))
 @common.output_option(help="Scores CSV, written atomically; '-' or omitted: stdout (streamed).")
 @click.option("--threshold", default=None, metavar="T|model", callback=_threshold,
               help="Add a decision column (1: score > T); 'model': the threshold stored by ae-train.")

@@ -51,7 +51,7 @@ See also: ae-featurize, ae-onehot, ae-train, ae-encode, ae-eval.
 
 
 @common.command("ae-split", help=HELP, short_help="Split ids into a test set and K folds.")
-@click.argument("input_path", metavar="INPUT", type=click.Path(allow_dash=True))
+@click.argument("input_path", metavar="INPUT", type=common.InputPath(allow_dash=True))
 @common.output_option()
 @click.option("--id-column", default="id", show_default=True,
               help="Id column of a CSV input and of --labels (the output column is always 'id').")

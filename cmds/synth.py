@@ -19,6 +19,9 @@ seed, same bytes.
 
 Files: OUT_DIR/<type>/<id_NN>/<normal|anomaly>_<NNNN>.wav (16-bit PCM). OUT_DIR/labels.csv has
 columns {",".join(synth.LABEL_COLUMNS)}; its ids are the ones ae-featurize gives the files.
+OUT_DIR/{synth.MARKER_NAME} marks the directory as ae-synth's: an existing non-empty directory
+without it is refused (exit 2) unless --force. So is a data set of more than
+{synth.MAX_CLIPS:,} clips, or with more audio than the free space where it goes.
 
 --layout dcase2020 names the same clips as DCASE 2020 Task 2 does:
 OUT_DIR/<type>/train/normal_id_NN_<8 digits>.wav (normal clips only) and
@@ -73,7 +76,7 @@ _FORMATS = {"wav": ("wav",), "flac": ("flac",), "mixed": ("wav", "flac")}
 
 
 @common.command("ae-synth", help=HELP)
-@click.argument("out_dir", type=click.Path(file_okay=False))
+@click.argument("out_dir", type=common.OutputPath(file_okay=False))
 @click.option("--clips-per-machine", type=click.IntRange(min=1),
               default=synth.DEFAULT_CLIPS_PER_MACHINE, show_default=True,
               help="Clips per machine, normal and anomalous together.")
@@ -96,12 +99,21 @@ _FORMATS = {"wav": ("wav",), "flac": ("flac",), "mixed": ("wav", "flac")}
               help="Audio files: wav, flac, or mixed (alternating within each machine).")
 @click.option("--layout", type=click.Choice(synth.LAYOUTS), default="default", show_default=True,
               help="File names: <type>/<id_NN>/..., or DCASE 2020's <type>/<train|test>/... (see above).")
+@click.option("--force", is_flag=True,
+              help=f"Write into an existing non-empty directory that ae-synth did not make "
+                   f"(without it, one lacking the {synth.MARKER_NAME} file ae-synth leaves is "
+                   "refused).")
 @common.verbosity_options
 def cli(out_dir, clips_per_machine, machine_types, ids_per_type, anomaly_fraction, anomaly_kinds,
-        duration, sample_rates, seed, fmt, layout):
+        duration, sample_rates, seed, fmt, layout, force):
     if seed < 0:
         common.fail_usage(f"--seed must be >= 0, got {seed}")
     from aekit.fileio import atomic_dir
+
+    # Before anything is made: someone else's directory, or more audio than fits.
+    synth.check_out_dir(out_dir, force)
+    synth.check_size(out_dir, clips_per_machine, machine_types, ids_per_type, duration,
+                     sample_rates, seed)
 
     total = len(machine_types) * ids_per_type * clips_per_machine
     # Written to a temporary directory next to OUT_DIR and moved into place when complete.
@@ -110,7 +122,7 @@ def cli(out_dir, clips_per_machine, machine_types, ids_per_type, anomaly_fractio
             tmp, n_per_machine=clips_per_machine, machine_types=machine_types,
             ids_per_type=ids_per_type, anomaly_fraction=anomaly_fraction, duration=duration,
             sample_rates=sample_rates, seed=seed, formats=_FORMATS[fmt], progress=advance,
-            anomaly_kinds=anomaly_kinds, layout=layout)
+            anomaly_kinds=anomaly_kinds, layout=layout, force=True)  # OUT_DIR checked above
     n_anomalous = int(labels["anomaly"].sum())
     common.LOG.info("wrote %d clips (%d normal, %d anomalous) of %d machines; labels: %s",
                     len(labels), len(labels) - n_anomalous, n_anomalous,

@@ -27,7 +27,8 @@ in dB squared either way.
 \b
 Checkpoints go to OUTPUT.ckpt/ (--checkpoint-dir): last.pt (resumable, every epoch
 and on SIGTERM/SIGUSR1, after which the exit status is 3) and best.pt (lowest
-validation loss). --resume continues from last.pt, bit for bit on CPU.
+validation loss). --resume continues from last.pt, bit for bit on CPU. A run owns its
+checkpoint folder (it holds .ae-train.lock there): a second run on the same folder exits 1.
 Under torchrun or srun (SLURM_PROCID/SLURM_NTASKS + MASTER_ADDR/MASTER_PORT) it runs
 as DistributedDataParallel; --batch-size is per process.
 
@@ -199,8 +200,15 @@ def cli(features, output, preset, arch, hidden, latent, epochs, batch_size, lr, 
         model_options={k.removeprefix("arch_"): v for k, v in arch_options.items()})
     if fold is not None and splits_path is None:
         raise InputError("--fold needs --splits")
+    from aekit.checkpoint import CHECKPOINT_FILES, checkpoint_dir_for
     from aekit.fileio import check_writable
 
+    # The files written inside the checkpoint directory are outputs too: none may be an
+    # input (features, --splits, --labels) or another output (--log OUT.ckpt/last.pt).
+    ckdir = checkpoint_dir if checkpoint_dir else checkpoint_dir_for(output)
+    common.check_no_clobber(click.get_current_context(), [
+        ("checkpoint", os.path.join(ckdir, name))
+        for name in CHECKPOINT_FILES])
     check_writable(output, "-o/--output")
     if log_path is not None:
         check_writable(log_path, "--log")

@@ -11,6 +11,9 @@ Checkpoints live in ``<output>.ckpt/`` (or ``checkpoint_dir``):
   best.pt  the model of the epoch with the lowest validation loss.
 Both are ``torch.save`` of plain tensors and primitives, written atomically and read
 with ``torch.load(weights_only=True)``: loading one runs no code.
+  .ae-train.lock  held (``fcntl.flock``) by the run that owns the directory, for its whole
+           life: a second run on the same directory is refused (:class:`CheckpointBusy`,
+           exit 1) instead of reading or overwriting the first one's checkpoints.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import InputError
+from .errors import DataError, InputError
 from .fileio import atomic_path
 from .settings import RESUME_MUST_MATCH, TrainSettings
 
@@ -31,6 +34,64 @@ LOG = logging.getLogger("aekit")
 
 CHECKPOINT_FORMAT = "aekit-train-checkpoint"
 CHECKPOINT_VERSION = 1
+
+#: The lock file inside a checkpoint directory; checkpoint file names, for collision checks.
+LOCK_NAME = ".ae-train.lock"
+CHECKPOINT_FILES = ("last.pt", "best.pt", LOCK_NAME)
+
+
+class CheckpointBusy(DataError):
+    """Another live run holds the checkpoint directory (exit 1: try again when it is done)."""
+
+
+_LOCKS: dict[Path, int] = {}  # checkpoint directory (resolved) -> descriptor of its held lock
+
+
+def lock_checkpoint_dir(ckdir: str | os.PathLike) -> None:
+    """Take the directory's lock for this process (until :func:`unlock_checkpoint_dir` or the
+    process ends, however it ends): the file ``LOCK_NAME`` inside it, ``flock``ed exclusively
+    without waiting. Raises :class:`CheckpointBusy` when another run holds it. The directory
+    must exist. Where flock is unavailable (not POSIX), nothing is locked."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        return
+    key = Path(ckdir).resolve()
+    if key in _LOCKS:
+        return
+    path = key / LOCK_NAME
+    for _ in range(10):
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
+                     | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise CheckpointBusy(f"checkpoint directory {ckdir} is in use by another ae-train "
+                                 f"run (it holds {path}); wait for it to end, or give this run "
+                                 "its own -o or --checkpoint-dir") from None
+        try:  # the file locked must still be the one in the directory (not one just removed)
+            same = os.path.samestat(os.fstat(fd), os.stat(path))
+        except OSError:
+            same = False
+        if same:
+            _LOCKS[key] = fd
+            return
+        os.close(fd)
+    raise CheckpointBusy(f"checkpoint directory {ckdir}: cannot take its lock {path}")
+
+
+def unlock_checkpoint_dirs() -> None:
+    """Release every lock :func:`lock_checkpoint_dir` took, removing the lock files (while
+    still held, so no other run is using them; one that opened a file just removed finds
+    it gone and takes a new one)."""
+    for key in list(_LOCKS):
+        fd = _LOCKS.pop(key)
+        try:
+            with contextlib.suppress(OSError):
+                os.unlink(key / LOCK_NAME)
+        finally:
+            os.close(fd)
 
 
 def rng_state() -> dict:

@@ -227,8 +227,9 @@ def save_categories(cats: Mapping[str, ColumnCategories], path: str | os.PathLik
     from .fileio import atomic_path
 
     text = json.dumps(to_json(cats, extra), indent=2, ensure_ascii=False) + "\n"
-    with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
+    with atomic_path(path, special_ok=True) as tmp:  # a device or FIFO: written in place
+        with open(tmp, "a" if os.fspath(tmp) == os.fspath(path) else "w", encoding="utf-8") as fh:
+            fh.write(text)
 
 
 def from_json(doc, name: str = "categories") -> Categories:

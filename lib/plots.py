@@ -20,6 +20,16 @@ from .fileio import atomic_path, display_name, read_csv
 
 DPI = 110
 
+#: The files ``ae-eval --plots DIR`` may write into DIR (aekit.evaluation.make_plots): any of
+#: them that is an input of the command is refused before any work.
+PLOT_FILES = ("loss.png", "spectrograms_best.png", "spectrograms_worst.png", "scores.png",
+              "roc.png")
+
+
+def plot_paths(plots_dir: str | os.PathLike) -> list[Path]:
+    """The paths :data:`PLOT_FILES` take in ``plots_dir``."""
+    return [Path(plots_dir) / name for name in PLOT_FILES]
+
 
 def _figure(width: float, height: float):
     from matplotlib.figure import Figure

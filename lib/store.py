@@ -45,6 +45,7 @@ these two hashes; the chunk index and the values are checked as for version 2.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -837,10 +838,20 @@ class LatentsWriter:
         return self
 
     def __exit__(self, *exc) -> None:
-        if exc[0] is None and self.f.id.valid:
-            self.f.attrs[META_HASH] = meta_sha256(self.f.attrs, self._ids_hash.digest(), b"", b"")
-        self.f.close()
-        self._atomic.__exit__(*exc)
+        failed = None
+        try:  # closing flushes: on a full disk it fails, and the temporary must still go
+            if exc[0] is None and self.f.id.valid:
+                self.f.attrs[META_HASH] = meta_sha256(self.f.attrs, self._ids_hash.digest(),
+                                                      b"", b"")
+            self.f.close()
+        except BaseException as err:
+            if exc[1] is None:
+                failed, exc = err, (type(err), err, err.__traceback__)
+            with contextlib.suppress(Exception):
+                self.f.close()
+        self._atomic.__exit__(*exc)  # removes the temporary on error (raising WriteError)
+        if failed is not None:
+            raise failed
 
 
 class LatentsFile:

@@ -718,6 +718,89 @@ def _check(n_per_machine, machine_types, ids_per_type, anomaly_fraction, duratio
         check_anomaly_kinds(anomaly_kinds)
 
 
+#: The file ae-synth writes into every data set it makes: a non-empty directory without it is
+#: not ours, and is written into only when asked (``force``).
+MARKER_NAME = ".ae-synth"
+
+#: Clips one run may make at most: labels are held in memory (a few hundred bytes a clip);
+#: 2,000,000 is 40 times DCASE 2020's development set.
+MAX_CLIPS = 2_000_000
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB", "PB"):
+        if n < 1000 or unit == "PB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} PB"  # pragma: no cover
+
+
+def estimated_bytes(n_per_machine: int, machine_types: Sequence[str], ids_per_type: int,
+                    duration: float, sample_rates: Sequence[int], seed: int) -> int:
+    """The bytes of 16-bit PCM audio a data set holds (its WAV files; FLAC ones are smaller),
+    computed without listing its machines (rates and channel counts repeat with the id)."""
+    period = 2 * len(sample_rates)
+    total = 0
+    for machine_type in machine_types:
+        base = _TYPE_CODE[machine_type] + seed
+        for r in range(min(period, ids_per_type)):
+            machines = (ids_per_type - r + period - 1) // period  # ids r, r + period, ...
+            k = base + r
+            sr, channels = int(sample_rates[k % len(sample_rates)]), 1 + k % 2
+            frames = max(int(math.floor(duration * sr + 0.5)), 1)
+            total += machines * n_per_machine * (44 + 2 * channels * frames)
+    return total
+
+
+def check_size(out_dir: str | os.PathLike, n_per_machine: int, machine_types: Sequence[str],
+               ids_per_type: int, duration: float, sample_rates: Sequence[int], seed: int) -> int:
+    """Refuse (InputError), before anything is allocated or written, a data set of more than
+    :data:`MAX_CLIPS` clips or with more audio than the free space where it goes. Returns the
+    estimated bytes."""
+    import shutil
+
+    clips = n_per_machine * len(machine_types) * ids_per_type
+    if clips > MAX_CLIPS:
+        raise InputError(f"{clips:,} clips ({n_per_machine:,} per machine x {ids_per_type:,} ids "
+                         f"x {len(machine_types)} types) is more than ae-synth makes "
+                         f"({MAX_CLIPS:,} at most)")
+    need = estimated_bytes(n_per_machine, machine_types, ids_per_type, duration, sample_rates,
+                           seed)
+    where = Path(os.path.abspath(out_dir))
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    try:
+        free = shutil.disk_usage(where).free
+    except OSError:
+        return need
+    if need > free:
+        raise InputError(f"{clips:,} clips of {duration:g} s need about {_human_bytes(need)} "
+                         f"but {where} has {_human_bytes(free)} free; ask for fewer or shorter "
+                         "clips")
+    return need
+
+
+def check_out_dir(out_dir: str | os.PathLike, force: bool = False) -> None:
+    """Refuse (InputError) to write into an existing, non-empty directory that ae-synth did not
+    make (it holds no :data:`MARKER_NAME`) unless ``force``: the files there are someone
+    else's (a labels.csv of theirs would be replaced)."""
+    root = Path(out_dir)
+    if str(out_dir) == "":
+        raise InputError("output directory: empty path")
+    if root.exists() and not root.is_dir():
+        raise InputError(f"{root}: exists and is not a directory")
+    if force or not root.is_dir() or (root / MARKER_NAME).is_file():
+        return
+    try:
+        empty = not any(os.scandir(root))
+    except OSError:
+        return  # unreadable: writing there fails later, with its own message
+    if not empty:
+        raise InputError(f"{root}: a non-empty directory that ae-synth did not make (no "
+                         f"{MARKER_NAME} in it); give an empty or new directory, or --force "
+                         "to write into it")
+
+
 def write_clip(path: str | os.PathLike, audio: np.ndarray, sample_rate: int, fmt: str = "wav") -> None:
     """Write float audio [frames, channels] as 16-bit PCM WAV or FLAC, atomically."""
     import soundfile as sf
@@ -762,7 +845,7 @@ def generate(out_dir: str | os.PathLike,
              formats: Sequence[str] = ("wav",),
              progress: Callable[[int], None] | None = None,
              anomaly_kinds: Sequence[str] = ANOMALY_KINDS,
-             layout: str = "default"):
+             layout: str = "default", force: bool = False):
     """Write the demo data set under ``out_dir`` and return its labels (also in ``labels.csv``).
 
     Per machine, ``round(n_per_machine * anomaly_fraction)`` clips are anomalous (when the
@@ -771,6 +854,8 @@ def generate(out_dir: str | os.PathLike,
     ``progress(1)`` is called after each clip. Files from an earlier run that this run does
     not rewrite are left alone (and logged as a warning); labels.csv lists this run's only.
     ``layout``: ``default`` or ``dcase2020`` (see the module docstring).
+    A non-empty ``out_dir`` that ae-synth did not make (no :data:`MARKER_NAME` file) is
+    refused unless ``force``; so is a data set larger than :func:`check_size` allows.
     Raises :class:`aekit.errors.InputError` for bad values.
     """
     import pandas as pd
@@ -783,13 +868,16 @@ def generate(out_dir: str | os.PathLike,
            seed, formats, anomaly_kinds)
     if layout not in LAYOUTS:
         raise InputError(f"unknown layout {layout!r}; choose from {', '.join(LAYOUTS)}")
+    check_out_dir(out_dir, force)
+    check_size(out_dir, n_per_machine, machine_types, ids_per_type, duration, sample_rates, seed)
     root = Path(out_dir)
-    if root.exists() and not root.is_dir():
-        raise InputError(f"{root}: exists and is not a directory")
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise InputError(f"cannot create {root}: {exc.strerror}") from None
+    with atomic_path(root / MARKER_NAME) as tmp:
+        tmp.write_text("A data set written by ae-synth (aekit): it may write here again.\n",
+                       encoding="utf-8")
 
     n_anomalous = round(n_per_machine * anomaly_fraction)
     if anomaly_fraction > 0:

@@ -41,6 +41,7 @@ import torch
 
 from . import hostmem
 from .checkpoint import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, checkpoint_dir_for,  # noqa: F401
+                         lock_checkpoint_dir, unlock_checkpoint_dirs,
                          load_checkpoint, resume_mismatch, rng_state, save_checkpoint,
                          set_rng_state)
 from .checkpoint import CONTENT_KEY, data_content_id
@@ -282,7 +283,8 @@ def train_step(net: torch.nn.Module, opt: torch.optim.Optimizer, xb: torch.Tenso
 
 def _write_log(path: str, history: list[dict]) -> None:
     cols = ["epoch", "train_loss", "val_loss", "lr", "seconds", "samples_per_s"]
-    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as fh:
+    with atomic_path(path, special_ok=True) as tmp, \
+            open(tmp, "a" if tmp == Path(path) else "w", encoding="utf-8", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(cols)
         for h in history:
@@ -451,9 +453,12 @@ def removes_empty_checkpoint_dir(fn: Callable) -> Callable:
         try:
             return fn(*args, **kwargs)
         except BaseException:
+            unlock_checkpoint_dirs()
             for d in list(_CREATED_DIRS):
                 remove_if_empty(d)
             raise
+        finally:
+            unlock_checkpoint_dirs()  # the run's lock on its checkpoint directory
 
     return wrapper
 
@@ -531,6 +536,9 @@ def setup(features, output, s: TrainSettings, *, splits, fold, labels, where,
         raise InputError("--early-stop needs a validation set: give --splits and --fold")
     if checkpoint_every < 1:
         raise InputError("--checkpoint-every must be at least 1")
+    if dist.is_main:  # the run owns its checkpoint directory (rank 0 alone writes it)
+        make_checkpoint_dir(ckdir)
+        lock_checkpoint_dir(ckdir)
     ck = load_checkpoint(ckdir / "last.pt") if resume else None
     if not resume and (ckdir / "last.pt").exists() and dist.is_main:
         LOG.warning("%s exists; starting afresh (use --resume to continue it)", ckdir / "last.pt")

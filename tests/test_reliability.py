@@ -341,8 +341,11 @@ def test_full_disk_is_one_line_for_text_and_directory_writers(tmp_path, small_fs
             f"{name}: error: cannot write {out}: No space left on device"
         assert out.read_text() == "previous"
     syn = small_fs / "synth"
-    p = subprocess.run([exe("ae-synth"), str(syn), "--clips-per-machine", "2", "--machine-types",
-                        "fan", "-q"], capture_output=True, text=True)
+    # Small enough that ae-synth's size check (audio bytes vs free space) lets it start; the
+    # file system's 4 KiB pages per file then fill the disk.
+    p = subprocess.run([exe("ae-synth"), str(syn), "--clips-per-machine", "1", "--machine-types",
+                        "fan", "--sample-rates", "8000", "--duration", "0.05", "-q"],
+                       capture_output=True, text=True)
     assert p.returncode == 1
     assert one_error_line(p.stderr, "ae-synth") == \
         f"ae-synth: error: cannot write {syn}: No space left on device"
@@ -433,12 +436,14 @@ def test_stale_temporaries_of_dead_runs_are_removed(tmp_path):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     host = _host()
-    stale = tmp_path / f".out.h5.{host}-{dead.pid}.abc123.tmp"
-    alive = tmp_path / f".out.h5.{host}-{os.getppid()}.def456.tmp"
-    other_host = tmp_path / f".out.h5.elsewhere-{dead.pid}.ghi789.tmp"
-    other_output = tmp_path / f".other.h5.{host}-{dead.pid}.jkl012.tmp"
+    # mkstemp's names (8 random characters) and mode (0600): what a killed run leaves
+    stale = tmp_path / f".out.h5.{host}-{dead.pid}.abc123_z.tmp"
+    alive = tmp_path / f".out.h5.{host}-{os.getppid()}.def456_z.tmp"
+    other_host = tmp_path / f".out.h5.elsewhere-{dead.pid}.ghi789_z.tmp"
+    other_output = tmp_path / f".other.h5.{host}-{dead.pid}.jkl012_z.tmp"
     for p in (stale, alive, other_host, other_output):
         p.write_text("x")
+        p.chmod(0o600)
     with atomic_path(tmp_path / "out.h5") as tmp:
         tmp.write_text("new")
     names = sorted(p.name for p in tmp_path.iterdir())
