@@ -28,6 +28,14 @@ CHANNEL_POLICIES = ("first", "mix")
 #: filter sees real signal (not an artificial end) at the last kept sample.
 RESAMPLE_MARGIN = 2048
 
+#: What a file's header may claim before anything is allocated for it (a header is data:
+#: a few bytes can claim 2 GHz and 1024 channels). Rates above 10 MHz and more channels
+#: than libsndfile's own limit are refused; so is decoding more than MAX_DECODE_BYTES of
+#: float32 samples for one clip.
+MAX_SAMPLE_RATE = 10_000_000
+MAX_CHANNELS = 1024
+MAX_DECODE_BYTES = 1 << 30
+
 
 class AudioError(Exception):
     """One input could not be turned into a clip; the message is the reason."""
@@ -38,8 +46,12 @@ def discover(inputs: Sequence[str], stdin_lines: Iterable[str] | None = None) ->
     extensions (sorted), files are taken as given, '-' (alone) reads paths from stdin.
 
     Order is deterministic: inputs in the order given, each directory's files sorted.
-    Duplicates are dropped. A missing input is an InputError.
+    Duplicates are dropped. A missing input given as an argument is an InputError (before
+    any work: a mistyped directory must not silently shrink the data set); a missing path
+    listed on stdin is kept, and fails when decoded like an undecodable file (a row with
+    its reason, counted against --max-fail-frac).
     """
+    from_stdin = list(inputs) == ["-"]
     if list(inputs) == ["-"]:
         raw = [ln.strip() for ln in (stdin_lines or []) if ln.strip()]
         if not raw:
@@ -61,7 +73,7 @@ def discover(inputs: Sequence[str], stdin_lines: Iterable[str] | None = None) ->
                  and (q.is_file() or _dangling(q))),
                 key=lambda q: q.as_posix(),
             )
-        elif p.exists():
+        elif p.exists() or from_stdin:
             found = [p]
         else:
             raise InputError(f"{item}: no such file or directory")
@@ -214,11 +226,19 @@ def _load(path, sample_rate: int, num_samples: int, channels: int, channel_polic
             sr, ch, frames = int(f.samplerate), int(f.channels), int(f.frames)
             if sr <= 0 or ch <= 0:
                 raise AudioError(f"invalid header (rate {sr}, channels {ch})")
+            if sr > MAX_SAMPLE_RATE or ch > MAX_CHANNELS:
+                raise AudioError(f"header claims {sr} Hz and {ch} channel(s): more than this "
+                                 f"aekit decodes ({MAX_SAMPLE_RATE:,} Hz, {MAX_CHANNELS} "
+                                 "channels)")
             if sr == sample_rate:
                 need = num_samples
             else:
                 need = math.ceil(num_samples * sr / sample_rate) + RESAMPLE_MARGIN
             want = need if frames <= 0 else min(need, frames)
+            if 4 * want * ch > MAX_DECODE_BYTES:  # checked before the buffer is allocated
+                raise AudioError(f"header claims {sr} Hz and {ch} channel(s): a clip would "
+                                 f"decode {4 * want * ch / 2**30:,.1f} GiB of samples (limit "
+                                 f"{MAX_DECODE_BYTES / 2**30:g} GiB)")
             out = reader.raw(want, ch) if reader is not None and want > 0 else None
             data = f.read(frames=want, dtype="float32", always_2d=True, out=out)  # [n, ch]
             # MP3 lengths without a Xing/Info header are estimates: allow two MPEG frames.
@@ -231,12 +251,17 @@ def _load(path, sample_rate: int, num_samples: int, channels: int, channel_polic
         raise AudioError(f"cannot decode: {msg.strip().rstrip('.')}") from None
     except (RuntimeError, ValueError, OSError, EOFError) as exc:
         raise AudioError(f"cannot decode: {str(exc).strip() or type(exc).__name__}") from None
+    except MemoryError:  # one file's problem, not the run's
+        raise AudioError("out of memory decoding it") from None
     if data.shape[0] == 0:
         raise AudioError("no samples (empty or truncated audio data)")
     if not np.isfinite(data).all():  # measured: 3.5x faster than a float64 sum
         raise AudioError("samples contain NaN or Inf")
     frames = frames if frames > 0 else data.shape[0]
-    y = resample(data, sr, sample_rate)[:num_samples]  # [n', ch]
+    try:
+        y = resample(data, sr, sample_rate)[:num_samples]  # [n', ch]
+    except MemoryError:
+        raise AudioError("out of memory resampling it") from None
     valid = min(num_samples, int(round(frames * sample_rate / sr)), max(y.shape[0], 0))
     if reader is not None:
         dst = reader.out if dest is None else dest

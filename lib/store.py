@@ -189,25 +189,53 @@ def _read_error(path: Path, name: str, exc: OSError) -> InputError:
     return InputError(f"{path}: cannot read /{name}: {msg.splitlines()[0] if msg else type(exc).__name__}")
 
 
-def check_finite(ff: "FeatureFile", x: np.ndarray, rows: np.ndarray) -> None:
-    """Refuse rows holding NaN or Inf, naming the first bad ids (InputError).
+#: The largest magnitude a feature value may have. Log-Mel dB of float32 audio lies within
+#: about [-100, 390] dB; a finite value far beyond (3e38) is corruption, and squares to Inf.
+FEATURE_LIMIT = 1e6
 
-    ``x`` [K, ...] are the rows ``rows`` just read. Cheap: one sum per row; only when a sum
-    is not finite (NaN/Inf, or a rare overflow of huge finite values) is the exact test run.
+
+def check_finite(ff: "FeatureFile", x: np.ndarray, rows: np.ndarray) -> None:
+    """Refuse rows holding NaN, Inf or values beyond +-FEATURE_LIMIT, naming the first bad
+    ids (InputError).
+
+    ``x`` [K, ...] are the rows ``rows`` just read. Cheap: one sum per row and the block's
+    extremes; only when one is out of bounds is the exact test run.
     """
     if x.size == 0:
         return
     flat = x.reshape(x.shape[0], -1)
     with np.errstate(over="ignore", invalid="ignore"):
         sums = flat.sum(axis=1)
-    if np.isfinite(sums).all():
+    if np.isfinite(sums).all() and -FEATURE_LIMIT <= flat.min() and flat.max() <= FEATURE_LIMIT:
         return
-    bad = np.flatnonzero(~np.isfinite(flat).all(axis=1))
+    with np.errstate(invalid="ignore"):
+        bad = np.flatnonzero(~(np.abs(flat) <= FEATURE_LIMIT).all(axis=1))
     if bad.size == 0:
         return
     ids = ff.ids
     names = [ids[int(rows[i])] for i in bad]
-    raise InputError(f"{ff.path}: {bad.size} clip(s) contain NaN or Inf values: {_preview(names)}")
+    raise InputError(f"{ff.path}: {bad.size} clip(s) contain NaN, Inf or values beyond "
+                     f"+-{FEATURE_LIMIT:g}: {_preview(names)}")
+
+
+def check_rows(indices, n: int) -> np.ndarray:
+    """Row indices as int64, or IndexError (also an InputError) naming the valid range: not
+    integers, not 1-D, negative or >= n."""
+    idx = np.asarray(indices)
+    if idx.size == 0:
+        return idx.astype(np.int64).reshape(0)
+    if idx.ndim != 1 or idx.dtype.kind not in "iu":
+        raise RowIndexError(f"row indices must be a 1-D sequence of integers, got "
+                            f"{idx.dtype} of shape {list(idx.shape)}")
+    lo, hi = int(idx.min()), int(idx.max())
+    if lo < 0 or hi >= n:
+        raise RowIndexError(f"row index {lo if lo < 0 else hi} out of range: the file has "
+                            f"{n} rows (0 to {n - 1})")
+    return idx.astype(np.int64, copy=False)
+
+
+class RowIndexError(InputError, IndexError):
+    """A row index outside a file's rows (an InputError for the commands)."""
 
 
 def check_integrity(ff: "FeatureFile") -> None:
@@ -379,7 +407,7 @@ class FeatureFile:
         """Features of the given rows (all when None), in the order given."""
         if indices is None:
             indices = np.arange(len(self))
-        idx = np.asarray(indices, dtype=np.int64)
+        idx = check_rows(indices, len(self))
         if idx.size == 0:
             return np.zeros((0, *self.clip_shape), dtype=np.float32)
         order = np.argsort(idx, kind="stable")
@@ -408,7 +436,9 @@ class FeatureFile:
     def iter_blocks(self, indices: Sequence[int] | np.ndarray | None = None,
                     block: int = 256) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Yield (row indices, features) in blocks of at most ``block`` rows; memory stays flat."""
-        idx = np.arange(len(self)) if indices is None else np.asarray(indices, dtype=np.int64)
+        idx = np.arange(len(self)) if indices is None else check_rows(indices, len(self))
+        if isinstance(block, bool) or not isinstance(block, (int, np.integer)) or block < 1:
+            raise InputError(f"block size must be a positive integer, got {block!r}")
         for s in range(0, idx.size, block):
             part = idx[s:s + block]
             yield part, self.read(part)
