@@ -575,6 +575,18 @@ def fail_usage(message: str) -> None:
     raise CommandError(message, exit_code=2)
 
 
+class FiniteFloatRange(click.FloatRange):
+    """click.FloatRange refusing nan and inf (which pass its bounds: nan compares false)."""
+
+    def convert(self, value, param, ctx):
+        import math
+
+        v = super().convert(value, param, ctx)
+        if not math.isfinite(v):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return v
+
+
 class _FeatureParam(click.ParamType):
     """A feature option's type: the field's type, passing an option not given (UNSET)
     through, and taking 'none' where the field allows it (e.g. --top-db none: no floor)."""
@@ -612,7 +624,7 @@ def mel_options(f: Callable) -> Callable:
         elif m["type"] is int:
             kind = click.IntRange(min=m["min"], min_open=m["min_open"])
         else:
-            kind = click.FloatRange(min=m["min"], min_open=m["min_open"])
+            kind = FiniteFloatRange(min=m["min"], min_open=m["min_open"])
         kind = _FeatureParam(kind, m["none_ok"])
         shown = m["default_help"] or ("none" if fld.default is None else f"{fld.default:g}"
                                       if isinstance(fld.default, float) else str(fld.default))
@@ -645,7 +657,7 @@ def audio_input_options(on_error_help: str):
         f = click.option("--root", type=click.Path(file_okay=False), default=None,
                          help="Make ids relative to this directory "
                               "[default: the inputs' common root].")(f)
-        f = click.option("--max-fail-frac", type=click.FloatRange(0, 1), default=0.05,
+        f = click.option("--max-fail-frac", type=FiniteFloatRange(0, 1), default=0.05,
                          show_default=True,
                          help="Fail the run when more than this fraction of inputs failed.")(f)
         return click.option("--on-error", type=click.Choice(["skip", "fail"]), default="skip",
