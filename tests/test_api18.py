@@ -268,7 +268,7 @@ def test_out_of_memory_on_one_file_fails_that_file_only(work, monkeypatch):
     ("num_samples", 10**15, "these feature parameters need 53,172,698.2 GiB per clip"),
     ("hop_length", 10**20, "hop-length 100000000000000000000 is longer than the clip"),
     ("sample_rate", 10**12, "sample rate 1000000000000 is above the 10,000,000 Hz"),
-    ("channels", 0, "channels must be positive"),
+    ("sample_rate", True, "sample-rate must be an integer, got True"),
     ("n_mels", 4.0, "n-mels must be an integer, got 4.0"),
 ])
 def test_mel_params_refuse_non_finite_and_huge_values(option, value, msg):
