@@ -72,12 +72,13 @@ def model_params(model: "LoadedModel | str | os.PathLike"):
 
 
 def _as_model(model) -> "LoadedModel":
-    """A LoadedModel as given, or loaded from a model file path; TypeError for anything else."""
-    from .modelfile import LoadedModel, load_model
-
+    """A LoadedModel (or an object with its attributes) as given, or loaded from a model file
+    path; TypeError for anything else (a number, a dict, ...)."""
     if isinstance(model, (str, os.PathLike)):
+        from .modelfile import load_model
+
         return load_model(model)
-    if not isinstance(model, LoadedModel):
+    if not (hasattr(model, "info") and hasattr(model, "path")):
         raise TypeError(f"expected a LoadedModel or a model file path, got {type(model).__name__}")
     return model
 
