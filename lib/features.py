@@ -21,6 +21,7 @@ if TYPE_CHECKING:  # torch is imported where it is used, so option parsing stays
 
 AMIN = 1e-10  # torchaudio AmplitudeToDB default
 MAX_N_FFT = 1 << 20  # about a minute per frame at 16 kHz; min_n_fft searches up to it too
+MAX_N_MELS = 1 << 14  # far above any front end's (32 to 512); check_mel_params says what works
 #: The most memory the parameters may ask for one clip's working set (samples, STFT, power,
 #: filterbank, features), checked before anything is allocated: beyond it, a typo.
 MAX_CLIP_BYTES = 2 << 30
@@ -114,11 +115,7 @@ class MelParams:
             (self.hop_length <= self.num_samples,
              f"hop-length {self.hop_length} is longer than the clip (num-samples "
              f"{self.num_samples})"),
-            # A FFT bin lies inside at most two Mel filters: more bands than twice the bins
-            # always leaves filters empty (check_mel_params says how many work).
-            (self.n_mels <= 2 * (self.n_fft // 2 + 1),
-             f"n-mels {self.n_mels} is more than twice the {self.n_fft // 2 + 1} FFT bins of "
-             f"n-fft {self.n_fft}: Mel filters would be empty"),
+            (self.n_mels <= MAX_N_MELS, f"n-mels {self.n_mels} is above the limit {MAX_N_MELS:,}"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -344,7 +341,10 @@ def min_n_fft(params: MelParams, limit: int = 1 << 20) -> int | None:
         else:
             lo = mid + 1
     n = hi
-    while n <= limit and empty_mel_filters(p, n_fft=n):
+    # Confirmed on the real filterbank only where building it is affordable (the fast count
+    # is exact in itself; a suggestion must not cost gigabytes).
+    while n <= limit and 4 * (n // 2 + 1) * p.n_mels <= MAX_CLIP_BYTES \
+            and empty_mel_filters(p, n_fft=n):
         n += 1
     return n if n <= limit else None
 

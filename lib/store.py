@@ -214,8 +214,11 @@ def check_finite(ff: "FeatureFile", x: np.ndarray, rows: np.ndarray) -> None:
         return
     ids = ff.ids
     names = [ids[int(rows[i])] for i in bad]
-    raise InputError(f"{ff.path}: {bad.size} clip(s) contain NaN, Inf or values beyond "
-                     f"+-{FEATURE_LIMIT:g}: {_preview(names)}")
+    finite = np.isfinite(flat[bad]).all(axis=1)
+    what = ("NaN or Inf values" if not finite.any() else
+            f"values beyond +-{FEATURE_LIMIT:g} (not log-Mel dB: corrupt?)" if finite.all() else
+            f"NaN, Inf or values beyond +-{FEATURE_LIMIT:g}")
+    raise InputError(f"{ff.path}: {bad.size} clip(s) contain {what}: {_preview(names)}")
 
 
 def check_rows(indices, n: int) -> np.ndarray:
