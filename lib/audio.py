@@ -235,9 +235,12 @@ def _load(path, sample_rate: int, num_samples: int, channels: int, channel_polic
             else:
                 need = math.ceil(num_samples * sr / sample_rate) + RESAMPLE_MARGIN
             want = need if frames <= 0 else min(need, frames)
-            if 4 * want * ch > MAX_DECODE_BYTES:  # checked before the buffer is allocated
+            # Checked before the buffers are allocated: the decoded samples, and what the
+            # resampler makes of them (a file at 1 Hz grows 16000-fold).
+            size = 4 * ch * max(want, math.ceil(want * sample_rate / sr))
+            if size > MAX_DECODE_BYTES:
                 raise AudioError(f"header claims {sr} Hz and {ch} channel(s): a clip would "
-                                 f"decode {4 * want * ch / 2**30:,.1f} GiB of samples (limit "
+                                 f"decode {size / 2**30:,.1f} GiB of samples (limit "
                                  f"{MAX_DECODE_BYTES / 2**30:g} GiB)")
             out = reader.raw(want, ch) if reader is not None and want > 0 else None
             data = f.read(frames=want, dtype="float32", always_2d=True, out=out)  # [n, ch]

@@ -189,7 +189,8 @@ def score_array(model, waves: np.ndarray, sample_rate: int | None = None,
     array scores as the WAV file holding it."""
     import torch
 
-    from .audio import MAX_SAMPLE_RATE, fix_channels, resample
+    from .audio import (MAX_DECODE_BYTES, MAX_SAMPLE_RATE, RESAMPLE_MARGIN, fix_channels,
+                        resample)
     from .features import MelFrontend
 
     model = _as_model(model)
@@ -216,10 +217,20 @@ def score_array(model, waves: np.ndarray, sample_rate: int | None = None,
     if w.shape[0] == 0:
         return np.zeros(0, dtype=np.float64)
     frontend = MelFrontend(params)
+    # Only what the clip keeps is resampled, as a file is decoded (aekit.audio): a long or
+    # low-rate array never becomes a huge upsampled one.
+    need = (params.num_samples if sr == params.sample_rate else
+            math.ceil(params.num_samples * sr / params.sample_rate) + RESAMPLE_MARGIN)
+    size = 4 * w.shape[1] * max(need, math.ceil(min(need, w.shape[2]) * params.sample_rate / sr))
+    if size > MAX_DECODE_BYTES:
+        raise InputError(f"waveforms at {sr} Hz with {w.shape[1]} channel(s): a clip would "
+                         f"resample to {size / 2**30:,.1f} GiB (limit "
+                         f"{MAX_DECODE_BYTES / 2**30:g} GiB)")
     feats = []
     with torch.inference_mode():
         for clip in w:
-            y = resample(np.ascontiguousarray(clip.T), sr, params.sample_rate)[:params.num_samples]
+            y = resample(np.ascontiguousarray(clip[:, :need].T), sr,
+                         params.sample_rate)[:params.num_samples]
             c, _ = fix_channels(np.ascontiguousarray(y.T), params.channels, params.channel_policy)
             if c.shape[1] < params.num_samples:
                 c = np.pad(c, ((0, 0), (0, params.num_samples - c.shape[1])))

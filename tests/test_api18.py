@@ -231,11 +231,14 @@ def test_header_claims_are_checked_before_decoding(work, tmp_path):
     import aekit
 
     bombs = [_sparse_wav(tmp_path / "ghz.wav", 2_000_000_000, 1024, 4_000_000_000),
-             _sparse_wav(tmp_path / "wide.wav", 8_000_000, 1024, 4_000_000_000)]
+             _sparse_wav(tmp_path / "wide.wav", 8_000_000, 1024, 4_000_000_000),
+             _sparse_wav(tmp_path / "slow.wav", 1, 1024, 8_000_000)]  # 16000x when resampled
     paths = [work / "audio" / "t0.wav", *bombs, work / "audio" / "t1.wav"]
     recs = list(aekit.featurize_files(paths, aekit.model_params(work / "model.safetensors"),
                                       jobs=1))
-    assert [r.error is None for r in recs] == [True, False, False, True]
+    assert [r.error is None for r in recs] == [True, False, False, False, True]
+    assert recs[3].error == ("header claims 1 Hz and 1024 channel(s): a clip would decode "
+                             "125.1 GiB of samples (limit 1 GiB)")
     assert recs[1].error == ("header claims 2000000000 Hz and 1024 channel(s): more than this "
                              "aekit decodes (10,000,000 Hz, 1024 channels)")
     assert recs[2].error == ("header claims 8000000 Hz and 1024 channel(s): a clip would decode "
@@ -309,6 +312,9 @@ def test_api_refuses_what_it_cannot_mean(work, model):
     for sr in (0, -16000, 16000.5, True):
         with pytest.raises(InputError, match="sample rate must be an integer"):
             aekit.score_array(model, wave, sample_rate=sr)
+    with pytest.raises(InputError, match=r"at 1 Hz with 64 channel\(s\): a clip would resample "
+                                         r"to 7.8 GiB \(limit 1 GiB\)"):
+        aekit.score_array(model, np.zeros((1, 64, 5000), np.float32), sample_rate=1)
     with pytest.raises(InputError, match="need at least one channel"):
         aekit.score_array(model, np.zeros((1, 0, 3000), np.float32))
     assert aekit.score_array(model, np.zeros((0, 2, 3000), np.float32)).shape == (0,)
