@@ -51,7 +51,6 @@ def discover(inputs: Sequence[str], stdin_lines: Iterable[str] | None = None) ->
     listed on stdin is kept, and fails when decoded like an undecodable file (a row with
     its reason, counted against --max-fail-frac).
     """
-    from_stdin = list(inputs) == ["-"]
     if list(inputs) == ["-"]:
         raw = [ln.strip() for ln in (stdin_lines or []) if ln.strip()]
         if not raw:
@@ -73,7 +72,7 @@ def discover(inputs: Sequence[str], stdin_lines: Iterable[str] | None = None) ->
                  and (q.is_file() or _dangling(q))),
                 key=lambda q: q.as_posix(),
             )
-        elif p.exists() or from_stdin:
+        elif p.exists() or list(inputs) == ["-"]:  # listed on stdin: fails when decoded
             found = [p]
         else:
             raise InputError(f"{item}: no such file or directory")
