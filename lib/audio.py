@@ -160,6 +160,8 @@ def fix_channels(x: np.ndarray, channels: int, policy: str = "first") -> tuple[n
     tutorial's stereo shape); more are cut to the first ``channels`` ('first') or mixed
     down to mono and repeated ('mix'). Returns (array, whether channels were cut)."""
     ch = x.shape[0]
+    if ch < 1 or channels < 1:
+        raise InputError(f"cannot make {channels} channel(s) from {ch}: need at least one")
     if ch == channels:
         return x, False
     if ch > channels:

@@ -318,6 +318,10 @@ def test_api_refuses_what_it_cannot_mean(work, model):
     with pytest.raises(InputError, match="need at least one channel"):
         aekit.score_array(model, np.zeros((1, 0, 3000), np.float32))
     assert aekit.score_array(model, np.zeros((0, 2, 3000), np.float32)).shape == (0,)
+    from aekit.audio import fix_channels
+
+    with pytest.raises(InputError, match=r"cannot make 2 channel\(s\) from 0"):
+        fix_channels(np.zeros((0, 100), np.float32), 2)
     with pytest.raises(InputError, match="jobs must be a positive integer"):
         aekit.score_files(model, [wav], jobs=0)
 
