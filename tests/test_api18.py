@@ -188,7 +188,8 @@ def test_absurd_shard_count_is_refused_without_allocating(work):
     r = invoke("featurize", [work / "audio", "-o", work / "s.h5", "-q", "--shard",
                                 "0/99999999999999"])
     assert r.exit_code == 2
-    assert r.stderr == "ae-featurize: error: bad shard '0/99999999999999': at most 1,000,000 shards\n"
+    assert r.stderr == ("ae-featurize: error: bad shard '0/99999999999999': at most 1,000,000 "
+                        "shards\n")
     assert parse_shard("3/1000000") == (3, 1000000)
     with pytest.raises(InputError):
         parse_shard("0/1000001")
@@ -288,7 +289,8 @@ def test_mel_params_refuse_non_finite_and_huge_values(option, value, msg):
 def test_mel_options_refuse_nan(work):
     r = invoke("featurize", [work / "audio", "-o", work / "n.h5", "--f-min", "nan"])
     assert r.exit_code == 2
-    assert r.stderr == "ae-featurize: error: Invalid value for '--f-min': 'nan' is not a finite number\n"
+    assert r.stderr == ("ae-featurize: error: Invalid value for '--f-min': 'nan' is not a finite "
+                        "number\n")
 
 
 # ------------------------------------------------------------------ the Python API refuses
@@ -303,7 +305,8 @@ def test_api_refuses_what_it_cannot_mean(work, model):
     with pytest.raises(TypeError, match="not one PosixPath"):
         aekit.featurize_files(Path(wav))
     for bad in ({"bogus": 1}, {"nmels": 4}):
-        with pytest.raises(InputError, match=rf"unknown feature parameter\(s\) '{next(iter(bad))}'; "
+        key = next(iter(bad))
+        with pytest.raises(InputError, match=rf"unknown feature parameter\(s\) '{key}'; "
                                              r"valid: sample_rate, num_samples, n_fft"):
             aekit.featurize_files([wav], params=bad)
     with pytest.raises(InputError, match="feature parameter window must be 'hann'"):
