@@ -120,7 +120,25 @@ class AeCommand(click.Command):
             if write_errno(exc) is None:
                 raise
             _HARD_EXIT = True
-            raise CommandError(describe_os_error(exc), exit_code=1) from None
+            # A failed write on an open stream carries no file name: name the output.
+            name = None if exc.filename is not None else _unnamed_output(ctx)
+            raise CommandError(describe_os_error(exc, name), exit_code=1) from None
+
+
+def _unnamed_output(ctx: click.Context) -> str:
+    """What a failed write without a file name was writing: ``<stdout>`` when the command
+    writes there, else its one output file ("output" when that is not clear)."""
+    outs = [os.fspath(v) for p in ctx.command.params if isinstance(p.type, OutputPath)
+            for v in _values(ctx.params.get(p.name))]
+    if "-" in outs:
+        return "<stdout>"
+    return outs[0] if len(outs) == 1 else "output"
+
+
+def _values(value) -> tuple:
+    if value is None:
+        return ()
+    return tuple(value) if isinstance(value, (tuple, list)) else (value,)
 
 
 def _one_line(message: str) -> str:
@@ -305,7 +323,16 @@ def run(cli: click.Command, prog_name: str) -> None:
     except BrokenPipeError:  # raised by the final flush, after the command returned
         _quiet_stdout()
         sys.exit(0)
+    except OSError as err:  # e.g. --version's own flush into a full stdout
+        from aekit.fileio import write_errno
+
+        if write_errno(err) is None:
+            raise
+        exit_ = SystemExit(1)
+        _stdout_failed(write_errno(err), prog_name, exit_)
+        raise exit_ from None
     except SystemExit as exc:
+        _flush_stdout(exc, prog_name)
         if _HARD_EXIT:
             code = exc.code if isinstance(exc.code, int) else 1
             for stream in (sys.stdout, sys.stderr):
@@ -315,6 +342,35 @@ def run(cli: click.Command, prog_name: str) -> None:
                     pass
             os._exit(code)
         raise
+
+
+def _flush_stdout(exc: SystemExit, prog_name: str) -> None:
+    """Flush stdout now (--version, the last rows): a failed write (a full disk, /dev/full)
+    is one line and exit 1, not a silent failure in the interpreter's final flush."""
+    from aekit.fileio import write_errno
+
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _quiet_stdout()
+    except OSError as err:
+        code = write_errno(err)
+        if code is None:
+            raise
+        _stdout_failed(code, prog_name, exc)
+    except (ValueError, AttributeError):  # closed or replaced stdout
+        pass
+
+
+def _stdout_failed(code: int, prog_name: str, exc: SystemExit) -> None:
+    _quiet_stdout()
+    try:
+        sys.stdout = open(os.devnull, "w")  # the unwritten buffer is dropped, not retried
+    except OSError:
+        pass
+    click.echo(f"{prog_name}: error: cannot write <stdout>: {os.strerror(code)}", err=True)
+    if not exc.code:
+        exc.code = 1
 
 
 def install_signal_handlers() -> None:
@@ -498,9 +554,16 @@ def output_option(required: bool = False, allow_dash: bool = True, help: str | N
                         help=help or default_help, **kwargs)
 
 
+#: The seeds every command takes: numpy's legacy seeding and scikit-learn's random_state
+#: accept 0..2**32-1 and nothing else (outside it: an overflow deep inside them).
+SEED_MAX = 2**32 - 1
+
+
 def seed_option(default: int = 42):
-    return click.option("--seed", type=int, default=default, show_default=True,
-                        help="Random seed: same inputs + same seed -> identical outputs.")
+    return click.option("--seed", type=click.IntRange(0, SEED_MAX), default=default,
+                        show_default=True,
+                        help="Random seed (0 to 2**32-1): same inputs + same seed -> identical "
+                             "outputs.")
 
 
 def device_option(f: Callable) -> Callable:
@@ -556,6 +619,18 @@ def fail_usage(message: str) -> None:
     raise CommandError(message, exit_code=2)
 
 
+class FiniteFloatRange(click.FloatRange):
+    """click.FloatRange refusing nan and inf (which pass its bounds: nan compares false)."""
+
+    def convert(self, value, param, ctx):
+        import math
+
+        v = super().convert(value, param, ctx)
+        if not math.isfinite(v):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return v
+
+
 class _FeatureParam(click.ParamType):
     """A feature option's type: the field's type, passing an option not given (UNSET)
     through, and taking 'none' where the field allows it (e.g. --top-db none: no floor)."""
@@ -593,7 +668,7 @@ def mel_options(f: Callable) -> Callable:
         elif m["type"] is int:
             kind = click.IntRange(min=m["min"], min_open=m["min_open"])
         else:
-            kind = click.FloatRange(min=m["min"], min_open=m["min_open"])
+            kind = FiniteFloatRange(min=m["min"], min_open=m["min_open"])
         kind = _FeatureParam(kind, m["none_ok"])
         shown = m["default_help"] or ("none" if fld.default is None else f"{fld.default:g}"
                                       if isinstance(fld.default, float) else str(fld.default))
@@ -626,7 +701,7 @@ def audio_input_options(on_error_help: str):
         f = click.option("--root", type=InputPath(file_okay=False), default=None,
                          help="Make ids relative to this directory "
                               "[default: the inputs' common root].")(f)
-        f = click.option("--max-fail-frac", type=click.FloatRange(0, 1), default=0.05,
+        f = click.option("--max-fail-frac", type=FiniteFloatRange(0, 1), default=0.05,
                          show_default=True,
                          help="Fail the run when more than this fraction of inputs failed.")(f)
         return click.option("--on-error", type=click.Choice(["skip", "fail"]), default="skip",

@@ -19,9 +19,10 @@ With the defaults every clip becomes [2, 32, 391], the tutorial's shape.
 
 INPUTS are audio files and directories (searched recursively by extension), or
 '-' alone to read paths from stdin, one per line. Ids are the paths relative to
-the inputs' common root (or --root), without extension. A file that cannot be decoded is
-reported, recorded in the output and skipped; the run fails (exit 1, nothing
-written) when more than --max-fail-frac of the inputs failed.
+the inputs' common root (or --root), without extension. A file that cannot be decoded
+(or is listed on stdin but missing) is reported, recorded in the output and skipped;
+the run fails (exit 1, nothing written) when more than --max-fail-frac of the inputs
+failed.
 
 \b
 Examples:

@@ -23,7 +23,8 @@ a batch at a time, so a long stream runs in constant memory and '| head' works.
 INPUTS are audio files and directories (searched recursively by extension), or
 '-' alone to read paths from stdin, one per line; ids as in ae-featurize (relative
 to the inputs' common root or --root, without extension). A file that cannot be
-decoded is reported on stderr and gets a row with an empty score (and decision);
+decoded, or that is listed on stdin but does not exist, is reported on stderr and gets
+a row with an empty score (and decision);
 --on-error fail stops at the first one instead, and the run fails (exit 1) when more
 than --max-fail-frac of the inputs failed.
 

@@ -29,6 +29,14 @@ CHANNEL_POLICIES = ("first", "mix")
 #: filter sees real signal (not an artificial end) at the last kept sample.
 RESAMPLE_MARGIN = 2048
 
+#: What a file's header may claim before anything is allocated for it (a header is data:
+#: a few bytes can claim 2 GHz and 1024 channels). Rates above 10 MHz and more channels
+#: than libsndfile's own limit are refused; so is decoding more than MAX_DECODE_BYTES of
+#: float32 samples for one clip.
+MAX_SAMPLE_RATE = 10_000_000
+MAX_CHANNELS = 1024
+MAX_DECODE_BYTES = 1 << 30
+
 
 class AudioError(Exception):
     """One input could not be turned into a clip; the message is the reason."""
@@ -41,7 +49,10 @@ def discover(inputs: Sequence[str], stdin_lines: Iterable[str] | None = None) ->
     are skipped; a leading byte order mark is dropped).
 
     Order is deterministic: inputs in the order given, each directory's files sorted.
-    Duplicates are dropped. A missing input is an InputError.
+    Duplicates are dropped. A missing input given as an argument is an InputError (before
+    any work: a mistyped directory must not silently shrink the data set); a missing path
+    listed on stdin is kept, and fails when decoded like an undecodable file (a row with
+    its reason, counted against --max-fail-frac).
     """
     if list(inputs) == ["-"]:
         raw = [p for p in _list_lines(stdin_lines or []) if p]
@@ -64,7 +75,7 @@ def discover(inputs: Sequence[str], stdin_lines: Iterable[str] | None = None) ->
                  and (q.is_file() or _dangling(q))),
                 key=lambda q: q.as_posix(),
             )
-        elif p.exists():
+        elif p.exists() or list(inputs) == ["-"]:  # listed on stdin: fails when decoded
             found = [p]
         else:
             raise InputError(f"{item}: no such file or directory")
@@ -165,6 +176,8 @@ def fix_channels(x: np.ndarray, channels: int, policy: str = "first") -> tuple[n
     tutorial's stereo shape); more are cut to the first ``channels`` ('first') or mixed
     down to mono and repeated ('mix'). Returns (array, whether channels were cut)."""
     ch = x.shape[0]
+    if ch < 1 or channels < 1:
+        raise InputError(f"cannot make {channels} channel(s) from {ch}: need at least one")
     if ch == channels:
         return x, False
     if ch > channels:
@@ -233,11 +246,22 @@ def _load(path, sample_rate: int, num_samples: int, channels: int, channel_polic
             sr, ch, frames = int(f.samplerate), int(f.channels), int(f.frames)
             if sr <= 0 or ch <= 0:
                 raise AudioError(f"invalid header (rate {sr}, channels {ch})")
+            if sr > MAX_SAMPLE_RATE or ch > MAX_CHANNELS:
+                raise AudioError(f"header claims {sr} Hz and {ch} channel(s): more than this "
+                                 f"aekit decodes ({MAX_SAMPLE_RATE:,} Hz, {MAX_CHANNELS} "
+                                 "channels)")
             if sr == sample_rate:
                 need = num_samples
             else:
                 need = math.ceil(num_samples * sr / sample_rate) + RESAMPLE_MARGIN
             want = need if frames <= 0 else min(need, frames)
+            # Checked before the buffers are allocated: the decoded samples, and what the
+            # resampler makes of them (a file at 1 Hz grows 16000-fold).
+            size = 4 * ch * max(want, math.ceil(want * sample_rate / sr))
+            if size > MAX_DECODE_BYTES:
+                raise AudioError(f"header claims {sr} Hz and {ch} channel(s): a clip would "
+                                 f"decode {size / 2**30:,.1f} GiB of samples (limit "
+                                 f"{MAX_DECODE_BYTES / 2**30:g} GiB)")
             out = reader.raw(want, ch) if reader is not None and want > 0 else None
             data = f.read(frames=want, dtype="float32", always_2d=True, out=out)  # [n, ch]
             # MP3 lengths without a Xing/Info header are estimates: allow two MPEG frames.
@@ -250,12 +274,17 @@ def _load(path, sample_rate: int, num_samples: int, channels: int, channel_polic
         raise AudioError(f"cannot decode: {msg.strip().rstrip('.')}") from None
     except (RuntimeError, ValueError, OSError, EOFError) as exc:
         raise AudioError(f"cannot decode: {str(exc).strip() or type(exc).__name__}") from None
+    except MemoryError:  # one file's problem, not the run's
+        raise AudioError("out of memory decoding it") from None
     if data.shape[0] == 0:
         raise AudioError("no samples (empty or truncated audio data)")
     if not np.isfinite(data).all():  # measured: 3.5x faster than a float64 sum
         raise AudioError("samples contain NaN or Inf")
     frames = frames if frames > 0 else data.shape[0]
-    y = resample(data, sr, sample_rate)[:num_samples]  # [n', ch]
+    try:
+        y = resample(data, sr, sample_rate)[:num_samples]  # [n', ch]
+    except MemoryError:
+        raise AudioError("out of memory resampling it") from None
     valid = min(num_samples, int(round(frames * sample_rate / sr)), max(y.shape[0], 0))
     if reader is not None:
         dst = reader.out if dest is None else dest

@@ -11,12 +11,20 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, ClassVar
 
-from .audio import CHANNEL_POLICIES
+import math
+import numbers
+
+from .audio import CHANNEL_POLICIES, MAX_SAMPLE_RATE
 
 if TYPE_CHECKING:  # torch is imported where it is used, so option parsing stays instant
     import torch
 
 AMIN = 1e-10  # torchaudio AmplitudeToDB default
+MAX_N_FFT = 1 << 20  # about a minute per frame at 16 kHz; min_n_fft searches up to it too
+MAX_N_MELS = 1 << 14  # far above any front end's (32 to 512); check_mel_params says what works
+#: The most memory the parameters may ask for one clip's working set (samples, STFT, power,
+#: filterbank, features), checked before anything is allocated: beyond it, a typo.
+MAX_CLIP_BYTES = 2 << 30
 UNSET = object()  # an option not given on the command line (None is a value: 'none')
 
 
@@ -74,6 +82,18 @@ class MelParams:
     def __post_init__(self) -> None:
         from .errors import InputError
 
+        for f in fields(self):  # types first: the checks below compare numbers
+            v, kind = getattr(self, f.name), f.metadata["type"]
+            if v is None and (f.metadata["none_ok"] or f.default is None):
+                continue
+            if kind is int and (isinstance(v, bool) or not isinstance(v, numbers.Integral)):
+                raise InputError(f"{f.name.replace('_', '-')} must be an integer, got {v!r}")
+            if kind is float and (isinstance(v, bool) or not isinstance(v, numbers.Real)):
+                raise InputError(f"{f.name.replace('_', '-')} must be a number, got {v!r}")
+            if kind is float and not math.isfinite(v):
+                raise InputError(f"{f.name.replace('_', '-')} must be a finite number, got {v!r}")
+            if kind is str and not isinstance(v, str):
+                raise InputError(f"{f.name.replace('_', '-')} must be a string, got {v!r}")
         checks = [
             (self.sample_rate > 0, "sample rate must be positive"),
             (self.num_samples > 0, "num-samples must be positive"),
@@ -88,10 +108,31 @@ class MelParams:
              "num-samples must exceed n-fft/2 (reflect padding of the STFT)"),
             (self.f_max is None or self.f_min < self.f_max <= self.sample_rate / 2,
              "f-max must be above f-min and at most half the sample rate"),
+            (self.sample_rate <= MAX_SAMPLE_RATE,
+             f"sample rate {self.sample_rate} is above the {MAX_SAMPLE_RATE:,} Hz this aekit "
+             "handles"),
+            (self.n_fft <= MAX_N_FFT, f"n-fft {self.n_fft} is above the limit {MAX_N_FFT:,}"),
+            (self.hop_length <= self.num_samples,
+             f"hop-length {self.hop_length} is longer than the clip (num-samples "
+             f"{self.num_samples})"),
+            (self.n_mels <= MAX_N_MELS, f"n-mels {self.n_mels} is above the limit {MAX_N_MELS:,}"),
         ]
         for ok, msg in checks:
             if not ok:
                 raise InputError(msg)
+        need = self.clip_bytes()
+        if need > MAX_CLIP_BYTES:
+            raise InputError(f"these feature parameters need {need / 2**30:,.1f} GiB per clip "
+                             f"(channels {self.channels} x num-samples {self.num_samples}, "
+                             f"n-fft {self.n_fft}, hop-length {self.hop_length}, n-mels "
+                             f"{self.n_mels}); the limit is {MAX_CLIP_BYTES / 2**30:g} GiB")
+
+    def clip_bytes(self) -> int:
+        """Memory one clip's featurization works in: float32 samples, the complex STFT and its
+        power, the filterbank and the features (an upper bound; Python ints, no overflow)."""
+        c, n, m = int(self.channels), int(self.num_samples), int(self.n_mels)
+        bins, frames = int(self.n_fft) // 2 + 1, n // int(self.hop_length) + 1
+        return 4 * c * n + 12 * c * bins * frames + 4 * bins * m + 4 * c * m * frames
 
     @property
     def frames(self) -> int:
@@ -131,6 +172,24 @@ class MelParams:
     def from_attrs(cls, attrs: dict) -> "MelParams":
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in attrs.items() if k in names})
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "MelParams":
+        """Parameters given by a caller (``featurize_files(params={...})``): every key must be
+        a field (or a FIXED key at its fixed value, or the kind): a misspelt key is an
+        InputError naming it and the valid ones, never silently a default."""
+        from .errors import InputError
+
+        names = [f.name for f in fields(cls)]
+        unknown = [k for k in values if k not in names and k not in cls.FIXED and k != "kind"]
+        if unknown:
+            raise InputError(f"unknown feature parameter(s) {', '.join(map(repr, unknown))}; "
+                             f"valid: {', '.join(names)}")
+        for k, fixed in (*cls.FIXED.items(), ("kind", cls.kind)):
+            if k in values and values[k] != fixed:
+                raise InputError(f"feature parameter {k} must be {fixed!r} (what aekit "
+                                 f"computes), got {values[k]!r}")
+        return cls(**{k: v for k, v in values.items() if k in names})
 
 
 #: Feature kinds by the name recorded in a file's ``kind`` attribute: the parameter
@@ -282,7 +341,10 @@ def min_n_fft(params: MelParams, limit: int = 1 << 20) -> int | None:
         else:
             lo = mid + 1
     n = hi
-    while n <= limit and empty_mel_filters(p, n_fft=n):
+    # Confirmed on the real filterbank only where building it is affordable (the fast count
+    # is exact in itself; a suggestion must not cost gigabytes).
+    while n <= limit and 4 * (n // 2 + 1) * p.n_mels <= MAX_CLIP_BYTES \
+            and empty_mel_filters(p, n_fft=n):
         n += 1
     return n if n <= limit else None
 

@@ -44,8 +44,12 @@ def available_cpus() -> int:
         return os.cpu_count() or 1
 
 
+#: The most shards one run may be cut into (far more than any job array holds).
+MAX_SHARDS = 1_000_000
+
+
 def parse_shard(spec: str | None) -> tuple[int, int]:
-    """'I/N' -> (I, N) with 0 <= I < N; None -> (0, 1)."""
+    """'I/N' -> (I, N) with 0 <= I < N <= MAX_SHARDS; None -> (0, 1)."""
     if spec is None:
         return 0, 1
     try:
@@ -54,13 +58,20 @@ def parse_shard(spec: str | None) -> tuple[int, int]:
         raise InputError(f"bad shard {spec!r}: expected I/N, e.g. 0/4") from None
     if n < 1 or not 0 <= i < n:
         raise InputError(f"bad shard {spec!r}: need 0 <= I < N")
+    if n > MAX_SHARDS:
+        raise InputError(f"bad shard {spec!r}: at most {MAX_SHARDS:,} shards")
     return i, n
 
 
 def shard_indices(n_items: int, shard: tuple[int, int]) -> np.ndarray:
-    """The I-th of N contiguous, deterministic parts (numpy.array_split sizes)."""
+    """The I-th of N contiguous, deterministic parts (numpy.array_split sizes: the first
+    n_items % N parts hold one more), computed without building the other parts."""
     i, n = shard
-    return np.array_split(np.arange(n_items), n)[i]
+    if n < 1 or not 0 <= i < n:
+        raise InputError(f"bad shard {i}/{n}: need 0 <= I < N")
+    q, r = divmod(n_items, n)
+    start = i * q + min(i, r)
+    return np.arange(start, start + q + (i < r))
 
 
 def make_tasks(work: list, jobs: int, most: int | None = None) -> list[list]:

@@ -86,6 +86,10 @@ def score_rows(model: LoadedModel, ff: FeatureFile, rows: np.ndarray | None = No
             pos += k
             if advance:
                 advance(k)
+    from .scoring import check_scores
+
+    check_scores(mse)  # a NaN or Inf score is an error (DataError), never a silent null
+    check_scores(mae)
     return Scores(rows=rows, mse=mse, mae=mae, latents=lat)
 
 

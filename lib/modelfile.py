@@ -304,7 +304,21 @@ class LoadedModel:
 
     @torch.no_grad()
     def score(self, x: torch.Tensor, codes: bool = False) -> tuple[torch.Tensor, ...]:
-        """Raw dB clips [B, C, M, T] -> (MSE dB^2 [B], MAE dB [B]) (and codes [B, latent])."""
+        """Raw dB clips [B, C, M, T] -> (MSE dB^2 [B], MAE dB [B]) (and codes [B, latent]).
+
+        ``x`` may also be a numpy array (or anything numpy takes), one clip [C, M, T] or a
+        batch: it is checked as ``aekit.score_features`` checks clips, and the results are
+        numpy arrays then (float64 errors, float32 codes)."""
+        if not isinstance(x, torch.Tensor):
+            import numpy as np
+
+            from .scoring import check_clips
+
+            xs = check_clips(self, x)  # float32 [B, C, M, T], finite, the model's shape
+            device = next(iter(self.model.parameters())).device
+            out = self.score(torch.from_numpy(xs).to(device), codes=codes)
+            return tuple(t.float().cpu().numpy().astype(np.float64 if k < 2 else np.float32)
+                         for k, t in enumerate(out))
         if codes:
             return self.model.errors_and_codes(x, self.normalizer)
         return self.model.clip_errors(x, self.normalizer)

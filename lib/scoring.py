@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Iterator, NamedTuple, Sequence
 
 import numpy as np
 
-from .errors import InputError
+from .errors import DataError, InputError
 
 if TYPE_CHECKING:  # torch is imported by the functions that need it
     from .modelfile import LoadedModel
@@ -43,12 +43,14 @@ class ScoreRecord(NamedTuple):
 
 # ------------------------------------------------------------------ model -> parameters
 
-def model_params(model: "LoadedModel"):
-    """The feature parameters (e.g. a MelParams) recorded in a model file; InputError when the
-    model records none, or records ones this aekit cannot reproduce."""
+def model_params(model: "LoadedModel | str | os.PathLike"):
+    """The feature parameters (e.g. a MelParams) recorded in a model (a LoadedModel or a model
+    file path); InputError when the model records none, or records ones this aekit cannot
+    reproduce."""
     from .features import params_class
     from .store import params_mismatch
 
+    model = _as_model(model)
     fp = dict(model.feature_params or {})
     name = str(model.path) if model.path else "the model"
     if not fp:
@@ -57,7 +59,7 @@ def model_params(model: "LoadedModel"):
     cls = params_class(fp.get("kind"))
     try:
         params = cls.from_attrs(fp)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, InputError) as exc:
         raise InputError(f"{name}: bad feature parameters: {exc}") from None
     diffs = params_mismatch(params.to_attrs(), fp)
     if diffs:
@@ -70,11 +72,90 @@ def model_params(model: "LoadedModel"):
 
 
 def _as_model(model) -> "LoadedModel":
+    """A LoadedModel (or an object with its attributes) as given, or loaded from a model file
+    path; TypeError for anything else (a number, a dict, ...)."""
     if isinstance(model, (str, os.PathLike)):
         from .modelfile import load_model
 
         return load_model(model)
+    if not (hasattr(model, "info") and hasattr(model, "path")):
+        raise TypeError(f"expected a LoadedModel or a model file path, got {type(model).__name__}")
     return model
+
+
+def _path_list(paths, what: str = "paths") -> list[str]:
+    """A sequence of paths as strings. One str, bytes or PathLike is refused (TypeError): a
+    string is a sequence of characters, and scoring each of them is never what was meant."""
+    if isinstance(paths, (str, bytes, os.PathLike)):
+        raise TypeError(f"{what} must be a sequence of paths, not one {type(paths).__name__} "
+                        f"({os.fsdecode(paths)!r}); give [path] for a single file")
+    try:
+        return [os.fsdecode(p) if isinstance(p, bytes) else str(os.fspath(p)) for p in paths]
+    except TypeError:
+        raise TypeError(f"{what} must be a sequence of str or os.PathLike") from None
+
+
+def _check_jobs(jobs) -> None:
+    if jobs is not None and (isinstance(jobs, bool) or not isinstance(jobs, (int, np.integer))
+                             or jobs < 1):
+        raise InputError(f"jobs must be a positive integer or None (all cores), got {jobs!r}")
+
+
+def _check_batch(batch_size) -> None:
+    if (isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer))
+            or batch_size < 1):
+        raise InputError(f"batch size must be a positive integer, got {batch_size!r}")
+
+
+def check_clips(model: "LoadedModel", x) -> np.ndarray:
+    """Clips as float32 [N, C, M, T] (one clip [C, M, T] becomes N = 1), refused (InputError)
+    when their shape is not the model's, or when a value is NaN, Inf or beyond
+    +-``aekit.store.FEATURE_LIMIT`` (log-Mel dB values are within about [-100, 390])."""
+    from .store import FEATURE_LIMIT
+
+    a = np.asarray(x)
+    if a.dtype.kind not in "fiu":
+        raise InputError(f"clips must be real numbers, got dtype {a.dtype}")
+    a = np.asarray(a, dtype=np.float32)
+    if a.ndim == 3:
+        a = a[None]
+    if a.ndim != 4 or tuple(a.shape[1:]) != tuple(model.input_shape):
+        raise InputError(f"clips of shape {list(a.shape)}: the model takes "
+                         f"[N, {', '.join(map(str, model.input_shape))}]")
+    if not np.isfinite(a).all():
+        raise InputError("features contain NaN or Inf")
+    if a.size and (a.min() < -FEATURE_LIMIT or a.max() > FEATURE_LIMIT):
+        raise InputError(f"features contain values beyond +-{FEATURE_LIMIT:g} (log-Mel dB "
+                         "values lie within about [-100, 390]): corrupt or not dB features")
+    return a
+
+
+def check_scores(scores: np.ndarray, what: str = "the model") -> np.ndarray:
+    """Scores as given, or DataError when one is NaN or Inf: never a silent null."""
+    bad = np.flatnonzero(~np.isfinite(scores))
+    if bad.size:
+        raise DataError(f"{bad.size} score(s) are not finite (first at clip {int(bad[0])}): "
+                        f"{what} overflows on these clips")
+    return scores
+
+
+#: Integer PCM -> float as soundfile (libsndfile) reads it: (x - offset) / scale.
+_PCM = {np.dtype(np.int8): (0, 2**7), np.dtype(np.uint8): (128, 2**7),
+        np.dtype(np.int16): (0, 2**15), np.dtype(np.int32): (0, 2**31)}
+
+
+def _as_float_waves(waves) -> np.ndarray:
+    """Waveforms as float32: floats as they are, integer PCM scaled to [-1, 1) as soundfile
+    scales it (int16 / 32768, int32 / 2**31, int8 / 128, uint8 (x - 128) / 128); other
+    dtypes (int64, uint16, bool, complex, objects) are refused: their scale is unknown."""
+    w = np.asarray(waves)
+    if w.dtype.kind == "f":
+        return np.asarray(w, dtype=np.float32)
+    if w.dtype in _PCM:
+        offset, scale = _PCM[w.dtype]
+        return ((w.astype(np.float64) - offset) / scale).astype(np.float32)
+    raise InputError(f"waveforms of dtype {w.dtype}: give float samples in [-1, 1] or integer "
+                     "PCM (int8, uint8, int16, int32)")
 
 
 # ------------------------------------------------------------------ features -> scores
@@ -86,50 +167,70 @@ def score_features(model, x: np.ndarray, batch_size: int = DEFAULT_BATCH) -> np.
     import torch
 
     model = _as_model(model)
-    x = np.asarray(x, dtype=np.float32)
-    if x.ndim == 3:
-        x = x[None]
-    if x.ndim != 4 or tuple(x.shape[1:]) != tuple(model.input_shape):
-        raise InputError(f"clips of shape {list(x.shape)}: the model takes "
-                         f"[N, {', '.join(map(str, model.input_shape))}]")
-    if not np.isfinite(x).all():
-        raise InputError("features contain NaN or Inf")
-    if batch_size < 1:
-        raise InputError(f"batch size must be positive, got {batch_size}")
+    x = check_clips(model, x)
+    _check_batch(batch_size)
     device = next(iter(model.model.parameters())).device
     out = np.empty(x.shape[0], dtype=np.float64)
     with torch.inference_mode():
         for s in range(0, x.shape[0], batch_size):
             e2, _ = model.score(torch.from_numpy(x[s:s + batch_size]).to(device))  # [B] dB^2
             out[s:s + batch_size] = e2.cpu().numpy()
-    return out
+    return check_scores(out)
 
 
 def score_array(model, waves: np.ndarray, sample_rate: int | None = None,
                 batch_size: int = DEFAULT_BATCH) -> np.ndarray:
-    """Waveforms float [N, channels, samples] (or one [channels, samples] / [samples]) -> MSE
-    dB^2 [N], featurized as ae-featurize would a file: resampled from ``sample_rate`` (default:
-    the model's), channels fixed, truncated or zero-padded, then the model's front end."""
+    """Waveforms [N, channels, samples] (or one [channels, samples] / [samples]) -> MSE
+    dB^2 [N], featurized as ae-featurize would a file: resampled from ``sample_rate`` (None:
+    the model's), channels fixed, truncated or zero-padded, then the model's front end.
+
+    Float samples are taken as they are (full scale 1.0); integer PCM is scaled as soundfile
+    reads it (int16 / 32768, int32 / 2**31, int8 / 128, uint8 (x - 128) / 128), so an int16
+    array scores as the WAV file holding it."""
     import torch
 
-    from .audio import fix_channels, resample
+    from .audio import (MAX_DECODE_BYTES, MAX_SAMPLE_RATE, RESAMPLE_MARGIN, fix_channels,
+                        resample)
     from .features import MelFrontend
 
     model = _as_model(model)
     params = model_params(model)
-    w = np.asarray(waves, dtype=np.float32)
+    _check_batch(batch_size)
+    w = _as_float_waves(waves)
     w = w[None, None] if w.ndim == 1 else (w[None] if w.ndim == 2 else w)
     if w.ndim != 3:
         raise InputError(f"waveforms of shape {list(np.shape(waves))}: expected "
                          "[N, channels, samples]")
+    if w.shape[1] == 0 or w.shape[2] == 0:
+        raise InputError(f"waveforms of shape {list(w.shape)}: need at least one channel and "
+                         "one sample")
     if not np.isfinite(w).all():
         raise InputError("waveforms contain NaN or Inf")
-    sr = int(sample_rate or params.sample_rate)
+    if sample_rate is None:
+        sr = params.sample_rate
+    elif (isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, np.integer))
+          or not 0 < sample_rate <= MAX_SAMPLE_RATE):
+        raise InputError(f"sample rate must be an integer from 1 to {MAX_SAMPLE_RATE:,} Hz, "
+                         f"got {sample_rate!r}")
+    else:
+        sr = int(sample_rate)
+    if w.shape[0] == 0:
+        return np.zeros(0, dtype=np.float64)
     frontend = MelFrontend(params)
+    # Only what the clip keeps is resampled, as a file is decoded (aekit.audio): a long or
+    # low-rate array never becomes a huge upsampled one.
+    need = (params.num_samples if sr == params.sample_rate else
+            math.ceil(params.num_samples * sr / params.sample_rate) + RESAMPLE_MARGIN)
+    size = 4 * w.shape[1] * max(need, math.ceil(min(need, w.shape[2]) * params.sample_rate / sr))
+    if size > MAX_DECODE_BYTES:
+        raise InputError(f"waveforms at {sr} Hz with {w.shape[1]} channel(s): a clip would "
+                         f"resample to {size / 2**30:,.1f} GiB (limit "
+                         f"{MAX_DECODE_BYTES / 2**30:g} GiB)")
     feats = []
     with torch.inference_mode():
         for clip in w:
-            y = resample(np.ascontiguousarray(clip.T), sr, params.sample_rate)[:params.num_samples]
+            y = resample(np.ascontiguousarray(clip[:, :need].T), sr,
+                         params.sample_rate)[:params.num_samples]
             c, _ = fix_channels(np.ascontiguousarray(y.T), params.channels, params.channel_policy)
             if c.shape[1] < params.num_samples:
                 c = np.pad(c, ((0, 0), (0, params.num_samples - c.shape[1])))
@@ -141,18 +242,23 @@ def score_array(model, waves: np.ndarray, sample_rate: int | None = None,
 
 def featurize_files(paths: Sequence[str | os.PathLike], params=None, jobs: int | None = None):
     """Iterate over ``Featurized(index, path, features [C, M, T] | None, meta, error)`` in input
-    order, computed in worker processes. ``params``: a MelParams, a dict of them, a
-    LoadedModel or a model file path (its parameters); None: the defaults."""
+    order, computed in worker processes. ``paths``: a sequence of paths (one str is refused:
+    give ``[path]``); a path that is missing or undecodable gives ``features=None`` and its
+    reason. ``params``: a MelParams, a dict of MelParams fields (an unknown key is an
+    InputError naming the valid ones), a LoadedModel or a model file path (its parameters);
+    None: the defaults."""
     from .features import MelParams
     from .featurize import iter_features
 
+    paths = _path_list(paths)
+    _check_jobs(jobs)
     if params is None:
         params = MelParams()
     elif isinstance(params, dict):
-        params = MelParams.from_attrs(params)
+        params = MelParams.from_dict(params)
     elif not isinstance(params, MelParams):
         params = model_params(_as_model(params))
-    return iter_features(list(paths), params, jobs)
+    return iter_features(paths, params, jobs)
 
 
 def score_files(model, paths: Sequence[str | os.PathLike], ids: Sequence[str] | None = None,
@@ -162,17 +268,25 @@ def score_files(model, paths: Sequence[str | os.PathLike], ids: Sequence[str] | 
     batch by batch as they are computed (memory does not grow with the number of files).
 
     Each file is decoded and featurized with the parameters stored in the model, in
-    ``jobs`` worker processes; a file that cannot be decoded gives a record with
-    ``score=None`` and its reason. ``ids`` default to the paths.
+    ``jobs`` worker processes; a file that is missing or cannot be decoded gives a record
+    with ``score=None`` and its reason. ``paths`` is a sequence of paths (one str is
+    refused with a TypeError: give ``[path]``). ``ids`` default to the paths.
     """
     model = _as_model(model)
     params = model_params(model)
-    paths = [str(p) for p in paths]
+    paths = _path_list(paths)
+    if ids is not None and isinstance(ids, (str, bytes)):
+        raise TypeError("ids must be a sequence of strings, not one string")
     ids = list(paths) if ids is None else [str(i) for i in ids]
     if len(ids) != len(paths):
         raise ValueError("paths and ids differ in length")
-    if batch_size < 1:
-        raise InputError(f"batch size must be positive, got {batch_size}")
+    _check_batch(batch_size)
+    _check_jobs(jobs)
+    return _score_files(model, params, paths, ids, jobs, batch_size)  # checked now, run lazily
+
+
+def _score_files(model, params, paths: list[str], ids: list[str], jobs, batch_size: int
+                 ) -> Iterator[ScoreRecord]:
     held = []  # Featurized items waiting for their batch: ok ones and failures between them
 
     def flush() -> Iterator[ScoreRecord]:
@@ -232,8 +346,10 @@ def fit_threshold(scores: Sequence[float], quantile: float = THRESHOLD_QUANTILE)
     return out
 
 
-def stored_threshold(model: "LoadedModel") -> float:
-    """The threshold ``ae-train`` stored in the model; InputError for a model without one."""
+def stored_threshold(model: "LoadedModel | str | os.PathLike") -> float:
+    """The threshold ``ae-train`` stored in the model (a LoadedModel or a model file path);
+    InputError for a model without one."""
+    model = _as_model(model)
     t = (model.info or {}).get("threshold")
     name = str(model.path) if model.path else "the model"
     if not isinstance(t, dict) or t.get("value") is None:

@@ -299,11 +299,17 @@ def _read_error(path: Path, name: str, exc: OSError) -> InputError:
     return InputError(f"{path}: cannot read /{name}: {msg.splitlines()[0] if msg else type(exc).__name__}")
 
 
-def check_finite(ff: "FeatureFile", x: np.ndarray, rows: np.ndarray) -> None:
-    """Refuse rows holding NaN or Inf, naming the first bad ids (InputError).
+#: The largest magnitude a feature value may have. Log-Mel dB of float32 audio lies within
+#: about [-100, 390] dB; a finite value far beyond (3e38) is corruption, and squares to Inf.
+FEATURE_LIMIT = 1e6
 
-    ``x`` [K, ...] are the rows ``rows`` just read. Cheap: one sum per row; only when a sum
-    is not finite (NaN/Inf, or a rare overflow of huge finite values) is the exact test run.
+
+def check_finite(ff: "FeatureFile", x: np.ndarray, rows: np.ndarray) -> None:
+    """Refuse rows holding NaN, Inf or values beyond +-FEATURE_LIMIT, naming the first bad
+    ids (InputError).
+
+    ``x`` [K, ...] are the rows ``rows`` just read. Cheap: one sum per row and the block's
+    extremes; only when one is out of bounds is the exact test run.
     """
     if x.size == 0:
         return
@@ -317,9 +323,10 @@ def check_finite(ff: "FeatureFile", x: np.ndarray, rows: np.ndarray) -> None:
             raise InputError(f"{ff.path}: {len(zero)} clip(s) read as all zeros although none "
                              "was written so (a damaged HDF5 chunk address): "
                              f"{_preview([ids[int(rows[i])] for i in zero])}; the file is corrupt")
-    if np.isfinite(sums).all():
+    if np.isfinite(sums).all() and -FEATURE_LIMIT <= flat.min() and flat.max() <= FEATURE_LIMIT:
         return
-    bad = np.flatnonzero(~np.isfinite(flat).all(axis=1))
+    with np.errstate(invalid="ignore"):
+        bad = np.flatnonzero(~(np.abs(flat) <= FEATURE_LIMIT).all(axis=1))
     if bad.size == 0:
         return
     ids = ff.ids
@@ -328,7 +335,31 @@ def check_finite(ff: "FeatureFile", x: np.ndarray, rows: np.ndarray) -> None:
     if missing:  # read as the fill value: the chunk index does not point to the row's data
         raise InputError(f"{ff.path}: the data of {len(missing)} clip(s) is missing from the HDF5 "
                          f"chunk index: {_preview(missing)}; the file is corrupt")
-    raise InputError(f"{ff.path}: {bad.size} clip(s) contain NaN or Inf values: {_preview(names)}")
+    finite = np.isfinite(flat[bad]).all(axis=1)
+    what = ("NaN or Inf values" if not finite.any() else
+            f"values beyond +-{FEATURE_LIMIT:g} (not log-Mel dB: corrupt?)" if finite.all() else
+            f"NaN, Inf or values beyond +-{FEATURE_LIMIT:g}")
+    raise InputError(f"{ff.path}: {bad.size} clip(s) contain {what}: {_preview(names)}")
+
+
+def check_rows(indices, n: int) -> np.ndarray:
+    """Row indices as int64, or IndexError (also an InputError) naming the valid range: not
+    integers, not 1-D, negative or >= n."""
+    idx = np.asarray(indices)
+    if idx.size == 0:
+        return idx.astype(np.int64).reshape(0)
+    if idx.ndim != 1 or idx.dtype.kind not in "iu":
+        raise RowIndexError(f"row indices must be a 1-D sequence of integers, got "
+                            f"{idx.dtype} of shape {list(idx.shape)}")
+    lo, hi = int(idx.min()), int(idx.max())
+    if lo < 0 or hi >= n:
+        raise RowIndexError(f"row index {lo if lo < 0 else hi} out of range: the file has "
+                            f"{n} rows (0 to {n - 1})")
+    return idx.astype(np.int64, copy=False)
+
+
+class RowIndexError(InputError, IndexError):
+    """A row index outside a file's rows (an InputError for the commands)."""
 
 
 def _standard_type(ds, dtype) -> bool:
@@ -613,7 +644,7 @@ class FeatureFile:
         """Features of the given rows (all when None), in the order given."""
         if indices is None:
             indices = np.arange(len(self))
-        idx = np.asarray(indices, dtype=np.int64)
+        idx = check_rows(indices, len(self))
         if idx.size == 0:
             return np.zeros((0, *self.clip_shape), dtype=np.float32)
         order = np.argsort(idx, kind="stable")
@@ -642,7 +673,9 @@ class FeatureFile:
     def iter_blocks(self, indices: Sequence[int] | np.ndarray | None = None,
                     block: int = 256) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Yield (row indices, features) in blocks of at most ``block`` rows; memory stays flat."""
-        idx = np.arange(len(self)) if indices is None else np.asarray(indices, dtype=np.int64)
+        idx = np.arange(len(self)) if indices is None else check_rows(indices, len(self))
+        if isinstance(block, bool) or not isinstance(block, (int, np.integer)) or block < 1:
+            raise InputError(f"block size must be a positive integer, got {block!r}")
         for s in range(0, idx.size, block):
             part = idx[s:s + block]
             yield part, self.read(part)

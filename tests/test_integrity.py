@@ -98,10 +98,16 @@ def test_only_rows_read_are_checked(tmp_path):
 
 
 def test_huge_finite_values_are_not_mistaken_for_inf(tmp_path):
-    x = np.full((3, *SHAPE), 3e38, dtype=np.float32)  # each row's float32 sum overflows
+    from aekit.errors import InputError
+
+    x = np.full((3, *SHAPE), 1e6, dtype=np.float32)  # each row's float32 sum is finite
+    x[1] = 3e38  # finite but huge (issue 18): refused as values beyond the limit, not as Inf
     write_features(tmp_path / "f.h5", n=3, x=x)
     with store.FeatureFile(tmp_path / "f.h5") as ff:
-        np.testing.assert_array_equal(ff.read(), x)
+        np.testing.assert_array_equal(ff.read([0, 2]), x[[0, 2]])  # at the limit: kept
+        with pytest.raises(InputError, match=r"1 clip\(s\) contain values beyond \+-1e\+06 "
+                                             r"\(not log-Mel dB: corrupt\?\): clip001"):
+            ff.read()
 
 
 # --------------------------------------------------------------------------- file consistency
