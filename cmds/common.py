@@ -85,14 +85,23 @@ class AeCommand(click.Command):
             raise CommandError(_one_line(exc.format_message()), exit_code=2, prog=prog) from None
         except AekitError as exc:  # a parameter type's check (e.g. not a regular file)
             raise CommandError(str(exc), exit_code=exc.exit_code, prog=prog) from None
+        except (KeyboardInterrupt, Terminated) as exc:  # while parsing (and its imports)
+            raise _stopped(exc, prog) from None
         ctx.meta["aekit.command_line"] = line
         return ctx
 
     def invoke(self, ctx: click.Context):
         global _HARD_EXIT
+        _SIG["complete"] = False
         try:
             check_no_clobber(ctx)
-            return super().invoke(ctx)
+            result = super().invoke(ctx)
+            output_complete()  # a signal from now on finds the work done (teardown)
+            if _SIG["raised"] is not None and not _SIG["stopping"]:  # swallowed on its way
+                _SIG["late"] = _SIG["late"] or _signum(_SIG["raised"])
+                _write_stderr(f"{_prog_name()}: warning: {signal.Signals(_SIG['late']).name} "
+                              "was swallowed by a library; the output is complete (exit status 0)\n")
+            return result
         except AekitError as exc:
             from aekit.fileio import WriteError
 
@@ -104,11 +113,8 @@ class AeCommand(click.Command):
             raise SystemExit(0) from None  # the reader had enough (| head): not an error
         except MemoryError:
             raise CommandError("out of memory; try a smaller --batch-size or --block-size") from None
-        except KeyboardInterrupt:
-            raise Stopped("interrupted", exit_code=130) from None
-        except Terminated as exc:
-            raise Stopped(f"terminated ({signal.Signals(exc.signum).name})",
-                          exit_code=128 + exc.signum) from None
+        except (KeyboardInterrupt, Terminated) as exc:
+            raise _stopped(exc) from None
         except PermissionError as exc:
             from aekit.fileio import describe_os_error
 
@@ -251,10 +257,13 @@ def run(cli: click.Command, prog_name: str) -> None:
     """Console-script entry point: run ``cli``; a closed stdout (``| head``) is not an error.
 
     SIGTERM and SIGHUP end the command like Ctrl-C does (cleanup runs, temporaries are
-    removed), with status 128 + the signal number; forked workers exit quietly.
+    removed), with status 128 + the signal number and one line; forked workers exit
+    quietly. See :func:`install_signal_handlers` for when a signal takes effect.
     """
     global _HARD_EXIT
     _HARD_EXIT = False
+    _SIG.update(raised=None, stopping=False, complete=False, late=None, prog=prog_name,
+                deferred={})
     install_signal_handlers()
     sys.unraisablehook = _unraisable
     sys.excepthook = _excepthook
@@ -263,7 +272,17 @@ def run(cli: click.Command, prog_name: str) -> None:
     except BrokenPipeError:  # raised by the final flush, after the command returned
         _quiet_stdout()
         sys.exit(0)
+    except (KeyboardInterrupt, Terminated) as exc:  # outside the command's own handling
+        _stopped(exc, prog_name).show()
+        sys.exit(128 + _signum(exc))
     except SystemExit as exc:
+        if _SIG["complete"] and exc.code in (0, None):
+            # What is left is the interpreter's exit, which resets the handlers to the
+            # default (a late SIGTERM would then kill the finished command): ignore them.
+            for name in ("SIGTERM", "SIGHUP", "SIGINT"):
+                sig = getattr(signal, name, None)
+                if sig is not None and signal.getsignal(sig) not in (None, signal.SIG_IGN):
+                    signal.signal(sig, signal.SIG_IGN)
         if _HARD_EXIT:
             code = exc.code if isinstance(exc.code, int) else 1
             for stream in (sys.stdout, sys.stderr):
@@ -275,9 +294,98 @@ def run(cli: click.Command, prog_name: str) -> None:
         raise
 
 
+#: The signal state of the command this process runs (run() resets it).
+#: raised: the KeyboardInterrupt/Terminated the handler raised; stopping: it reached the
+#: command's error handling (the one line is on its way); complete: the command's outputs
+#: are complete (a later signal is reported and ignored); late: that later signal.
+_SIG: dict = {"raised": None, "stopping": False, "complete": False, "late": None,
+              "prog": None, "timer": None}
+RETRY_S = 0.05  # a signal deferred (an import, torch's code) is looked at again this soon
+DEFER_MAX_S = 5.0  # ... but raised anyway once it has waited this long (a stuck import)
+
+
+def output_complete() -> None:
+    """Declare this command's work done (its outputs renamed into place): a SIGTERM, SIGHUP
+    or Ctrl-C from now on (teardown, interpreter exit) is reported on stderr and does not
+    change the exit status, 0."""
+    _SIG["complete"] = True
+
+
+def _signum(exc: BaseException) -> int:
+    return exc.signum if isinstance(exc, Terminated) else int(signal.SIGINT)
+
+
+def _stopped(exc: BaseException, prog: str | None = None) -> "Stopped":
+    """The one-line stop for a KeyboardInterrupt or Terminated; later signals are ignored
+    while the process exits."""
+    _SIG["stopping"] = True
+    if isinstance(exc, Terminated):
+        return Stopped(f"terminated ({signal.Signals(exc.signum).name})",
+                       exit_code=128 + exc.signum, prog=prog)
+    return Stopped("interrupted", exit_code=130, prog=prog)
+
+
+def _unsafe(frame) -> bool:
+    """Whether raising here could turn a signal into a crash: inside an import (a C
+    extension's initialisation), or in torch's Python code (which torch's C++ also calls
+    back through pybind11: an exception thrown there ends in std::terminate, SIGABRT)."""
+    torch_dir = f"{os.sep}torch{os.sep}"
+    depth = 0
+    while frame is not None and depth < 500:
+        name = frame.f_code.co_filename
+        if (name.startswith("<frozen importlib") or torch_dir in name
+                or frame.f_code is _unraisable.__code__):
+            return True
+        frame, depth = frame.f_back, depth + 1
+    return False
+
+
+def _in_flight(exc: BaseException) -> bool:
+    """Whether ``exc`` is still propagating (being handled: ``finally``, ``except``,
+    ``__exit__`` cleanup) in this thread, directly or as the context of another."""
+    cur, seen = sys.exc_info()[1], 0
+    while cur is not None and seen < 100:
+        if cur is exc:
+            return True
+        cur, seen = (cur.__context__ or cur.__cause__), seen + 1
+    return False
+
+
+def _redeliver(signum: int, delay: float) -> None:
+    """Send ``signum`` to the main thread again after ``delay`` seconds (one timer at a
+    time), so the handler looks again: at a safe point, or once the first stop was swallowed."""
+    t = _SIG.get("timer")
+    if t is not None and t.is_alive():
+        return
+    main = threading.main_thread().ident
+
+    def again() -> None:
+        if not _SIG["stopping"]:
+            try:
+                signal.pthread_kill(main, signum)
+            except (OSError, ValueError):
+                pass
+
+    t = threading.Timer(delay, again)
+    t.daemon = True
+    _SIG["timer"] = t
+    t.start()
+
+
 def install_signal_handlers() -> None:
-    """SIGTERM/SIGHUP raise :class:`Terminated` in this process (so atomic outputs clean
-    up); in a forked worker they, and SIGINT, end it at once without a traceback."""
+    """SIGINT raises KeyboardInterrupt and SIGTERM/SIGHUP :class:`Terminated` in this
+    process, so that atomic outputs clean up and the command ends with one line and status
+    128 + N; in a forked worker they end it at once without a traceback.
+
+    A signal never crashes the process and is not lost: arriving inside an import or in
+    torch's Python code (which torch's C++ also calls back through pybind11, where an
+    exception aborts the process: "terminate called after throwing ...
+    error_already_set"), it is deferred for RETRY_S and looked at again; raised where
+    Python cannot propagate it (a weakref callback, a ``__del__``: "Exception ignored in
+    ..."), it is delivered again at once. A deferred signal is raised anyway after
+    DEFER_MAX_S. While the stop's cleanup runs, further signals wait. Once the command's outputs are complete (:func:`output_complete`), a signal is
+    reported on stderr and ignored: exit status 0.
+    """
     if threading.current_thread() is not threading.main_thread():
         return
     main_pid = os.getpid()
@@ -285,21 +393,48 @@ def install_signal_handlers() -> None:
     def on_signal(signum, frame):
         if os.getpid() != main_pid:  # a forked worker: the parent reports and cleans up
             os._exit(128 + signum)
-        if signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        raise Terminated(signum)
+        if _SIG["stopping"]:
+            return
+        if _SIG["complete"]:
+            if _SIG["late"] is None:
+                _SIG["late"] = signum
+                _write_stderr(f"{_SIG['prog'] or _prog_name()}: warning: "
+                              f"{signal.Signals(signum).name} arrived after the output was "
+                              "complete; not stopping (exit status 0)\n")
+            return
+        raised = _SIG["raised"]
+        if raised is not None and _in_flight(raised):  # its cleanup is running: let it run
+            return
+        now = time.monotonic()
+        since = _SIG.setdefault("deferred", {}).setdefault(signum, now)
+        if now - since < DEFER_MAX_S and _unsafe(frame):
+            _redeliver(signum, RETRY_S)
+            return
+        _SIG["deferred"].pop(signum, None)
+        exc = KeyboardInterrupt() if signum == signal.SIGINT else Terminated(signum)
+        _SIG["raised"] = exc
+        raise exc
 
     for name in ("SIGTERM", "SIGHUP", "SIGINT"):
         sig = getattr(signal, name, None)
-        if sig is not None and signal.getsignal(sig) in (signal.SIG_DFL, signal.default_int_handler):
+        if sig is not None and (signal.getsignal(sig) in (signal.SIG_DFL, signal.default_int_handler)
+                                or getattr(signal.getsignal(sig), "aekit_early", False)):
             signal.signal(sig, on_signal)
     if sys.platform.startswith("linux") and hasattr(os, "register_at_fork"):
         os.register_at_fork(after_in_child=_die_with_parent)
 
 
+def _write_stderr(text: str) -> None:
+    try:
+        os.write(2, text.encode("utf-8", "replace"))
+    except OSError:
+        pass
+
+
 def _die_with_parent() -> None:
     """In a forked worker (Linux): SIGTERM when the parent dies, even by SIGKILL, so that no
     orphan keeps working (and the handler above ends it quietly)."""
+    _SIG["timer"] = None  # the parent's timer thread is not in this process
     try:
         import ctypes
 
@@ -318,10 +453,21 @@ _default_excepthook = sys.excepthook
 
 def _unraisable(unraisable) -> None:
     """Drop h5py's 'Exception ignored in __dealloc__' noise that follows a failed write
-    (the one-line error says it all); anything else is reported as usual."""
+    (the one-line error says it all), and a stop signal raised where Python cannot
+    propagate it (a weakref callback): it is delivered again at once (the handler then
+    raises it in the code that runs next). Anything else is reported as usual."""
     from aekit.fileio import write_errno
 
-    if unraisable.exc_value is not None and write_errno(unraisable.exc_value) is not None:
+    exc = unraisable.exc_value
+    if exc is not None and exc is _SIG["raised"]:
+        _SIG["raised"] = None
+        t = _SIG.get("timer")
+        if t is not None:
+            t.cancel()
+        _SIG["timer"] = None
+        _redeliver(_signum(exc), 0.0)
+        return
+    if exc is not None and write_errno(exc) is not None:
         return
     _default_unraisable(unraisable)
 
