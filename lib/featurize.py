@@ -335,7 +335,7 @@ def _exit_with_parent(parent: int) -> None:
 
 
 def _worker_main(slot: int, frontend: MelFrontend, tasks, inbox, outbox, progress,
-                 parent: int) -> None:
+                 parent: int, others: list) -> None:
     """A worker process: take task numbers (or, spawned, tasks) from ``inbox``, one at a
     time, and send back (number, result) or (number, exception) on ``outbox``; stop at None
     or when the parent is gone. Nothing here is shared with another worker (no queue lock
@@ -350,6 +350,8 @@ def _worker_main(slot: int, frontend: MelFrontend, tasks, inbox, outbox, progres
         if hasattr(signal, name):
             signal.signal(getattr(signal, name), signal.SIG_DFL)
     _exit_with_parent(parent)
+    for conn in others:  # forked: the parent's ends of the pipes of the workers before this one
+        conn.close()
     code = 0
     try:
         _init_worker(frontend, 1, True)
@@ -410,7 +412,8 @@ class _Workers:
                 res_r, res_w = ctx.Pipe(duplex=False)
                 p = ctx.Process(target=_worker_main, daemon=True, name=f"aekit-featurize-{slot}",
                                 args=(slot, frontend, tasks if forked else None, task_r, res_w,
-                                      self.progress, os.getpid()))
+                                      self.progress, os.getpid(),
+                                      [*self.inboxes, *self.outboxes] if forked else []))
                 self.procs.append(p)
                 self.inboxes.append(task_w)
                 self.outboxes.append(res_r)
@@ -475,9 +478,9 @@ class _Workers:
                 index = self.progress[2 * slot]
                 path = next((p for i, p in self.tasks[tasks[0]] if i == index),
                             self.tasks[tasks[0]][0][1])
-                raise DataError(f"{path}: no progress for {self.stall:g} s on this input "
-                                f"(worker pid {self.procs[slot].pid} stuck?); stopped "
-                                f"(the limit is ${STALL_TIMEOUT_ENV}, in seconds)")
+                raise DataError(f"{path}: no progress for {self.stall:g} s on this input (a "
+                                f"stuck decoder?); stopped (${STALL_TIMEOUT_ENV} sets the limit "
+                                "in seconds)")
 
     def _died(self, slot: int) -> None:
         import signal
@@ -491,29 +494,31 @@ class _Workers:
 
     def stop(self, ok: bool) -> None:
         """End every worker and reap it: see the class docstring."""
-        if ok:
-            for inbox in self.inboxes:
-                try:
-                    inbox.send(None)
-                except (OSError, ValueError):
-                    pass
-            deadline = time.monotonic() + STOP_WAIT
+        try:
+            if ok:
+                for inbox in self.inboxes:
+                    try:
+                        inbox.send(None)
+                    except (OSError, ValueError):
+                        pass
+                deadline = time.monotonic() + STOP_WAIT
+                for p in self.procs:
+                    p.join(timeout=max(0.0, deadline - time.monotonic()))
+        finally:  # whatever happened above (a second Ctrl-C), no worker is left running
             for p in self.procs:
-                p.join(timeout=max(0.0, deadline - time.monotonic()))
-        for p in self.procs:
-            if p.exitcode is None:
+                if p.exitcode is None:
+                    try:
+                        p.kill()
+                    except (OSError, AttributeError, ValueError):
+                        pass
+            for p in self.procs:
                 try:
-                    p.kill()
-                except (OSError, AttributeError, ValueError):
+                    p.join(timeout=STOP_WAIT)
+                except (OSError, ValueError, AssertionError):
                     pass
-        for p in self.procs:
-            try:
-                p.join(timeout=STOP_WAIT)
-            except (OSError, ValueError, AssertionError):
-                pass
-        for c in [*self.inboxes, *self.outboxes]:
-            c.close()
-        self.inboxes, self.outboxes = [], []
+            for c in [*self.inboxes, *self.outboxes]:
+                c.close()
+            self.inboxes, self.outboxes = [], []
 
 
 def _iter_tasks(tasks: list[list[tuple[int, str]]], params: MelParams,
