@@ -333,11 +333,50 @@ def _unsafe(frame) -> bool:
     depth = 0
     while frame is not None and depth < 500:
         name = frame.f_code.co_filename
-        if (name.startswith("<frozen importlib") or torch_dir in name
-                or frame.f_code is _unraisable.__code__):
+        if name.startswith("<frozen importlib") or torch_dir in name:
             return True
         frame, depth = frame.f_back, depth + 1
     return False
+
+
+def _in_hook(frame) -> bool:
+    """Whether ``frame`` is inside :func:`_unraisable` (an exception raised there is lost)."""
+    depth = 0
+    while frame is not None and depth < 50:
+        if frame.f_code is _unraisable.__code__:
+            return True
+        frame, depth = frame.f_back, depth + 1
+    return False
+
+
+def _raise_at_next_line(signum: int, caller) -> None:
+    """Raise the stop for ``signum`` at the next line of Python code that runs outside
+    :func:`_unraisable` (synchronously: a line-trace function on this thread, removed when
+    it fires). In an import or torch's code it is deferred as the handler would."""
+    previous = sys.gettrace()
+    traced = []
+
+    def tracer(frame, event, arg):
+        if _in_hook(frame):
+            return None
+        if event != "line":
+            return tracer
+        sys.settrace(previous)
+        for f in traced:
+            f.f_trace = None
+        if _unsafe(frame):
+            _redeliver(signum, RETRY_S)
+            return None
+        exc = KeyboardInterrupt() if signum == signal.SIGINT else Terminated(signum)
+        _SIG["raised"] = exc
+        raise exc
+
+    frame, depth = caller, 0
+    while frame is not None and depth < 500:
+        frame.f_trace = tracer
+        traced.append(frame)
+        frame, depth = frame.f_back, depth + 1
+    sys.settrace(tracer)
 
 
 def _in_flight(exc: BaseException) -> bool:
@@ -380,11 +419,12 @@ def install_signal_handlers() -> None:
     A signal never crashes the process and is not lost: arriving inside an import or in
     torch's Python code (which torch's C++ also calls back through pybind11, where an
     exception aborts the process: "terminate called after throwing ...
-    error_already_set"), it is deferred for RETRY_S and looked at again; raised where
-    Python cannot propagate it (a weakref callback, a ``__del__``: "Exception ignored in
-    ..."), it is delivered again at once. A deferred signal is raised anyway after
-    DEFER_MAX_S. While the stop's cleanup runs, further signals wait. Once the command's outputs are complete (:func:`output_complete`), a signal is
-    reported on stderr and ignored: exit status 0.
+    error_already_set"), it is deferred for RETRY_S and looked at again (raised anyway
+    after DEFER_MAX_S); raised where Python cannot propagate it (a weakref callback, a
+    ``__del__``: "Exception ignored in ..."), it is made pending again at once and raised
+    in the code that runs next. While the stop's cleanup runs, further signals wait. Once
+    the command's outputs are complete (:func:`output_complete`), a signal is reported on
+    stderr and ignored: exit status 0.
     """
     if threading.current_thread() is not threading.main_thread():
         return
@@ -407,7 +447,7 @@ def install_signal_handlers() -> None:
             return
         now = time.monotonic()
         since = _SIG.setdefault("deferred", {}).setdefault(signum, now)
-        if now - since < DEFER_MAX_S and _unsafe(frame):
+        if now - since < DEFER_MAX_S and (_unsafe(frame) or _in_hook(frame)):
             _redeliver(signum, RETRY_S)
             return
         _SIG["deferred"].pop(signum, None)
@@ -461,11 +501,7 @@ def _unraisable(unraisable) -> None:
     exc = unraisable.exc_value
     if exc is not None and exc is _SIG["raised"]:
         _SIG["raised"] = None
-        t = _SIG.get("timer")
-        if t is not None:
-            t.cancel()
-        _SIG["timer"] = None
-        _redeliver(_signum(exc), 0.0)
+        _raise_at_next_line(_signum(exc), sys._getframe().f_back)
         return
     if exc is not None and write_errno(exc) is not None:
         return
