@@ -47,7 +47,7 @@ PARAMS = dict(num_samples=4000, n_mels=8)
 
 
 def test_iterating_with_workers_again_and_again_never_hangs_nor_leaves_workers(clips):
-    """40 runs of iter_features with 2 workers, each to the end or closed after a random
+    """25 runs of iter_features with 2 workers, each to the end or closed after a random
     number of results: every complete run equals the in-process one, every run ends within
     its timeout, and no worker process is left after any run."""
     from aekit.features import MelParams
@@ -57,7 +57,7 @@ def test_iterating_with_workers_again_and_again_never_hangs_nor_leaves_workers(c
     ref = [it.features for it in iter_features(clips, params, jobs=1)]
     rng = random.Random(0)
     assert _children() == []
-    for run in range(40):
+    for run in range(25):
         stop_after = rng.choice([None, None, 0, 1, 3, 7, 9])
         got, t0 = [], time.monotonic()
         gen = iter_features(clips, params, jobs=2)
