@@ -392,7 +392,7 @@ def _in_flight(exc: BaseException) -> bool:
 
 def _redeliver(signum: int, delay: float) -> None:
     """Send ``signum`` to the main thread again after ``delay`` seconds (one timer at a
-    time), so the handler looks again: at a safe point, or once the first stop was swallowed."""
+    time), so that the handler looks again, at a safer point, at a deferred signal."""
     t = _SIG.get("timer")
     if t is not None and t.is_alive():
         return
@@ -494,8 +494,9 @@ _default_excepthook = sys.excepthook
 def _unraisable(unraisable) -> None:
     """Drop h5py's 'Exception ignored in __dealloc__' noise that follows a failed write
     (the one-line error says it all), and a stop signal raised where Python cannot
-    propagate it (a weakref callback): it is delivered again at once (the handler then
-    raises it in the code that runs next). Anything else is reported as usual."""
+    propagate it (a weakref callback, a ``__del__``): it is raised again at the next line
+    of Python code that runs (:func:`_raise_at_next_line`). Anything else is reported as
+    usual."""
     from aekit.fileio import write_errno
 
     exc = unraisable.exc_value

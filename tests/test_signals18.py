@@ -265,5 +265,5 @@ def test_synth_with_a_huge_count_stops_at_once_on_sigterm_and_removes_its_direct
     took = time.monotonic() - t0
     assert (proc.returncode, err) == (143, "ae-synth: terminated (SIGTERM)\n")
     assert rss < 300, f"{rss:.0f} MiB after 1.5 s"  # about 75 here; 730 before
-    assert took < 3, f"{took:.1f} s to stop"
+    assert took < 5, f"{took:.1f} s to stop"
     assert list(tmp_path.iterdir()) == []
