@@ -263,7 +263,7 @@ def run(cli: click.Command, prog_name: str) -> None:
     global _HARD_EXIT
     _HARD_EXIT = False
     _SIG.update(raised=None, stopping=False, complete=False, late=None, prog=prog_name,
-                deferred={})
+                deferred={}, armed=None)
     install_signal_handlers()
     sys.unraisablehook = _unraisable
     sys.excepthook = _excepthook
@@ -300,8 +300,8 @@ def run(cli: click.Command, prog_name: str) -> None:
 #: are complete (a later signal is reported and ignored); late: that later signal.
 _SIG: dict = {"raised": None, "stopping": False, "complete": False, "late": None,
               "prog": None, "timer": None}
-RETRY_S = 0.05  # a signal deferred (an import, torch's code) is looked at again this soon
-DEFER_MAX_S = 5.0  # ... but raised anyway once it has waited this long (a stuck import)
+RETRY_S = 0.05
+DEFER_MAX_S = 5.0  # a deferred signal (an import, torch's code) is raised anyway after this
 
 
 def output_complete() -> None:
@@ -325,58 +325,87 @@ def _stopped(exc: BaseException, prog: str | None = None) -> "Stopped":
     return Stopped("interrupted", exit_code=130, prog=prog)
 
 
+def _critical_codes() -> set:
+    """Code that must not be interrupted half-way: creating a temporary output and renaming
+    it into place (the generator frames of aekit.fileio's atomic_path and atomic_dir run
+    only then; the command's work runs while they are suspended)."""
+    fileio = sys.modules.get("aekit.fileio")
+    codes = set()
+    for name in ("atomic_path", "atomic_dir"):
+        fn = getattr(getattr(fileio, name, None), "__wrapped__", None)
+        if fn is not None:
+            codes.add(fn.__code__)
+    return codes
+
+
+def _own_unsafe(frame, critical: set) -> bool:
+    name = frame.f_code.co_filename
+    return (name.startswith("<frozen importlib") or f"{os.sep}torch{os.sep}" in name
+            or frame.f_code in critical or frame.f_code is _unraisable.__code__)
+
+
 def _unsafe(frame) -> bool:
-    """Whether raising here could turn a signal into a crash: inside an import (a C
-    extension's initialisation), or in torch's Python code (which torch's C++ also calls
-    back through pybind11: an exception thrown there ends in std::terminate, SIGABRT)."""
-    torch_dir = f"{os.sep}torch{os.sep}"
-    depth = 0
+    """Whether raising here could turn a signal into a crash or a leak: inside an import (a
+    C extension's initialisation), in torch's Python code (which torch's C++ also calls
+    back through pybind11: an exception thrown there ends in std::terminate, SIGABRT),
+    while a temporary output is created or renamed, or in :func:`_unraisable` (where an
+    exception is lost)."""
+    critical, depth = _critical_codes(), 0
     while frame is not None and depth < 500:
-        name = frame.f_code.co_filename
-        if name.startswith("<frozen importlib") or torch_dir in name:
+        if _own_unsafe(frame, critical):
             return True
         frame, depth = frame.f_back, depth + 1
     return False
 
 
-def _in_hook(frame) -> bool:
-    """Whether ``frame`` is inside :func:`_unraisable` (an exception raised there is lost)."""
-    depth = 0
-    while frame is not None and depth < 50:
-        if frame.f_code is _unraisable.__code__:
-            return True
+def _raise_when_safe(signum: int, frame) -> None:
+    """Raise the stop for ``signum`` at the next line that runs in a frame below every
+    unsafe one (see :func:`_unsafe`) of ``frame``'s stack, i.e. as soon as the import,
+    torch's call or the callback has returned: synchronously, with a line-trace function
+    on the frames below (removed when it fires); no thread to wait for."""
+    chain, depth = [], 0
+    while frame is not None and depth < 500:
+        chain.append(frame)
         frame, depth = frame.f_back, depth + 1
-    return False
-
-
-def _raise_at_next_line(signum: int, caller) -> None:
-    """Raise the stop for ``signum`` at the next line of Python code that runs outside
-    :func:`_unraisable` (synchronously: a line-trace function on this thread, removed when
-    it fires). In an import or torch's code it is deferred as the handler would."""
-    previous = sys.gettrace()
-    traced = []
+    critical = _critical_codes()
+    lowest = max((i for i, f in enumerate(chain) if _own_unsafe(f, critical)), default=-1)
+    safe = chain[lowest + 1:]
+    if _SIG.get("armed") is None:
+        _SIG["trace_before"] = sys.gettrace()  # a debugger's or coverage's, put back after
 
     def tracer(frame, event, arg):
-        if _in_hook(frame):
+        if event == "call":  # frames started from now on are not traced
+            return None
+        if _SIG.get("armed") is not tracer:  # done, or replaced by a later signal's
             return None
         if event != "line":
             return tracer
-        sys.settrace(previous)
-        for f in traced:
-            f.f_trace = None
-        if _unsafe(frame):
-            _redeliver(signum, RETRY_S)
+        _disarm()
+        if _SIG["stopping"] or _SIG["complete"]:
             return None
+        _SIG["deferred"].pop(signum, None)
+        t = _SIG.get("timer")
+        if t is not None:
+            t.cancel()
         exc = KeyboardInterrupt() if signum == signal.SIGINT else Terminated(signum)
         _SIG["raised"] = exc
         raise exc
 
-    frame, depth = caller, 0
-    while frame is not None and depth < 500:
-        frame.f_trace = tracer
-        traced.append(frame)
-        frame, depth = frame.f_back, depth + 1
+    _SIG["armed"], _SIG["traced"] = tracer, safe
+    for f in safe:
+        f.f_trace = tracer
     sys.settrace(tracer)
+
+
+def _disarm() -> None:
+    """Remove :func:`_raise_when_safe`'s trace function, if any."""
+    if _SIG.get("armed") is None:
+        return
+    _SIG["armed"] = None
+    sys.settrace(_SIG.get("trace_before"))
+    for f in _SIG.get("traced") or ():
+        f.f_trace = None
+    _SIG["traced"] = None
 
 
 def _in_flight(exc: BaseException) -> bool:
@@ -392,7 +421,7 @@ def _in_flight(exc: BaseException) -> bool:
 
 def _redeliver(signum: int, delay: float) -> None:
     """Send ``signum`` to the main thread again after ``delay`` seconds (one timer at a
-    time), so that the handler looks again, at a safer point, at a deferred signal."""
+    time): the handler then raises a signal deferred for DEFER_MAX_S whatever the frame."""
     t = _SIG.get("timer")
     if t is not None and t.is_alive():
         return
@@ -419,10 +448,11 @@ def install_signal_handlers() -> None:
     A signal never crashes the process and is not lost: arriving inside an import or in
     torch's Python code (which torch's C++ also calls back through pybind11, where an
     exception aborts the process: "terminate called after throwing ...
-    error_already_set"), it is deferred for RETRY_S and looked at again (raised anyway
-    after DEFER_MAX_S); raised where Python cannot propagate it (a weakref callback, a
-    ``__del__``: "Exception ignored in ..."), it is made pending again at once and raised
-    in the code that runs next. While the stop's cleanup runs, further signals wait. Once
+    error_already_set"), or while a temporary output is created or renamed, it is raised
+    as soon as that code has returned (:func:`_raise_when_safe`; anyway after
+    DEFER_MAX_S); raised where Python cannot propagate it (a weakref callback, a
+    ``__del__``: "Exception ignored in ..."), it is raised again in the code that runs
+    next. While the stop's cleanup runs, further signals wait. Once
     the command's outputs are complete (:func:`output_complete`), a signal is reported on
     stderr and ignored: exit status 0.
     """
@@ -447,10 +477,12 @@ def install_signal_handlers() -> None:
             return
         now = time.monotonic()
         since = _SIG.setdefault("deferred", {}).setdefault(signum, now)
-        if now - since < DEFER_MAX_S and (_unsafe(frame) or _in_hook(frame)):
-            _redeliver(signum, RETRY_S)
+        if now - since < DEFER_MAX_S and _unsafe(frame):
+            _raise_when_safe(signum, frame)
+            _redeliver(signum, DEFER_MAX_S - (now - since) + RETRY_S)  # never waits longer
             return
         _SIG["deferred"].pop(signum, None)
+        _disarm()
         exc = KeyboardInterrupt() if signum == signal.SIGINT else Terminated(signum)
         _SIG["raised"] = exc
         raise exc
@@ -495,14 +527,15 @@ def _unraisable(unraisable) -> None:
     """Drop h5py's 'Exception ignored in __dealloc__' noise that follows a failed write
     (the one-line error says it all), and a stop signal raised where Python cannot
     propagate it (a weakref callback, a ``__del__``): it is raised again at the next line
-    of Python code that runs (:func:`_raise_at_next_line`). Anything else is reported as
-    usual."""
+    of Python code that runs after this hook (:func:`_raise_when_safe`). Anything else is
+    reported as usual."""
     from aekit.fileio import write_errno
 
     exc = unraisable.exc_value
     if exc is not None and exc is _SIG["raised"]:
         _SIG["raised"] = None
-        _raise_at_next_line(_signum(exc), sys._getframe().f_back)
+        _SIG.setdefault("deferred", {})[_signum(exc)] = time.monotonic()
+        _raise_when_safe(_signum(exc), sys._getframe())
         return
     if exc is not None and write_errno(exc) is not None:
         return
