@@ -2,6 +2,7 @@
 #   make test    install (when needed) and run the whole test suite
 #   make demo    install and run the example pipeline to a verdict
 #   make bench   install and print the benchmark ratios
+#   make stress  install and run the no-hang stress loop (slow: 10-40 minutes; not in make test)
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 .DELETE_ON_ERROR:
@@ -11,7 +12,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.aekit-installed
 
-.PHONY: install test bench demo clean distclean
+.PHONY: install test bench stress demo clean distclean
 
 install: $(STAMP)
 
@@ -26,6 +27,9 @@ test: install
 
 bench: install
 	$(PY) bench/run_all.py
+
+stress: install
+	$(PY) bench/stress_batch.py
 
 demo: install
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(MAKE) -C examples demo

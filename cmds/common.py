@@ -86,14 +86,23 @@ class AeCommand(click.Command):
             raise CommandError(_one_line(exc.format_message()), exit_code=2, prog=prog) from None
         except AekitError as exc:  # a parameter type's check (e.g. not a regular file)
             raise CommandError(str(exc), exit_code=exc.exit_code, prog=prog) from None
+        except (KeyboardInterrupt, Terminated) as exc:  # while parsing (and its imports)
+            raise _stopped(exc, prog) from None
         ctx.meta["aekit.command_line"] = line
         return ctx
 
     def invoke(self, ctx: click.Context):
         global _HARD_EXIT
+        _SIG["complete"] = False
         try:
             check_no_clobber(ctx)
-            return super().invoke(ctx)
+            result = super().invoke(ctx)
+            output_complete()  # a signal from now on finds the work done (teardown)
+            if _SIG["raised"] is not None and not _SIG["stopping"]:  # swallowed on its way
+                _SIG["late"] = _SIG["late"] or _signum(_SIG["raised"])
+                _write_stderr(f"{_prog_name()}: warning: {signal.Signals(_SIG['late']).name} "
+                              "was swallowed by a library; the output is complete (exit status 0)\n")
+            return result
         except AekitError as exc:
             from aekit.fileio import WriteError
 
@@ -105,11 +114,8 @@ class AeCommand(click.Command):
             raise SystemExit(0) from None  # the reader had enough (| head): not an error
         except MemoryError:
             raise CommandError("out of memory; try a smaller --batch-size or --block-size") from None
-        except KeyboardInterrupt:
-            raise Stopped("interrupted", exit_code=130) from None
-        except Terminated as exc:
-            raise Stopped(f"terminated ({signal.Signals(exc.signum).name})",
-                          exit_code=128 + exc.signum) from None
+        except (KeyboardInterrupt, Terminated) as exc:
+            raise _stopped(exc) from None
         except PermissionError as exc:
             from aekit.fileio import describe_os_error
 
@@ -308,10 +314,13 @@ def run(cli: click.Command, prog_name: str) -> None:
     """Console-script entry point: run ``cli``; a closed stdout (``| head``) is not an error.
 
     SIGTERM and SIGHUP end the command like Ctrl-C does (cleanup runs, temporaries are
-    removed), with status 128 + the signal number; forked workers exit quietly.
+    removed), with status 128 + the signal number and one line; forked workers exit
+    quietly. See :func:`install_signal_handlers` for when a signal takes effect.
     """
     global _HARD_EXIT
     _HARD_EXIT = False
+    _SIG.update(raised=None, stopping=False, complete=False, late=None, prog=prog_name,
+                deferred={}, armed=None)
     install_signal_handlers()
     sys.unraisablehook = _unraisable
     sys.excepthook = _excepthook
@@ -331,8 +340,18 @@ def run(cli: click.Command, prog_name: str) -> None:
         exit_ = SystemExit(1)
         _stdout_failed(write_errno(err), prog_name, exit_)
         raise exit_ from None
+    except (KeyboardInterrupt, Terminated) as exc:  # outside the command's own handling
+        _stopped(exc, prog_name).show()
+        sys.exit(128 + _signum(exc))
     except SystemExit as exc:
         _flush_stdout(exc, prog_name)
+        if _SIG["complete"] and exc.code in (0, None):
+            # What is left is the interpreter's exit, which resets the handlers to the
+            # default (a late SIGTERM would then kill the finished command): ignore them.
+            for name in ("SIGTERM", "SIGHUP", "SIGINT"):
+                sig = getattr(signal, name, None)
+                if sig is not None and signal.getsignal(sig) not in (None, signal.SIG_IGN):
+                    signal.signal(sig, signal.SIG_IGN)
         if _HARD_EXIT:
             code = exc.code if isinstance(exc.code, int) else 1
             for stream in (sys.stdout, sys.stderr):
@@ -373,9 +392,168 @@ def _stdout_failed(code: int, prog_name: str, exc: SystemExit) -> None:
         exc.code = 1
 
 
+#: The signal state of the command this process runs (run() resets it).
+#: raised: the KeyboardInterrupt/Terminated the handler raised; stopping: it reached the
+#: command's error handling (the one line is on its way); complete: the command's outputs
+#: are complete (a later signal is reported and ignored); late: that later signal.
+_SIG: dict = {"raised": None, "stopping": False, "complete": False, "late": None,
+              "prog": None, "timer": None}
+RETRY_S = 0.05
+DEFER_MAX_S = 5.0  # a deferred signal (an import, torch's code) is raised anyway after this
+
+
+def output_complete() -> None:
+    """Declare this command's work done (its outputs renamed into place): a SIGTERM, SIGHUP
+    or Ctrl-C from now on (teardown, interpreter exit) is reported on stderr and does not
+    change the exit status, 0."""
+    _SIG["complete"] = True
+
+
+def _signum(exc: BaseException) -> int:
+    return exc.signum if isinstance(exc, Terminated) else int(signal.SIGINT)
+
+
+def _stopped(exc: BaseException, prog: str | None = None) -> "Stopped":
+    """The one-line stop for a KeyboardInterrupt or Terminated; later signals are ignored
+    while the process exits."""
+    _SIG["stopping"] = True
+    if isinstance(exc, Terminated):
+        return Stopped(f"terminated ({signal.Signals(exc.signum).name})",
+                       exit_code=128 + exc.signum, prog=prog)
+    return Stopped("interrupted", exit_code=130, prog=prog)
+
+
+def _critical_codes() -> set:
+    """Code that must not be interrupted half-way: creating a temporary output and renaming
+    it into place (the generator frames of aekit.fileio's atomic_path and atomic_dir run
+    only then; the command's work runs while they are suspended)."""
+    fileio = sys.modules.get("aekit.fileio")
+    codes = set()
+    for name in ("atomic_path", "atomic_dir"):
+        fn = getattr(getattr(fileio, name, None), "__wrapped__", None)
+        if fn is not None:
+            codes.add(fn.__code__)
+    return codes
+
+
+def _own_unsafe(frame, critical: set) -> bool:
+    name = frame.f_code.co_filename
+    return (name.startswith("<frozen importlib") or f"{os.sep}torch{os.sep}" in name
+            or frame.f_code in critical or frame.f_code is _unraisable.__code__)
+
+
+def _unsafe(frame) -> bool:
+    """Whether raising here could turn a signal into a crash or a leak: inside an import (a
+    C extension's initialisation), in torch's Python code (which torch's C++ also calls
+    back through pybind11: an exception thrown there ends in std::terminate, SIGABRT),
+    while a temporary output is created or renamed, or in :func:`_unraisable` (where an
+    exception is lost)."""
+    critical, depth = _critical_codes(), 0
+    while frame is not None and depth < 500:
+        if _own_unsafe(frame, critical):
+            return True
+        frame, depth = frame.f_back, depth + 1
+    return False
+
+
+def _raise_when_safe(signum: int, frame) -> None:
+    """Raise the stop for ``signum`` at the next line that runs in a frame below every
+    unsafe one (see :func:`_unsafe`) of ``frame``'s stack, i.e. as soon as the import,
+    torch's call or the callback has returned: synchronously, with a line-trace function
+    on the frames below (removed when it fires); no thread to wait for."""
+    chain, depth = [], 0
+    while frame is not None and depth < 500:
+        chain.append(frame)
+        frame, depth = frame.f_back, depth + 1
+    critical = _critical_codes()
+    lowest = max((i for i, f in enumerate(chain) if _own_unsafe(f, critical)), default=-1)
+    safe = chain[lowest + 1:]
+    if _SIG.get("armed") is None:
+        _SIG["trace_before"] = sys.gettrace()  # a debugger's or coverage's, put back after
+
+    def tracer(frame, event, arg):
+        if event == "call":  # frames started from now on are not traced
+            return None
+        if _SIG.get("armed") is not tracer:  # done, or replaced by a later signal's
+            return None
+        if event != "line":
+            return tracer
+        _disarm()
+        if _SIG["stopping"] or _SIG["complete"]:
+            return None
+        _SIG["deferred"].pop(signum, None)
+        t = _SIG.get("timer")
+        if t is not None:
+            t.cancel()
+        exc = KeyboardInterrupt() if signum == signal.SIGINT else Terminated(signum)
+        _SIG["raised"] = exc
+        raise exc
+
+    _SIG["armed"], _SIG["traced"] = tracer, safe
+    for f in safe:
+        f.f_trace = tracer
+    sys.settrace(tracer)
+
+
+def _disarm() -> None:
+    """Remove :func:`_raise_when_safe`'s trace function, if any."""
+    if _SIG.get("armed") is None:
+        return
+    _SIG["armed"] = None
+    sys.settrace(_SIG.get("trace_before"))
+    for f in _SIG.get("traced") or ():
+        f.f_trace = None
+    _SIG["traced"] = None
+
+
+def _in_flight(exc: BaseException) -> bool:
+    """Whether ``exc`` is still propagating (being handled: ``finally``, ``except``,
+    ``__exit__`` cleanup) in this thread, directly or as the context of another."""
+    cur, seen = sys.exc_info()[1], 0
+    while cur is not None and seen < 100:
+        if cur is exc:
+            return True
+        cur, seen = (cur.__context__ or cur.__cause__), seen + 1
+    return False
+
+
+def _redeliver(signum: int, delay: float) -> None:
+    """Send ``signum`` to the main thread again after ``delay`` seconds (one timer at a
+    time): the handler then raises a signal deferred for DEFER_MAX_S whatever the frame."""
+    t = _SIG.get("timer")
+    if t is not None and t.is_alive():
+        return
+    main = threading.main_thread().ident
+
+    def again() -> None:
+        if not _SIG["stopping"]:
+            try:
+                signal.pthread_kill(main, signum)
+            except (OSError, ValueError):
+                pass
+
+    t = threading.Timer(delay, again)
+    t.daemon = True
+    _SIG["timer"] = t
+    t.start()
+
+
 def install_signal_handlers() -> None:
-    """SIGTERM/SIGHUP raise :class:`Terminated` in this process (so atomic outputs clean
-    up); in a forked worker they, and SIGINT, end it at once without a traceback."""
+    """SIGINT raises KeyboardInterrupt and SIGTERM/SIGHUP :class:`Terminated` in this
+    process, so that atomic outputs clean up and the command ends with one line and status
+    128 + N; in a forked worker they end it at once without a traceback.
+
+    A signal never crashes the process and is not lost: arriving inside an import or in
+    torch's Python code (which torch's C++ also calls back through pybind11, where an
+    exception aborts the process: "terminate called after throwing ...
+    error_already_set"), or while a temporary output is created or renamed, it is raised
+    as soon as that code has returned (:func:`_raise_when_safe`; anyway after
+    DEFER_MAX_S); raised where Python cannot propagate it (a weakref callback, a
+    ``__del__``: "Exception ignored in ..."), it is raised again in the code that runs
+    next. While the stop's cleanup runs, further signals wait. Once
+    the command's outputs are complete (:func:`output_complete`), a signal is reported on
+    stderr and ignored: exit status 0.
+    """
     if threading.current_thread() is not threading.main_thread():
         return
     main_pid = os.getpid()
@@ -383,21 +561,50 @@ def install_signal_handlers() -> None:
     def on_signal(signum, frame):
         if os.getpid() != main_pid:  # a forked worker: the parent reports and cleans up
             os._exit(128 + signum)
-        if signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        raise Terminated(signum)
+        if _SIG["stopping"]:
+            return
+        if _SIG["complete"]:
+            if _SIG["late"] is None:
+                _SIG["late"] = signum
+                _write_stderr(f"{_SIG['prog'] or _prog_name()}: warning: "
+                              f"{signal.Signals(signum).name} arrived after the output was "
+                              "complete; not stopping (exit status 0)\n")
+            return
+        raised = _SIG["raised"]
+        if raised is not None and _in_flight(raised):  # its cleanup is running: let it run
+            return
+        now = time.monotonic()
+        since = _SIG.setdefault("deferred", {}).setdefault(signum, now)
+        if now - since < DEFER_MAX_S and _unsafe(frame):
+            _raise_when_safe(signum, frame)
+            _redeliver(signum, DEFER_MAX_S - (now - since) + RETRY_S)  # never waits longer
+            return
+        _SIG["deferred"].pop(signum, None)
+        _disarm()
+        exc = KeyboardInterrupt() if signum == signal.SIGINT else Terminated(signum)
+        _SIG["raised"] = exc
+        raise exc
 
     for name in ("SIGTERM", "SIGHUP", "SIGINT"):
         sig = getattr(signal, name, None)
-        if sig is not None and signal.getsignal(sig) in (signal.SIG_DFL, signal.default_int_handler):
+        if sig is not None and (signal.getsignal(sig) in (signal.SIG_DFL, signal.default_int_handler)
+                                or getattr(signal.getsignal(sig), "aekit_early", False)):
             signal.signal(sig, on_signal)
     if sys.platform.startswith("linux") and hasattr(os, "register_at_fork"):
         os.register_at_fork(after_in_child=_die_with_parent)
 
 
+def _write_stderr(text: str) -> None:
+    try:
+        os.write(2, text.encode("utf-8", "replace"))
+    except OSError:
+        pass
+
+
 def _die_with_parent() -> None:
     """In a forked worker (Linux): SIGTERM when the parent dies, even by SIGKILL, so that no
     orphan keeps working (and the handler above ends it quietly)."""
+    _SIG["timer"] = None  # the parent's timer thread is not in this process
     try:
         import ctypes
 
@@ -416,10 +623,19 @@ _default_excepthook = sys.excepthook
 
 def _unraisable(unraisable) -> None:
     """Drop h5py's 'Exception ignored in __dealloc__' noise that follows a failed write
-    (the one-line error says it all); anything else is reported as usual."""
+    (the one-line error says it all), and a stop signal raised where Python cannot
+    propagate it (a weakref callback, a ``__del__``): it is raised again at the next line
+    of Python code that runs after this hook (:func:`_raise_when_safe`). Anything else is
+    reported as usual."""
     from aekit.fileio import write_errno
 
-    if unraisable.exc_value is not None and write_errno(unraisable.exc_value) is not None:
+    exc = unraisable.exc_value
+    if exc is not None and exc is _SIG["raised"]:
+        _SIG["raised"] = None
+        _SIG.setdefault("deferred", {})[_signum(exc)] = time.monotonic()
+        _raise_when_safe(_signum(exc), sys._getframe())
+        return
+    if exc is not None and write_errno(exc) is not None:
         return
     _default_unraisable(unraisable)
 

@@ -227,10 +227,15 @@ def cli(features, output, preset, arch, hidden, latent, epochs, batch_size, lr, 
                 on_step=_self_sigterm_hook(),
                 progress=common.progress if dist.is_main else null_progress,
                 meta={"command": common.command_line()})
+            # The model file is in place: the job is complete. A signal from now on (the
+            # process group's teardown, the interpreter's exit) is reported, exit status 0.
+            common.output_complete()
         except tr.Preempted as exc:
             common.LOG.warning("%s", exc)
             sys.stdout.flush()
             raise SystemExit(S.EXIT_PREEMPTED) from None
+    if stop_requested():  # after the last epoch's stop check: the model was completed
+        common.LOG.warning("a stop signal arrived after the last epoch; the model is complete")
     last = result.history[-1] if result.history else {}
     common.LOG.info("Done: %d epochs, final train loss %.4g%s dB^2; wrote %s (%s weights)",
                     len(result.history), last.get("train_loss", float("nan")),

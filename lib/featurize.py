@@ -12,12 +12,11 @@ as asked.
 from __future__ import annotations
 
 import gc
-import itertools
 import logging
 import multiprocessing as mp
 import os
 import sys
-from collections import deque
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, NamedTuple, Sequence
 
@@ -133,6 +132,7 @@ def _process(task: list[tuple[int, str]], state: dict | None = None):
     p = frontend.params
     group = state.setdefault("group", np.empty((_group_files(p), p.channels, p.num_samples),
                                                dtype=np.float32))
+    mark = state.get("mark", _no_mark)  # a worker's progress, for the parent's watchdog
     decoded, failed = [], []  # decoded: (index, path, meta) of the clips in ``group``
     rows = []
     feats_out = np.empty((len(task), *p.clip_shape), dtype=np.float32)
@@ -140,6 +140,7 @@ def _process(task: list[tuple[int, str]], state: dict | None = None):
     def featurize_group() -> None:
         with torch.inference_mode():
             for k, (index, path, meta) in enumerate(decoded):
+                mark(index)
                 dst = feats_out[len(rows)]
                 dst[...] = frontend(torch.from_numpy(group[k])).numpy()  # [C, M, T]
                 if not np.isfinite(dst.sum(dtype=np.float64)):  # power overflowing float32
@@ -150,6 +151,7 @@ def _process(task: list[tuple[int, str]], state: dict | None = None):
         decoded.clear()
 
     for index, path in task:
+        mark(index)
         try:
             clip = reader.read(path, out=group[len(decoded)])  # decoded into its group slot
         except AudioError as exc:
@@ -162,6 +164,10 @@ def _process(task: list[tuple[int, str]], state: dict | None = None):
             featurize_group()
     featurize_group()
     return rows, feats_out[:len(rows)], failed
+
+
+def _no_mark(index: int) -> None:
+    pass
 
 
 def _group_files(params: MelParams) -> int:
@@ -186,12 +192,14 @@ def featurize(paths: Sequence[os.PathLike | str], ids: Sequence[str], output: os
               on_error: str = "skip", max_fail_frac: float = 0.05,
               shard: tuple[int, int] = (0, 1), command: str = "",
               on_failure: Callable[[str, str], None] | None = None,
-              progress: Callable[[int], None] | None = None) -> FeaturizeReport:
+              progress: Callable[[int], None] | None = None,
+              stall_timeout: float | None = None) -> FeaturizeReport:
     """Featurize ``paths`` (shard ``shard`` of them) into the HDF5 file ``output``, atomically.
 
     ``ids`` are the keys stored for each path (same length as ``paths``). Raises
     DataError when more than ``max_fail_frac`` of the inputs fail, when nothing could be
     featurized, or at the first failure with ``on_error='fail'``; no output is left then.
+    Worker processes are watched as :func:`iter_features` says (``stall_timeout``).
     """
     if len(paths) != len(ids):
         raise ValueError("paths and ids differ in length")
@@ -202,6 +210,7 @@ def featurize(paths: Sequence[os.PathLike | str], ids: Sequence[str], output: os
     if not 0.0 <= max_fail_frac <= 1.0:
         raise InputError("max-fail-frac must be between 0 and 1")
     jobs = max(1, int(jobs or available_cpus()))
+    stall = stall_limit(stall_timeout)
     block_size = max(1, int(block_size))
     sel = shard_indices(len(paths), shard)
     work = [(int(i), str(paths[i])) for i in sel]
@@ -217,7 +226,7 @@ def featurize(paths: Sequence[os.PathLike | str], ids: Sequence[str], output: os
                                extra_attrs=extra, expected=total)
         try:
             _run(tasks, params, jobs, block_size, on_error, writer, report, ids,
-                 on_failure, progress)
+                 on_failure, progress, stall)
             n_failed = len(report.failures)
             if total and n_failed / total > max_fail_frac:
                 raise DataError(f"{n_failed} of {total} inputs failed ({100 * n_failed / total:.1f}% "
@@ -230,7 +239,8 @@ def featurize(paths: Sequence[os.PathLike | str], ids: Sequence[str], output: os
     return report
 
 
-def _run(tasks, params, jobs, block_size, on_error, writer, report, ids, on_failure, progress):
+def _run(tasks, params, jobs, block_size, on_error, writer, report, ids, on_failure, progress,
+         stall=None):
     buf_feats: list[np.ndarray] = []
     buf_rows: list[tuple[int, str, tuple]] = []  # (input index, path, per-clip meta)
 
@@ -244,7 +254,7 @@ def _run(tasks, params, jobs, block_size, on_error, writer, report, ids, on_fail
         buf_feats.clear()
         buf_rows.clear()
 
-    for item in _iter_tasks(tasks, params, jobs):
+    for item in _iter_tasks(tasks, params, jobs, stall):
         if item.error is not None:
             report.failures.append((item.path, item.error))
             writer.add_failures([item.path], [item.error])
@@ -280,54 +290,250 @@ class Featurized(NamedTuple):
 
 
 def iter_features(paths: Sequence[os.PathLike | str], params: MelParams,
-                  jobs: int | None = None) -> Iterator[Featurized]:
+                  jobs: int | None = None, *,
+                  stall_timeout: float | None = None) -> Iterator[Featurized]:
     """Decode and featurize ``paths`` in worker processes; yield one :class:`Featurized` per
     path, in input order, as results arrive. Failures are yielded, not raised.
 
     At most a few tasks per worker are in flight, so memory stays flat however slowly the
     caller consumes (``featurize`` writes blocks, ``aekit.scoring`` runs a model). Closing
-    the generator early stops the workers.
+    the generator early (or an error, or Ctrl-C) stops the workers: none outlives the call.
+
+    Never waits forever: a worker that dies fails the call (DataError), and so does a worker
+    that makes no progress on one input for ``stall_timeout`` seconds (default
+    $AEKIT_STALL_TIMEOUT, else 600; a decoder stuck on a damaged file, a stopped process),
+    with one line naming that input. With ``jobs=1`` the work runs in the caller's process
+    and has no watchdog.
     """
     check_mel_params(params)
     work = [(i, str(p)) for i, p in enumerate(paths)]
     jobs = max(1, int(jobs or available_cpus()))
-    yield from _iter_tasks(make_tasks(work, jobs), params, jobs)
+    yield from _iter_tasks(make_tasks(work, jobs), params, jobs, stall_timeout)
 
 
-def _result(pool, pending, workers: set):
-    """The result of one task; DataError if a worker process died meanwhile. (A Pool
-    replaces a dead worker and never delivers the task it held: without this check a worker
-    killed by the OOM killer, or crashing in a decoder, would leave the caller waiting forever.)
-    ``workers`` collects every worker process seen, replacements included."""
+STALL_TIMEOUT_ENV = "AEKIT_STALL_TIMEOUT"
+DEFAULT_STALL_TIMEOUT = 600.0  # seconds without progress on one input before a run is failed
+STOP_WAIT = 10.0  # seconds workers get to exit after their last task before they are killed
+
+
+def stall_limit(value: float | str | None = None) -> float:
+    """The watchdog's limit in seconds: ``value``, else $AEKIT_STALL_TIMEOUT, else
+    DEFAULT_STALL_TIMEOUT (10 minutes). Must be a positive number."""
+    if value is None:
+        value = os.environ.get(STALL_TIMEOUT_ENV) or DEFAULT_STALL_TIMEOUT
+    try:
+        t = float(value)
+    except (TypeError, ValueError):
+        t = float("nan")
+    if not (t > 0 and np.isfinite(t)):
+        raise InputError(f"bad stall timeout {value!r} ({STALL_TIMEOUT_ENV}): "
+                         "expected a positive number of seconds")
+    return t
+
+
+def _exit_with_parent(parent: int) -> None:
+    """In a worker (Linux): SIGKILL when the parent dies, even by SIGKILL, so that no orphan
+    keeps working; a parent already gone ends the worker at once."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(1, 9, 0, 0, 0)  # PR_SET_PDEATHSIG, SIGKILL
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+def _worker_main(slot: int, frontend: MelFrontend, tasks, inbox, outbox, progress,
+                 parent: int, others: list) -> None:
+    """A worker process: take task numbers (or, spawned, tasks) from ``inbox``, one at a
+    time, and send back (number, result) or (number, exception) on ``outbox``; stop at None
+    or when the parent is gone. Nothing here is shared with another worker (no queue lock
+    that a killed worker could leave held): each worker has its own two pipes, and writes
+    the input it is working on into its own two slots of ``progress`` (no lock)."""
     import signal
 
-    while True:
-        try:
-            return pending.get(timeout=0.5)
-        except mp.TimeoutError:
-            workers.update(pool._pool)  # the pool's current processes
-            dead = next((w for w in workers if w.exitcode is not None), None)
-            if dead is not None:
-                code = dead.exitcode
-                how = (f"killed by {signal.Signals(-code).name}" if code < 0
-                       and -code in signal.Signals._value2member_map_ else f"exit status {code}")
-                raise DataError(f"a worker process died ({how}; out of memory?); "
-                                "no output written")
-
-
-def _start_pool(n: int, frontend: MelFrontend):
-    # fork is cheapest (workers inherit the imports and the frontend); on macOS, where
-    # forking a process with threads is unsafe, and elsewhere, spawn.
-    ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
-    gc.freeze()  # forked workers' collections then leave the parent's objects (pages) alone
+    # Ctrl-C reaches the whole process group: the parent alone handles it (and then stops
+    # the workers). SIGTERM/SIGHUP end a worker at once, quietly, whatever its threads do.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for name in ("SIGTERM", "SIGHUP"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_DFL)
+    _exit_with_parent(parent)
+    for conn in others:  # forked: the parent's ends of the pipes of the workers before this one
+        conn.close()
+    code = 0
     try:
-        return ctx.Pool(n, initializer=_init_worker, initargs=(frontend, 1, True))
+        _init_worker(frontend, 1, True)
+
+        def mark(index: int) -> None:
+            progress[2 * slot] = index
+            progress[2 * slot + 1] += 1
+
+        _WORKER["mark"] = mark
+        while True:
+            try:
+                msg = inbox.recv()
+            except (EOFError, OSError):
+                break  # the parent is gone or closed the pipe
+            if msg is None:
+                break
+            n, task = msg
+            try:
+                out = (n, _process(tasks[n] if task is None else task), None)
+            except BaseException as exc:  # noqa: BLE001 - sent to the parent, raised there
+                out = (n, None, exc)
+            try:
+                outbox.send(out)
+            except (EOFError, OSError):
+                break
+            except Exception as exc:  # an exception that does not pickle
+                outbox.send((n, None, RuntimeError(f"{type(exc).__name__}: {exc}")))
+    except BaseException:  # noqa: BLE001 - the parent reports the exit status
+        code = 1
     finally:
-        gc.unfreeze()
+        os._exit(code)  # no atexit or finalizers of the parent's objects in a worker
+
+
+class _Workers:
+    """``n`` worker processes, each with its own task pipe and result pipe (no lock shared
+    between processes), and a watchdog: :meth:`results` fails with one line naming the input
+    when a busy worker makes no progress for ``stall`` seconds. :meth:`stop` ends them: after
+    a complete run, a stop message and a join (killed after STOP_WAIT seconds if need be); on
+    an error, Ctrl-C or an early close, SIGKILL at once (nothing a killed worker held can
+    block anyone) and a join, so that no worker outlives the call."""
+
+    def __init__(self, n: int, frontend: MelFrontend, tasks: list, stall: float):
+        from multiprocessing.sharedctypes import RawArray
+
+        # fork is cheapest (workers inherit the imports, the frontend and the task list); on
+        # macOS, where forking a process with threads is unsafe, and elsewhere, spawn.
+        forked = sys.platform.startswith("linux")
+        ctx = mp.get_context("fork" if forked else "spawn")
+        self.tasks, self.stall, self.forked = tasks, stall, forked
+        self.progress = RawArray("q", 2 * n)  # per worker: input index in work, files started
+        self.procs, self.inboxes, self.outboxes = [], [], []
+        self.busy: list[list[int]] = [[] for _ in range(n)]  # task numbers sent, not returned
+        self.seen = [(0, time.monotonic())] * n  # (progress count, when it last changed)
+        gc.freeze()  # forked workers' collections then leave the parent's objects (pages) alone
+        try:
+            for slot in range(n):
+                task_r, task_w = ctx.Pipe(duplex=False)
+                res_r, res_w = ctx.Pipe(duplex=False)
+                p = ctx.Process(target=_worker_main, daemon=True, name=f"aekit-featurize-{slot}",
+                                args=(slot, frontend, tasks if forked else None, task_r, res_w,
+                                      self.progress, os.getpid(),
+                                      [*self.inboxes, *self.outboxes] if forked else []))
+                self.procs.append(p)
+                self.inboxes.append(task_w)
+                self.outboxes.append(res_r)
+                p.start()
+                task_r.close()  # the worker's ends: the parent keeps only its own
+                res_w.close()
+        except BaseException:
+            self.stop(ok=False)
+            raise
+        finally:
+            gc.unfreeze()
+
+    def submit(self, n: int) -> None:
+        """Send task ``n`` to the worker with the fewest tasks outstanding."""
+        slot = min(range(len(self.procs)), key=lambda s: len(self.busy[s]))
+        if not self.busy[slot]:
+            self.seen[slot] = (self.progress[2 * slot + 1], time.monotonic())
+        self.busy[slot].append(n)
+        self.inboxes[slot].send((n, None if self.forked else self.tasks[n]))
+
+    def resume(self) -> None:
+        """The caller had the results meanwhile: time spent there is no worker's stall."""
+        now = time.monotonic()
+        self.seen = [(c, now) for c, _ in self.seen]
+
+    def results(self) -> Iterator[tuple[int, object]]:
+        """(task number, result) as they arrive, until every task sent has come back;
+        DataError when a worker dies or makes no progress for ``stall`` seconds."""
+        from multiprocessing.connection import wait
+
+        while any(self.busy):
+            conns = {c: s for s, c in enumerate(self.outboxes)}
+            ends = {p.sentinel: s for s, p in enumerate(self.procs)}
+            ready = wait([*conns, *ends], timeout=min(1.0, self.stall))
+            for r in ready:  # results first: a worker may have sent one and then died
+                if r in conns:
+                    slot = conns[r]
+                    try:
+                        n, result, exc = r.recv()
+                    except (EOFError, OSError):
+                        self._died(slot)
+                    if exc is not None:
+                        raise exc
+                    self.busy[slot].remove(n)
+                    self.seen[slot] = (self.progress[2 * slot + 1], time.monotonic())
+                    yield n, result
+            for r in ready:
+                if r in ends and not self.outboxes[ends[r]].poll():
+                    self._died(ends[r])
+            self._watch()
+
+    def _watch(self) -> None:
+        now = time.monotonic()
+        for slot, tasks in enumerate(self.busy):
+            if not tasks:
+                continue
+            count, since = self.seen[slot]
+            current = self.progress[2 * slot + 1]
+            if current != count:
+                self.seen[slot] = (current, now)
+            elif now - since > self.stall:
+                index = self.progress[2 * slot]
+                path = next((p for i, p in self.tasks[tasks[0]] if i == index),
+                            self.tasks[tasks[0]][0][1])
+                raise DataError(f"{path}: no progress for {self.stall:g} s on this input (a "
+                                f"stuck decoder?); stopped (${STALL_TIMEOUT_ENV} sets the limit "
+                                "in seconds)")
+
+    def _died(self, slot: int) -> None:
+        import signal
+
+        p = self.procs[slot]
+        p.join(timeout=STOP_WAIT)
+        code = p.exitcode
+        how = (f"killed by {signal.Signals(-code).name}" if code is not None and code < 0
+               and -code in signal.Signals._value2member_map_ else f"exit status {code}")
+        raise DataError(f"a worker process died ({how}; out of memory?); no output written")
+
+    def stop(self, ok: bool) -> None:
+        """End every worker and reap it: see the class docstring."""
+        try:
+            if ok:
+                for inbox in self.inboxes:
+                    try:
+                        inbox.send(None)
+                    except (OSError, ValueError):
+                        pass
+                deadline = time.monotonic() + STOP_WAIT
+                for p in self.procs:
+                    p.join(timeout=max(0.0, deadline - time.monotonic()))
+        finally:  # whatever happened above (a second Ctrl-C), no worker is left running
+            for p in self.procs:
+                if p.exitcode is None:
+                    try:
+                        p.kill()
+                    except (OSError, AttributeError, ValueError):
+                        pass
+            for p in self.procs:
+                try:
+                    p.join(timeout=STOP_WAIT)
+                except (OSError, ValueError, AssertionError):
+                    pass
+            for c in [*self.inboxes, *self.outboxes]:
+                c.close()
+            self.inboxes, self.outboxes = [], []
 
 
 def _iter_tasks(tasks: list[list[tuple[int, str]]], params: MelParams,
-                jobs: int) -> Iterator[Featurized]:
+                jobs: int, stall: float | None = None) -> Iterator[Featurized]:
     def items(result) -> list[Featurized]:
         ok, feats, failed = result
         out = [Featurized(i, p, feats[k], m, None) for k, (i, p, m) in enumerate(ok)]
@@ -336,6 +542,7 @@ def _iter_tasks(tasks: list[list[tuple[int, str]]], params: MelParams,
 
     import torch
 
+    stall = stall_limit(stall)
     _preload()
     serial = jobs == 1 or len(tasks) <= 1
     threads = torch.get_num_threads()
@@ -346,7 +553,7 @@ def _iter_tasks(tasks: list[list[tuple[int, str]]], params: MelParams,
     try:
         frontend = MelFrontend(params)  # built once, here; workers get a copy
         frontend.warm_up()  # first-call setup done once, inherited by forked workers
-        pool = None if serial else _start_pool(min(jobs, len(tasks)), frontend)
+        pool = None if serial else _Workers(min(jobs, len(tasks)), frontend, tasks, stall)
     finally:
         torch.set_num_threads(threads)
     if pool is None:  # in this process, with state of its own (not the workers' global)
@@ -355,18 +562,21 @@ def _iter_tasks(tasks: list[list[tuple[int, str]]], params: MelParams,
             yield from items(_process(task, state))
         return
     window = IN_FLIGHT_PER_JOB * min(jobs, len(tasks))
-    with pool:
-        try:
-            pending: deque = deque()
-            todo = iter(tasks)
-            for task in itertools.islice(todo, window):
-                pending.append(pool.apply_async(_process, (task,)))
-            workers = set(pool._pool)  # the processes started with the pool
-            while pending:
-                result = _result(pool, pending.popleft(), workers)
-                for task in itertools.islice(todo, 1):
-                    pending.append(pool.apply_async(_process, (task,)))
-                yield from items(result)
-        except BaseException:  # an error, Ctrl-C, or the caller closed the generator
-            pool.terminate()
-            raise
+    ok = False
+    try:
+        done: dict[int, object] = {}  # results that came before an earlier task's
+        sent = 0
+        for n in range(len(tasks)):
+            while sent < min(len(tasks), n + window):
+                pool.submit(sent)
+                sent += 1
+            if n not in done:
+                for m, result in pool.results():
+                    done[m] = result
+                    if n in done:
+                        break
+            yield from items(done.pop(n))
+            pool.resume()
+        ok = True
+    finally:  # complete; or an error, Ctrl-C, or the caller closed the generator
+        pool.stop(ok)

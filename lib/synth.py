@@ -48,12 +48,13 @@ and a re-run rewrites identical bytes. Every file is written atomically.
 from __future__ import annotations
 
 import io
+import itertools
 import logging
 import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -814,24 +815,25 @@ def write_clip(path: str | os.PathLike, audio: np.ndarray, sample_rate: int, fmt
         tmp.write_bytes(buf.getvalue())
 
 
-def _clip_names(m: Machine, n_normal: int, n_anomalous: int, layout: str) -> list[tuple[str, dict]]:
+def _clip_names(m: Machine, n_normal: int, n_anomalous: int, layout: str) -> Iterator[tuple[str, dict]]:
     """(id, extra label values) of a machine's normal clips 0..n_normal-1, then its anomalous
-    clips 0..n_anomalous-1, in ``layout``."""
+    clips 0..n_anomalous-1, in ``layout``; lazily (memory does not grow with the counts)."""
     if layout == "default":
-        return ([(f"{m.machine_type}/{m.name}/normal_{k:04d}", {}) for k in range(n_normal)]
-                + [(f"{m.machine_type}/{m.name}/anomaly_{k:04d}", {}) for k in range(n_anomalous)])
+        return itertools.chain(
+            ((f"{m.machine_type}/{m.name}/normal_{k:04d}", {}) for k in range(n_normal)),
+            ((f"{m.machine_type}/{m.name}/anomaly_{k:04d}", {}) for k in range(n_anomalous)))
     # dcase2020: train holds normal clips only; test every anomalous clip and as many normal
     # ones, as DCASE 2020's development set does, but never the last normal clip.
     n_test_normal = min(n_anomalous, n_normal - 1)
     n_train = n_normal - n_test_normal
     number = f"{m.index:02d}"
-    slots = ([("train", "normal", k) for k in range(n_train)]
-             + [("test", "normal", k) for k in range(n_test_normal)]
-             + [("test", "anomaly", k) for k in range(n_anomalous)])
-    return [(f"{m.machine_type}/{split}/{label}_id_{number}_{k:08d}",
+    slots = itertools.chain((("train", "normal", k) for k in range(n_train)),
+                            (("test", "normal", k) for k in range(n_test_normal)),
+                            (("test", "anomaly", k) for k in range(n_anomalous)))
+    return ((f"{m.machine_type}/{split}/{label}_id_{number}_{k:08d}",
              {"machine_id": number, "machine": m.key, "split": split, "label": label,
               "clip": f"{k:08d}"})
-            for split, label, k in slots]
+            for split, label, k in slots)
 
 
 def generate(out_dir: str | os.PathLike,
@@ -886,8 +888,8 @@ def generate(out_dir: str | os.PathLike,
     for machine_type in machine_types:
         for index in range(ids_per_type):
             m = make_machine(seed, machine_type, index, sample_rates)
-            plan = [(False, k) for k in range(n_per_machine - n_anomalous)]
-            plan += [(True, k) for k in range(n_anomalous)]
+            plan = itertools.chain(((False, k) for k in range(n_per_machine - n_anomalous)),
+                                   ((True, k) for k in range(n_anomalous)))  # lazily
             names = _clip_names(m, n_per_machine - n_anomalous, n_anomalous, layout)
             for ordinal, ((is_anomaly, k), (clip_id, extra)) in enumerate(zip(plan, names)):
                 kind = (anomaly_kinds[(k + _TYPE_CODE[machine_type] + index) % len(anomaly_kinds)]
