@@ -344,7 +344,12 @@ def run(cli: click.Command, prog_name: str) -> None:
         _stopped(exc, prog_name).show()
         sys.exit(128 + _signum(exc))
     except SystemExit as exc:
-        _flush_stdout(exc, prog_name)
+        try:
+            _flush_stdout(exc, prog_name)
+        except (KeyboardInterrupt, Terminated) as stop:  # while the last bytes were flushed
+            _quiet_stdout()
+            _stopped(stop, prog_name).show()
+            exc = SystemExit(128 + _signum(stop))
         if _SIG["complete"] and exc.code in (0, None):
             # What is left is the interpreter's exit, which resets the handlers to the
             # default (a late SIGTERM would then kill the finished command): ignore them.
@@ -360,7 +365,7 @@ def run(cli: click.Command, prog_name: str) -> None:
                 except (OSError, ValueError):
                     pass
             os._exit(code)
-        raise
+        raise exc
 
 
 def _flush_stdout(exc: SystemExit, prog_name: str) -> None:
@@ -708,10 +713,12 @@ def setup_logging(quiet: bool = False, verbose: bool = False) -> None:
 def command_line() -> str:
     """The command line as typed (program basename + arguments), for logs and provenance."""
     ctx = click.get_current_context(silent=True)
+    from aekit.fileio import text_name
+
     if ctx is not None and "aekit.command_line" in ctx.meta:
-        return ctx.meta["aekit.command_line"]
+        return text_name(ctx.meta["aekit.command_line"])
     argv = [os.path.basename(sys.argv[0])] + sys.argv[1:]
-    return shlex.join(argv)
+    return text_name(shlex.join(argv))  # a file name that is not UTF-8: stored as \xNN
 
 
 # --------------------------------------------------------------------------- progress

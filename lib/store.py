@@ -95,6 +95,14 @@ OPTIONAL_PER_CLIP = ("truncated",)
 READABLE_VERSIONS = (1, 2)
 
 
+def _text_attr(value):
+    """An attribute value to store: text is stored as valid UTF-8 (a file name that is not
+    UTF-8, in the command line or a provenance path, has those bytes as ``\\xNN``)."""
+    from .fileio import text_name
+
+    return text_name(value) if isinstance(value, str) else value
+
+
 def _attr(value):
     if isinstance(value, bytes):
         return value.decode("utf-8")
@@ -202,12 +210,12 @@ class FeatureWriter:
         f.attrs["format"] = FORMAT
         f.attrs["format_version"] = FORMAT_VERSION
         f.attrs["aekit_version"] = __version__
-        f.attrs["command"] = command
+        f.attrs["command"] = _text_attr(command)
         f.attrs["kind"] = params.get("kind", DEFAULT_KIND)
         for k, v in params.items():
-            f.attrs[k] = "none" if v is None else v
+            f.attrs[k] = "none" if v is None else _text_attr(v)
         for k, v in (extra_attrs or {}).items():
-            f.attrs[k] = v
+            f.attrs[k] = _text_attr(v)
         start = max(int(expected), 1)
         # Fletcher-32 on every numeric dataset: bit rot is detected when the chunk is read.
         # Fill value NaN: a row whose chunk is missing (a damaged chunk index) reads as NaN,
@@ -842,12 +850,19 @@ class LatentsWriter:
 
         self._atomic = atomic_path(path)
         tmp = self._atomic.__enter__()
-        self.f = h5py.File(tmp, "w", libver=("earliest", "v110"))
-        self.f.attrs["format"] = LATENTS_FORMAT
-        self.f.attrs["format_version"] = LATENTS_FORMAT_VERSION
-        self.f.attrs["aekit_version"] = __version__
-        for k, v in attrs.items():
-            self.f.attrs[k] = "none" if v is None else v
+        try:
+            self.f = h5py.File(tmp, "w", libver=("earliest", "v110"))
+            self.f.attrs["format"] = LATENTS_FORMAT
+            self.f.attrs["format_version"] = LATENTS_FORMAT_VERSION
+            self.f.attrs["aekit_version"] = __version__
+            for k, v in attrs.items():
+                self.f.attrs[k] = "none" if v is None else _text_attr(v)
+        except BaseException as exc:  # the temporary goes, as it does after a failed append
+            if getattr(self, "f", None) is not None:
+                with contextlib.suppress(Exception):
+                    self.f.close()
+            self._atomic.__exit__(type(exc), exc, exc.__traceback__)
+            raise
         self.latent = int(latent)
         self.z = self.f.create_dataset("latents", shape=(0, latent), maxshape=(None, latent),
                                        dtype=np.float32, chunks=(chunk, latent),

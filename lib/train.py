@@ -281,7 +281,14 @@ def train_step(net: torch.nn.Module, opt: torch.optim.Optimizer, xb: torch.Tenso
     return loss
 
 
-def _write_log(path: str, history: list[dict]) -> None:
+def _write_log(path: str, history: list[dict], final: bool = False) -> None:
+    """Write the whole log; a regular file is replaced atomically after every epoch, an output
+    written in place (a device, a FIFO, /dev/stdout) only once, at the end (``final``): it
+    cannot be rewritten, and appending every epoch would repeat the header and rows."""
+    from .fileio import output_target
+
+    if not final and output_target(path)[1]:
+        return
     cols = ["epoch", "train_loss", "val_loss", "lr", "seconds", "samples_per_s"]
     with atomic_path(path, special_ok=True) as tmp, \
             open(tmp, "a" if tmp == Path(path) else "w", encoding="utf-8", newline="") as fh:
@@ -509,7 +516,7 @@ def train(features: str | os.PathLike, output: str | os.PathLike, settings: Trai
             LOG.warning("no decision threshold stored in the model: %s", exc)
             threshold = None
         if log and state.history:
-            _write_log(log, state.history)
+            _write_log(log, state.history, final=True)
         save_model(output, model, norm, feature_params, state.history,
                    seed=s.seed, preset=s.preset, settings=s.to_dict(), fold=fold,
                    splits=_str(splits), where=where, n_train=rows.n_train, n_val=rows.n_val,

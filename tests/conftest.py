@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -83,3 +84,33 @@ def env_bin():
     env = dict(os.environ)
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
     return env
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """A 256 KiB tmpfs (root only), unmounted afterwards."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root (the ENOSPC unit tests still run)")
+    p = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)],
+                       capture_output=True, text=True)
+    if p.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {p.stderr.strip()}")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def invoke(cli, args, **kw):
+    """Run a click command in-process (CliRunner), every argument as text."""
+    from click.testing import CliRunner
+
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False, **kw)
+
+
+def one_error_line(r, code=2):
+    """The one 'error:' line of a CliRunner result that exited ``code``, with no traceback."""
+    lines = [ln for ln in r.stderr.splitlines() if "error:" in ln]
+    assert r.exit_code == code, r.stderr
+    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    return lines[0]

@@ -10,7 +10,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from click.testing import CliRunner
 from safetensors.torch import load_file, save_file
 
 from aekit import store
@@ -24,7 +23,7 @@ from aekit.errors import InputError
 from aekit.features import MelParams, empty_mel_filters, max_mel_bands, min_n_fft
 from aekit.modelfile import Normalizer, load_model, save_model
 from aekit.models import AEConfig, build_model
-from conftest import exe, write_tone
+from conftest import exe, invoke, one_error_line, write_tone
 
 SHAPE = (2, 4, 10)
 PARAMS = dict(sample_rate=16000, num_samples=2304, n_fft=1024, hop_length=256, n_mels=4,
@@ -48,15 +47,6 @@ def write_model(path, x):
     save_model(path, model, Normalizer("global", dim=x[0].size).fit([x]), PARAMS)
 
 
-def invoke(cli, args, **kw):
-    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False, **kw)
-
-
-def one_error_line(r, code=2):
-    lines = [ln for ln in r.stderr.splitlines() if "error:" in ln]
-    assert r.exit_code == code, r.stderr
-    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
-    return lines[0]
 
 
 # --------------------------------------------------------------------------- NaN / Inf rows

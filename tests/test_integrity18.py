@@ -13,8 +13,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
-from conftest import write_features
+from conftest import invoke, one_error_line, write_features
 from safetensors.torch import load_file, save_file
 
 from aekit import modelfile, store
@@ -28,15 +27,6 @@ from aekit.models import AEConfig, build_model
 SHAPE = (2, 4, 10)
 
 
-def invoke(cli, args, **kw):
-    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False, **kw)
-
-
-def one_error_line(r, code=2):
-    lines = [ln for ln in r.stderr.splitlines() if "error:" in ln]
-    assert r.exit_code == code, r.stderr
-    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
-    return lines[0]
 
 
 def flip(path, offset, mask):

@@ -288,21 +288,6 @@ def test_h5py_style_write_failure_is_recognised():
     assert write_errno(OSError(errno.ENOENT, "No such file")) is None
 
 
-@pytest.fixture
-def small_fs(tmp_path):
-    """A 256 KiB tmpfs (root only), unmounted afterwards."""
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root (the ENOSPC unit tests still run)")
-    p = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)],
-                       capture_output=True, text=True)
-    if p.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {p.stderr.strip()}")
-    yield mnt
-    subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
-
-
 def _audio(tmp_path, tone, n=4):
     for i in range(n):
         tone(tmp_path / "audio" / f"c{i}.wav", sr=8000, seconds=0.5, seed=i)
