@@ -122,7 +122,7 @@ def _summarize(reports: tuple[str, ...], output: str | None, table: bool,
               help="Label column for a linear probe on the codes z (needs --splits).")
 @click.option("--score", "score_name", type=click.Choice(("mse", "mae")), default="mse",
               show_default=True, help="Which reconstruction error is the anomaly score.")
-@click.option("--max-fpr", type=click.FloatRange(0, 1, min_open=True), default=0.1,
+@click.option("--max-fpr", type=common.FiniteFloatRange(0, 1, min_open=True), default=0.1,
               show_default=True, help="Upper FPR bound p of the partial AUC (DCASE: 0.1).")
 @click.option("--scores", "scores_path", type=common.OutputPath(dir_okay=False, allow_dash=True),
               default=None, help="Write per-clip scores CSV (id,split,mse,mae,+labels).")

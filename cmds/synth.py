@@ -84,12 +84,12 @@ _FORMATS = {"wav": ("wav",), "flac": ("flac",), "mixed": ("wav", "flac")}
               callback=_names(synth.MACHINE_TYPES), help="Comma-separated machine types.")
 @click.option("--ids-per-type", type=click.IntRange(min=1), default=synth.DEFAULT_IDS_PER_TYPE,
               show_default=True, help="Machines (id_00, id_01, ...) per type.")
-@click.option("--anomaly-fraction", type=click.FloatRange(0.0, 1.0, max_open=True),
+@click.option("--anomaly-fraction", type=common.FiniteFloatRange(0.0, 1.0, max_open=True),
               default=synth.DEFAULT_ANOMALY_FRACTION, show_default=True,
               help="Share of each machine's clips that are anomalous, in [0, 1).")
 @click.option("--anomaly-kinds", default=",".join(synth.ANOMALY_KINDS), show_default=True,
               callback=_names(synth.ANOMALY_KINDS), help="Comma-separated anomaly kinds to cycle through.")
-@click.option("--duration", type=click.FloatRange(0.05, 600.0), default=synth.DEFAULT_DURATION,
+@click.option("--duration", type=common.FiniteFloatRange(0.05, 600.0), default=synth.DEFAULT_DURATION,
               show_default=True, help="Clip length in seconds.")
 @click.option("--sample-rates", default=",".join(map(str, synth.DEFAULT_SAMPLE_RATES)),
               show_default=True, callback=_sample_rates,

@@ -150,7 +150,7 @@ def _self_sigterm_hook():
               help="Input normalization fitted on training rows [default: global; tutorial: none].")
 @click.option("--schedule", type=click.Choice(S.SCHEDULES), default=None,
               help="Learning rate schedule [default: cosine with warm-up; tutorial: constant].")
-@click.option("--warmup", type=click.FloatRange(min=0), default=None,
+@click.option("--warmup", type=common.FiniteFloatRange(min=0), default=None,
               help=f"Epochs of linear learning-rate warm-up (cosine) [{S.default_of('warmup'):g}].")
 @click.option("--balanced-batches/--no-balanced-batches", default=None,
               help="Equal batch sizes instead of a small last batch [default: on; tutorial: off].")

@@ -63,3 +63,21 @@ def test_a_signal_while_the_last_bytes_are_flushed_is_one_line(tmp_path):
     """))
     r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
     assert (r.returncode, r.stderr) == (143, "ae-t: error: boom\nae-t: terminated (SIGTERM)\n")
+
+
+def test_no_float_option_takes_nan():
+    """click.FloatRange lets nan through its bounds (every comparison is false): ae-eval
+    --max-fpr nan computed a pAUC over nothing and exited 0."""
+    import click
+
+    from aekit.cmds import eval as eval_cmd, split, synth, train
+    from aekit.cmds.common import FiniteFloatRange, _FeatureParam
+
+    for mod in (eval_cmd, split, synth, train):
+        for p in mod.cli.params:
+            kind = p.type.inner if isinstance(p.type, _FeatureParam) else p.type
+            if isinstance(kind, click.FloatRange):
+                assert isinstance(kind, FiniteFloatRange), (mod.__name__, p.name)
+    r = subprocess.run([exe("ae-eval"), "--max-fpr", "nan", "m.safetensors", "f.h5"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "not a finite number" in r.stderr, r.stderr
