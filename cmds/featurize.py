@@ -74,6 +74,12 @@ def cli(inputs, output, jobs, block_size, on_error, max_fail_frac, root, shard, 
         LOG.warning("%d file(s) end before their header says (truncated body), zero-padded and "
                     "flagged in /truncated: %s", len(report.truncated), ", ".join(report.truncated[:3])
                     + (f" (and {len(report.truncated) - 3} more)" if len(report.truncated) > 3 else ""))
+    if report.padded_clips:
+        LOG.warning("%d of %d clip(s) are shorter than --num-samples %d (%g s) and were "
+                    "zero-padded to it: padding is %.1f%% of all samples written (each clip's "
+                    "own length is in /valid_samples)", report.padded_clips, report.written,
+                    params.num_samples, params.num_samples / params.sample_rate,
+                    100 * report.padded_share)
     LOG.info("Done %d of %d (%d failed) -> %s", report.written, report.total,
              len(report.failures), output)
 

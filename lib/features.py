@@ -1,9 +1,13 @@
 """Log-Mel dB features: the tutorial's MelSpectrogram + AmplitudeToDB, computed fast.
 
-``MelFrontend`` is numerically the tutorial's pipeline (torchaudio MelSpectrogram with a
-Hann window, power 2, HTK Mel scale, no filterbank norm; AmplitudeToDB power->dB with
-amin 1e-10, ref 1.0) but built once and reused, and with the ``top_db`` floor taken per
-clip across that clip's channels, exactly as AmplitudeToDB does on one [C, M, T] clip.
+``MelFrontend`` is numerically the tutorial's pipeline by default (torchaudio MelSpectrogram
+with a Hann window, power 2, HTK Mel scale, no filterbank norm, reflect-padded centred STFT;
+AmplitudeToDB power->dB with amin 1e-10, ref 1.0) but built once and reused, and with the
+``top_db`` floor taken per clip across that clip's channels, exactly as AmplitudeToDB does on
+one [C, M, T] clip. The Mel scale, the filterbank normalization, the STFT's centre padding and
+the dB conversion's guard are parameters too (``mel_scale``, ``mel_norm``, ``pad_mode``,
+``amin``, ``amin_mode``), so the DCASE presets compute what the DCASE baselines' librosa
+front ends compute (``MelParams.PRESETS``).
 """
 
 from __future__ import annotations
@@ -20,6 +24,12 @@ if TYPE_CHECKING:  # torch is imported where it is used, so option parsing stays
     import torch
 
 AMIN = 1e-10  # torchaudio AmplitudeToDB default
+#: The DCASE Task 2 baselines' guard of log10: Python's ``sys.float_info.epsilon`` (2**-52).
+EPS = 2.220446049250313e-16
+MEL_SCALES = ("htk", "slaney")
+MEL_NORMS = ("slaney",)  # or None: no normalization
+PAD_MODES = ("reflect", "constant")
+AMIN_MODES = ("clamp", "add")
 MAX_N_FFT = 1 << 20  # about a minute per frame at 16 kHz; min_n_fft searches up to it too
 MAX_N_MELS = 1 << 14  # far above any front end's (32 to 512); check_mel_params says what works
 #: The most memory the parameters may ask for one clip's working set (samples, STFT, power,
@@ -52,13 +62,39 @@ class MelParams:
 
     kind: ClassVar[str] = "logmel"
     #: What MelFrontend always uses: recorded in every file and checked, but not options.
-    FIXED: ClassVar[dict] = {"window": "hann", "power": 2.0, "mel_scale": "htk"}
+    FIXED: ClassVar[dict] = {"window": "hann", "power": 2.0}
+    #: What a features file written before a parameter existed was computed with: a missing
+    #: attribute reads as this (``aekit.store.feature_params``/``params_mismatch``), never as
+    #: a new default. All are today's defaults, so old and new default files stay compatible.
+    LEGACY: ClassVar[dict] = {"mel_scale": "htk", "mel_norm": None, "pad_mode": "reflect",
+                              "amin": AMIN, "amin_mode": "clamp"}
     #: ``ae-featurize --preset NAME``: field values replacing the defaults (explicit options
-    #: still override them). dcase2020 is the DCASE 2020 Task 2 baseline's front end: mono,
-    #: 128 Mel bands, n_fft 1024, hop 512, 10 s at 16 kHz, no dB floor.
+    #: still override them). Each is the front end of the official DCASE Task 2 autoencoder
+    #: baseline of that year (its baseline.yaml and common.py / datasets/loader_common.py;
+    #: the README's "DCASE feature presets" gives the sources): librosa.load(sr=None) of 16 kHz
+    #: mono clips, librosa.feature.melspectrogram (centred STFT, periodic Hann, power 2,
+    #: Slaney Mel scale with Slaney area normalization), then 20/power * log10 of the Mel
+    #: power guarded by sys.float_info.epsilon, no dB floor. The years differ in n_mels, in
+    #: the guard (2020: mel + eps; 2021 on: max(mel, eps)) and in the centre padding (librosa
+    #: 0.6.0, pinned by 2020 and 2021: reflect; librosa >= 0.9 from 2022 on: zeros).
+    #: num_samples: 10 s, the length of the 2020 clips; the baselines keep each clip at its own
+    #: length, aekit pads or cuts to this one (ae-featurize warns with the padded share).
     PRESETS: ClassVar[dict] = {
         "dcase2020": dict(sample_rate=16000, num_samples=160_000, n_fft=1024, hop_length=512,
-                          n_mels=128, top_db=None, channels=1, channel_policy="mix"),
+                          n_mels=64, top_db=None, channels=1, channel_policy="mix",
+                          mel_scale="slaney", mel_norm="slaney", pad_mode="reflect",
+                          amin=EPS, amin_mode="add"),
+        "dcase2021": dict(sample_rate=16000, num_samples=160_000, n_fft=1024, hop_length=512,
+                          n_mels=128, top_db=None, channels=1, channel_policy="mix",
+                          mel_scale="slaney", mel_norm="slaney", pad_mode="reflect",
+                          amin=EPS, amin_mode="clamp"),
+        # 2023, 2024 and 2025: one baseline repository (nttcslab/dcase2023_task2_baseline_ae),
+        # one baseline.yaml and feature loader for the three years: the 2022 front end.
+        **{f"dcase{year}": dict(sample_rate=16000, num_samples=160_000, n_fft=1024,
+                                hop_length=512, n_mels=128, top_db=None, channels=1,
+                                channel_policy="mix", mel_scale="slaney", mel_norm="slaney",
+                                pad_mode="constant", amin=EPS, amin_mode="clamp")
+           for year in (2022, 2023, 2024, 2025)},
     }
 
     sample_rate: int = param(16000, "Resample every clip to this rate (Hz) first.", min=1)
@@ -78,6 +114,20 @@ class MelParams:
                              "cut.", min=1)
     channel_policy: str = param("first", "With more channels than asked: keep the first N, or "
                                          "mix down.", choices=CHANNEL_POLICIES)
+    mel_scale: str = param("htk", "Mel scale of the filterbank: HTK's (torchaudio's default) "
+                                  "or Slaney's (librosa's default).", choices=MEL_SCALES)
+    mel_norm: str | None = param(None, "Mel filter normalization: 'slaney' divides each "
+                                       "triangle by its width (librosa's default, equal area); "
+                                       "'none': peak 1.", type=str, choices=MEL_NORMS,
+                                 none_ok=True)
+    pad_mode: str = param("reflect", "Padding of the centred STFT's first and last frames: "
+                                     "'reflect' (torchaudio, librosa < 0.9) or 'constant' "
+                                     "(zeros, librosa >= 0.9).", choices=PAD_MODES)
+    amin: float = param(AMIN, "Guard of the dB conversion: the smallest Mel power the log "
+                              "takes (see --amin-mode).", min=0, min_open=True)
+    amin_mode: str = param("clamp", "How amin guards log10: 'clamp' = max(power, amin) "
+                                    "(torchaudio AmplitudeToDB), 'add' = power + amin.",
+                           choices=AMIN_MODES)
 
     def __post_init__(self) -> None:
         from .errors import InputError
@@ -104,8 +154,14 @@ class MelParams:
             (self.top_db is None or self.top_db > 0, "top-db must be positive"),
             (self.channel_policy in CHANNEL_POLICIES,
              f"channel policy must be one of {', '.join(CHANNEL_POLICIES)}"),
+            (self.mel_scale in MEL_SCALES, f"mel-scale must be one of {', '.join(MEL_SCALES)}"),
+            (self.mel_norm is None or self.mel_norm in MEL_NORMS,
+             f"mel-norm must be none or one of {', '.join(MEL_NORMS)}"),
+            (self.pad_mode in PAD_MODES, f"pad-mode must be one of {', '.join(PAD_MODES)}"),
+            (self.amin_mode in AMIN_MODES, f"amin-mode must be one of {', '.join(AMIN_MODES)}"),
+            (self.amin > 0, "amin must be positive"),
             (self.num_samples > self.n_fft // 2,
-             "num-samples must exceed n-fft/2 (reflect padding of the STFT)"),
+             "num-samples must exceed n-fft/2 (centre padding of the STFT)"),
             (self.f_max is None or self.f_min < self.f_max <= self.sample_rate / 2,
              "f-max must be above f-min and at most half the sample rate"),
             (self.sample_rate <= MAX_SAMPLE_RATE,
@@ -154,6 +210,7 @@ class MelParams:
         d["f_max"] = float(self.sample_rate / 2) if self.f_max is None else float(self.f_max)
         d["top_db"] = None if self.top_db is None else float(self.top_db)
         d["f_min"] = float(self.f_min)
+        d["amin"] = float(self.amin)
         return d
 
     @classmethod
@@ -219,7 +276,7 @@ class MelFrontend:
         self.window = torch.hann_window(p.n_fft, device=device)
         # [n_freqs, n_mels], exactly the matrix torchaudio's MelScale uses
         self.fb = AF.melscale_fbanks(p.n_fft // 2 + 1, p.f_min, f_max, p.n_mels, p.sample_rate,
-                                     norm=None, mel_scale="htk").to(device)
+                                     norm=p.mel_norm, mel_scale=p.mel_scale).to(device)
         self.fb_t = self.fb.T.contiguous()  # [n_mels, n_freqs]
 
     def warm_up(self) -> None:
@@ -239,11 +296,14 @@ class MelFrontend:
         x = wave.unsqueeze(0) if single else wave  # [B, C, N]
         b, c, n = x.shape
         spec = torch.stft(x.reshape(b * c, n), p.n_fft, p.hop_length, win_length=p.n_fft,
-                          window=self.window, center=True, pad_mode="reflect",
+                          window=self.window, center=True, pad_mode=p.pad_mode,
                           normalized=False, onesided=True, return_complex=True)  # [BC, F, T]
         power = spec.real.square() + spec.imag.square()  # |X|^2, [BC, F, T]; 4x faster than abs()**2
         mel = torch.matmul(self.fb_t, power)  # [M, F] @ [BC, F, T] -> [BC, M, T]
-        db = 10.0 * torch.log10(torch.clamp(mel, min=AMIN))
+        if p.amin_mode == "add":
+            db = 10.0 * torch.log10(mel + p.amin)
+        else:
+            db = 10.0 * torch.log10(torch.clamp(mel, min=p.amin))
         db = db.reshape(b, c, p.n_mels, -1)  # [B, C, M, T]
         if p.top_db is not None:
             # The floor is per clip, across its channels: never across the batch.
@@ -268,7 +328,7 @@ def tutorial_features(waveform: torch.Tensor, sample_rate: int, params: MelParam
 def empty_mel_filters(params: MelParams, n_mels: int | None = None,
                       n_fft: int | None = None) -> list[int]:
     """Indices of the Mel filters that no FFT bin falls inside (all-zero rows), computed on the
-    very filterbank MelFrontend uses (torchaudio's, HTK scale, no norm) for ``n_mels`` bands
+    very filterbank MelFrontend uses (torchaudio's, at the params' Mel scale) for ``n_mels`` bands
     (default: the params' own)."""
     import warnings
 
@@ -280,7 +340,7 @@ def empty_mel_filters(params: MelParams, n_mels: int | None = None,
     with warnings.catch_warnings():  # torchaudio warns about empty filters: we say it ourselves
         warnings.simplefilter("ignore")
         fb = AF.melscale_fbanks((n_fft or p.n_fft) // 2 + 1, p.f_min, f_max, n_mels or p.n_mels,
-                                p.sample_rate, norm=None, mel_scale="htk")  # [n_freqs, n_mels]
+                                p.sample_rate, norm=None, mel_scale=p.mel_scale)  # [n_freqs, n_mels]
     return torch.nonzero(fb.amax(dim=0) <= 0).flatten().tolist()
 
 
@@ -295,9 +355,9 @@ def _empty_count_fast(params: MelParams, n_mels: int, n_fft: int | None = None) 
     p = params
     f_max = p.f_max if p.f_max is not None else p.sample_rate / 2
     all_freqs = torch.linspace(0, p.sample_rate // 2, (n_fft or p.n_fft) // 2 + 1)
-    m_pts = torch.linspace(AFF._hz_to_mel(p.f_min, mel_scale="htk"),
-                           AFF._hz_to_mel(f_max, mel_scale="htk"), n_mels + 2)
-    f_pts = AFF._mel_to_hz(m_pts, mel_scale="htk")
+    m_pts = torch.linspace(AFF._hz_to_mel(p.f_min, mel_scale=p.mel_scale),
+                           AFF._hz_to_mel(f_max, mel_scale=p.mel_scale), n_mels + 2)
+    f_pts = AFF._mel_to_hz(m_pts, mel_scale=p.mel_scale)
     above_low = torch.searchsorted(all_freqs, f_pts[:-2], right=True)  # bins <= lower edge
     below_high = torch.searchsorted(all_freqs, f_pts[2:], right=False)  # bins < upper edge
     return int((below_high <= above_low).sum())

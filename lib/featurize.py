@@ -185,6 +185,15 @@ class FeaturizeReport:
     failures: list[tuple[str, str]] = field(default_factory=list)
     channels_cut: int = 0
     truncated: list[str] = field(default_factory=list)  # files whose body was cut short
+    padded_clips: int = 0  # clips shorter than num_samples (zero-padded to it)
+    padded_samples: int = 0  # the zeros appended, all clips together (per channel)
+    clip_samples: int = 0  # num_samples: the length each written clip has
+
+    @property
+    def padded_share(self) -> float:
+        """The share of all written samples that are padding (0 when nothing was written)."""
+        whole = self.written * self.clip_samples
+        return self.padded_samples / whole if whole else 0.0
 
 
 def featurize(paths: Sequence[os.PathLike | str], ids: Sequence[str], output: os.PathLike | str,
@@ -216,7 +225,7 @@ def featurize(paths: Sequence[os.PathLike | str], ids: Sequence[str], output: os
     work = [(int(i), str(paths[i])) for i in sel]
     total = len(work)
     tasks = make_tasks(work, jobs)
-    report = FeaturizeReport(total, 0)
+    report = FeaturizeReport(total, 0, clip_samples=params.num_samples)
     check_mel_params(params)  # empty Mel filters: refused before any work
     extra = {"num_inputs": len(paths), "inputs_sha256": inputs_fingerprint(paths, ids),
              "shard_index": shard[0], "shard_count": shard[1]}
@@ -267,6 +276,10 @@ def _run(tasks, params, jobs, block_size, on_error, writer, report, ids, on_fail
             buf_feats.append(item.features)
             buf_rows.append((item.index, item.path, item.meta[:5]))
             report.channels_cut += int(item.meta[5])
+            short = params.num_samples - int(item.meta[3])  # meta[3]: valid_samples
+            if short > 0:
+                report.padded_clips += 1
+                report.padded_samples += short
             if item.meta[4]:
                 report.truncated.append(item.path)
         if progress:

@@ -17,8 +17,9 @@ Layout (format ``aekit-features``, version 2)::
     /failed/reasons      utf-8 str [F]    one line each
     attrs: format, format_version, aekit_version, command, kind, the parameters of the
            kind (logmel: ``MelParams.keys()``: sample_rate, num_samples, n_fft, hop_length,
-           n_mels, top_db, f_min, f_max, channels, channel_policy, window, power,
-           mel_scale), num_inputs, inputs_sha256, shard_index, shard_count,
+           n_mels, top_db, f_min, f_max, channels, channel_policy, mel_scale, mel_norm,
+           pad_mode, amin, amin_mode, window, power; a file written before one of these
+           existed lacks it and reads as ``MelParams.LEGACY``), num_inputs, inputs_sha256, shard_index, shard_count,
            features_sha256 (SHA-256 of the features' values, ``content_sha256``),
            zero_clips (clips that were all zeros when written: normally 0),
            meta_sha256 (SHA-256 of every other attribute, the ids, the paths and the
@@ -184,13 +185,20 @@ def feature_params(attrs) -> dict:
 
 
 def params_mismatch(a: dict, b: dict) -> list[str]:
-    """Human-readable differences between two feature-parameter dicts (an empty list when equal)."""
+    """Human-readable differences between two feature-parameter dicts (an empty list when equal).
+
+    A parameter one side lacks (a file or model written before it existed) counts as the value
+    such files were computed with (``MelParams.LEGACY``), never as a newer default."""
+    import math
+
     diffs = []
     for k in dict.fromkeys([*FEATURE_PARAM_KEYS, *a, *b]):  # a key known to one side counts
-        missing = DEFAULT_KIND if k == "kind" else None
+        missing = DEFAULT_KIND if k == "kind" else MelParams.LEGACY.get(k)
         va, vb = a.get(k, missing), b.get(k, missing)
         if isinstance(va, float) or isinstance(vb, float):
-            same = va == vb or (va is not None and vb is not None and abs(float(va) - float(vb)) < 1e-9)
+            # relative: amin 1e-10 and 2.2e-16 differ (an absolute tolerance would call them equal)
+            same = va == vb or (isinstance(va, (int, float)) and isinstance(vb, (int, float))
+                                and math.isclose(float(va), float(vb), rel_tol=1e-9, abs_tol=0.0))
         else:
             same = va == vb
         if not same:
