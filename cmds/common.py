@@ -899,9 +899,17 @@ def mel_options(f: Callable) -> Callable:
         # that was not typed, and an explicit option over the preset.
         f = click.option(f"--{fld.name.replace('_', '-')}", type=kind, default=UNSET,
                          show_default=False, help=m["help"] + f" [default: {shown}]")(f)
-    presets = "; ".join(f"{name}: " + ", ".join(f"{k}={'none' if v is None else v}"
-                                                for k, v in values.items())
-                        for name, values in MelParams.PRESETS.items())
+    groups: dict[tuple, list[str]] = {}  # presets with equal values are listed once
+    for name, values in MelParams.PRESETS.items():
+        groups.setdefault(tuple(values.items()), []).append(name)
+    parts, prev = [], None
+    for items, names in groups.items():
+        values = dict(items)
+        shown = {k: v for k, v in values.items() if prev is None or prev[1].get(k) != v}
+        parts.append(", ".join(names) + ": " + (f"as {prev[0]} but " if prev else "")
+                     + ", ".join(f"{k}={'none' if v is None else v}" for k, v in shown.items()))
+        prev = (names[0], values)
+    presets = "; ".join(parts)
     return click.option("--preset", "mel_preset", type=click.Choice(list(MelParams.PRESETS)),
                         default=None, help=f"Feature settings of a known front end ({presets}); "
                                            "options given explicitly override it.")(f)
