@@ -26,6 +26,7 @@ if TYPE_CHECKING:  # torch is imported where it is used, so option parsing stays
 AMIN = 1e-10  # torchaudio AmplitudeToDB default
 #: The DCASE Task 2 baselines' guard of log10: Python's ``sys.float_info.epsilon`` (2**-52).
 EPS = 2.220446049250313e-16
+FLOAT32_TINY = 1.1754943508222875e-38  # the smallest positive normal float32
 MEL_SCALES = ("htk", "slaney")
 MEL_NORMS = ("slaney",)  # or None: no normalization
 PAD_MODES = ("reflect", "constant")
@@ -159,7 +160,9 @@ class MelParams:
              f"mel-norm must be none or one of {', '.join(MEL_NORMS)}"),
             (self.pad_mode in PAD_MODES, f"pad-mode must be one of {', '.join(PAD_MODES)}"),
             (self.amin_mode in AMIN_MODES, f"amin-mode must be one of {', '.join(AMIN_MODES)}"),
-            (self.amin > 0, "amin must be positive"),
+            (FLOAT32_TINY <= self.amin <= 1.0,
+             f"amin must be between {FLOAT32_TINY:.7g} (float32's smallest normal number: "
+             "below it the guard is 0 in float32 and silence would be -inf dB) and 1"),
             (self.num_samples > self.n_fft // 2,
              "num-samples must exceed n-fft/2 (centre padding of the STFT)"),
             (self.f_max is None or self.f_min < self.f_max <= self.sample_rate / 2,

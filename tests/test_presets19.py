@@ -138,8 +138,11 @@ def test_later_years_and_the_default_front_end(clips, tmp_path):
         assert (f.attrs["mel_scale"], f.attrs["mel_norm"], f.attrs["amin"]) == ("htk", "none", 1e-10)
     y = sf.read(str(clips / "a.wav"), dtype="float32")[0]
     assert np.abs(x - baseline_log_mel(y, 1024, 512, 64, "reflect", "add")).mean() > 10
-    r = featurize([str(clips), "-o", str(tmp_path / "bad.h5"), "--mel-norm", "area"])
-    assert r.exit_code == 2 and not (tmp_path / "bad.h5").exists()
+    for bad in (["--mel-norm", "area"], ["--pad-mode", "edge"], ["--amin-mode", "max"],
+                ["--amin", "1e-300"], ["--amin", "0"], ["--amin", "2"]):
+        # a guard below float32's smallest normal number is 0 in float32: silence = -inf dB
+        r = featurize([str(clips), "-o", str(tmp_path / "bad.h5"), *bad])
+        assert r.exit_code == 2 and not (tmp_path / "bad.h5").exists(), bad
 
 
 def test_files_without_the_new_attributes_read_as_before(tmp_path):
