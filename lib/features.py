@@ -64,9 +64,9 @@ class MelParams:
     kind: ClassVar[str] = "logmel"
     #: What MelFrontend always uses: recorded in every file and checked, but not options.
     FIXED: ClassVar[dict] = {"window": "hann", "power": 2.0}
-    #: What a features file written before a parameter existed was computed with: a missing
-    #: attribute reads as this (``aekit.store.feature_params``/``params_mismatch``), never as
-    #: a new default. All are today's defaults, so old and new default files stay compatible.
+    #: What a features file (or model) written before a parameter existed was computed with:
+    #: a missing attribute compares as this (``aekit.store.params_mismatch``) and reads as it
+    #: (``from_attrs``: these are also today's defaults), never as some newer default.
     LEGACY: ClassVar[dict] = {"mel_scale": "htk", "mel_norm": None, "pad_mode": "reflect",
                               "amin": AMIN, "amin_mode": "clamp"}
     #: ``ae-featurize --preset NAME``: field values replacing the defaults (explicit options
@@ -343,7 +343,8 @@ def empty_mel_filters(params: MelParams, n_mels: int | None = None,
     with warnings.catch_warnings():  # torchaudio warns about empty filters: we say it ourselves
         warnings.simplefilter("ignore")
         fb = AF.melscale_fbanks((n_fft or p.n_fft) // 2 + 1, p.f_min, f_max, n_mels or p.n_mels,
-                                p.sample_rate, norm=None, mel_scale=p.mel_scale)  # [n_freqs, n_mels]
+                                p.sample_rate, norm=None,
+                                mel_scale=p.mel_scale)  # [n_freqs, n_mels]
     return torch.nonzero(fb.amax(dim=0) <= 0).flatten().tolist()
 
 

@@ -19,7 +19,8 @@ Layout (format ``aekit-features``, version 2)::
            kind (logmel: ``MelParams.keys()``: sample_rate, num_samples, n_fft, hop_length,
            n_mels, top_db, f_min, f_max, channels, channel_policy, mel_scale, mel_norm,
            pad_mode, amin, amin_mode, window, power; a file written before one of these
-           existed lacks it and reads as ``MelParams.LEGACY``), num_inputs, inputs_sha256, shard_index, shard_count,
+           existed lacks it and reads as ``MelParams.LEGACY``), num_inputs, inputs_sha256,
+           shard_index, shard_count,
            features_sha256 (SHA-256 of the features' values, ``content_sha256``),
            zero_clips (clips that were all zeros when written: normally 0),
            meta_sha256 (SHA-256 of every other attribute, the ids, the paths and the

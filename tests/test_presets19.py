@@ -135,7 +135,8 @@ def test_later_years_and_the_default_front_end(clips, tmp_path):
     assert r.exit_code == 0, r.output
     with h5py.File(out) as f:
         x = f["features"][0, 0]
-        assert (f.attrs["mel_scale"], f.attrs["mel_norm"], f.attrs["amin"]) == ("htk", "none", 1e-10)
+        assert (f.attrs["mel_scale"], f.attrs["mel_norm"], f.attrs["amin"]) == (
+            "htk", "none", 1e-10)
     y = sf.read(str(clips / "a.wav"), dtype="float32")[0]
     assert np.abs(x - baseline_log_mel(y, 1024, 512, 64, "reflect", "add")).mean() > 10
     for bad in (["--mel-norm", "area"], ["--pad-mode", "edge"], ["--amin-mode", "max"],
