@@ -10,10 +10,20 @@ The report (``ae-eval MODEL FEATURES``), JSON, sections present only when asked 
                 S = {count, mean, std, min, p5, p25, median, p75, p95, max}; mse in dB^2, mae in dB;
                 per_split only when the rows span several of train / val / test
     anomaly     {column, score, pauc_definition, group_by, count, normal, anomalous, max_fpr,
-                 auc, pauc (DCASE: raw area for FPR <= max_fpr, / max_fpr),
-                 pauc_mcclish (scikit-learn roc_auc_score(max_fpr=...)),
-                 groups: {NAME: {count, normal, anomalous, auc, pauc}},
-                 group_mean: {auc_arithmetic, pauc_arithmetic, auc_harmonic, pauc_harmonic}}
+                 auc, pauc (official DCASE: scikit-learn roc_auc_score(max_fpr=...), McClish),
+                 pauc_raw (area for FPR <= max_fpr, / max_fpr; not standardized),
+                 groups: {NAME: {count, normal, anomalous, auc, pauc, pauc_raw}},
+                 group_mean: {auc_arithmetic, pauc_arithmetic, auc_harmonic, pauc_harmonic,
+                              pauc_raw_arithmetic, pauc_raw_harmonic},
+                 threshold: {method, value, tp, fp, fn, tn, precision, recall, f1,
+                             per_domain: {source|target: {...}} (with --protocol)}}
+    dcase       (--protocol) {score, type_column, section_column, domain_column, decisions,
+                 protocol, max_fpr, count, normal, anomalous,
+                 machine_types: {TYPE: {sections: {SEC: M}, arithmetic_mean: M,
+                                        harmonic_mean: M}},
+                 arithmetic_mean, harmonic_mean, official_score, official_score_definition}
+                M (2022-2025) = {count, auc_source, auc_target, pauc, [precision_source,
+                 precision_target, recall_*, f1_*]}; (2021) auc_/pauc_ source and target
     probe       {column, model, train_count, count, classes, accuracy, macro_f1,
                  majority_accuracy, converged}
     plots       {loss, spectrograms_best, spectrograms_worst, scores, roc: PATH}
@@ -40,9 +50,14 @@ ae-eval MODEL FEATURES [options]
   --fold, then --where EXPR on the --labels); a JSON report on stdout (or -o): count, mean,
   std, median, percentiles, per split when several occur.
   --scores CSV   per-clip table: id,split,mse,mae (+ the label columns with --labels).
-  --anomaly-column COL (1 = anomalous): ROC AUC and DCASE pAUC (raw area for FPR in [0, p]
-                 divided by p, p = --max-fpr), overall and per --group-by COL with arithmetic
-                 and harmonic means; 'pauc_mcclish' is scikit-learn's standardized variant.
+  --anomaly-column COL (1 = anomalous): ROC AUC and the official DCASE pAUC (scikit-learn's
+                 roc_auc_score(max_fpr=p), McClish-standardized, p = --max-fpr), overall and
+                 per --group-by COL (machine id) with arithmetic and harmonic means;
+                 'pauc_raw' is the non-standardized area for FPR in [0, p] divided by p.
+  --protocol dcase2021..dcase2025: per machine type and section (--type-column,
+                 --section-column, --domain-column) AUC source/target and pAUC with the
+                 official evaluators' clip selection, P/R/F1 per domain at the model's
+                 threshold, means, and the official score (report section 'dcase').
   --probe-column COL: logistic regression on the standardized codes z, fitted on the train
                  rows of the fold (from --splits), scored on the evaluated rows.
   --plots DIR    loss.png, spectrograms_best.png, spectrograms_worst.png, scores.png, roc.png.
@@ -118,6 +133,16 @@ def _summarize(reports: tuple[str, ...], output: str | None, table: bool,
 @click.option("--group-by", default=None, metavar="COL",
               help="Label column (e.g. machine ID): AUC/pAUC per group, and their "
                    "arithmetic and harmonic means.")
+@click.option("--protocol", type=click.Choice(("dcase2021", "dcase2022", "dcase2023", "dcase2024",
+                                              "dcase2025")), default=None,
+              help="DCASE 2021-2025 domain-shift results per machine type and section "
+                   "(needs --anomaly-column and the type, section and domain columns).")
+@click.option("--type-column", default="machine_type", show_default=True, metavar="COL",
+              help="With --protocol: the machine type column.")
+@click.option("--section-column", default="section", show_default=True, metavar="COL",
+              help="With --protocol: the section column.")
+@click.option("--domain-column", default="domain", show_default=True, metavar="COL",
+              help="With --protocol: the domain column (source or target).")
 @click.option("--probe-column", default=None, metavar="COL",
               help="Label column for a linear probe on the codes z (needs --splits).")
 @click.option("--score", "score_name", type=click.Choice(("mse", "mae")), default="mse",
@@ -144,6 +169,7 @@ def cli(inputs, summarize: bool, table: bool, all_metrics: bool, output: str | N
                       "--labels": "labels_path", "--where": "where",
                       "--anomaly-column": "anomaly_column",
                       "--group-by": "group_by", "--probe-column": "probe_column",
+                      "--protocol": "protocol",
                       "--scores": "scores_path", "--plots": "plots_dir", "--log": "log_path"}
         used = [flag for flag, name in model_only.items() if opts[name] is not None]
         if used:
@@ -159,7 +185,9 @@ def cli(inputs, summarize: bool, table: bool, all_metrics: bool, output: str | N
 
 def _evaluate(model: str, features: str, *, output, table, all_metrics, splits_path, split_name,
               fold, labels_path, where, anomaly_column, group_by, probe_column, score_name, max_fpr,
-              scores_path, plots_dir, log_path, batch_size, seed, device) -> None:
+              scores_path, plots_dir, log_path, batch_size, seed, device, protocol=None,
+              type_column="machine_type", section_column="section",
+              domain_column="domain") -> None:
     from contextlib import nullcontext
 
     from aekit import evaluation, metrics
@@ -177,7 +205,9 @@ def _evaluate(model: str, features: str, *, output, table, all_metrics, splits_p
     with (atomic_dir(plots_dir) if plots_dir else nullcontext()) as tmp_plots:
         opts = evaluation.EvalOptions(
             labels_path=labels_path, anomaly_column=anomaly_column, group_by=group_by,
-            probe_column=probe_column, score=score_name, max_fpr=max_fpr,
+            probe_column=probe_column, score=score_name, max_fpr=max_fpr, protocol=protocol,
+            type_column=type_column, section_column=section_column,
+            domain_column=domain_column,
             plots_dir=str(tmp_plots) if plots_dir else None, seed=seed)
         report, per_clip = evaluation.evaluate_file(
             model, features, opts, splits_path, split_name, fold, batch_size,
@@ -204,6 +234,8 @@ def _evaluate(model: str, features: str, *, output, table, all_metrics, splits_p
     if "anomaly" in report:
         a = report["anomaly"]
         msg += f", AUC {num(a['auc'], '.4f')}, pAUC {num(a['pauc'], '.4f')}"
+    if "dcase" in report:
+        msg += f", official score {num(report['dcase']['official_score'], '.4f')}"
     if "probe" in report:
         msg += f", probe accuracy {num(report['probe']['accuracy'], '.4f')}"
     common.LOG.info("%s", msg)

@@ -75,6 +75,10 @@ class EvalOptions:
     group_by: str | None = None
     probe_column: str | None = None
     score: str = "mse"  # the anomaly score: 'mse' or 'mae'
+    protocol: str | None = None  # a DCASE 2021-2025 protocol (aekit.dcase.PROTOCOLS)
+    type_column: str = "machine_type"  # with protocol: machine type, section, domain columns
+    section_column: str = "section"
+    domain_column: str = "domain"
     max_fpr: float = 0.1
     train_rows: np.ndarray | None = None  # rows the probe is fitted on
     plots_dir: str | None = None
@@ -92,6 +96,7 @@ class _Labels:
     groups: np.ndarray | None = None  # str [N]
     probe_eval: np.ndarray | None = None  # str [N]
     probe_train: np.ndarray | None = None  # str [len(train_rows)]
+    dcase: dict | None = None  # with a protocol: {"types", "sections", "domains": str [N]}
 
 
 def _label_column(labels, column: str, what: str, source: str):
@@ -139,6 +144,21 @@ def _prepare_labels(opts: EvalOptions, ids: Sequence[str], rows: np.ndarray,
             if np.unique(yg).size < 2:
                 raise InputError(f"group '{name}' of '{opts.group_by}' has only {_one_class(yg)} "
                                  "clips; AUC needs both normal (0) and anomalous (1)")
+    if opts.protocol:
+        from .dcase import DOMAINS, dcase_results
+
+        got = {k: _label_column(labels.loc[sel_ids], c, what, src).astype(str).to_numpy()
+               for k, c, what in (("types", opts.type_column, "machine type"),
+                                  ("sections", opts.section_column, "section"),
+                                  ("domains", opts.domain_column, "domain"))}
+        bad = sorted(set(got["domains"].tolist()) - set(DOMAINS))
+        if bad:
+            raise InputError(f"{src}: domain column '{opts.domain_column}' must hold source or "
+                             f"target for {opts.protocol}; found: {', '.join(bad[:5])}")
+        out.dcase = got
+        # every number computable: checked now, before any forward pass
+        dcase_results(got["types"], got["sections"], got["domains"], out.anomaly,
+                      np.zeros(out.anomaly.size), protocol=opts.protocol, max_fpr=opts.max_fpr)
     if opts.probe_column:
         col = _label_column(labels, opts.probe_column, "probe", src).astype(str)
         out.probe_eval = col.loc[sel_ids].to_numpy()
@@ -187,10 +207,14 @@ def evaluate(model: LoadedModel, ff: FeatureFile, rows: np.ndarray, split_names:
         raise InputError("no rows selected: nothing to evaluate")
     if opts.score not in SCORES:
         raise InputError(f"unknown anomaly score {opts.score!r}: use mse or mae")
-    if (opts.anomaly_column or opts.group_by or opts.probe_column) and not opts.labels_path:
-        raise InputError("--anomaly-column, --group-by and --probe-column need --labels")
+    if (opts.anomaly_column or opts.group_by or opts.probe_column or opts.protocol) \
+            and not opts.labels_path:
+        raise InputError("--anomaly-column, --group-by, --protocol and --probe-column need "
+                         "--labels")
     if opts.group_by and not opts.anomaly_column:
         raise InputError("--group-by needs --anomaly-column")
+    if opts.protocol and not opts.anomaly_column:
+        raise InputError("--protocol needs --anomaly-column")
     train_rows = None
     if opts.probe_column:
         if opts.train_rows is None:
@@ -217,19 +241,40 @@ def evaluate(model: LoadedModel, ff: FeatureFile, rows: np.ndarray, split_names:
     if lab.anomaly is not None:
         report["anomaly"] = {
             "column": opts.anomaly_column, "score": opts.score,
-            "pauc_definition": "dcase: area under ROC for FPR in [0, max_fpr] / max_fpr",
+            "pauc_definition": "official, as the dcase evaluators: roc_auc_score(max_fpr=max_fpr)"
+                               " (McClish-standardized); pauc_raw: area for FPR in [0, max_fpr]"
+                               " / max_fpr",
             "group_by": opts.group_by,
             **metrics.anomaly_report(lab.anomaly, score, lab.groups, opts.max_fpr),
         }
         stored = (model.info or {}).get("threshold")
+        decisions = None
         if opts.score == "mse" and isinstance(stored, dict) and stored.get("value") is not None:
             # Decisions at the threshold ae-train stored (ae-score --threshold model); the
             # same check as ae-score's (a finite number), so a damaged value is an error.
             from .scoring import stored_threshold
 
+            value = stored_threshold(model)
+            decisions = (score > value).astype(np.int64)
             report["anomaly"]["threshold"] = {
                 "method": stored.get("method"),
-                **metrics.decision_report(lab.anomaly, score, stored_threshold(model))}
+                **metrics.decision_report(lab.anomaly, score, value)}
+            if lab.dcase is not None:  # per domain, as the DCASE 2021+ baselines report them
+                dm = lab.dcase["domains"]
+                report["anomaly"]["threshold"]["per_domain"] = {
+                    name: metrics.decision_report(lab.anomaly[dm == name], score[dm == name],
+                                                  value)
+                    for name in sorted(set(dm.tolist()))}
+        if lab.dcase is not None:
+            from .dcase import dcase_results
+
+            report["dcase"] = {
+                "score": opts.score, "type_column": opts.type_column,
+                "section_column": opts.section_column, "domain_column": opts.domain_column,
+                "decisions": None if decisions is None else "score > the model's threshold",
+                **dcase_results(lab.dcase["types"], lab.dcase["sections"],
+                                lab.dcase["domains"], lab.anomaly, score, decisions,
+                                protocol=opts.protocol, max_fpr=opts.max_fpr)}
     if train_rows is not None:
         z_train = _train_codes(model, ff, rows, sc.latents, train_rows, batch_size, device)
         report["probe"] = {
