@@ -60,6 +60,10 @@ ae-eval MODEL FEATURES [options]
                  threshold, means, and the official score (report section 'dcase').
   --probe-column COL: logistic regression on the standardized codes z, fitted on the train
                  rows of the fold (from --splits), scored on the evaluated rows.
+  --submission DIR (with --protocol) the challenge's submission files, one pair per
+                 machine type and section: anomaly_score_<type>_section_<sec>_test.csv
+                 (clip file name, score) and decision_result_..._test.csv (file name, 1/0 at
+                 the model's threshold), no header, as the DCASE baselines write them.
   --plots DIR    loss.png, spectrograms_best.png, spectrograms_worst.png, scores.png, roc.png.
 
 \b
@@ -151,6 +155,11 @@ def _summarize(reports: tuple[str, ...], output: str | None, table: bool,
               show_default=True, help="Upper FPR bound p of the partial AUC (DCASE: 0.1).")
 @click.option("--scores", "scores_path", type=common.OutputPath(dir_okay=False, allow_dash=True),
               default=None, help="Write per-clip scores CSV (id,split,mse,mae,+labels).")
+@click.option("--submission", "submission_dir", type=common.OutputPath(file_okay=False),
+              default=None,
+              help="With --protocol: write the challenge's anomaly_score_<type>_section_<sec>"
+                   "_test.csv and decision_result_..._test.csv files into DIR (decisions at "
+                   "the model's threshold).")
 @click.option("--plots", "plots_dir", type=common.OutputPath(file_okay=False), default=None,
               help="Directory for PNG plots (created if missing).")
 @click.option("--log", "log_path", type=common.InputPath(dir_okay=False, allow_dash=True),
@@ -169,7 +178,7 @@ def cli(inputs, summarize: bool, table: bool, all_metrics: bool, output: str | N
                       "--labels": "labels_path", "--where": "where",
                       "--anomaly-column": "anomaly_column",
                       "--group-by": "group_by", "--probe-column": "probe_column",
-                      "--protocol": "protocol",
+                      "--protocol": "protocol", "--submission": "submission_dir",
                       "--scores": "scores_path", "--plots": "plots_dir", "--log": "log_path"}
         used = [flag for flag, name in model_only.items() if opts[name] is not None]
         if used:
@@ -187,7 +196,7 @@ def _evaluate(model: str, features: str, *, output, table, all_metrics, splits_p
               fold, labels_path, where, anomaly_column, group_by, probe_column, score_name, max_fpr,
               scores_path, plots_dir, log_path, batch_size, seed, device, protocol=None,
               type_column="machine_type", section_column="section",
-              domain_column="domain") -> None:
+              domain_column="domain", submission_dir=None) -> None:
     from contextlib import nullcontext
 
     from aekit import evaluation, metrics
@@ -207,7 +216,7 @@ def _evaluate(model: str, features: str, *, output, table, all_metrics, splits_p
             labels_path=labels_path, anomaly_column=anomaly_column, group_by=group_by,
             probe_column=probe_column, score=score_name, max_fpr=max_fpr, protocol=protocol,
             type_column=type_column, section_column=section_column,
-            domain_column=domain_column,
+            domain_column=domain_column, submission=submission_dir is not None,
             plots_dir=str(tmp_plots) if plots_dir else None, seed=seed)
         report, per_clip = evaluation.evaluate_file(
             model, features, opts, splits_path, split_name, fold, batch_size,
@@ -218,6 +227,17 @@ def _evaluate(model: str, features: str, *, output, table, all_metrics, splits_p
 
         report["plots"] = {k: os.path.join(plots_dir, os.path.relpath(v, tmp_plots))
                            for k, v in report["plots"].items()}
+    if submission_dir:
+        from pathlib import Path
+
+        files = per_clip.attrs["submission"]
+        # the names depend on the labels: checked against the inputs now, before any write
+        common.check_no_clobber(click.get_current_context(),
+                                [("--submission", Path(submission_dir) / n) for n in files])
+        with atomic_dir(submission_dir) as tmp:
+            for name, text in files.items():
+                (tmp / name).write_text(text, encoding="utf-8")
+        common.LOG.info("%d submission file(s) -> %s", len(files), submission_dir)
     if scores_path:
         with open_output(scores_path) as fh:
             per_clip.to_csv(fh, index=False, float_format="%.6g")

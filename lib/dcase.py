@@ -190,3 +190,51 @@ def dcase_results(machine_types: Sequence, sections: Sequence, domains: Sequence
         if protocol == "dcase2021" else
         "harmonic mean of AUC (source), AUC (target) and pAUC over all machine types and sections")
     return out
+
+
+# --------------------------------------------------------------------------- submission files
+
+_SAFE_NAME = __import__("re").compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def submission_files(machine_types: Sequence, sections: Sequence, file_names: Sequence,
+                     scores: Sequence, decisions: Sequence) -> dict[str, str]:
+    """The challenge's submission files as {file name: text}: per machine type and section,
+    ``anomaly_score_<type>_section_<sec>_test.csv`` (clip file name, score) and
+    ``decision_result_<type>_section_<sec>_test.csv`` (clip file name, 1 anomalous / 0
+    normal), no header, rows sorted by file name, as the DCASE 2021-2025 baselines write them
+    and the evaluators read them (``csv.reader``, column 0 the name, column 1 the value)."""
+    import csv
+    import io
+
+    s = np.asarray(scores, dtype=np.float64)
+    n = s.size
+    t = _text(machine_types, "machine_types", n)
+    sec = _text(sections, "sections", n)
+    names = _text(file_names, "file_names", n)
+    d = np.asarray(decisions)
+    if d.shape != (n,) or not np.isin(d, (0, 1)).all():
+        raise ValueError("decisions must be 0/1, one per clip")
+    if not np.isfinite(s).all():
+        raise InputError("anomaly scores contain NaN or infinite values")
+    for what, vals in (("machine type", t), ("section", sec)):
+        bad = sorted(v for v in set(vals.tolist()) if not _SAFE_NAME.fullmatch(v))
+        if bad:
+            raise InputError(f"{what} {bad[0]!r} cannot be part of a submission file name "
+                             "(letters, digits, '.', '_', '-' only)")
+    out: dict[str, str] = {}
+    for mt in sorted(set(t.tolist())):
+        for sc in sorted(set(sec[t == mt].tolist())):
+            idx = np.flatnonzero((t == mt) & (sec == sc))
+            idx = idx[np.argsort(names[idx], kind="stable")]
+            dup = [a for a, b in zip(names[idx][:-1], names[idx][1:]) if a == b]
+            if dup:
+                raise InputError(f"{mt} section {sc}: two clips share the file name {dup[0]!r}; "
+                                 "the submission files identify clips by file name")
+            for kind, col in (("anomaly_score", [repr(float(v)) for v in s[idx]]),
+                              ("decision_result", [str(int(v)) for v in d[idx]])):
+                buf = io.StringIO()
+                w = csv.writer(buf, lineterminator="\n")
+                w.writerows(zip(names[idx].tolist(), col))
+                out[f"{kind}_{mt}_section_{sc}_test.csv"] = buf.getvalue()
+    return out

@@ -79,6 +79,7 @@ class EvalOptions:
     type_column: str = "machine_type"  # with protocol: machine type, section, domain columns
     section_column: str = "section"
     domain_column: str = "domain"
+    submission: bool = False  # with protocol: the challenge's submission files (table.attrs)
     max_fpr: float = 0.1
     train_rows: np.ndarray | None = None  # rows the probe is fitted on
     plots_dir: str | None = None
@@ -215,6 +216,15 @@ def evaluate(model: LoadedModel, ff: FeatureFile, rows: np.ndarray, split_names:
         raise InputError("--group-by needs --anomaly-column")
     if opts.protocol and not opts.anomaly_column:
         raise InputError("--protocol needs --anomaly-column")
+    if opts.submission:
+        if not opts.protocol:
+            raise InputError("--submission needs --protocol (machine type and section columns)")
+        if opts.score != "mse":
+            raise InputError("--submission needs --score mse: the decisions use the model's "
+                             "threshold, which is on the MSE")
+        from .scoring import stored_threshold
+
+        stored_threshold(model)  # InputError now, before any pass, when there is none
     train_rows = None
     if opts.probe_column:
         if opts.train_rows is None:
@@ -275,6 +285,14 @@ def evaluate(model: LoadedModel, ff: FeatureFile, rows: np.ndarray, split_names:
                 **dcase_results(lab.dcase["types"], lab.dcase["sections"],
                                 lab.dcase["domains"], lab.anomaly, score, decisions,
                                 protocol=opts.protocol, max_fpr=opts.max_fpr)}
+            if opts.submission:
+                from .dcase import submission_files
+
+                names = [Path(ff.paths[i]).name for i in rows]
+                files = submission_files(lab.dcase["types"], lab.dcase["sections"], names,
+                                         score, decisions)
+                table.attrs["submission"] = files
+                report["dcase"]["submission"] = sorted(files)
     if train_rows is not None:
         z_train = _train_codes(model, ff, rows, sc.latents, train_rows, batch_size, device)
         report["probe"] = {

@@ -187,7 +187,7 @@ def test_ae_eval_protocol_report(tmp_path):
         tmp_path / "dl.csv", index=False)
     r = run(tmp_path / "t.safetensors", tmp_path / "f.h5", "--labels", tmp_path / "dl.csv",
             "--anomaly-column", "anomaly", "--protocol", "dcase2023", "--scores",
-            tmp_path / "s.csv", "-o", tmp_path / "r.json")
+            tmp_path / "s.csv", "-o", tmp_path / "r.json", "--submission", tmp_path / "sub")
     assert r.exit_code == 0, r.stderr
     rep = json.loads((tmp_path / "r.json").read_text())
     df = pd.read_csv(tmp_path / "s.csv", dtype={"section": str})
@@ -204,6 +204,25 @@ def test_ae_eval_protocol_report(tmp_path):
         g = df[df.domain == dm]
         assert per[dm]["tp"] == int(((g.decision == 1) & (g.anomaly == 1)).sum())
         assert per[dm]["f1"] == pytest.approx(f1_score(g.anomaly, g.decision, zero_division=0))
+    # submission files: one pair per type and section, no header, file name then value
+    want = sorted(f"{k}_fan_section_{sc}_test.csv" for k in ("anomaly_score", "decision_result")
+                  for sc in ("00", "01"))
+    assert sorted(p.name for p in (tmp_path / "sub").iterdir()) == want == d["submission"]
+    df["name"] = [f"{i}.wav" for i in df.id]  # the clips' source file names (make_dataset)
+    for sc in ("00", "01"):
+        g = df[df.section == sc].sort_values("name")
+        lines = (tmp_path / "sub" / f"anomaly_score_fan_section_{sc}_test.csv").read_text()
+        rows = [ln.split(",") for ln in lines.splitlines()]
+        assert [r_[0] for r_ in rows] == g.name.tolist()
+        np.testing.assert_allclose([float(r_[1]) for r_ in rows], g.mse, rtol=1e-5)
+        lines = (tmp_path / "sub" / f"decision_result_fan_section_{sc}_test.csv").read_text()
+        assert lines == "".join(f"{n},{v}\n" for n, v in zip(g.name, g.decision))
+    # no stored threshold: no decisions, --submission refused before any pass
+    r = run(tmp_path / "m.safetensors", tmp_path / "f.h5", "--labels", tmp_path / "dl.csv",
+            "--anomaly-column", "anomaly", "--protocol", "dcase2023", "--submission",
+            tmp_path / "sub2")
+    assert r.exit_code == 2 and "stores no threshold" in one_error_line(r)
+    assert not (tmp_path / "sub2").exists()
     # the summary averages the dcase section too
     s = run("--summarize", tmp_path / "r.json", tmp_path / "r.json", "--table")
     assert s.exit_code == 0
