@@ -223,6 +223,23 @@ def test_ae_eval_protocol_report(tmp_path):
             tmp_path / "sub2")
     assert r.exit_code == 2 and "stores no threshold" in one_error_line(r)
     assert not (tmp_path / "sub2").exists()
+    # examples/dcase/table.py: the 2021-2025 table from such reports
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    shutil.copy(tmp_path / "r.json", tmp_path / "frames.fan.json")
+    table = Path(__file__).resolve().parent.parent / "examples" / "dcase" / "table.py"
+    p = subprocess.run([sys.executable, str(table), str(tmp_path / "frames.fan.json")],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.splitlines()
+    assert lines[0] == ("| machine type | section | frames AUC (source) | frames AUC (target) "
+                        "| frames pAUC |")
+    row = d["machine_types"]["fan"]["sections"]["01"]
+    assert lines[3] == (f"| fan | 01 | {row['auc_source']:.3f} | {row['auc_target']:.3f} | "
+                        f"{row['pauc']:.3f} |")
+    assert lines[-1] == f"| **all types** | official score | {d['official_score']:.3f} |  |  |"
     # the summary averages the dcase section too
     s = run("--summarize", tmp_path / "r.json", tmp_path / "r.json", "--table")
     assert s.exit_code == 0
