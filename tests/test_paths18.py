@@ -222,7 +222,7 @@ def test_every_path_parameter_refuses_an_empty_path(tmp_path, monkeypatch):
             assert r.exit_code == 2, (name, param.name, r.stderr, r.exception)
             assert one_error_line(r.stderr, name).endswith(": empty path"), (name, param.name)
             checked += 1
-    assert checked == 37  # 10 commands
+    assert checked == 38  # 10 commands (issue 19: + ae-eval --submission)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.csv"]
     assert (tmp_path / "labels.csv").read_text() == "mine\n"  # ae-synth '' replaced it
 
