@@ -24,6 +24,7 @@ The report (``ae-eval MODEL FEATURES``), JSON, sections present only when asked 
                  arithmetic_mean, harmonic_mean, official_score, official_score_definition}
                 M (2022-2025) = {count, auc_source, auc_target, pauc, [precision_source,
                  precision_target, recall_*, f1_*]}; (2021) auc_/pauc_ source and target
+    submission  (--submission DIR) {files: [NAME], score, decisions}
     probe       {column, model, train_count, count, classes, accuracy, macro_f1,
                  majority_accuracy, converged}
     plots       {loss, spectrograms_best, spectrograms_worst, scores, roc: PATH}
@@ -60,7 +61,8 @@ ae-eval MODEL FEATURES [options]
                  threshold, means, and the official score (report section 'dcase').
   --probe-column COL: logistic regression on the standardized codes z, fitted on the train
                  rows of the fold (from --splits), scored on the evaluated rows.
-  --submission DIR (with --protocol) the challenge's submission files, one pair per
+  --submission DIR (with --labels: --type-column, --section-column; no anomaly or domain
+                 column needed) the challenge's submission files, one pair per
                  machine type and section: anomaly_score_<type>_section_<sec>_test.csv
                  (clip file name, score) and decision_result_..._test.csv (file name, 1/0 at
                  the model's threshold), no header, as the DCASE baselines write them.
@@ -142,9 +144,9 @@ def _summarize(reports: tuple[str, ...], output: str | None, table: bool,
               help="DCASE 2021-2025 domain-shift results per machine type and section "
                    "(needs --anomaly-column and the type, section and domain columns).")
 @click.option("--type-column", default="machine_type", show_default=True, metavar="COL",
-              help="With --protocol: the machine type column.")
+              help="With --protocol or --submission: the machine type column.")
 @click.option("--section-column", default="section", show_default=True, metavar="COL",
-              help="With --protocol: the section column.")
+              help="With --protocol or --submission: the section column.")
 @click.option("--domain-column", default="domain", show_default=True, metavar="COL",
               help="With --protocol: the domain column (source or target).")
 @click.option("--probe-column", default=None, metavar="COL",
@@ -157,9 +159,9 @@ def _summarize(reports: tuple[str, ...], output: str | None, table: bool,
               default=None, help="Write per-clip scores CSV (id,split,mse,mae,+labels).")
 @click.option("--submission", "submission_dir", type=common.OutputPath(file_okay=False),
               default=None,
-              help="With --protocol: write the challenge's anomaly_score_<type>_section_<sec>"
-                   "_test.csv and decision_result_..._test.csv files into DIR (decisions at "
-                   "the model's threshold).")
+              help="Write the challenge's anomaly_score_<type>_section_<sec>_test.csv and "
+                   "decision_result_..._test.csv files into DIR (needs --labels with the "
+                   "--type-column and --section-column; decisions at the model's threshold).")
 @click.option("--plots", "plots_dir", type=common.OutputPath(file_okay=False), default=None,
               help="Directory for PNG plots (created if missing).")
 @click.option("--log", "log_path", type=common.InputPath(dir_okay=False, allow_dash=True),

@@ -79,7 +79,7 @@ class EvalOptions:
     type_column: str = "machine_type"  # with protocol: machine type, section, domain columns
     section_column: str = "section"
     domain_column: str = "domain"
-    submission: bool = False  # with protocol: the challenge's submission files (table.attrs)
+    submission: bool = False  # the challenge's submission files (in table.attrs["submission"])
     max_fpr: float = 0.1
     train_rows: np.ndarray | None = None  # rows the probe is fitted on
     plots_dir: str | None = None
@@ -98,6 +98,7 @@ class _Labels:
     probe_eval: np.ndarray | None = None  # str [N]
     probe_train: np.ndarray | None = None  # str [len(train_rows)]
     dcase: dict | None = None  # with a protocol: {"types", "sections", "domains": str [N]}
+    submission: dict | None = None  # with --submission: {"types", "sections": str [N]}
 
 
 def _label_column(labels, column: str, what: str, source: str):
@@ -160,6 +161,11 @@ def _prepare_labels(opts: EvalOptions, ids: Sequence[str], rows: np.ndarray,
         # every number computable: checked now, before any forward pass
         dcase_results(got["types"], got["sections"], got["domains"], out.anomaly,
                       np.zeros(out.anomaly.size), protocol=opts.protocol, max_fpr=opts.max_fpr)
+    if opts.submission:  # no anomaly or domain column needed: the evaluation set has none
+        out.submission = {k: _label_column(labels.loc[sel_ids], c, what, src).astype(str)
+                          .to_numpy() for k, c, what in
+                          (("types", opts.type_column, "machine type"),
+                           ("sections", opts.section_column, "section"))}
     if opts.probe_column:
         col = _label_column(labels, opts.probe_column, "probe", src).astype(str)
         out.probe_eval = col.loc[sel_ids].to_numpy()
@@ -217,8 +223,8 @@ def evaluate(model: LoadedModel, ff: FeatureFile, rows: np.ndarray, split_names:
     if opts.protocol and not opts.anomaly_column:
         raise InputError("--protocol needs --anomaly-column")
     if opts.submission:
-        if not opts.protocol:
-            raise InputError("--submission needs --protocol (machine type and section columns)")
+        if not opts.labels_path:
+            raise InputError("--submission needs --labels (machine type and section columns)")
         if opts.score != "mse":
             raise InputError("--submission needs --score mse: the decisions use the model's "
                              "threshold, which is on the MSE")
@@ -237,6 +243,12 @@ def evaluate(model: LoadedModel, ff: FeatureFile, rows: np.ndarray, split_names:
     sel_ids = [ids[i] for i in rows]
     # Labels first: a bad label file must fail before minutes of forward passes.
     lab = _prepare_labels(opts, ids, rows, train_rows)
+    if lab.submission is not None:  # names and duplicates checked before the pass too
+        from .dcase import submission_files
+
+        submission_files(lab.submission["types"], lab.submission["sections"],
+                         [Path(ff.paths[i]).name for i in rows], np.zeros(rows.size),
+                         np.zeros(rows.size, dtype=np.int64))
 
     sc = score_rows(model, ff, rows, batch_size, device, keep_latents=train_rows is not None,
                     advance=advance)
@@ -285,14 +297,17 @@ def evaluate(model: LoadedModel, ff: FeatureFile, rows: np.ndarray, split_names:
                 **dcase_results(lab.dcase["types"], lab.dcase["sections"],
                                 lab.dcase["domains"], lab.anomaly, score, decisions,
                                 protocol=opts.protocol, max_fpr=opts.max_fpr)}
-            if opts.submission:
-                from .dcase import submission_files
+    if lab.submission is not None:
+        from .dcase import submission_files
+        from .scoring import stored_threshold
 
-                names = [Path(ff.paths[i]).name for i in rows]
-                files = submission_files(lab.dcase["types"], lab.dcase["sections"], names,
-                                         score, decisions)
-                table.attrs["submission"] = files
-                report["dcase"]["submission"] = sorted(files)
+        decided = (score > stored_threshold(model)).astype(np.int64)
+        names = [Path(ff.paths[i]).name for i in rows]
+        files = submission_files(lab.submission["types"], lab.submission["sections"], names,
+                                 score, decided)
+        table.attrs["submission"] = files
+        report["submission"] = {"files": sorted(files), "score": opts.score,
+                                "decisions": "score > the model's threshold"}
     if train_rows is not None:
         z_train = _train_codes(model, ff, rows, sc.latents, train_rows, batch_size, device)
         report["probe"] = {

@@ -207,7 +207,8 @@ def test_ae_eval_protocol_report(tmp_path):
     # submission files: one pair per type and section, no header, file name then value
     want = sorted(f"{k}_fan_section_{sc}_test.csv" for k in ("anomaly_score", "decision_result")
                   for sc in ("00", "01"))
-    assert sorted(p.name for p in (tmp_path / "sub").iterdir()) == want == d["submission"]
+    assert sorted(p.name for p in (tmp_path / "sub").iterdir()) == want
+    assert rep["submission"]["files"] == want
     df["name"] = [f"{i}.wav" for i in df.id]  # the clips' source file names (make_dataset)
     for sc in ("00", "01"):
         g = df[df.section == sc].sort_values("name")
@@ -217,6 +218,21 @@ def test_ae_eval_protocol_report(tmp_path):
         np.testing.assert_allclose([float(r_[1]) for r_ in rows], g.mse, rtol=1e-5)
         lines = (tmp_path / "sub" / f"decision_result_fan_section_{sc}_test.csv").read_text()
         assert lines == "".join(f"{n},{v}\n" for n, v in zip(g.name, g.decision))
+    # the evaluation set's labels: no anomaly, no domain; type and section are enough
+    lab = pd.read_csv(tmp_path / "dl.csv", dtype=str)[["id", "machine_type", "section"]]
+    lab.to_csv(tmp_path / "eval.csv", index=False)
+    r = run(tmp_path / "t.safetensors", tmp_path / "f.h5", "--labels", tmp_path / "eval.csv",
+            "--submission", tmp_path / "sub3", "-o", tmp_path / "r3.json")
+    assert r.exit_code == 0, r.stderr
+    for name in want:
+        assert (tmp_path / "sub3" / name).read_bytes() == (tmp_path / "sub" / name).read_bytes()
+    # a machine type that cannot be a file name: refused before any pass, nothing written
+    lab.loc[0, "machine_type"] = "../fan"
+    lab.to_csv(tmp_path / "bad.csv", index=False)
+    r = run(tmp_path / "t.safetensors", tmp_path / "f.h5", "--labels", tmp_path / "bad.csv",
+            "--submission", tmp_path / "sub4")
+    assert r.exit_code == 2 and "cannot be part of a submission file name" in one_error_line(r)
+    assert not (tmp_path / "sub4").exists()
     # no stored threshold: no decisions, --submission refused before any pass
     r = run(tmp_path / "m.safetensors", tmp_path / "f.h5", "--labels", tmp_path / "dl.csv",
             "--anomaly-column", "anomaly", "--protocol", "dcase2023", "--submission",
