@@ -19,8 +19,8 @@ The report (``ae-eval MODEL FEATURES``), JSON, sections present only when asked 
                              per_domain: {source|target: {...}} (with --protocol)}}
     dcase       (--protocol) {score, type_column, section_column, domain_column, decisions,
                  protocol, max_fpr, count, normal, anomalous,
-                 machine_types: {TYPE: {sections: {SEC: M}, arithmetic_mean: M,
-                                        harmonic_mean: M}},
+                 machine_types: {TYPE: {sections: {SEC: M}, arithmetic_mean: M + auc,
+                                        harmonic_mean: M + auc, official_score}},
                  arithmetic_mean, harmonic_mean, official_score, official_score_definition}
                 M (2022-2025) = {count, auc_source, auc_target, pauc, [precision_source,
                  precision_target, recall_*, f1_*]}; (2021) auc_/pauc_ source and target

@@ -153,10 +153,20 @@ def dcase_results(machine_types: Sequence, sections: Sequence, domains: Sequence
                         put(f"{k}_{dm}", v)
             secs[sc] = row
         keys = [k for k in next(iter(secs.values())) if k != "count"]
+        rows = list(secs.values())
+        both = [r["auc_source"] for r in rows] + [r["auc_target"] for r in rows]
+        if protocol == "dcase2021":
+            paucs = [r["pauc_source"] for r in rows] + [r["pauc_target"] for r in rows]
+        else:
+            paucs = [r["pauc"] for r in rows]
         per_type[mt] = {
             "sections": secs,
-            "arithmetic_mean": {k: _amean([r[k] for r in secs.values()]) for k in keys},
-            "harmonic_mean": {k: _hmean([r[k] for r in secs.values()]) for k in keys},
+            "arithmetic_mean": {**{k: _amean([r[k] for r in rows]) for k in keys},
+                                "auc": _amean(both)},
+            "harmonic_mean": {**{k: _hmean([r[k] for r in rows]) for k in keys},
+                              "auc": _hmean(both)},
+            # the official score's rule on this machine type's numbers alone
+            "official_score": _hmean(both + paucs),
         }
 
     out: dict = {"protocol": protocol, "max_fpr": max_fpr, "count": int(n),

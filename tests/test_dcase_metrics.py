@@ -142,6 +142,12 @@ def test_every_number_matches_sklearn(protocol):
             vals = [s[k] for s in secs]
             assert t["arithmetic_mean"][k] == pytest.approx(np.mean(vals), abs=1e-12)
             assert t["harmonic_mean"][k] == pytest.approx(hmean(np.maximum(vals, EPS)), rel=1e-12)
+        aucs = [s[f"auc_{dm}"] for dm in ("source", "target") for s in secs]
+        paucs = ([s[f"pauc_{dm}"] for dm in ("source", "target") for s in secs]
+                 if protocol == "dcase2021" else [s["pauc"] for s in secs])
+        assert t["arithmetic_mean"]["auc"] == pytest.approx(np.mean(aucs), abs=1e-12)
+        assert t["harmonic_mean"]["auc"] == pytest.approx(hmean(aucs), rel=1e-12)
+        assert t["official_score"] == pytest.approx(hmean(aucs + paucs), rel=1e-12)
     assert r["official_score"] == pytest.approx(ref["official"], rel=1e-12)
     assert r["arithmetic_mean"]["auc"] == pytest.approx(ref["amean_auc"], abs=1e-12)
     assert r["arithmetic_mean"]["pauc"] == pytest.approx(ref["amean_pauc"], abs=1e-12)
