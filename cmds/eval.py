@@ -66,6 +66,9 @@ ae-eval MODEL FEATURES [options]
                  machine type and section: anomaly_score_<type>_section_<sec>_test.csv
                  (clip file name, score) and decision_result_..._test.csv (file name, 1/0 at
                  the model's threshold), no header, as the DCASE baselines write them.
+  --result-csv FILE (with --protocol) the per-section result table as CSV: machine type,
+                 section, AUC (source), AUC (target), pAUC, precision/recall/F1 per domain,
+                 each type's means and official score, then over all types.
   --plots DIR    loss.png, spectrograms_best.png, spectrograms_worst.png, scores.png, roc.png.
 
 \b
@@ -87,7 +90,8 @@ See also: ae-train (makes MODEL), ae-encode (latent codes), ae-split (folds).
 """
 
 
-def _stdout_conflict(output: str | None, scores: str | None, table: bool) -> None:
+def _stdout_conflict(output: str | None, scores: str | None, table: bool,
+                     result_csv: str | None = None) -> None:
     to_stdout = []
     if (output in (None, "-")) and not table:
         to_stdout.append("the JSON report")
@@ -95,6 +99,8 @@ def _stdout_conflict(output: str | None, scores: str | None, table: bool) -> Non
         to_stdout.append("--table")
     if scores == "-":
         to_stdout.append("--scores -")
+    if result_csv == "-":
+        to_stdout.append("--result-csv -")
     if len(to_stdout) > 1:
         common.fail_usage(f"{' and '.join(to_stdout)} would both go to stdout; "
                           "send one to a file with -o")
@@ -162,6 +168,10 @@ def _summarize(reports: tuple[str, ...], output: str | None, table: bool,
               help="Write the challenge's anomaly_score_<type>_section_<sec>_test.csv and "
                    "decision_result_..._test.csv files into DIR (needs --labels with the "
                    "--type-column and --section-column; decisions at the model's threshold).")
+@click.option("--result-csv", "result_csv", type=common.OutputPath(dir_okay=False, allow_dash=True),
+              default=None,
+              help="With --protocol: the per-section result table (AUC source/target, pAUC, "
+                   "precision, recall, F1, means, official score) as CSV.")
 @click.option("--plots", "plots_dir", type=common.OutputPath(file_okay=False), default=None,
               help="Directory for PNG plots (created if missing).")
 @click.option("--log", "log_path", type=common.InputPath(dir_okay=False, allow_dash=True),
@@ -174,13 +184,14 @@ def _summarize(reports: tuple[str, ...], output: str | None, table: bool,
 @common.verbosity_options
 def cli(inputs, summarize: bool, table: bool, all_metrics: bool, output: str | None,
         **opts) -> None:
-    _stdout_conflict(output, opts["scores_path"], table)
+    _stdout_conflict(output, opts["scores_path"], table, opts["result_csv"])
     if summarize:
         model_only = {"--splits": "splits_path", "--split": "split_name", "--fold": "fold",
                       "--labels": "labels_path", "--where": "where",
                       "--anomaly-column": "anomaly_column",
                       "--group-by": "group_by", "--probe-column": "probe_column",
                       "--protocol": "protocol", "--submission": "submission_dir",
+                      "--result-csv": "result_csv",
                       "--scores": "scores_path", "--plots": "plots_dir", "--log": "log_path"}
         used = [flag for flag, name in model_only.items() if opts[name] is not None]
         if used:
@@ -198,13 +209,15 @@ def _evaluate(model: str, features: str, *, output, table, all_metrics, splits_p
               fold, labels_path, where, anomaly_column, group_by, probe_column, score_name, max_fpr,
               scores_path, plots_dir, log_path, batch_size, seed, device, protocol=None,
               type_column="machine_type", section_column="section",
-              domain_column="domain", submission_dir=None) -> None:
+              domain_column="domain", submission_dir=None, result_csv=None) -> None:
     from contextlib import nullcontext
 
     from aekit import evaluation, metrics
     from aekit.device import resolve_device
     from aekit.fileio import atomic_dir, check_regular_file, open_output
 
+    if result_csv and not protocol:
+        common.fail_usage("--result-csv needs --protocol")
     check_regular_file(model, "a model file")
     check_regular_file(features, "a features file")
     if plots_dir:  # the PNGs replace same-named files in DIR: none may be an input
@@ -240,6 +253,11 @@ def _evaluate(model: str, features: str, *, output, table, all_metrics, splits_p
             for name, text in files.items():
                 (tmp / name).write_text(text, encoding="utf-8")
         common.LOG.info("%d submission file(s) -> %s", len(files), submission_dir)
+    if result_csv:
+        from aekit.dcase import result_table
+
+        with open_output(result_csv) as fh:
+            result_table(report["dcase"]).to_csv(fh, index=False, float_format="%.6f")
     if scores_path:
         with open_output(scores_path) as fh:
             per_clip.to_csv(fh, index=False, float_format="%.6g")

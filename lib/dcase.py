@@ -248,3 +248,44 @@ def submission_files(machine_types: Sequence, sections: Sequence, file_names: Se
                 w.writerows(zip(names[idx].tolist(), col))
                 out[f"{kind}_{mt}_section_{sc}_test.csv"] = buf.getvalue()
     return out
+
+
+# --------------------------------------------------------------------------- result table
+
+_COLUMN_TITLES = {"auc_source": "AUC (source)", "auc_target": "AUC (target)", "pauc": "pAUC",
+                  "pauc_source": "pAUC (source)", "pauc_target": "pAUC (target)",
+                  "precision_source": "precision (source)",
+                  "precision_target": "precision (target)",
+                  "recall_source": "recall (source)", "recall_target": "recall (target)",
+                  "f1_source": "F1 score (source)", "f1_target": "F1 score (target)"}
+
+
+def result_table(results: dict):
+    """The per-section result table of ``dcase_results`` (the evaluators' result.csv as a
+    tidy table): a row per machine type and section, the type's arithmetic and harmonic
+    means and official score, then the same over all machine types and sections. Columns:
+    machine type, section, the metrics (titled as the evaluators title them), official score
+    (on the official-score rows only). A pandas DataFrame; metrics absent stay empty."""
+    import pandas as pd
+
+    types = results["machine_types"]
+    first = next(iter(next(iter(types.values()))["sections"].values()))
+    cols = [k for k in _COLUMN_TITLES if k in first]
+    rows: list[dict] = []
+    every: list[dict] = []
+    for mt, t in types.items():
+        for sec, r in t["sections"].items():
+            rows.append({"machine type": mt, "section": sec, **{c: r[c] for c in cols}})
+            every.append(r)
+        for name in ("arithmetic_mean", "harmonic_mean"):
+            rows.append({"machine type": mt, "section": name.replace("_", " "),
+                         **{c: t[name][c] for c in cols}})
+        rows.append({"machine type": mt, "section": "official score",
+                     "official score": t["official_score"]})
+    for name, fn in (("arithmetic mean", _amean), ("harmonic mean", _hmean)):
+        rows.append({"machine type": "all", "section": name,
+                     **{c: fn([r[c] for r in every]) for c in cols}})
+    rows.append({"machine type": "all", "section": "official score",
+                 "official score": results["official_score"]})
+    table = pd.DataFrame(rows, columns=["machine type", "section", *cols, "official score"])
+    return table.rename(columns=_COLUMN_TITLES)

@@ -193,7 +193,8 @@ def test_ae_eval_protocol_report(tmp_path):
         tmp_path / "dl.csv", index=False)
     r = run(tmp_path / "t.safetensors", tmp_path / "f.h5", "--labels", tmp_path / "dl.csv",
             "--anomaly-column", "anomaly", "--protocol", "dcase2023", "--scores",
-            tmp_path / "s.csv", "-o", tmp_path / "r.json", "--submission", tmp_path / "sub")
+            tmp_path / "s.csv", "-o", tmp_path / "r.json", "--submission", tmp_path / "sub",
+            "--result-csv", tmp_path / "result.csv")
     assert r.exit_code == 0, r.stderr
     rep = json.loads((tmp_path / "r.json").read_text())
     df = pd.read_csv(tmp_path / "s.csv", dtype={"section": str})
@@ -262,6 +263,22 @@ def test_ae_eval_protocol_report(tmp_path):
     assert lines[3] == (f"| fan | 01 | {row['auc_source']:.3f} | {row['auc_target']:.3f} | "
                         f"{row['pauc']:.3f} |")
     assert lines[-1] == f"| **all types** | official score | {d['official_score']:.3f} |  |  |"
+    # the result table
+    res = pd.read_csv(tmp_path / "result.csv", dtype={"section": str})
+    assert list(res.columns) == ["machine type", "section", "AUC (source)", "AUC (target)",
+                                 "pAUC", "precision (source)", "precision (target)",
+                                 "recall (source)", "recall (target)", "F1 score (source)",
+                                 "F1 score (target)", "official score"]
+    assert res["section"].tolist() == ["00", "01", "arithmetic mean", "harmonic mean",
+                                       "official score", "arithmetic mean", "harmonic mean",
+                                       "official score"]
+    assert res["machine type"].tolist() == ["fan"] * 5 + ["all"] * 3
+    want01 = ref["sections"][("fan", "01")]
+    assert res.loc[1, "AUC (target)"] == pytest.approx(want01["auc_target"], abs=1e-6)
+    assert res.loc[1, "F1 score (source)"] == pytest.approx(want01["f1_source"], abs=1e-6)
+    assert res.loc[7, "official score"] == pytest.approx(ref["official"], abs=1e-6)
+    assert res.loc[5, "pAUC"] == pytest.approx(
+        np.mean([ref["sections"][("fan", sc)]["pauc"] for sc in ("00", "01")]), abs=1e-6)
     # the summary averages the dcase section too
     s = run("--summarize", tmp_path / "r.json", tmp_path / "r.json", "--table")
     assert s.exit_code == 0
@@ -278,3 +295,5 @@ def test_ae_eval_protocol_report(tmp_path):
     r = run(tmp_path / "t.safetensors", tmp_path / "f.h5", "--labels", tmp_path / "dl.csv",
             "--protocol", "dcase2023")
     assert r.exit_code == 2 and "--protocol needs --anomaly-column" in one_error_line(r)
+    r = run(tmp_path / "t.safetensors", tmp_path / "f.h5", "--result-csv", tmp_path / "x.csv")
+    assert r.exit_code == 2 and "--result-csv needs --protocol" in one_error_line(r)
