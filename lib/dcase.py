@@ -7,9 +7,10 @@ Reimplemented from reading (not copied):
   on the clips of that domain only (its normals and its anomalies), precision, recall and F1
   of its decisions; arithmetic and harmonic means over sections and domains per type and over
   all machine types, sections and domains.
-- 2022-2025: ``dcase2023_task2_evaluator.py`` of nttcslab/dcase2023_task2_evaluator (the 2024
-  evaluator, nttcslab/dcase2024_task2_evaluator, selects clips the same way). Per machine type
-  and section:
+- 2022-2025: ``dcase2023_task2_evaluator.py`` of nttcslab/dcase2023_task2_evaluator and
+  ``dcase2022_task2_evaluator.py`` of Kota-Dohi/dcase2022_evaluator (the same selection; the
+  2024 and 2025 evaluators' code was not available to read, their READMEs describe the same
+  outputs, so they are taken to follow it). Per machine type and section:
 
   * AUC (source): the source-domain normal clips and ALL anomalous clips of the section
     (both domains); AUC (target): the target-domain normals and all anomalies;
