@@ -10,10 +10,21 @@ The report (``ae-eval MODEL FEATURES``), JSON, sections present only when asked 
                 S = {count, mean, std, min, p5, p25, median, p75, p95, max}; mse in dB^2, mae in dB;
                 per_split only when the rows span several of train / val / test
     anomaly     {column, score, pauc_definition, group_by, count, normal, anomalous, max_fpr,
-                 auc, pauc (DCASE: raw area for FPR <= max_fpr, / max_fpr),
-                 pauc_mcclish (scikit-learn roc_auc_score(max_fpr=...)),
-                 groups: {NAME: {count, normal, anomalous, auc, pauc}},
-                 group_mean: {auc_arithmetic, pauc_arithmetic, auc_harmonic, pauc_harmonic}}
+                 auc, pauc (official DCASE: scikit-learn roc_auc_score(max_fpr=...), McClish),
+                 pauc_raw (area for FPR <= max_fpr, / max_fpr; not standardized),
+                 groups: {NAME: {count, normal, anomalous, auc, pauc, pauc_raw}},
+                 group_mean: {auc_arithmetic, pauc_arithmetic, auc_harmonic, pauc_harmonic,
+                              pauc_raw_arithmetic, pauc_raw_harmonic},
+                 threshold: {method, value, tp, fp, fn, tn, precision, recall, f1,
+                             per_domain: {source|target: {...}} (with --protocol)}}
+    dcase       (--protocol) {score, type_column, section_column, domain_column, decisions,
+                 protocol, max_fpr, count, normal, anomalous,
+                 machine_types: {TYPE: {sections: {SEC: M}, arithmetic_mean: M + auc,
+                                        harmonic_mean: M + auc, official_score}},
+                 arithmetic_mean, harmonic_mean, official_score, official_score_definition}
+                M (2022-2025) = {count, auc_source, auc_target, pauc, [precision_source,
+                 precision_target, recall_*, f1_*]}; (2021) auc_/pauc_ source and target
+    submission  (--submission DIR) {files: [NAME], score, decisions}
     probe       {column, model, train_count, count, classes, accuracy, macro_f1,
                  majority_accuracy, converged}
     plots       {loss, spectrograms_best, spectrograms_worst, scores, roc: PATH}
@@ -40,11 +51,24 @@ ae-eval MODEL FEATURES [options]
   --fold, then --where EXPR on the --labels); a JSON report on stdout (or -o): count, mean,
   std, median, percentiles, per split when several occur.
   --scores CSV   per-clip table: id,split,mse,mae (+ the label columns with --labels).
-  --anomaly-column COL (1 = anomalous): ROC AUC and DCASE pAUC (raw area for FPR in [0, p]
-                 divided by p, p = --max-fpr), overall and per --group-by COL with arithmetic
-                 and harmonic means; 'pauc_mcclish' is scikit-learn's standardized variant.
+  --anomaly-column COL (1 = anomalous): ROC AUC and the official DCASE pAUC (scikit-learn's
+                 roc_auc_score(max_fpr=p), McClish-standardized, p = --max-fpr), overall and
+                 per --group-by COL (machine id) with arithmetic and harmonic means;
+                 'pauc_raw' is the non-standardized area for FPR in [0, p] divided by p.
+  --protocol dcase2021..dcase2025: per machine type and section (--type-column,
+                 --section-column, --domain-column) AUC source/target and pAUC with the
+                 official evaluators' clip selection, P/R/F1 per domain at the model's
+                 threshold, means, and the official score (report section 'dcase').
   --probe-column COL: logistic regression on the standardized codes z, fitted on the train
                  rows of the fold (from --splits), scored on the evaluated rows.
+  --submission DIR (with --labels: --type-column, --section-column; no anomaly or domain
+                 column needed) the challenge's submission files, one pair per
+                 machine type and section: anomaly_score_<type>_section_<sec>_test.csv
+                 (clip file name, score) and decision_result_..._test.csv (file name, 1/0 at
+                 the model's threshold), no header, as the DCASE baselines write them.
+  --result-csv FILE (with --protocol) the per-section result table as CSV: machine type,
+                 section, AUC (source), AUC (target), pAUC, precision/recall/F1 per domain,
+                 each type's means and official score, then over all types.
   --plots DIR    loss.png, spectrograms_best.png, spectrograms_worst.png, scores.png, roc.png.
 
 \b
@@ -66,7 +90,8 @@ See also: ae-train (makes MODEL), ae-encode (latent codes), ae-split (folds).
 """
 
 
-def _stdout_conflict(output: str | None, scores: str | None, table: bool) -> None:
+def _stdout_conflict(output: str | None, scores: str | None, table: bool,
+                     result_csv: str | None = None) -> None:
     to_stdout = []
     if (output in (None, "-")) and not table:
         to_stdout.append("the JSON report")
@@ -74,6 +99,8 @@ def _stdout_conflict(output: str | None, scores: str | None, table: bool) -> Non
         to_stdout.append("--table")
     if scores == "-":
         to_stdout.append("--scores -")
+    if result_csv == "-":
+        to_stdout.append("--result-csv -")
     if len(to_stdout) > 1:
         common.fail_usage(f"{' and '.join(to_stdout)} would both go to stdout; "
                           "send one to a file with -o")
@@ -118,6 +145,16 @@ def _summarize(reports: tuple[str, ...], output: str | None, table: bool,
 @click.option("--group-by", default=None, metavar="COL",
               help="Label column (e.g. machine ID): AUC/pAUC per group, and their "
                    "arithmetic and harmonic means.")
+@click.option("--protocol", type=click.Choice(("dcase2021", "dcase2022", "dcase2023", "dcase2024",
+                                              "dcase2025")), default=None,
+              help="DCASE 2021-2025 domain-shift results per machine type and section "
+                   "(needs --anomaly-column and the type, section and domain columns).")
+@click.option("--type-column", default="machine_type", show_default=True, metavar="COL",
+              help="With --protocol or --submission: the machine type column.")
+@click.option("--section-column", default="section", show_default=True, metavar="COL",
+              help="With --protocol or --submission: the section column.")
+@click.option("--domain-column", default="domain", show_default=True, metavar="COL",
+              help="With --protocol: the domain column (source or target).")
 @click.option("--probe-column", default=None, metavar="COL",
               help="Label column for a linear probe on the codes z (needs --splits).")
 @click.option("--score", "score_name", type=click.Choice(("mse", "mae")), default="mse",
@@ -126,6 +163,15 @@ def _summarize(reports: tuple[str, ...], output: str | None, table: bool,
               show_default=True, help="Upper FPR bound p of the partial AUC (DCASE: 0.1).")
 @click.option("--scores", "scores_path", type=common.OutputPath(dir_okay=False, allow_dash=True),
               default=None, help="Write per-clip scores CSV (id,split,mse,mae,+labels).")
+@click.option("--submission", "submission_dir", type=common.OutputPath(file_okay=False),
+              default=None,
+              help="Write the challenge's anomaly_score_<type>_section_<sec>_test.csv and "
+                   "decision_result_..._test.csv files into DIR (needs --labels with the "
+                   "--type-column and --section-column; decisions at the model's threshold).")
+@click.option("--result-csv", "result_csv", type=common.OutputPath(dir_okay=False, allow_dash=True),
+              default=None,
+              help="With --protocol: the per-section result table (AUC source/target, pAUC, "
+                   "precision, recall, F1, means, official score) as CSV.")
 @click.option("--plots", "plots_dir", type=common.OutputPath(file_okay=False), default=None,
               help="Directory for PNG plots (created if missing).")
 @click.option("--log", "log_path", type=common.InputPath(dir_okay=False, allow_dash=True),
@@ -138,12 +184,14 @@ def _summarize(reports: tuple[str, ...], output: str | None, table: bool,
 @common.verbosity_options
 def cli(inputs, summarize: bool, table: bool, all_metrics: bool, output: str | None,
         **opts) -> None:
-    _stdout_conflict(output, opts["scores_path"], table)
+    _stdout_conflict(output, opts["scores_path"], table, opts["result_csv"])
     if summarize:
         model_only = {"--splits": "splits_path", "--split": "split_name", "--fold": "fold",
                       "--labels": "labels_path", "--where": "where",
                       "--anomaly-column": "anomaly_column",
                       "--group-by": "group_by", "--probe-column": "probe_column",
+                      "--protocol": "protocol", "--submission": "submission_dir",
+                      "--result-csv": "result_csv",
                       "--scores": "scores_path", "--plots": "plots_dir", "--log": "log_path"}
         used = [flag for flag, name in model_only.items() if opts[name] is not None]
         if used:
@@ -159,13 +207,17 @@ def cli(inputs, summarize: bool, table: bool, all_metrics: bool, output: str | N
 
 def _evaluate(model: str, features: str, *, output, table, all_metrics, splits_path, split_name,
               fold, labels_path, where, anomaly_column, group_by, probe_column, score_name, max_fpr,
-              scores_path, plots_dir, log_path, batch_size, seed, device) -> None:
+              scores_path, plots_dir, log_path, batch_size, seed, device, protocol=None,
+              type_column="machine_type", section_column="section",
+              domain_column="domain", submission_dir=None, result_csv=None) -> None:
     from contextlib import nullcontext
 
     from aekit import evaluation, metrics
     from aekit.device import resolve_device
     from aekit.fileio import atomic_dir, check_regular_file, open_output
 
+    if result_csv and not protocol:
+        common.fail_usage("--result-csv needs --protocol")
     check_regular_file(model, "a model file")
     check_regular_file(features, "a features file")
     if plots_dir:  # the PNGs replace same-named files in DIR: none may be an input
@@ -177,7 +229,9 @@ def _evaluate(model: str, features: str, *, output, table, all_metrics, splits_p
     with (atomic_dir(plots_dir) if plots_dir else nullcontext()) as tmp_plots:
         opts = evaluation.EvalOptions(
             labels_path=labels_path, anomaly_column=anomaly_column, group_by=group_by,
-            probe_column=probe_column, score=score_name, max_fpr=max_fpr,
+            probe_column=probe_column, score=score_name, max_fpr=max_fpr, protocol=protocol,
+            type_column=type_column, section_column=section_column,
+            domain_column=domain_column, submission=submission_dir is not None,
             plots_dir=str(tmp_plots) if plots_dir else None, seed=seed)
         report, per_clip = evaluation.evaluate_file(
             model, features, opts, splits_path, split_name, fold, batch_size,
@@ -188,6 +242,22 @@ def _evaluate(model: str, features: str, *, output, table, all_metrics, splits_p
 
         report["plots"] = {k: os.path.join(plots_dir, os.path.relpath(v, tmp_plots))
                            for k, v in report["plots"].items()}
+    if submission_dir:
+        from pathlib import Path
+
+        files = per_clip.attrs["submission"]
+        # the names depend on the labels: checked against the inputs now, before any write
+        common.check_no_clobber(click.get_current_context(),
+                                [("--submission", Path(submission_dir) / n) for n in files])
+        with atomic_dir(submission_dir) as tmp:
+            for name, text in files.items():
+                (tmp / name).write_text(text, encoding="utf-8")
+        common.LOG.info("%d submission file(s) -> %s", len(files), submission_dir)
+    if result_csv:
+        from aekit.dcase import result_table
+
+        with open_output(result_csv) as fh:
+            result_table(report["dcase"]).to_csv(fh, index=False, float_format="%.6f")
     if scores_path:
         with open_output(scores_path) as fh:
             per_clip.to_csv(fh, index=False, float_format="%.6g")
@@ -204,6 +274,8 @@ def _evaluate(model: str, features: str, *, output, table, all_metrics, splits_p
     if "anomaly" in report:
         a = report["anomaly"]
         msg += f", AUC {num(a['auc'], '.4f')}, pAUC {num(a['pauc'], '.4f')}"
+    if "dcase" in report:
+        msg += f", official score {num(report['dcase']['official_score'], '.4f')}"
     if "probe" in report:
         msg += f", probe accuracy {num(report['probe']['accuracy'], '.4f')}"
     common.LOG.info("%s", msg)

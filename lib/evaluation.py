@@ -75,6 +75,11 @@ class EvalOptions:
     group_by: str | None = None
     probe_column: str | None = None
     score: str = "mse"  # the anomaly score: 'mse' or 'mae'
+    protocol: str | None = None  # a DCASE 2021-2025 protocol (aekit.dcase.PROTOCOLS)
+    type_column: str = "machine_type"  # with protocol: machine type, section, domain columns
+    section_column: str = "section"
+    domain_column: str = "domain"
+    submission: bool = False  # the challenge's submission files (in table.attrs["submission"])
     max_fpr: float = 0.1
     train_rows: np.ndarray | None = None  # rows the probe is fitted on
     plots_dir: str | None = None
@@ -92,6 +97,8 @@ class _Labels:
     groups: np.ndarray | None = None  # str [N]
     probe_eval: np.ndarray | None = None  # str [N]
     probe_train: np.ndarray | None = None  # str [len(train_rows)]
+    dcase: dict | None = None  # with a protocol: {"types", "sections", "domains": str [N]}
+    submission: dict | None = None  # with --submission: {"types", "sections": str [N]}
 
 
 def _label_column(labels, column: str, what: str, source: str):
@@ -139,6 +146,26 @@ def _prepare_labels(opts: EvalOptions, ids: Sequence[str], rows: np.ndarray,
             if np.unique(yg).size < 2:
                 raise InputError(f"group '{name}' of '{opts.group_by}' has only {_one_class(yg)} "
                                  "clips; AUC needs both normal (0) and anomalous (1)")
+    if opts.protocol:
+        from .dcase import DOMAINS, dcase_results
+
+        got = {k: _label_column(labels.loc[sel_ids], c, what, src).astype(str).to_numpy()
+               for k, c, what in (("types", opts.type_column, "machine type"),
+                                  ("sections", opts.section_column, "section"),
+                                  ("domains", opts.domain_column, "domain"))}
+        bad = sorted(set(got["domains"].tolist()) - set(DOMAINS))
+        if bad:
+            raise InputError(f"{src}: domain column '{opts.domain_column}' must hold source or "
+                             f"target for {opts.protocol}; found: {', '.join(bad[:5])}")
+        out.dcase = got
+        # every number computable: checked now, before any forward pass
+        dcase_results(got["types"], got["sections"], got["domains"], out.anomaly,
+                      np.zeros(out.anomaly.size), protocol=opts.protocol, max_fpr=opts.max_fpr)
+    if opts.submission:  # no anomaly or domain column needed: the evaluation set has none
+        out.submission = {k: _label_column(labels.loc[sel_ids], c, what, src).astype(str)
+                          .to_numpy() for k, c, what in
+                          (("types", opts.type_column, "machine type"),
+                           ("sections", opts.section_column, "section"))}
     if opts.probe_column:
         col = _label_column(labels, opts.probe_column, "probe", src).astype(str)
         out.probe_eval = col.loc[sel_ids].to_numpy()
@@ -187,10 +214,23 @@ def evaluate(model: LoadedModel, ff: FeatureFile, rows: np.ndarray, split_names:
         raise InputError("no rows selected: nothing to evaluate")
     if opts.score not in SCORES:
         raise InputError(f"unknown anomaly score {opts.score!r}: use mse or mae")
-    if (opts.anomaly_column or opts.group_by or opts.probe_column) and not opts.labels_path:
-        raise InputError("--anomaly-column, --group-by and --probe-column need --labels")
+    if (opts.anomaly_column or opts.group_by or opts.probe_column or opts.protocol) \
+            and not opts.labels_path:
+        raise InputError("--anomaly-column, --group-by, --protocol and --probe-column need "
+                         "--labels")
     if opts.group_by and not opts.anomaly_column:
         raise InputError("--group-by needs --anomaly-column")
+    if opts.protocol and not opts.anomaly_column:
+        raise InputError("--protocol needs --anomaly-column")
+    if opts.submission:
+        if not opts.labels_path:
+            raise InputError("--submission needs --labels (machine type and section columns)")
+        if opts.score != "mse":
+            raise InputError("--submission needs --score mse: the decisions use the model's "
+                             "threshold, which is on the MSE")
+        from .scoring import stored_threshold
+
+        stored_threshold(model)  # InputError now, before any pass, when there is none
     train_rows = None
     if opts.probe_column:
         if opts.train_rows is None:
@@ -203,6 +243,12 @@ def evaluate(model: LoadedModel, ff: FeatureFile, rows: np.ndarray, split_names:
     sel_ids = [ids[i] for i in rows]
     # Labels first: a bad label file must fail before minutes of forward passes.
     lab = _prepare_labels(opts, ids, rows, train_rows)
+    if lab.submission is not None:  # names and duplicates checked before the pass too
+        from .dcase import submission_files
+
+        submission_files(lab.submission["types"], lab.submission["sections"],
+                         [Path(ff.paths[i]).name for i in rows], np.zeros(rows.size),
+                         np.zeros(rows.size, dtype=np.int64))
 
     sc = score_rows(model, ff, rows, batch_size, device, keep_latents=train_rows is not None,
                     advance=advance)
@@ -217,19 +263,51 @@ def evaluate(model: LoadedModel, ff: FeatureFile, rows: np.ndarray, split_names:
     if lab.anomaly is not None:
         report["anomaly"] = {
             "column": opts.anomaly_column, "score": opts.score,
-            "pauc_definition": "dcase: area under ROC for FPR in [0, max_fpr] / max_fpr",
+            "pauc_definition": "official, as the dcase evaluators: roc_auc_score(max_fpr=max_fpr)"
+                               " (McClish-standardized); pauc_raw: area for FPR in [0, max_fpr]"
+                               " / max_fpr",
             "group_by": opts.group_by,
             **metrics.anomaly_report(lab.anomaly, score, lab.groups, opts.max_fpr),
         }
         stored = (model.info or {}).get("threshold")
+        decisions = None
         if opts.score == "mse" and isinstance(stored, dict) and stored.get("value") is not None:
             # Decisions at the threshold ae-train stored (ae-score --threshold model); the
             # same check as ae-score's (a finite number), so a damaged value is an error.
             from .scoring import stored_threshold
 
+            value = stored_threshold(model)
+            decisions = (score > value).astype(np.int64)
             report["anomaly"]["threshold"] = {
                 "method": stored.get("method"),
-                **metrics.decision_report(lab.anomaly, score, stored_threshold(model))}
+                **metrics.decision_report(lab.anomaly, score, value)}
+            if lab.dcase is not None:  # per domain, as the DCASE 2021+ baselines report them
+                dm = lab.dcase["domains"]
+                report["anomaly"]["threshold"]["per_domain"] = {
+                    name: metrics.decision_report(lab.anomaly[dm == name], score[dm == name],
+                                                  value)
+                    for name in sorted(set(dm.tolist()))}
+        if lab.dcase is not None:
+            from .dcase import dcase_results
+
+            report["dcase"] = {
+                "score": opts.score, "type_column": opts.type_column,
+                "section_column": opts.section_column, "domain_column": opts.domain_column,
+                "decisions": None if decisions is None else "score > the model's threshold",
+                **dcase_results(lab.dcase["types"], lab.dcase["sections"],
+                                lab.dcase["domains"], lab.anomaly, score, decisions,
+                                protocol=opts.protocol, max_fpr=opts.max_fpr)}
+    if lab.submission is not None:
+        from .dcase import submission_files
+        from .scoring import stored_threshold
+
+        decided = (score > stored_threshold(model)).astype(np.int64)
+        names = [Path(ff.paths[i]).name for i in rows]
+        files = submission_files(lab.submission["types"], lab.submission["sections"], names,
+                                 score, decided)
+        table.attrs["submission"] = files
+        report["submission"] = {"files": sorted(files), "score": opts.score,
+                                "decisions": "score > the model's threshold"}
     if train_rows is not None:
         z_train = _train_codes(model, ff, rows, sc.latents, train_rows, batch_size, device)
         report["probe"] = {

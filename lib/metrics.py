@@ -4,12 +4,13 @@ Anomaly detection follows the DCASE Task 2 convention: the anomaly score of a cl
 reconstruction error, and detection is measured with the area under the ROC curve (AUC)
 and the *partial* AUC over false-positive rates in [0, p], p = 0.1.
 
-The DCASE pAUC (``dcase_pauc``) is the raw area under the ROC curve for FPR in [0, p],
-divided by p, so a perfect detector scores 1 and a random one scores p / 2 = 0.05. It is
-NOT scikit-learn's ``roc_auc_score(max_fpr=p)``, which applies the McClish correction
-(0.5 for a random detector, 1 for a perfect one). Some DCASE baseline scripts call the
-scikit-learn function; both are reported (``pauc`` and ``pauc_mcclish``) so results can be
-compared with either.
+The pAUC reported (``pauc``) is the official DCASE one: scikit-learn's
+``roc_auc_score(y, s, max_fpr=p)``, the McClish-standardized partial AUC (0.5 for a random
+detector, 1 for a perfect one), computed per machine id / section as the DCASE 2020 baseline's
+``01_test.py`` and the 2021-2025 evaluators do. ``pauc_raw`` (``dcase_pauc``) is the
+non-standardized area under the ROC curve for FPR in [0, p] divided by p (p/2 = 0.05 for a
+random detector), kept for comparison only. The DCASE 2021-2025 domain protocols are in
+``aekit.dcase``.
 
 The linear probe answers "how much of a label does the code z hold?": a standardized
 logistic regression fitted on the training rows' codes, scored on the evaluated rows.
@@ -32,9 +33,9 @@ LOG = logging.getLogger("aekit")
 MAX_FPR = 0.1  # DCASE Task 2: pAUC over FPR in [0, 0.1]
 PERCENTILES = (5, 25, 50, 75, 95)
 #: Report sections that hold metrics; ``summarize_reports`` averages numbers under these.
-METRIC_SECTIONS = ("reconstruction", "anomaly", "probe")
+METRIC_SECTIONS = ("reconstruction", "anomaly", "dcase", "probe")
 #: Numbers in those sections that are settings, not results: not averaged.
-SETTING_KEYS = frozenset({"max_fpr"})
+SETTING_KEYS = frozenset({"max_fpr", "protocol"})
 
 
 def _num(x) -> float | None:
@@ -132,9 +133,10 @@ def partial_area(fpr: np.ndarray, tpr: np.ndarray, max_fpr: float) -> float:
 
 
 def dcase_pauc(y_true, scores, max_fpr: float = MAX_FPR) -> float:
-    """DCASE Task 2 partial AUC: area under the ROC curve for FPR in [0, p], divided by p.
+    """The raw ('pauc_raw') partial AUC: area under the ROC curve for FPR in [0, p], divided by p.
 
-    1 for a perfect detector, p/2 for a random one. Not McClish-standardized (see module doc).
+    1 for a perfect detector, p/2 for a random one. Not McClish-standardized, so NOT the
+    official DCASE pAUC (that is ``mcclish_pauc``; see module doc).
     """
     if not 0 < max_fpr <= 1:
         raise InputError(f"max_fpr must be in (0, 1], got {max_fpr}")
@@ -143,7 +145,7 @@ def dcase_pauc(y_true, scores, max_fpr: float = MAX_FPR) -> float:
 
 
 def mcclish_pauc(y_true, scores, max_fpr: float = MAX_FPR) -> float:
-    """scikit-learn's roc_auc_score(max_fpr=p): the McClish-standardized pAUC, for comparison."""
+    """The official DCASE pAUC: scikit-learn's roc_auc_score(max_fpr=p), McClish-standardized."""
     from sklearn.metrics import roc_auc_score
 
     y, s = _check_binary(y_true, scores)
@@ -191,14 +193,15 @@ def decision_report(y_true, scores, threshold: float) -> dict:
 
 def anomaly_report(y_true, scores, groups: Sequence | None = None,
                    max_fpr: float = MAX_FPR) -> dict:
-    """AUC and DCASE pAUC overall and per group, with arithmetic and harmonic means over groups."""
+    """AUC and the official pAUC (McClish, ``roc_auc_score(max_fpr=p)``) overall and per group,
+    with arithmetic and harmonic means over groups; ``pauc_raw`` is the non-standardized one."""
     y, s = _check_binary(y_true, scores)
     out: dict = {
         "count": int(y.size), "normal": int((y == 0).sum()), "anomalous": int((y == 1).sum()),
         "max_fpr": max_fpr,
         "auc": _num(roc_auc(y, s)),
-        "pauc": _num(dcase_pauc(y, s, max_fpr)),
-        "pauc_mcclish": _num(mcclish_pauc(y, s, max_fpr)),
+        "pauc": _num(mcclish_pauc(y, s, max_fpr)),
+        "pauc_raw": _num(dcase_pauc(y, s, max_fpr)),
     }
     if groups is not None:
         g = np.asarray([str(x) for x in groups], dtype=object)
@@ -206,17 +209,21 @@ def anomaly_report(y_true, scores, groups: Sequence | None = None,
         for name in sorted(set(g.tolist())):
             m = g == name
             try:
-                auc, pauc = roc_auc(y[m], s[m]), dcase_pauc(y[m], s[m], max_fpr)
+                auc, pauc = roc_auc(y[m], s[m]), mcclish_pauc(y[m], s[m], max_fpr)
+                pauc_raw = dcase_pauc(y[m], s[m], max_fpr)
             except InputError as exc:
                 raise InputError(f"group '{name}': {exc}") from None
             per[name] = {"count": int(m.sum()), "normal": int((y[m] == 0).sum()),
-                         "anomalous": int((y[m] == 1).sum()), "auc": _num(auc), "pauc": _num(pauc)}
+                         "anomalous": int((y[m] == 1).sum()), "auc": _num(auc), "pauc": _num(pauc),
+                         "pauc_raw": _num(pauc_raw)}
         aucs = [v["auc"] for v in per.values()]
         paucs = [v["pauc"] for v in per.values()]
+        raws = [v["pauc_raw"] for v in per.values()]
         out["groups"] = per
         out["group_mean"] = {
             "auc_arithmetic": _num(np.mean(aucs)), "pauc_arithmetic": _num(np.mean(paucs)),
             "auc_harmonic": harmonic_mean(aucs), "pauc_harmonic": harmonic_mean(paucs),
+            "pauc_raw_arithmetic": _num(np.mean(raws)), "pauc_raw_harmonic": harmonic_mean(raws),
         }
     return out
 

@@ -182,7 +182,7 @@ def plot_score_histograms(scores: np.ndarray, labels: Sequence | None, path: str
 def plot_roc(y_true, scores, path: str | os.PathLike, groups: Sequence | None = None,
              max_fpr: float = 0.1, title: str = "", max_groups: int = 10) -> Path:
     """ROC curve(s) with the DCASE partial-AUC region [0, max_fpr] shaded."""
-    from .metrics import dcase_pauc, roc_auc, roc_points
+    from .metrics import mcclish_pauc, roc_auc, roc_points
 
     y = np.asarray(y_true)
     s = np.asarray(scores, dtype=np.float64)
@@ -192,7 +192,7 @@ def plot_roc(y_true, scores, path: str | os.PathLike, groups: Sequence | None = 
     ax.plot([0, 1], [0, 1], ls="--", color="0.5", lw=1, label="chance")
     fpr, tpr, _ = roc_points(y, s)
     ax.plot(fpr, tpr, lw=2, color="C0",
-            label=f"all: AUC {roc_auc(y, s):.3f}, pAUC {dcase_pauc(y, s, max_fpr):.3f}")
+            label=f"all: AUC {roc_auc(y, s):.3f}, pAUC {mcclish_pauc(y, s, max_fpr):.3f}")
     if groups is not None:
         g = np.asarray([str(x) for x in groups], dtype=object)
         names = sorted(set(g.tolist()))

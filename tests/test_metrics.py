@@ -84,7 +84,10 @@ def test_anomaly_report_groups_and_means():
     for name in ("fan", "pump"):
         m = g == name
         assert rep["groups"][name]["auc"] == pytest.approx(roc_auc_score(y[m], s[m]))
-        assert rep["groups"][name]["pauc"] == pytest.approx(_pauc_by_sklearn_curve(y[m], s[m], 0.1))
+        assert rep["groups"][name]["pauc_raw"] == pytest.approx(
+            _pauc_by_sklearn_curve(y[m], s[m], 0.1))
+        assert rep["groups"][name]["pauc"] == pytest.approx(
+            roc_auc_score(y[m], s[m], max_fpr=0.1))  # official DCASE pAUC (issue 19)
         aucs.append(roc_auc_score(y[m], s[m]))
     assert rep["group_mean"]["auc_arithmetic"] == pytest.approx(np.mean(aucs))
     assert rep["group_mean"]["auc_harmonic"] == pytest.approx(2 / (1 / aucs[0] + 1 / aucs[1]))

@@ -222,7 +222,7 @@ def test_every_path_parameter_refuses_an_empty_path(tmp_path, monkeypatch):
             assert r.exit_code == 2, (name, param.name, r.stderr, r.exception)
             assert one_error_line(r.stderr, name).endswith(": empty path"), (name, param.name)
             checked += 1
-    assert checked == 37  # 10 commands
+    assert checked == 39  # 10 commands (issue 19: + ae-eval --submission, --result-csv)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.csv"]
     assert (tmp_path / "labels.csv").read_text() == "mine\n"  # ae-synth '' replaced it
 
@@ -239,7 +239,7 @@ def test_file_paths_ending_in_slash_are_refused(tmp_path, monkeypatch):
             assert one_error_line(r.stderr, name).endswith(
                 "'newdir/' ends in '/': a directory, expected a file name"), (name, param.name)
             checked += 1
-    assert checked == 27
+    assert checked == 28  # issue 19: + ae-eval --result-csv
     assert list(tmp_path.iterdir()) == []  # no file named newdir
 
 
