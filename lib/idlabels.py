@@ -10,13 +10,16 @@ read back from the ids alone:
 
   The evaluation set's test files carry no label (``fan/test/id_05_00000000``).
 
-- ``dcase2021`` (DCASE 2021 to 2024)::
+- ``dcase2021`` (DCASE 2021 to 2025; ``dcase2022`` ... ``dcase2025`` are other names for it,
+  :data:`ALIASES`)::
 
       {machine_type}/{split}/section_{section}_{domain}_{split}_{label}_{clip}[_{attributes}]
       bearing/train/section_00_source_train_normal_0000_vel_6_loc_A
 
   The evaluation set's test files carry no label (``section_03_source_test_0000``), from 2022
-  on not even domain and split (``section_03_0000``).
+  on not even domain and split (``section_03_0000``). The attributes are what follows the clip
+  number: none (2021), ``key_value`` pairs (``vel_6_loc_A``, ``f-n_A``) or a single word
+  (``noAttribute``, which stays in ``attributes`` only).
 
 A preset is matched at the END of the id: any leading directories (``dev_data/``) are
 allowed, since where a tree was featurized from decides them. Both presets give the columns
@@ -136,6 +139,12 @@ PRESETS: dict[str, Parser] = {
 }
 
 
+#: Other names of a preset: the DCASE 2022-2025 file names are the 2021 layout, so
+#: ``--preset dcase2023`` reads the files ``ae-featurize --preset dcase2023`` featurized.
+ALIASES: dict[str, str] = {"dcase2022": "dcase2021", "dcase2023": "dcase2021",
+                           "dcase2024": "dcase2021", "dcase2025": "dcase2021"}
+
+
 def compile_pattern(text: str) -> Parser:
     """A user's ``--pattern``: a Python regex with named groups, searched in each id."""
     if len(text) > MAX_PATTERN_LENGTH:
@@ -159,8 +168,10 @@ def parser_for(preset: str | None = None, pattern: str | None = None) -> Parser:
     if (preset is None) == (pattern is None):
         raise InputError("give either a preset or a pattern")
     if preset is not None:
+        preset = ALIASES.get(preset, preset)
         if preset not in PRESETS:
-            raise InputError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
+            raise InputError(f"unknown preset {preset!r}; choose from "
+                             f"{', '.join([*PRESETS, *ALIASES])}")
         return PRESETS[preset]
     return compile_pattern(pattern)
 
