@@ -168,7 +168,10 @@ def parser_for(preset: str | None = None, pattern: str | None = None) -> Parser:
     if (preset is None) == (pattern is None):
         raise InputError("give either a preset or a pattern")
     if preset is not None:
-        preset = ALIASES.get(preset, preset)
+        if preset in ALIASES:  # the same layout, named as asked in messages
+            from dataclasses import replace
+
+            return replace(PRESETS[ALIASES[preset]], name=preset)
         if preset not in PRESETS:
             raise InputError(f"unknown preset {preset!r}; choose from "
                              f"{', '.join([*PRESETS, *ALIASES])}")

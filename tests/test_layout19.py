@@ -182,3 +182,9 @@ def test_target_domain_runs_at_another_speed():
     assert peak_hz(target) / peak_hz(source) == pytest.approx(speed, rel=0.02)
     with pytest.raises(synth.InputError, match="speed"):
         synth.render_clip(m, 0.1, speed=float("nan"))
+
+
+def test_a_later_year_name_is_named_as_asked_in_errors():
+    with pytest.raises(idlabels.InputError, match=r"none of the 1 ids matches preset dcase2024 "):
+        idlabels.label_ids(["fan/train/normal_id_00_00000000"],
+                           idlabels.parser_for(preset="dcase2024"))
