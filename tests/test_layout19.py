@@ -188,3 +188,38 @@ def test_a_later_year_name_is_named_as_asked_in_errors():
     with pytest.raises(idlabels.InputError, match=r"none of the 1 ids matches preset dcase2024 "):
         idlabels.label_ids(["fan/train/normal_id_00_00000000"],
                            idlabels.parser_for(preset="dcase2024"))
+
+
+@pytest.mark.slow
+def test_dcase_example_on_the_dcase2023_layout(tmp_path, env_bin):
+    """examples/dcase LAYOUT=dcase2023 without DATA: ae-synth --layout dcase2023, labels by
+    ae-labels --preset dcase2023, the folders' split; a row per section whose AUC is
+    scikit-learn's on the per-clip scores."""
+    from sklearn.metrics import roc_auc_score
+
+    w = tmp_path / "work"
+    tiny = "--hidden 16 --latent 4 --epochs 1 --batch-size 8"
+    p = subprocess.run(
+        ["make", f"W={w}", "LAYOUT=dcase2023", "TYPES=fan", "IDS=2", "CLIPS=8", "DURATION=1",
+         "FOLDS=2", "JOBS=1", "ARCHS=frames", "FEATURE_OPTS=--preset dcase2020 --num-samples 16000",
+         f"OPTS_frames={tiny}"], capture_output=True, text=True, timeout=300,
+        cwd=Path(__file__).resolve().parents[1] / "examples" / "dcase", env=env_bin)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert sorted(p.relative_to(w / "audio").as_posix() for p in (w / "audio").rglob("*.wav"))[0] \
+        == "fan/test/section_00_source_test_anomaly_0000_spd_100.wav"
+    labels = pd.read_csv(w / "labels.csv", dtype=str, keep_default_na=False)
+    assert list(labels.columns[:10]) == ["id", *BASE_COLUMNS]
+    splits = pd.read_csv(w / "splits.csv", dtype=str, keep_default_na=False)
+    assert list(splits["split"]) == list(labels["split"])  # the folders decide the test set
+    rows = [[c.strip().strip("*") for c in r.strip("|").split("|")]
+            for r in (w / "table.md").read_text().splitlines()[2:]]
+    assert [r[:2] for r in rows] == [["fan", "00"], ["fan", "01"], ["fan", "mean"],
+                                     ["all types", "arithmetic mean"],
+                                     ["all types", "harmonic mean"]]
+    s = pd.read_csv(w / "reports" / "frames.fan.scores.csv", dtype=str)
+    assert sorted(set(s["domain"])) == ["source", "target"] and set(s["split"]) == {"test"}
+    for i, sec in enumerate(["00", "01"]):
+        g = s[s["machine"] == f"fan_section_{sec}"]
+        assert len(g) == 4
+        assert float(rows[i][2]) == pytest.approx(
+            roc_auc_score(g["anomaly"].astype(int), g["mse"].astype(float)), abs=6e-4)
