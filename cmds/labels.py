@@ -22,7 +22,8 @@ Presets, matched at the END of the id (leading directories such as dev_data/ are
              fan/train/normal_id_00_00000000
              columns: machine_type, machine_id, machine, split, label, anomaly, clip
   dcase2021  {machine_type}/{split}/section_{section}_{domain}_{split}_{label}_{n}[_{attr}]
-             (DCASE 2021-2025; dcase2022 ... dcase2025 are the same preset)
+             (DCASE 2021-2025; dcase2022 ... dcase2025 are the same preset; 2021's
+             source_test/ and target_test/ folders read as test, the folder's domain)
              bearing/test/section_00_target_test_anomaly_0003_vel_6_loc_A
              columns: machine_type, section, machine, domain, split, label, anomaly, clip,
              attributes, then one column per attribute key found in more than one id

@@ -223,3 +223,15 @@ def test_dcase_example_on_the_dcase2023_layout(tmp_path, env_bin):
         assert len(g) == 4
         assert float(rows[i][2]) == pytest.approx(
             roc_auc_score(g["anomaly"].astype(int), g["mse"].astype(float)), abs=6e-4)
+
+
+def test_dcase2021_as_released_source_test_and_target_test_folders():
+    p = idlabels.parser_for(preset="dcase2021")
+    assert [p.parse(i)[c] for i in ["fan/source_test/section_00_source_test_normal_0000",
+                                    "fan/target_test/section_01_target_test_anomaly_0003",
+                                    "fan/target_test/section_03_0000"]
+            for c in ("section", "domain", "split", "anomaly")] == [
+        "00", "source", "test", "0", "01", "target", "test", "1", "03", "target", "test", ""]
+    # a folder of one domain holding a name of the other is not this layout
+    assert p.parse("fan/source_test/section_00_target_test_normal_0000") is None
+    assert p.parse("fan/target_train/section_00_target_test_normal_0000") is None
