@@ -22,7 +22,9 @@ Presets, matched at the END of the id (leading directories such as dev_data/ are
              fan/train/normal_id_00_00000000
              columns: machine_type, machine_id, machine, split, label, anomaly, clip
   dcase2021  {machine_type}/{split}/section_{section}_{domain}_{split}_{label}_{n}[_{attr}]
-             (DCASE 2021-2024) bearing/test/section_00_target_test_anomaly_0003_vel_6_loc_A
+             (DCASE 2021-2025; dcase2022 ... dcase2025 are the same preset; 2021's
+             source_test/ and target_test/ folders read as test, the folder's domain)
+             bearing/test/section_00_target_test_anomaly_0003_vel_6_loc_A
              columns: machine_type, section, machine, domain, split, label, anomaly, clip,
              attributes, then one column per attribute key found in more than one id
              (vel, loc; a key that is already a column name gets the prefix attr_)
@@ -53,7 +55,8 @@ See also: ae-synth, ae-featurize, ae-split, ae-onehot, ae-train.
 @common.command("ae-labels", help=HELP, short_help="Label columns parsed from the ids (file names).")
 @click.argument("input_path", metavar="INPUT", type=common.InputPath(allow_dash=True))
 @common.output_option()
-@click.option("--preset", type=click.Choice(["dcase2020", "dcase2021"]), default=None,
+@click.option("--preset", type=click.Choice(["dcase2020", "dcase2021", "dcase2022", "dcase2023",
+                                            "dcase2024", "dcase2025"]), default=None,
               help="A known file-name layout (see above).")
 @click.option("--pattern", default=None, metavar="REGEX",
               help="Python regex with named groups, searched in each id: one column per group.")

@@ -30,6 +30,16 @@ normal ones, at least one normal clip staying in train). labels.csv then has the
 ae-labels --preset dcase2020 parses from the ids (machine_id 00, machine fan_id_00, split,
 label, anomaly, clip) followed by anomaly_kind, sample_rate, channels.
 
+--layout dcase2023 makes the DCASE 2021-2025 domain-shift protocol's data: each machine id is
+a section (section_00, section_01, ...) recorded in a source domain and in a target domain that
+runs at another speed (70-80 % or 125-140 % of the source's; the attribute spd_<percent>).
+OUT_DIR/<type>/train/section_NN_<source|target>_train_normal_<4 digits>_spd_<P>.wav holds the
+normal training clips, 1 % of them (at least one) in the target domain as DCASE's 990:10, and
+OUT_DIR/<type>/test/section_NN_<domain>_test_<normal|anomaly>_<4 digits>_spd_<P>.wav every
+anomalous clip and as many normal ones, half in each domain. labels.csv has the columns
+ae-labels --preset dcase2021 parses from the ids (section, machine, domain, split, label,
+anomaly, clip, attributes, spd) followed by anomaly_kind, sample_rate, channels.
+
 \b
 Example:
   ae-synth data/demo
@@ -37,6 +47,7 @@ Example:
   ae-featurize data/demo -o features.h5
   ae-synth data/dcase --layout dcase2020 && ae-featurize data/dcase -o dcase.h5
   ae-labels dcase.h5 --preset dcase2020 -o labels.csv
+  ae-synth data/dcase23 --layout dcase2023 && ae-featurize data/dcase23 -o d23.h5
 
 \b
 See also: ae-featurize, ae-labels, ae-split, ae-train, ae-eval.
@@ -98,7 +109,8 @@ _FORMATS = {"wav": ("wav",), "flac": ("flac",), "mixed": ("wav", "flac")}
 @click.option("--format", "fmt", type=click.Choice(sorted(_FORMATS)), default="wav", show_default=True,
               help="Audio files: wav, flac, or mixed (alternating within each machine).")
 @click.option("--layout", type=click.Choice(synth.LAYOUTS), default="default", show_default=True,
-              help="File names: <type>/<id_NN>/..., or DCASE 2020's <type>/<train|test>/... (see above).")
+              help="File names: <type>/<id_NN>/..., DCASE 2020's <type>/<train|test>/..., or DCASE "
+                   "2023's sections with source and target domains (see above).")
 @click.option("--force", is_flag=True,
               help=f"Write into an existing non-empty directory that ae-synth did not make "
                    f"(without it, one lacking the {synth.MARKER_NAME} file ae-synth leaves is "

@@ -10,13 +10,18 @@ read back from the ids alone:
 
   The evaluation set's test files carry no label (``fan/test/id_05_00000000``).
 
-- ``dcase2021`` (DCASE 2021 to 2024)::
+- ``dcase2021`` (DCASE 2021 to 2025; ``dcase2022`` ... ``dcase2025`` are other names for it,
+  :data:`ALIASES`)::
 
       {machine_type}/{split}/section_{section}_{domain}_{split}_{label}_{clip}[_{attributes}]
       bearing/train/section_00_source_train_normal_0000_vel_6_loc_A
 
   The evaluation set's test files carry no label (``section_03_source_test_0000``), from 2022
-  on not even domain and split (``section_03_0000``).
+  on not even domain and split (``section_03_0000``). DCASE 2021 as released keeps its test
+  files in ``source_test/`` and ``target_test/`` folders: read as ``test``, the folder giving
+  the domain (a name of the other domain there does not match). The attributes are what follows the clip
+  number: none (2021), ``key_value`` pairs (``vel_6_loc_A``, ``f-n_A``) or a single word
+  (``noAttribute``, which stays in ``attributes`` only).
 
 A preset is matched at the END of the id: any leading directories (``dev_data/``) are
 allowed, since where a tree was featurized from decides them. Both presets give the columns
@@ -106,8 +111,11 @@ def _dcase2020(g: dict) -> dict | None:
 def _dcase2021(g: dict) -> dict | None:
     if g["split"] == "train" and g["domain"] is None:
         return None
+    if g.get("folder_domain") and g["domain"] not in (None, g["folder_domain"]):
+        return None  # a source_test folder holds source-domain files only
+    domain = g["domain"] or g.get("folder_domain") or ""
     row = _labelled(g, section=g["section"], machine=f"{g['machine_type']}_section_{g['section']}",
-                    domain=g["domain"] or "")
+                    domain=domain)
     if row is not None:
         row["clip"] = g["clip"]
         row["attributes"] = g["attributes"] or ""
@@ -126,7 +134,9 @@ PRESETS: dict[str, Parser] = {
         _dcase2020),
     "dcase2021": Parser(
         "dcase2021", "{machine_type}/{split}/section_{section}_{domain}_{split}_{label}_{n}[_{attributes}]",
-        re.compile(_LEAD + r"section_(?P<section>[0-9]+)"
+        # DCASE 2021 as released has source_test/ and target_test/ folders instead of test/
+        re.compile(r"(?:.*/)?(?P<machine_type>[^/]+)/(?:(?P<folder_domain>source|target)_)?"
+                   r"(?P<split>train|test)/section_(?P<section>[0-9]+)"
                    r"(?:_(?P<domain>source|target)_(?P=split))?"
                    r"(?:_(?P<label>normal|anomaly))?"
                    r"_(?P<clip>[0-9]+)(?:_(?P<attributes>[^/]+))?"),
@@ -134,6 +144,12 @@ PRESETS: dict[str, Parser] = {
          "attributes"),
         _dcase2021),
 }
+
+
+#: Other names of a preset: the DCASE 2022-2025 file names are the 2021 layout, so
+#: ``--preset dcase2023`` reads the files ``ae-featurize --preset dcase2023`` featurized.
+ALIASES: dict[str, str] = {"dcase2022": "dcase2021", "dcase2023": "dcase2021",
+                           "dcase2024": "dcase2021", "dcase2025": "dcase2021"}
 
 
 def compile_pattern(text: str) -> Parser:
@@ -159,8 +175,13 @@ def parser_for(preset: str | None = None, pattern: str | None = None) -> Parser:
     if (preset is None) == (pattern is None):
         raise InputError("give either a preset or a pattern")
     if preset is not None:
+        if preset in ALIASES:  # the same layout, named as asked in messages
+            from dataclasses import replace
+
+            return replace(PRESETS[ALIASES[preset]], name=preset)
         if preset not in PRESETS:
-            raise InputError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
+            raise InputError(f"unknown preset {preset!r}; choose from "
+                             f"{', '.join([*PRESETS, *ALIASES])}")
         return PRESETS[preset]
     return compile_pattern(pattern)
 

@@ -39,6 +39,20 @@ for each machine. labels.csv then has the columns ``ae-labels --preset dcase2020
 ``anomaly_kind,sample_rate,channels``. Normal clip k of a machine (train first, then test)
 and anomalous clip k are the clips of the default layout with those numbers.
 
+Layout ``dcase2023`` makes the DCASE 2021-2025 domain-shift protocol's data: machine id NN is
+``section_NN``, recorded in a source domain and in a target domain running at another speed
+(:func:`target_speed`: 70-80 % or 125-140 %, drawn per machine; attribute ``spd_<percent>``,
+100 in the source domain). ``out_dir/<type>/train/section_NN_<domain>_train_normal_<4
+digits>_spd_<P>`` holds the training clips, :data:`TARGET_TRAIN_RATIO` (DCASE's 10 of 1000,
+at least one while a source clip is left) in the target domain; ``out_dir/<type>/test/
+section_NN_<domain>_test_<normal|anomaly>_<4 digits>_spd_<P>`` every anomalous clip and as many
+normal ones (as dcase2020), half of each in each domain (the odd one in the source). Clips are
+numbered from 0 per section, domain, split and label. labels.csv has the columns
+``ae-labels --preset dcase2021`` gives (section, machine ``fan_section_00``, domain, split,
+label, anomaly, clip, attributes, spd), then ``anomaly_kind,sample_rate,channels``. Source
+clips are the default layout's clips with those numbers; a target clip has its own generator
+(:func:`target_clip_rng`).
+
 Everything is deterministic: each machine and each clip has its own numpy Generator seeded
 through :class:`numpy.random.SeedSequence` from ``(seed, type, id, label, clip number)``, so
 clip ``fan/id_00/normal_0003`` is the same whatever other types, ids or counts are asked for,
@@ -80,10 +94,19 @@ DEFAULT_SEED = 0
 LABELS_NAME = "labels.csv"
 LABEL_COLUMNS = ("id", "machine_type", "machine_id", "anomaly", "anomaly_kind",
                  "sample_rate", "channels")
-LAYOUTS = ("default", "dcase2020")
+LAYOUTS = ("default", "dcase2020", "dcase2023")
 # dcase2020: the columns ae-labels --preset dcase2020 parses from the ids, then what only we know.
 DCASE2020_LABEL_COLUMNS = ("id", "machine_type", "machine_id", "machine", "split", "label",
                            "anomaly", "clip", "anomaly_kind", "sample_rate", "channels")
+# dcase2023: the columns ae-labels --preset dcase2021 parses from the ids (the attribute spd
+# among them), then what only we know.
+DCASE2023_LABEL_COLUMNS = ("id", "machine_type", "section", "machine", "domain", "split", "label",
+                           "anomaly", "clip", "attributes", "spd", "anomaly_kind", "sample_rate",
+                           "channels")
+#: DCASE 2021-2025 development sets: per section 990 source and 10 target training clips.
+TARGET_TRAIN_RATIO = 10 / 1000
+_DOMAIN_STREAM = 3                    # SeedSequence word: a machine's target-domain shift
+_TARGET_WORD = 1                      # appended to a target-domain clip's seed words
 
 _MACHINE_STREAM = 0                   # SeedSequence words: machine parameters ...
 _LABEL_STREAM = {False: 1, True: 2}   # ... normal clips, anomalous clips
@@ -159,6 +182,24 @@ def clip_rng(seed: int, machine_type: str, index: int, anomaly: bool, number: in
     """The generator of one clip: (seed, type, id, normal/anomaly, clip number); no global state."""
     return np.random.default_rng(np.random.SeedSequence(
         [seed, _TYPE_CODE[machine_type], index, _LABEL_STREAM[bool(anomaly)], number]))
+
+
+def target_speed(seed: int, machine_type: str, index: int) -> float:
+    """The target domain's running speed relative to the source domain's, drawn per machine
+    from its own stream (the source machine's draws are untouched): 0.70-0.80 or 1.25-1.40,
+    another operating point, so every rotating and cyclic component moves in frequency."""
+    rng = np.random.default_rng(np.random.SeedSequence(
+        [seed, _TYPE_CODE[machine_type], index, _DOMAIN_STREAM]))
+    return float(rng.uniform(0.70, 0.80) if rng.random() < 0.5 else rng.uniform(1.25, 1.40))
+
+
+def target_clip_rng(seed: int, machine_type: str, index: int, anomaly: bool,
+                    number: int) -> np.random.Generator:
+    """The generator of one target-domain clip: :func:`clip_rng`'s words plus one, so target
+    clip k is not source clip k at another speed but a recording of its own."""
+    return np.random.default_rng(np.random.SeedSequence(
+        [seed, _TYPE_CODE[machine_type], index, _LABEL_STREAM[bool(anomaly)], number,
+         _TARGET_WORD]))
 
 
 def _lognormal_weights(rng, k: int, slope: tuple[float, float], spread: float) -> np.ndarray:
@@ -651,12 +692,15 @@ def check_anomaly_kinds(kinds: Sequence[str]) -> None:
 
 
 def render_clip(machine: Machine, duration: float, anomaly: str = "none",
-                rng: np.random.Generator | None = None) -> np.ndarray:
+                rng: np.random.Generator | None = None, speed: float = 1.0) -> np.ndarray:
     """One clip of ``machine``: float32 [frames, channels] in [-1, 1].
 
     ``anomaly`` is ``none`` or one of :data:`ANOMALY_KINDS`. ``rng`` defaults to a fixed
-    generator; :func:`generate` passes the clip's own (:func:`clip_rng`).
+    generator; :func:`generate` passes the clip's own (:func:`clip_rng`). ``speed`` scales the
+    machine's running speed (a target domain's operating point, :func:`target_speed`).
     """
+    if not (isinstance(speed, (int, float, np.floating)) and 0.25 <= speed <= 4.0):
+        raise InputError(f"speed must be between 0.25 and 4, got {speed!r}")
     if anomaly != "none":
         check_anomaly_kinds([anomaly])
     if rng is None:
@@ -665,6 +709,8 @@ def render_clip(machine: Machine, duration: float, anomaly: str = "none",
     n = max(int(math.floor(duration * sr + 0.5)), 1)
     p = machine.params
     s = _speed_profile(rng, p, n, sr, drift=(anomaly == "drift"))
+    if speed != 1.0:
+        s = s * speed
     gain_db = rng.uniform(-_CLIP_GAIN_DB, _CLIP_GAIN_DB)
     parts = _MODELS[machine.machine_type](p, n, sr, s, rng, machine.channels, machine.noise_corr)
     if anomaly != "none":
@@ -822,6 +868,8 @@ def _clip_names(m: Machine, n_normal: int, n_anomalous: int, layout: str) -> Ite
         return itertools.chain(
             ((f"{m.machine_type}/{m.name}/normal_{k:04d}", {}) for k in range(n_normal)),
             ((f"{m.machine_type}/{m.name}/anomaly_{k:04d}", {}) for k in range(n_anomalous)))
+    if layout == "dcase2023":
+        return _dcase2023_names(m, n_normal, n_anomalous)
     # dcase2020: train holds normal clips only; test every anomalous clip and as many normal
     # ones, as DCASE 2020's development set does, but never the last normal clip.
     n_test_normal = min(n_anomalous, n_normal - 1)
@@ -834,6 +882,43 @@ def _clip_names(m: Machine, n_normal: int, n_anomalous: int, layout: str) -> Ite
              {"machine_id": number, "machine": m.key, "split": split, "label": label,
               "clip": f"{k:08d}"})
             for split, label, k in slots)
+
+
+def _dcase2023_counts(n_normal: int, n_anomalous: int) -> dict:
+    """Clips per (domain, split, label) of one section: test holds every anomalous clip and as
+    many normal ones (never the last normal clip), each half (the odd one to the source) in
+    each domain; train the other normal clips, TARGET_TRAIN_RATIO of them (at least one, while
+    a source one is left) in the target domain."""
+    n_test_normal = min(n_anomalous, n_normal - 1)
+    n_train = n_normal - n_test_normal
+    n_target_train = min(max(round(n_train * TARGET_TRAIN_RATIO), 1), n_train - 1)
+    return {("source", "train", "normal"): n_train - n_target_train,
+            ("target", "train", "normal"): n_target_train,
+            ("source", "test", "normal"): n_test_normal - n_test_normal // 2,
+            ("target", "test", "normal"): n_test_normal // 2,
+            ("source", "test", "anomaly"): n_anomalous - n_anomalous // 2,
+            ("target", "test", "anomaly"): n_anomalous // 2}
+
+
+def _dcase2023_slots(n_normal: int, n_anomalous: int) -> Iterator[tuple[str, str, str, int]]:
+    """(domain, split, label, number in its folder) of normal clips 0..n_normal-1, then of
+    anomalous clips 0..n_anomalous-1, in that order; lazily."""
+    counts = _dcase2023_counts(n_normal, n_anomalous)
+    return itertools.chain.from_iterable(
+        ((d, sp, lab, k) for k in range(c)) for (d, sp, lab), c in counts.items())
+
+
+def _dcase2023_names(m: Machine, n_normal: int, n_anomalous: int) -> Iterator[tuple[str, dict]]:
+    section = f"{m.index:02d}"
+    speeds = {"source": 100,
+              "target": round(100 * target_speed(m.seed, m.machine_type, m.index))}
+    for domain, split, label, k in _dcase2023_slots(n_normal, n_anomalous):
+        attributes = f"spd_{speeds[domain]}"
+        yield (f"{m.machine_type}/{split}/section_{section}_{domain}_{split}_{label}_{k:04d}_"
+               f"{attributes}",
+               {"section": section, "machine": f"{m.machine_type}_section_{section}",
+                "domain": domain, "split": split, "label": label, "clip": f"{k:04d}",
+                "attributes": attributes, "spd": str(speeds[domain])})
 
 
 def generate(out_dir: str | os.PathLike,
@@ -855,7 +940,7 @@ def generate(out_dir: str | os.PathLike,
     cycling through ``anomaly_kinds``. Each machine's clips cycle through ``formats``.
     ``progress(1)`` is called after each clip. Files from an earlier run that this run does
     not rewrite are left alone (and logged as a warning); labels.csv lists this run's only.
-    ``layout``: ``default`` or ``dcase2020`` (see the module docstring).
+    ``layout``: ``default``, ``dcase2020`` or ``dcase2023`` (see the module docstring).
     A non-empty ``out_dir`` that ae-synth did not make (no :data:`MARKER_NAME` file) is
     refused unless ``force``; so is a data set larger than :func:`check_size` allows.
     Raises :class:`aekit.errors.InputError` for bad values.
@@ -895,7 +980,13 @@ def generate(out_dir: str | os.PathLike,
                 kind = (anomaly_kinds[(k + _TYPE_CODE[machine_type] + index) % len(anomaly_kinds)]
                         if is_anomaly else "none")
                 fmt = formats[ordinal % len(formats)]
-                audio = render_clip(m, duration, kind, clip_rng(seed, machine_type, index, is_anomaly, k))
+                if extra.get("domain") == "target":  # dcase2023: another operating point
+                    audio = render_clip(m, duration, kind,
+                                        target_clip_rng(seed, machine_type, index, is_anomaly, k),
+                                        speed=target_speed(seed, machine_type, index))
+                else:
+                    audio = render_clip(m, duration, kind,
+                                        clip_rng(seed, machine_type, index, is_anomaly, k))
                 path = root / f"{clip_id}.{fmt}"
                 path.parent.mkdir(parents=True, exist_ok=True)
                 write_clip(path, audio, m.sample_rate, fmt)
@@ -909,7 +1000,8 @@ def generate(out_dir: str | os.PathLike,
                 if progress is not None:
                     progress(1)
 
-    columns = LABEL_COLUMNS if layout == "default" else DCASE2020_LABEL_COLUMNS
+    columns = {"default": LABEL_COLUMNS, "dcase2020": DCASE2020_LABEL_COLUMNS,
+               "dcase2023": DCASE2023_LABEL_COLUMNS}[layout]
     labels = pd.DataFrame(rows, columns=list(columns))
     with atomic_path(root / LABELS_NAME) as tmp:
         labels.to_csv(tmp, index=False, lineterminator="\n")

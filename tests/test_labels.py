@@ -231,7 +231,7 @@ def test_cli_refuses_to_overwrite_its_input(tmp_path):
 @pytest.mark.parametrize("args, stdin, message", [
     (["-"], "id\na\n", "exactly one of --preset and --pattern"),
     (["-", "--preset", "dcase2020", "--pattern", "(?P<a>.)"], "id\na\n", "exactly one of"),
-    (["-", "--preset", "dcase2022"], "id\na\n", "Invalid value for '--preset'"),
+    (["-", "--preset", "dcase2019"], "id\na\n", "Invalid value for '--preset'"),
     (["-", "--pattern", "(?P<a>["], "id\na\n", "not a valid regular expression"),
     (["-", "--preset", "dcase2020"], "name\na\n", "column 'id' not found; columns are: name"),
     (["-", "--preset", "dcase2020"], "id\n", "<stdin>: no ids"),
