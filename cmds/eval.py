@@ -157,8 +157,11 @@ def _summarize(reports: tuple[str, ...], output: str | None, table: bool,
               help="With --protocol: the domain column (source or target).")
 @click.option("--probe-column", default=None, metavar="COL",
               help="Label column for a linear probe on the codes z (needs --splits).")
-@click.option("--score", "score_name", type=click.Choice(("mse", "mae")), default="mse",
-              show_default=True, help="Which reconstruction error is the anomaly score.")
+@click.option("--score", "score_name", type=click.Choice(("mse", "mae", "mahalanobis")),
+              default="mse", show_default=True,
+              help="The anomaly score: reconstruction MSE or MAE, or the Mahalanobis distance "
+                   "of the clip's error vector to the statistics ae-train stored (min over "
+                   "domains; adds a mahalanobis column to --scores).")
 @click.option("--max-fpr", type=common.FiniteFloatRange(0, 1, min_open=True), default=0.1,
               show_default=True, help="Upper FPR bound p of the partial AUC (DCASE: 0.1).")
 @click.option("--scores", "scores_path", type=common.OutputPath(dir_okay=False, allow_dash=True),

@@ -59,24 +59,32 @@ def _threshold(ctx, param, value):
 @common.output_option(help="Scores CSV, written atomically; '-' or omitted: stdout (streamed).")
 @click.option("--threshold", default=None, metavar="T|model", callback=_threshold,
               help="Add a decision column (1: score > T); 'model': the threshold stored by ae-train.")
+@click.option("--score", "score_name", type=click.Choice(("mse", "mahalanobis")),
+              default="mse", show_default=True,
+              help="The score: reconstruction MSE (dB^2), or the Mahalanobis distance of the "
+                   "clip's error vector to the statistics ae-train stored (min over domains).")
 @common.jobs_option
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
               help="Clips per forward pass (rows are written a batch at a time).")
 @common.audio_input_options("A bad input: report it and write a row with an empty score, or stop at once.")
 @common.device_option
 @common.verbosity_options
-def cli(model_path, inputs, output, threshold, jobs, batch_size, on_error, max_fail_frac, root,
-        device):
+def cli(model_path, inputs, output, threshold, score_name, jobs, batch_size, on_error,
+        max_fail_frac, root, device):
     from aekit.audio import common_root, discover, make_ids
     from aekit.device import resolve_device
     from aekit.errors import DataError, InputError
     from aekit.featurize import available_cpus
     from aekit.fileio import open_output, text_name
     from aekit.modelfile import load_model
-    from aekit.scoring import model_params, score_files, stored_threshold
+    from aekit.scoring import check_score, model_params, score_files, stored_threshold
 
     model = load_model(model_path, resolve_device(device))
     params = model_params(model)  # refuses a model without feature parameters
+    check_score(model, score_name)  # mahalanobis: refused when the model stores no statistics
+    if threshold == "model" and score_name != "mse":
+        raise InputError("--threshold model is the model's MSE threshold; with --score "
+                         f"{score_name} give --threshold a number")
     if threshold == "model":
         threshold = stored_threshold(model)
         LOG.info("threshold %.6g (stored in %s, method %s)", threshold, model_path,
@@ -95,7 +103,8 @@ def cli(model_path, inputs, output, threshold, jobs, batch_size, on_error, max_f
     with common.progress(len(paths), "score", unit="files") as advance, \
             open_output(output) as fh:
         fh.write(",".join(header) + "\n")
-        records = score_files(model, paths, ids, jobs=jobs, batch_size=batch_size)
+        records = score_files(model, paths, ids, jobs=jobs, batch_size=batch_size,
+                              score=score_name)
         try:
             last = -1
             for rec in records:

@@ -31,7 +31,8 @@ LOG = logging.getLogger("aekit")
 
 REPORT_FORMAT = "aekit-eval"
 REPORT_FORMAT_VERSION = 1
-SCORES = ("mse", "mae")  # the anomaly scores: per-clip MSE (dB^2) or MAE (dB)
+SCORES = ("mse", "mae", "mahalanobis")  # per-clip MSE (dB^2), MAE (dB), or the Mahalanobis
+# distance of the error vector to the model's stored statistics (aekit.mahalanobis)
 
 
 def provenance(model_path: str | os.PathLike, features_path: str | os.PathLike,
@@ -213,7 +214,11 @@ def evaluate(model: LoadedModel, ff: FeatureFile, rows: np.ndarray, split_names:
     if rows.size == 0:
         raise InputError("no rows selected: nothing to evaluate")
     if opts.score not in SCORES:
-        raise InputError(f"unknown anomaly score {opts.score!r}: use mse or mae")
+        raise InputError(f"unknown anomaly score {opts.score!r}: use mse, mae or mahalanobis")
+    if opts.score == "mahalanobis":
+        from .mahalanobis import model_stats
+
+        model_stats(model)  # refused before any forward pass
     if (opts.anomaly_column or opts.group_by or opts.probe_column or opts.protocol) \
             and not opts.labels_path:
         raise InputError("--anomaly-column, --group-by, --protocol and --probe-column need "
@@ -251,7 +256,7 @@ def evaluate(model: LoadedModel, ff: FeatureFile, rows: np.ndarray, split_names:
                          np.zeros(rows.size, dtype=np.int64))
 
     sc = score_rows(model, ff, rows, batch_size, device, keep_latents=train_rows is not None,
-                    advance=advance)
+                    advance=advance, mahalanobis=opts.score == "mahalanobis")
     report: dict = {"reconstruction": metrics.score_summary(sc.mse, sc.mae, split_names)}
     table = pd.DataFrame({"id": sel_ids, "split": split_names, "mse": sc.mse, "mae": sc.mae})
     if lab.table is not None:
@@ -259,7 +264,9 @@ def evaluate(model: LoadedModel, ff: FeatureFile, rows: np.ndarray, split_names:
         table = pd.concat([table, extra[[c for c in extra.columns if c not in table.columns]]],
                           axis=1)
 
-    score = sc.mse if opts.score == "mse" else sc.mae
+    if sc.mahalanobis is not None:
+        table["mahalanobis"] = sc.mahalanobis
+    score = {"mse": sc.mse, "mae": sc.mae, "mahalanobis": sc.mahalanobis}[opts.score]
     if lab.anomaly is not None:
         report["anomaly"] = {
             "column": opts.anomaly_column, "score": opts.score,

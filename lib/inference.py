@@ -61,14 +61,22 @@ class Scores:
     mse: np.ndarray  # float64 [N]  mean squared error, dB^2
     mae: np.ndarray  # float64 [N]  mean absolute error, dB
     latents: np.ndarray | None = None  # float32 [N, latent] when asked for
+    mahalanobis: np.ndarray | None = None  # float64 [N] when asked for (aekit.mahalanobis)
 
 
 def score_rows(model: LoadedModel, ff: FeatureFile, rows: np.ndarray | None = None,
                batch_size: int = DEFAULT_BATCH, device: torch.device | str = "cpu",
-               keep_latents: bool = False, advance: Callable[[int], None] | None = None) -> Scores:
-    """Reconstruction MSE and MAE of each row (all rows when None), batched, no gradients."""
+               keep_latents: bool = False, advance: Callable[[int], None] | None = None,
+               mahalanobis: bool = False) -> Scores:
+    """Reconstruction MSE and MAE of each row (all rows when None), batched, no gradients;
+    with ``mahalanobis`` also the Mahalanobis score (the model must store statistics)."""
+    if mahalanobis:
+        from .mahalanobis import distances, error_vectors, model_stats
+
+        stats = model_stats(model)
     rows = np.arange(len(ff), dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
     n = rows.size
+    maha = np.empty(n, dtype=np.float64) if mahalanobis else None
     mse = np.empty(n, dtype=np.float64)
     mae = np.empty(n, dtype=np.float64)
     lat = np.empty((n, model.latent), dtype=np.float32) if keep_latents else None
@@ -83,6 +91,9 @@ def score_rows(model: LoadedModel, ff: FeatureFile, rows: np.ndarray | None = No
             mae[pos:pos + k] = e1.cpu().numpy()
             if lat is not None:
                 lat[pos:pos + k] = z.float().cpu().numpy()
+            if mahalanobis:
+                v = error_vectors(model.model, model.normalizer, x).cpu().numpy()
+                maha[pos:pos + k] = distances(v, stats)
             pos += k
             if advance:
                 advance(k)
@@ -90,7 +101,10 @@ def score_rows(model: LoadedModel, ff: FeatureFile, rows: np.ndarray | None = No
 
     check_scores(mse)  # a NaN or Inf score is an error (DataError), never a silent null
     check_scores(mae)
-    return Scores(rows=rows, mse=mse, mae=mae, latents=lat)
+    if mahalanobis:
+        check_scores(maha)
+    return Scores(rows=rows, mse=mse, mae=mae, latents=lat,
+                  mahalanobis=maha if mahalanobis else None)
 
 
 def encode_rows(model: LoadedModel, ff: FeatureFile, rows: np.ndarray | None = None,

@@ -132,13 +132,30 @@ def versions() -> dict:
 
 
 def save_model(path: str | os.PathLike, model: ClipModel, normalizer: Normalizer,
-               feature_params: dict, history: list[dict] | None = None, **meta) -> None:
-    """Write a model file atomically (weights on CPU, contiguous, float32 as trained)."""
+               feature_params: dict, history: list[dict] | None = None,
+               mahalanobis: dict | None = None, **meta) -> None:
+    """Write a model file atomically (weights on CPU, contiguous, float32 as trained).
+
+    ``mahalanobis``: {domain: (mean [D], inverse covariance [D, D], n clips)}, stored as
+    float64 tensors ``mahalanobis.<domain>.mean`` / ``.icov`` (covered by the tensor hash)
+    and listed in the metadata's ``mahalanobis``."""
     from safetensors.torch import save_file
 
     tensors = {f"model.{k}": v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     tensors["norm.mean"] = normalizer.mean.detach().to("cpu").reshape(-1).contiguous()
     tensors["norm.std"] = normalizer.std.detach().to("cpu").reshape(-1).contiguous()
+    meta.pop("mahalanobis", None)
+    if mahalanobis:
+        from .mahalanobis import RIDGE, VECTOR
+
+        for d, (mean, icov, _n) in mahalanobis.items():
+            tensors[f"mahalanobis.{d}.mean"] = torch.as_tensor(mean, dtype=torch.float64).contiguous()
+            tensors[f"mahalanobis.{d}.icov"] = torch.as_tensor(icov, dtype=torch.float64).contiguous()
+        meta["mahalanobis"] = {"domains": sorted(mahalanobis),
+                               "n": {d: int(v[2]) for d, v in sorted(mahalanobis.items())},
+                               "dim": int(next(iter(mahalanobis.values()))[0].shape[0]),
+                               "vector": VECTOR, "ridge": RIDGE,
+                               "distance": "min over domains of sqrt((e-mean)' icov (e-mean))"}
     for k in (META_HASH, "tensors_sha256"):  # computed here, never carried over
         meta.pop(k, None)
     info = {
@@ -208,7 +225,21 @@ _ST_DTYPES = {torch.float32: "F32", torch.float64: "F64", torch.float16: "F16",
               torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8", torch.bool: "BOOL"}
 
 
-def check_stored_shapes(path, model: ClipModel, normalize: str) -> None:
+def _mahalanobis_domains(path, info: dict | None) -> list[str]:
+    """The domains whose Mahalanobis tensors the metadata lists ([] when none)."""
+    m = (info or {}).get("mahalanobis")
+    if m is None:
+        return []
+    doms = m.get("domains") if isinstance(m, dict) else None
+    if (not isinstance(doms, list) or not doms
+            or not all(isinstance(d, str) and d.isidentifier() for d in doms)
+            or len(set(doms)) != len(doms)):
+        raise InputError(f"{path}: bad model metadata: mahalanobis.domains")
+    return doms
+
+
+def check_stored_shapes(path, model: ClipModel, normalize: str, info: dict | None = None
+                        ) -> None:
     """Refuse a file whose stored tensors (names, dtypes, shapes: read from the safetensors
     header only) are not exactly those ``model`` (built on the meta device) and a normalizer
     of ``normalize`` need (InputError, one line). Called before any tensor is allocated, so a
@@ -219,6 +250,14 @@ def check_stored_shapes(path, model: ClipModel, normalize: str) -> None:
             for k, v in model.state_dict().items()}
     n_norm = math.prod(model.norm_shape()) if normalize == "per-feature" else 1
     want.update({"norm.mean": ("F32", [n_norm]), "norm.std": ("F32", [n_norm])})
+    doms = _mahalanobis_domains(path, info)
+    if doms:
+        from .mahalanobis import vector_dim
+
+        dim = vector_dim(model)
+        for d in doms:
+            want[f"mahalanobis.{d}.mean"] = ("F64", [dim])
+            want[f"mahalanobis.{d}.icov"] = ("F64", [dim, dim])
     try:
         with safe_open(str(path), framework="pt") as f:
             got = {k: (f.get_slice(k).get_dtype(), list(f.get_slice(k).get_shape()))
@@ -232,6 +271,7 @@ def check_stored_shapes(path, model: ClipModel, normalize: str) -> None:
                              f"{name!r} is missing")
         if got[name] != (dt, shape):
             what = ("normalization statistics" if name.startswith("norm.") else
+                    "Mahalanobis statistics:" if name.startswith("mahalanobis.") else
                     "weights do not match the stored architecture:")
             raise InputError(f"{path}: {what} tensor {name!r} is {got[name][0]} "
                              f"{got[name][1]}, the config implies {dt} {shape}")
@@ -288,6 +328,9 @@ class LoadedModel:
     history: list[dict] = field(default_factory=list)
     info: dict = field(default_factory=dict)
     path: Path | None = None
+    #: {domain: (mean float64 [D], inverse covariance float64 [D, D])} fitted by ae-train on
+    #: the training clips' error vectors (aekit.mahalanobis); None in older files
+    mahalanobis: dict | None = None
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -387,7 +430,7 @@ def load_model(path: str | os.PathLike, device: torch.device | str = "cpu") -> L
     except (TypeError, ValueError) as exc:
         raise InputError(f"{path}: bad model config: {exc}") from None
     # The tensors the config implies, counted on the meta device, against the file's header.
-    check_stored_shapes(path, build_model(config, "meta"), info.get("normalize", "none"))
+    check_stored_shapes(path, build_model(config, "meta"), info.get("normalize", "none"), info)
     tensors = load_file(str(path), device="cpu")
     model = build_model(config)
     state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
@@ -406,4 +449,8 @@ def load_model(path: str | os.PathLike, device: torch.device | str = "cpu") -> L
     lm = LoadedModel(model=model, normalizer=norm, config=config,
                      feature_params=info.get("feature_params", {}),
                      history=info.get("history", []), info=info, path=Path(path))
+    doms = _mahalanobis_domains(path, info)
+    if doms:
+        lm.mahalanobis = {d: (tensors[f"mahalanobis.{d}.mean"].numpy(),
+                              tensors[f"mahalanobis.{d}.icov"].numpy()) for d in doms}
     return lm.to(device)

@@ -160,21 +160,46 @@ def _as_float_waves(waves) -> np.ndarray:
 
 # ------------------------------------------------------------------ features -> scores
 
-def score_features(model, x: np.ndarray, batch_size: int = DEFAULT_BATCH) -> np.ndarray:
-    """Raw log-Mel dB clips float32 [N, C, M, T] (or one clip [C, M, T]) -> MSE dB^2 [N].
+SCORES = ("mse", "mahalanobis")  # ae-score / score_files / score_features
+
+
+def check_score(model, score: str) -> None:
+    """InputError (one line) for an unknown score name, or ``mahalanobis`` with a model that
+    stores no Mahalanobis statistics."""
+    if score not in SCORES:
+        raise InputError(f"unknown score {score!r}: use {' or '.join(SCORES)}")
+    if score == "mahalanobis":
+        from .mahalanobis import model_stats
+
+        model_stats(model)
+
+
+def score_features(model, x: np.ndarray, batch_size: int = DEFAULT_BATCH,
+                   score: str = "mse") -> np.ndarray:
+    """Raw log-Mel dB clips float32 [N, C, M, T] (or one clip [C, M, T]) -> scores [N]:
+    MSE dB^2 (``score="mse"``) or the Mahalanobis distance of the clips' error vectors, the
+    minimum over the domains the model stores (``score="mahalanobis"``, aekit.mahalanobis).
 
     ``model`` is a LoadedModel or a model file path."""
     import torch
 
     model = _as_model(model)
+    check_score(model, score)
     x = check_clips(model, x)
     _check_batch(batch_size)
     device = next(iter(model.model.parameters())).device
     out = np.empty(x.shape[0], dtype=np.float64)
     with torch.inference_mode():
         for s in range(0, x.shape[0], batch_size):
-            e2, _ = model.score(torch.from_numpy(x[s:s + batch_size]).to(device))  # [B] dB^2
-            out[s:s + batch_size] = e2.cpu().numpy()
+            xb = torch.from_numpy(x[s:s + batch_size]).to(device)
+            if score == "mahalanobis":
+                from .mahalanobis import distances, error_vectors
+
+                v = error_vectors(model.model, model.normalizer, xb).cpu().numpy()
+                out[s:s + batch_size] = distances(v, model.mahalanobis)
+            else:
+                e2, _ = model.score(xb)  # [B] dB^2
+                out[s:s + batch_size] = e2.cpu().numpy()
     return check_scores(out)
 
 
@@ -262,7 +287,7 @@ def featurize_files(paths: Sequence[str | os.PathLike], params=None, jobs: int |
 
 
 def score_files(model, paths: Sequence[str | os.PathLike], ids: Sequence[str] | None = None,
-                jobs: int | None = None, batch_size: int = DEFAULT_BATCH
+                jobs: int | None = None, batch_size: int = DEFAULT_BATCH, score: str = "mse"
                 ) -> Iterator[ScoreRecord]:
     """Score audio files with a model: yield one :class:`ScoreRecord` per path, in input order,
     batch by batch as they are computed (memory does not grow with the number of files).
@@ -270,9 +295,11 @@ def score_files(model, paths: Sequence[str | os.PathLike], ids: Sequence[str] | 
     Each file is decoded and featurized with the parameters stored in the model, in
     ``jobs`` worker processes; a file that is missing or cannot be decoded gives a record
     with ``score=None`` and its reason. ``paths`` is a sequence of paths (one str is
-    refused with a TypeError: give ``[path]``). ``ids`` default to the paths.
+    refused with a TypeError: give ``[path]``). ``ids`` default to the paths. ``score``:
+    "mse" or "mahalanobis", as :func:`score_features`.
     """
     model = _as_model(model)
+    check_score(model, score)
     params = model_params(model)
     paths = _path_list(paths)
     if ids is not None and isinstance(ids, (str, bytes)):
@@ -282,16 +309,17 @@ def score_files(model, paths: Sequence[str | os.PathLike], ids: Sequence[str] | 
         raise ValueError("paths and ids differ in length")
     _check_batch(batch_size)
     _check_jobs(jobs)
-    return _score_files(model, params, paths, ids, jobs, batch_size)  # checked now, run lazily
+    return _score_files(model, params, paths, ids, jobs, batch_size, score)  # run lazily
 
 
-def _score_files(model, params, paths: list[str], ids: list[str], jobs, batch_size: int
-                 ) -> Iterator[ScoreRecord]:
+def _score_files(model, params, paths: list[str], ids: list[str], jobs, batch_size: int,
+                 score: str = "mse") -> Iterator[ScoreRecord]:
     held = []  # Featurized items waiting for their batch: ok ones and failures between them
 
     def flush() -> Iterator[ScoreRecord]:
         ok = [it for it in held if it.error is None]
-        scores = iter(score_features(model, np.stack([it.features for it in ok]), batch_size)
+        scores = iter(score_features(model, np.stack([it.features for it in ok]), batch_size,
+                                     score)
                       if ok else ())
         for it in held:
             score = None if it.error is not None else float(next(scores))
@@ -378,3 +406,54 @@ def training_threshold(model, normalizer, features: str | os.PathLike, rows: np.
     finally:
         model.train(was_training)
     return fit_threshold(scores.mse, quantile)
+
+
+def training_fit(model, normalizer, features: str | os.PathLike, rows: np.ndarray,
+                 domains: np.ndarray | None = None, device="cpu",
+                 quantile: float = THRESHOLD_QUANTILE) -> tuple[dict, dict | None]:
+    """(``fit_threshold`` of the training clips' MSE scores, Mahalanobis statistics
+    {domain: (mean, icov, n)} or None), from one pass over ``rows`` of a features file with
+    the model in eval mode: what ``ae-train`` stores with the kept weights. ``domains``: the
+    domain of each row (None: one domain 'all'). No statistics (None, logged) when the
+    error vectors are longer than ``aekit.mahalanobis.MAX_DIM`` or no domain has 2 clips."""
+    import torch
+
+    from . import mahalanobis as mh
+    from .inference import DEFAULT_BATCH as EVAL_BATCH  # as training_threshold: same numbers
+    from .modelfile import LoadedModel
+    from .store import FeatureFile
+
+    rows = np.asarray(rows, dtype=np.int64)
+    lm = LoadedModel(model=model, normalizer=normalizer, config=model.config, feature_params={})
+    dim = mh.vector_dim(model)
+    want = dim <= mh.MAX_DIM
+    if not want:
+        LOG.warning("no Mahalanobis statistics stored: error vectors of %d values (limit %d)",
+                    dim, mh.MAX_DIM)
+    mse = np.empty(rows.size, dtype=np.float64)
+    vec = np.empty((rows.size, dim), dtype=np.float64) if want else None
+    was_training = model.training
+    model.eval()
+    pos = 0
+    try:
+        with FeatureFile(features) as ff, torch.inference_mode():
+            for _, block in ff.iter_blocks(rows, block=EVAL_BATCH):
+                x = torch.from_numpy(block).to(device)
+                k = block.shape[0]
+                mse[pos:pos + k] = lm.score(x)[0].cpu().numpy()
+                if want:
+                    vec[pos:pos + k] = mh.error_vectors(model, normalizer, x).cpu().numpy()
+                pos += k
+    finally:
+        model.train(was_training)
+    check_scores(mse)
+    threshold = fit_threshold(mse, quantile)
+    stats = None
+    if want:
+        if not np.isfinite(vec).all():
+            LOG.warning("no Mahalanobis statistics stored: non-finite error vectors")
+        else:
+            dom = (np.full(rows.size, mh.ALL, dtype=object) if domains is None
+                   else np.asarray(domains, dtype=object))
+            stats = mh.fit(vec, dom) or None
+    return threshold, stats

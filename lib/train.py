@@ -508,10 +508,17 @@ def train(features: str | os.PathLike, output: str | os.PathLike, settings: Trai
             model.load_state_dict(load_checkpoint(run.best_path)["model"])
         # The suggested decision threshold, from all training clips' scores (rank 0 scores
         # them all) with the weights kept: aekit.scoring.fit_threshold.
-        from .scoring import training_threshold
+        # In the same pass: the Mahalanobis statistics of the training clips' error vectors,
+        # per domain when the labels name source/target (aekit.mahalanobis).
+        from .mahalanobis import train_domains
+        from .scoring import training_fit
 
+        mahalanobis = None
         try:
-            threshold = training_threshold(model, norm, features, rows.train, device)
+            with FeatureFile(features) as ff:
+                domains = train_domains(ff.ids, rows.train, labels)
+            threshold, mahalanobis = training_fit(model, norm, features, rows.train, domains,
+                                                  device)
         except AekitError as exc:  # the model is still worth writing: say why none is stored
             LOG.warning("no decision threshold stored in the model: %s", exc)
             threshold = None
@@ -523,7 +530,7 @@ def train(features: str | os.PathLike, output: str | os.PathLike, settings: Trai
                    best_epoch=state.best_epoch, best_val_loss=state.best_val, weights=weights,
                    epochs_run=len(state.history), stopped_early=state.stopped_early,
                    world_size=dist.world, device=str(device), loss_units="dB^2",
-                   threshold=threshold, **(meta or {}))
+                   threshold=threshold, mahalanobis=mahalanobis, **(meta or {}))
     dist.barrier()
     return TrainResult(history=state.history, best_epoch=state.best_epoch,
                        best_val_loss=state.best_val, stopped_early=state.stopped_early,
