@@ -313,13 +313,13 @@ def score_files(model, paths: Sequence[str | os.PathLike], ids: Sequence[str] | 
 
 
 def _score_files(model, params, paths: list[str], ids: list[str], jobs, batch_size: int,
-                 score: str = "mse") -> Iterator[ScoreRecord]:
+                 score_name: str = "mse") -> Iterator[ScoreRecord]:
     held = []  # Featurized items waiting for their batch: ok ones and failures between them
 
     def flush() -> Iterator[ScoreRecord]:
         ok = [it for it in held if it.error is None]
         scores = iter(score_features(model, np.stack([it.features for it in ok]), batch_size,
-                                     score)
+                                     score_name)
                       if ok else ())
         for it in held:
             score = None if it.error is not None else float(next(scores))
