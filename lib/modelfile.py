@@ -133,18 +133,21 @@ def versions() -> dict:
 
 def save_model(path: str | os.PathLike, model: ClipModel, normalizer: Normalizer,
                feature_params: dict, history: list[dict] | None = None,
-               mahalanobis: dict | None = None, **meta) -> None:
+               mahalanobis_stats: dict | None = None, **meta) -> None:
     """Write a model file atomically (weights on CPU, contiguous, float32 as trained).
 
-    ``mahalanobis``: {domain: (mean [D], inverse covariance [D, D], n clips)}, stored as
-    float64 tensors ``mahalanobis.<domain>.mean`` / ``.icov`` (covered by the tensor hash)
-    and listed in the metadata's ``mahalanobis``."""
+    ``mahalanobis_stats``: {domain: (mean [D], inverse covariance [D, D], n clips)}, stored
+    as float64 tensors ``mahalanobis.<domain>.mean`` / ``.icov`` (covered by the tensor hash)
+    and listed in the metadata's ``mahalanobis``; a ``mahalanobis`` metadata key given
+    without them (carried over from a loaded model's info) is dropped: it lists tensors
+    that are not written."""
     from safetensors.torch import save_file
 
     tensors = {f"model.{k}": v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     tensors["norm.mean"] = normalizer.mean.detach().to("cpu").reshape(-1).contiguous()
     tensors["norm.std"] = normalizer.std.detach().to("cpu").reshape(-1).contiguous()
     meta.pop("mahalanobis", None)
+    mahalanobis = mahalanobis_stats
     if mahalanobis:
         from .mahalanobis import RIDGE, VECTOR
 

@@ -515,8 +515,12 @@ def train(features: str | os.PathLike, output: str | os.PathLike, settings: Trai
 
         mahalanobis = None
         try:
-            with FeatureFile(features) as ff:
-                domains = train_domains(ff.ids, rows.train, labels)
+            try:
+                with FeatureFile(features) as ff:
+                    domains = train_domains(ff.ids, rows.train, labels)
+            except AekitError as exc:
+                LOG.warning("Mahalanobis statistics fitted as one domain: %s", exc)
+                domains = None
             threshold, mahalanobis = training_fit(model, norm, features, rows.train, domains,
                                                   device)
         except AekitError as exc:  # the model is still worth writing: say why none is stored
@@ -530,7 +534,7 @@ def train(features: str | os.PathLike, output: str | os.PathLike, settings: Trai
                    best_epoch=state.best_epoch, best_val_loss=state.best_val, weights=weights,
                    epochs_run=len(state.history), stopped_early=state.stopped_early,
                    world_size=dist.world, device=str(device), loss_units="dB^2",
-                   threshold=threshold, mahalanobis=mahalanobis, **(meta or {}))
+                   threshold=threshold, mahalanobis_stats=mahalanobis, **(meta or {}))
     dist.barrier()
     return TrainResult(history=state.history, best_epoch=state.best_epoch,
                        best_val_loss=state.best_val, stopped_early=state.stopped_early,
