@@ -246,23 +246,22 @@ def test_ae_eval_protocol_report(tmp_path):
             tmp_path / "sub2")
     assert r.exit_code == 2 and "stores no threshold" in one_error_line(r)
     assert not (tmp_path / "sub2").exists()
-    # examples/dcase/table.py: the 2021-2025 table from such reports
+    # ae-table (was examples/dcase/table.py): the 2021-2025 table from such reports
     import shutil
-    import subprocess
-    from pathlib import Path
+
+    from aekit.cmds.table import cli as table_cli
+    from conftest import invoke
 
     shutil.copy(tmp_path / "r.json", tmp_path / "frames.fan.json")
-    table = Path(__file__).resolve().parent.parent / "examples" / "dcase" / "table.py"
-    p = subprocess.run([sys.executable, str(table), str(tmp_path / "frames.fan.json")],
-                       capture_output=True, text=True, timeout=60)
-    assert p.returncode == 0, p.stderr
+    p = invoke(table_cli, [tmp_path / "frames.fan.json"])
+    assert p.exit_code == 0, p.stderr
     lines = p.stdout.splitlines()
     assert lines[0] == ("| machine type | section | frames AUC (source) | frames AUC (target) "
-                        "| frames pAUC |")
+                        "| frames pAUC | frames official score |")
     row = d["machine_types"]["fan"]["sections"]["01"]
     assert lines[3] == (f"| fan | 01 | {row['auc_source']:.3f} | {row['auc_target']:.3f} | "
-                        f"{row['pauc']:.3f} |")
-    assert lines[-1] == f"| **all types** | official score | {d['official_score']:.3f} |  |  |"
+                        f"{row['pauc']:.3f} |  |")
+    assert lines[-1] == f"| **all types** | official score |  |  |  | {d['official_score']:.3f} |"
     # the result table
     res = pd.read_csv(tmp_path / "result.csv", dtype={"section": str})
     assert list(res.columns) == ["machine type", "section", "AUC (source)", "AUC (target)",

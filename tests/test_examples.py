@@ -129,15 +129,22 @@ def test_dcase_example_on_tiny_synthetic_data(tmp_path, env_bin):
     labels = pd.read_csv(w / "labels.csv", dtype={"machine_id": str})
     assert set(pd.read_csv(w / "splits.csv").merge(labels, on="id").query("split_x == 'test'")
                ["split_y"]) == {"test"}  # the data set's folders decide the test set
-    for j, arch in enumerate(["frames", "improved"]):
+    # a column group per architecture and scorer (SCORES: mse mahalanobis), ae-table
+    assert (w / "table.md").read_text().splitlines()[0] == (
+        "| machine type | id | frames-mse AUC | frames-mse pAUC | frames-mahalanobis AUC | "
+        "frames-mahalanobis pAUC | improved-mse AUC | improved-mse pAUC | "
+        "improved-mahalanobis AUC | improved-mahalanobis pAUC |")
+    for j, (arch, score) in enumerate([(a, sc) for a in ("frames", "improved")
+                                       for sc in ("mse", "mahalanobis")]):
         col = 2 + 2 * j
         for k, mtype in enumerate(["fan", "pump"]):
-            s = pd.read_csv(w / "reports" / f"{arch}.{mtype}.scores.csv", dtype={"machine": str})
+            s = pd.read_csv(w / "reports" / f"{arch}-{score}.{mtype}.scores.csv",
+                            dtype={"machine": str})
             assert set(s["machine_type"]) == {mtype} and set(s["split"]) == {"test"}
             for i, mid in enumerate(["00", "01"]):
                 g = s[s["machine"] == f"{mtype}_id_{mid}"]
                 assert float(rows[3 * k + i][col]) == pytest.approx(
-                    roc_auc_score(g["anomaly"], g["mse"]), abs=6e-4)
+                    roc_auc_score(g["anomaly"], g[score]), abs=6e-4)
             assert float(rows[3 * k + 2][col]) == pytest.approx(
                 mean(float(rows[3 * k + i][col]) for i in range(2)), abs=1.1e-3)
         per_type = [float(rows[r][col]) for r in (2, 5)]

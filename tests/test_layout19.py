@@ -212,17 +212,28 @@ def test_dcase_example_on_the_dcase2023_layout(tmp_path, env_bin):
     splits = pd.read_csv(w / "splits.csv", dtype=str, keep_default_na=False)
     assert list(splits["split"]) == list(labels["split"])  # the folders decide the test set
     rows = [[c.strip().strip("*") for c in r.strip("|").split("|")]
-            for r in (w / "table.md").read_text().splitlines()[2:]]
+            for r in (w / "table.md").read_text().splitlines()]
+    # ae-eval --protocol dcase2023, both scorers, one table by ae-table
+    assert rows[0] == ["machine type", "section"] + [
+        f"frames-{sc} {c}" for sc in ("mse", "mahalanobis")
+        for c in ("AUC (source)", "AUC (target)", "pAUC", "official score")]
+    rows = rows[2:]
     assert [r[:2] for r in rows] == [["fan", "00"], ["fan", "01"], ["fan", "mean"],
                                      ["all types", "arithmetic mean"],
-                                     ["all types", "harmonic mean"]]
-    s = pd.read_csv(w / "reports" / "frames.fan.scores.csv", dtype=str)
-    assert sorted(set(s["domain"])) == ["source", "target"] and set(s["split"]) == {"test"}
-    for i, sec in enumerate(["00", "01"]):
-        g = s[s["machine"] == f"fan_section_{sec}"]
-        assert len(g) == 4
-        assert float(rows[i][2]) == pytest.approx(
-            roc_auc_score(g["anomaly"].astype(int), g["mse"].astype(float)), abs=6e-4)
+                                     ["all types", "harmonic mean"],
+                                     ["all types", "official score"]]
+    for j, score in enumerate(("mse", "mahalanobis")):
+        s = pd.read_csv(w / "reports" / f"frames-{score}.fan.scores.csv", dtype=str)
+        assert sorted(set(s["domain"])) == ["source", "target"] and set(s["split"]) == {"test"}
+        for i, sec in enumerate(["00", "01"]):
+            g = s[s["machine"] == f"fan_section_{sec}"]
+            assert len(g) == 4
+            y, v = g["anomaly"].astype(int), g[score].astype(float)
+            src = (g["domain"] == "source") | (y == 1)  # the source normals, every anomaly
+            assert float(rows[i][2 + 4 * j]) == pytest.approx(roc_auc_score(y[src], v[src]),
+                                                              abs=6e-4)
+            assert float(rows[i][4 + 4 * j]) == pytest.approx(
+                roc_auc_score(y, v, max_fpr=0.1), abs=6e-4)
 
 
 def test_dcase2021_as_released_source_test_and_target_test_folders():
