@@ -328,13 +328,18 @@ def to_markdown(table: Table) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in table.rows:
         cells = _cells(table, row, fmt)
-        kind, mtype, key = row[0], row[1], row[2]
+        kind, mtype, key = row[0], _md(row[1]), _md(row[2])
         if kind == "row":
             lines.append(f"| {mtype} | {key} | " + " | ".join(cells) + " |")
         else:
             bold = [f"**{c}**" if c and kind == "mean" else c for c in cells]
             lines.append(f"| **{mtype}** | {key} | " + " | ".join(bold) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _md(text: str) -> str:
+    """A machine type or section name as a Markdown cell: '|' escaped, line breaks as spaces."""
+    return " ".join(str(text).replace("|", "\\|").split())
 
 
 def to_csv(table: Table) -> str:
