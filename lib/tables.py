@@ -76,6 +76,8 @@ def parse_inputs(args: Sequence[str]) -> list[tuple[str | None, str]]:
     an existing file is a path even when it holds '='."""
     out = []
     for a in args:
+        if a == "":
+            raise InputError("empty path: name a report file ('-' for stdin)")
         if "=" in a and not os.path.exists(a):
             name, path = a.split("=", 1)
             if not path:

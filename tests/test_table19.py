@@ -238,3 +238,16 @@ def test_refusals_are_one_line(tmp_path):
     assert "not a metric in [0, 1]" in err(tmp_path / "bad.fan.json")
     assert "a label must be" in err(f"a|b={a[0]}")
     assert "needs a path" in err("name=")
+    assert "empty path" in err("")
+
+
+def test_the_command_contract(tmp_path, monkeypatch):
+    """The checks tests/test_contract.py applies to every ae-* command, on ae-table."""
+    import test_contract
+
+    monkeypatch.setitem(test_contract.COMMANDS, "ae-table", ("table", ["missing.json"]))
+    test_contract.test_help("ae-table")
+    test_contract.test_import_is_light("ae-table")
+    test_contract.test_missing_input_is_a_one_line_usage_error("ae-table", tmp_path, monkeypatch)
+    test_contract.test_unknown_option_is_usage_error("ae-table")
+    test_contract.test_installed_executable("ae-table", tmp_path)
