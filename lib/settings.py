@@ -51,7 +51,8 @@ ARCHS: dict[str, ArchInfo] = {
     # (README, "Anomalous-sound detection").
     "frames": ArchInfo(
         "aekit.frames", True, "windows of --context frames, Linear+BatchNorm+ReLU (DCASE 2020)",
-        defaults=dict(hidden=(128, 128, 128, 128), latent=8, batch_size=512, lr=1e-3),
+        defaults=dict(hidden=(128, 128, 128, 128), latent=8, batch_size=512, lr=1e-3,
+                      epochs=20),
         options={"context": ArchOption(5, "Frames per window (--arch frames).")}),
 }
 
