@@ -206,7 +206,8 @@ def cli(features, output, preset, arch, hidden, latent, epochs, batch_size, lr, 
     from aekit.fileio import null_progress
 
     settings = S.make_settings(
-        preset, validation=fold is not None, arch=arch, hidden=hidden, latent=latent, epochs=epochs, batch_size=batch_size,
+        preset, validation=fold is not None,
+        arch=arch, hidden=hidden, latent=latent, epochs=epochs, batch_size=batch_size,
         lr=lr, normalize=normalize, schedule=schedule, warmup=warmup,
         balanced_batches=balanced_batches, precision=precision, early_stop=early_stop,
         keep=keep, seed=seed,
