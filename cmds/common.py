@@ -758,12 +758,6 @@ def progress_interval() -> float:
     return value
 
 
-def elapsed_text(seconds: float) -> str:
-    """'0:01:05': hours, minutes, seconds."""
-    s = int(max(0.0, seconds))
-    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
-
-
 @contextmanager
 def progress(total: int | None, description: str, unit: str = "items") -> Iterator[Callable[[int], None]]:
     """Yield ``advance(n)``: a rich bar on a terminal; otherwise (a batch log) a line at most
@@ -783,7 +777,7 @@ def progress(total: int | None, description: str, unit: str = "items") -> Iterat
             yield lambda n=1: bar.advance(task, n)
         return
 
-    from aekit.fileio import LOG_STAMP
+    from aekit.fileio import LOG_STAMP, elapsed_text
 
     interval = progress_interval()
     start = _clock()

@@ -49,7 +49,7 @@ from .data import STREAM_BLOCK_ROWS, batch_sizes, epoch_order, open_source, sele
 from .device import resolve_device
 from .distributed import Dist, distributed, distributed_env  # noqa: F401 (public here too)
 from .errors import AekitError, DataError, InputError
-from .fileio import LOG_STAMP, atomic_path, null_progress
+from .fileio import LOG_STAMP, atomic_path, elapsed_text, null_progress
 from .modelfile import Normalizer, make_normalizer, save_model
 from .models import ClipModel, build_model, config_to_dict, count_parameters, make_config
 from .settings import (ARCHS, EXIT_PREEMPTED, KEEP, PRECISIONS, PRESETS,  # noqa: F401
@@ -753,7 +753,8 @@ def end_epoch(run: Run, state: TrainState, train_loss: float, units: int, second
              "" if val_loss is None else f", val loss {val_loss:.4g}", lr_now,
              f" (next {s.lr * state.plateau.scale:.3g})" if reduced else "",
              run.steps_per_epoch, state.history[-1]["samples_per_s"], run.unit, seconds,
-             _elapsed(time.monotonic() - run.started), " *" if improved else "", extra=LOG_STAMP)
+             elapsed_text(time.monotonic() - run.started), " *" if improved else "",
+             extra=LOG_STAMP)
     state.epoch = epoch = epoch + 1
     if dist.is_main:
         if improved:
@@ -781,11 +782,6 @@ def _stop_between_epochs(run: Run, state: TrainState) -> None:
             save_checkpoint(run.last_path, state.to_checkpoint(run))
         dist.barrier()
         raise Preempted(run.last_path, state.epoch, 0)
-
-
-def _elapsed(seconds: float) -> str:
-    s = int(max(0.0, seconds))
-    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
 
 
 def _str(path) -> str | None:
