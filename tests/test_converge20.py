@@ -70,7 +70,7 @@ def test_plateau_state_and_lr():
     assert tr.lr_at(50, 8, 4, s) == 0.01
 
 
-def test_default_run_with_a_fold_stops_on_validation(tmp_path, data):
+def test_default_run_with_a_fold_stops_on_validation_tutorial_does_not(tmp_path, data):
     p, sp = data
     out = tmp_path / "m.safetensors"
     res = run([p, "-o", out, *SMALL, "--lr", "0.1", "--splits", sp, "--fold", "0", "-q"])
@@ -82,11 +82,7 @@ def test_default_run_with_a_fold_stops_on_validation(tmp_path, data):
     lrs = [h["lr"] for h in hist]
     assert lrs[0] == 0.1 and min(lrs) < 0.1 and lrs == sorted(lrs, reverse=True)
     assert info["weights"] == "best"
-
-
-def test_tutorial_with_a_fold_stays_the_tutorial(tmp_path, data):
-    p, sp = data
-    out = tmp_path / "m.safetensors"
+    # --preset tutorial with the same fold stays the tutorial: 20 epochs, constant lr, last
     res = run([p, "-o", out, "--hidden", "32,16", "--latent", "8", "--preset", "tutorial",
                "--splits", sp, "--fold", "0", "-q"])
     assert res.exit_code == 0, res.stderr
