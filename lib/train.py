@@ -432,7 +432,8 @@ def warn_empty_validation(n_val: int, fold: int | None, where: str | None = None
     """A --fold whose validation set is empty trains with nothing to validate on: say so."""
     if fold is not None and n_val == 0:
         LOG.warning("--fold %d selects no validation rows%s: training without validation "
-                    "(no val loss; --keep best keeps the last epoch)", fold,
+                    "(no val loss; --keep best keeps the last epoch; no early stop: every "
+                    "one of --epochs runs)", fold,
                     f" (after --where {where!r})" if where else "")
 
 
