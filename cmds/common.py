@@ -28,6 +28,7 @@ from aekit import __version__
 from aekit.errors import AekitError
 
 LOG = logging.getLogger("aekit")
+STAMP_ATTR = "aekit_stamp"  # aekit.fileio.LOG_STAMP's key
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -688,6 +689,17 @@ def stderr_is_terminal() -> bool:
         return False
 
 
+class _StampedFormatter(logging.Formatter):
+    """Plain lines; a record logged with ``extra=aekit.fileio.LOG_STAMP`` (progress lines,
+    ae-train's epoch lines) has its message start with the local date and time."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        if getattr(record, STAMP_ATTR, False):
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.created))
+            record.message = f"{when} {record.message}"
+        return super().formatMessage(record)
+
+
 def setup_logging(quiet: bool = False, verbose: bool = False) -> None:
     """Log records of the 'aekit' logger to the current stderr: rich on a terminal, plain lines otherwise."""
     level = logging.WARNING if quiet else (logging.DEBUG if verbose else logging.INFO)
@@ -704,7 +716,7 @@ def setup_logging(quiet: bool = False, verbose: bool = False) -> None:
         handler.setFormatter(logging.Formatter("%(message)s"))
     else:
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter(f"{prog}: %(levelname)s: %(message)s"))
+        handler.setFormatter(_StampedFormatter(f"{prog}: %(levelname)s: %(message)s"))
     LOG.addHandler(handler)
     LOG.setLevel(level)
     LOG.propagate = False
@@ -723,9 +735,33 @@ def command_line() -> str:
 
 # --------------------------------------------------------------------------- progress
 
+#: Seconds between two progress lines when stderr is not a terminal (a batch log): the
+#: environment variable PROGRESS_INTERVAL_ENV overrides it (0: a line at every step).
+PROGRESS_INTERVAL = 10.0
+PROGRESS_INTERVAL_ENV = "AEKIT_PROGRESS_INTERVAL"
+_clock = time.monotonic  # the progress lines' clock (the tests replace it)
+
+
+def progress_interval() -> float:
+    """PROGRESS_INTERVAL, or the environment's AEKIT_PROGRESS_INTERVAL (seconds >= 0)."""
+    raw = os.environ.get(PROGRESS_INTERVAL_ENV, "").strip()
+    if not raw:
+        return PROGRESS_INTERVAL
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not (0 <= value < float("inf")):
+        LOG.warning("%s=%r is not a number of seconds >= 0: using %g", PROGRESS_INTERVAL_ENV,
+                    raw, PROGRESS_INTERVAL)
+        return PROGRESS_INTERVAL
+    return value
+
+
 @contextmanager
 def progress(total: int | None, description: str, unit: str = "items") -> Iterator[Callable[[int], None]]:
-    """Yield ``advance(n)``: a rich bar on a terminal, a plain log line every ~5% or 10 s otherwise."""
+    """Yield ``advance(n)``: a rich bar on a terminal; otherwise (a batch log) a line at most
+    every ``progress_interval()`` seconds and one when done, each with the date and time."""
     if not LOG.isEnabledFor(logging.INFO):  # progress shows only with informational messages
         yield lambda n=1: None
         return
@@ -741,21 +777,28 @@ def progress(total: int | None, description: str, unit: str = "items") -> Iterat
             yield lambda n=1: bar.advance(task, n)
         return
 
-    state = {"done": 0, "last_t": time.monotonic(), "last_frac": 0.0}
-    start = time.monotonic()
-    step = 0.05
+    from aekit.fileio import LOG_STAMP, elapsed_text
+
+    interval = progress_interval()
+    start = _clock()
+    state = {"done": 0, "last": start}
+    of = f"/{total}" if total else ""
+
+    def line(now: float, final: bool) -> None:
+        took = now - start
+        rate = f", {state['done'] / took:.1f} {unit}/s" if took > 0 else ""
+        LOG.info("%s: %s%d%s %s%s, elapsed %s", description, "done, " if final else "",
+                 state["done"], of, unit, rate, elapsed_text(took), extra=LOG_STAMP)
 
     def advance(n: int = 1) -> None:
         state["done"] += n
-        now = time.monotonic()
-        frac = state["done"] / total if total else 0.0
-        if (total and frac - state["last_frac"] >= step) or now - state["last_t"] >= 10.0:
-            state["last_t"], state["last_frac"] = now, frac
-            rate = state["done"] / max(now - start, 1e-9)
-            of = f"/{total}" if total else ""
-            LOG.info("%s: %d%s %s (%.1f %s/s)", description, state["done"], of, unit, rate, unit)
+        now = _clock()
+        if now - state["last"] >= interval:
+            state["last"] = now
+            line(now, False)
 
     yield advance
+    line(_clock(), True)  # not after an error: the error says what happened
 
 
 # --------------------------------------------------------------------------- shared options

@@ -19,10 +19,17 @@ model file (safetensors: weights, architecture, feature parameters, normalizatio
 history, seed, versions).
 
 \b
-Defaults train stably (input normalization, balanced batches, warm-up + cosine
-learning rate, best validation epoch kept); --preset tutorial is the tutorial exactly
-(raw dB, Adam lr 1e-3 constant, batch 25, 20 epochs, last epoch kept). Losses are MSE
-in dB squared either way.
+Defaults train stably (input normalization, balanced batches, learning-rate warm-up,
+best validation epoch kept). With a validation fold (--splits, --fold) the validation
+loss decides the epochs: at most --epochs 100, stopped after --early-stop 10 epochs
+without a better validation loss, the learning rate halved after 3 such epochs
+(--schedule plateau). Without one, a fixed 20 epochs with cosine decay. --preset
+tutorial is the tutorial exactly (raw dB, Adam lr 1e-3 constant, batch 25, 20 epochs,
+last epoch kept, no early stop). Losses are MSE in dB squared either way.
+
+\b
+On a terminal, a progress bar per epoch; otherwise (a batch log) one line per epoch
+with the date and time, losses, learning rate, units per second and elapsed time.
 
 \b
 Checkpoints go to OUTPUT.ckpt/ (--checkpoint-dir): last.pt (resumable, every epoch
@@ -140,7 +147,9 @@ def _self_sigterm_hook():
               help=f"Bottleneck width [{S.defaults_help('latent')}].")
 @_arch_options
 @click.option("--epochs", type=click.IntRange(min=1), default=None,
-              help=f"Epochs [{S.defaults_help('epochs')}].")
+              help=f"Epochs: the number run without a validation fold "
+                   f"[{S.defaults_help('epochs')}], the maximum with one "
+                   f"[{S.WITH_VALIDATION['epochs']}].")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help=f"Units (clips, or windows for frames) per step, per process "
                    f"[{S.defaults_help('batch_size')}].")
@@ -149,9 +158,12 @@ def _self_sigterm_hook():
 @click.option("--normalize", type=click.Choice(S.NORM_MODES), default=None,
               help="Input normalization fitted on training rows [default: global; tutorial: none].")
 @click.option("--schedule", type=click.Choice(S.SCHEDULES), default=None,
-              help="Learning rate schedule [default: cosine with warm-up; tutorial: constant].")
+              help="Learning rate schedule: plateau halves it after 3 epochs without a better "
+                   "validation (or, without one, training) loss [default: cosine with warm-up, "
+                   f"{S.WITH_VALIDATION['schedule']} with a validation fold; tutorial: constant].")
 @click.option("--warmup", type=common.FiniteFloatRange(min=0), default=None,
-              help=f"Epochs of linear learning-rate warm-up (cosine) [{S.default_of('warmup'):g}].")
+              help=f"Epochs of linear learning-rate warm-up (cosine, plateau) "
+                   f"[{S.default_of('warmup'):g}].")
 @click.option("--balanced-batches/--no-balanced-batches", default=None,
               help="Equal batch sizes instead of a small last batch [default: on; tutorial: off].")
 @click.option("--precision", type=click.Choice(S.PRECISIONS), default=None,
@@ -160,8 +172,9 @@ def _self_sigterm_hook():
 @common.fold_option(help="Validation fold K: train on the other train folds, validate on fold K.")
 @common.labels_option
 @common.where_option
-@click.option("--early-stop", type=click.IntRange(min=1), default=None,
-              help="Stop after N epochs without a better validation loss.")
+@click.option("--early-stop", type=click.IntRange(min=0), default=None,
+              help="Stop after N epochs without a better validation loss; 0: never "
+                   f"[{S.WITH_VALIDATION['early_stop']} with a validation fold; tutorial: never].")
 @click.option("--keep", type=click.Choice(S.KEEP), default=None,
               help="Weights in the model file: best validation epoch, or last [default: best; "
                    "tutorial: last].")
@@ -193,7 +206,8 @@ def cli(features, output, preset, arch, hidden, latent, epochs, batch_size, lr, 
     from aekit.fileio import null_progress
 
     settings = S.make_settings(
-        preset, arch=arch, hidden=hidden, latent=latent, epochs=epochs, batch_size=batch_size,
+        preset, validation=fold is not None,
+        arch=arch, hidden=hidden, latent=latent, epochs=epochs, batch_size=batch_size,
         lr=lr, normalize=normalize, schedule=schedule, warmup=warmup,
         balanced_batches=balanced_batches, precision=precision, early_stop=early_stop,
         keep=keep, seed=seed,
@@ -225,7 +239,9 @@ def cli(features, output, preset, arch, hidden, latent, epochs, batch_size, lr, 
                 checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every,
                 data_mode=data_mode, workers=workers, stop_requested=stop_requested,
                 on_step=_self_sigterm_hook(),
-                progress=common.progress if dist.is_main else null_progress,
+                # Per-step bars on a terminal; a batch log gets end_epoch's line per epoch.
+                progress=(common.progress if dist.is_main and common.stderr_is_terminal()
+                          else null_progress),
                 meta={"command": common.command_line()})
             # The model file is in place: the job is complete. A signal from now on (the
             # process group's teardown, the interpreter's exit) is reported, exit status 0.

@@ -632,3 +632,14 @@ def display_name(path: str | os.PathLike) -> str:
 def null_progress(total: int, description: str, unit: str = "items") -> Iterator:
     """A progress factory that shows nothing: yields advance(n) that does nothing."""
     yield lambda n=1: None
+
+
+#: ``LOG.info(..., extra=LOG_STAMP)``: a line of a batch log (a progress line, an epoch of
+#: ae-train) that the commands' plain-text log handler starts with the date and time.
+LOG_STAMP = {"aekit_stamp": True}
+
+
+def elapsed_text(seconds: float) -> str:
+    """'0:01:05': hours, minutes, seconds (for log lines)."""
+    s = int(max(0.0, seconds))
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"

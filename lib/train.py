@@ -49,11 +49,12 @@ from .data import STREAM_BLOCK_ROWS, batch_sizes, epoch_order, open_source, sele
 from .device import resolve_device
 from .distributed import Dist, distributed, distributed_env  # noqa: F401 (public here too)
 from .errors import AekitError, DataError, InputError
-from .fileio import atomic_path, null_progress
+from .fileio import LOG_STAMP, atomic_path, elapsed_text, null_progress
 from .modelfile import Normalizer, make_normalizer, save_model
 from .models import ClipModel, build_model, config_to_dict, count_parameters, make_config
 from .settings import (ARCHS, EXIT_PREEMPTED, KEEP, PRECISIONS, PRESETS,  # noqa: F401
                        RESUME_MUST_MATCH, SCHEDULES, TrainSettings, make_settings)
+from .schedule import Plateau
 from .store import FeatureFile
 
 LOG = logging.getLogger("aekit")
@@ -72,13 +73,17 @@ class Preempted(AekitError):
 
 # --------------------------------------------------------------------------- pieces
 
-def lr_at(step: int, total: int, steps_per_epoch: int, s: TrainSettings) -> float:
-    """Learning rate for optimizer step ``step`` (0-based) of ``total``: a pure function."""
+def lr_at(step: int, total: int, steps_per_epoch: int, s: TrainSettings,
+          scale: float = 1.0) -> float:
+    """Learning rate for optimizer step ``step`` (0-based) of ``total``: a pure function (of
+    the step and, for ``plateau``, of the scale that aekit.schedule.Plateau keeps)."""
     if s.schedule == "constant":
         return s.lr
     warm = int(round(s.warmup * steps_per_epoch))
     if step < warm:
-        return s.lr * (step + 1) / warm
+        return s.lr * (step + 1) / warm * (scale if s.schedule == "plateau" else 1.0)
+    if s.schedule == "plateau":
+        return s.lr * scale
     span = max(1, total - warm)
     t = min(1.0, (step - warm) / span)
     lo = s.lr * s.min_lr_ratio
@@ -321,6 +326,7 @@ class TrainState:
     best_epoch: int | None = None
     bad_epochs: int = 0  # epochs since the best validation loss
     stopped_early: bool = False
+    plateau: Plateau = field(default_factory=Plateau)  # --schedule plateau's state
 
     def to_checkpoint(self, run: "Run") -> dict:
         s, n, spe = run.settings, self.normalizer, run.steps_per_epoch
@@ -329,7 +335,9 @@ class TrainState:
             "format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION,
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "schedule": {"name": s.schedule, "step": done, "total": run.total_steps,
-                         "lr": lr_at(min(done, run.total_steps - 1), run.total_steps, spe, s)},
+                         "lr": lr_at(min(done, run.total_steps - 1), run.total_steps, spe, s,
+                                     self.plateau.scale)},
+            "plateau": self.plateau.state_dict(),
             "normalizer": {"mode": n.mode, "mean": n.mean.cpu().reshape(-1),
                            "std": n.std.cpu().reshape(-1)},
             "epoch": self.epoch, "step": self.step,
@@ -351,6 +359,7 @@ class TrainState:
                                                            ck["bad_epochs"])
         self.epoch, self.step = int(ck["epoch"]), int(ck["step"])
         self.stopped_early = bool(ck.get("stopped_early", False))
+        self.plateau = Plateau.from_state(ck.get("plateau"))
         self.loss_sum, self.units = float(ck["epoch_loss_sum"]), int(ck["epoch_rows"])
         self.seconds = float(ck["epoch_seconds"])
         self.perm = ck["perm"] if self.step else None
@@ -386,6 +395,8 @@ class Run:
     on_step: Callable[[int], None] | None = None
     progress: Callable = null_progress
     flags: torch.Tensor | None = None  # [stop, non-finite], max-reduced over ranks
+    unit: str = "units"  # what a training unit is, for the epoch lines ('clips', 'windows')
+    started: float = field(default_factory=time.monotonic)  # for the epoch lines' elapsed time
 
     @property
     def steps_per_epoch(self) -> int:
@@ -421,7 +432,8 @@ def warn_empty_validation(n_val: int, fold: int | None, where: str | None = None
     """A --fold whose validation set is empty trains with nothing to validate on: say so."""
     if fold is not None and n_val == 0:
         LOG.warning("--fold %d selects no validation rows%s: training without validation "
-                    "(no val loss; --keep best keeps the last epoch)", fold,
+                    "(no val loss; --keep best keeps the last epoch; no early stop: every "
+                    "one of --epochs runs)", fold,
                     f" (after --where {where!r})" if where else "")
 
 
@@ -634,7 +646,8 @@ def setup(features, output, s: TrainSettings, *, splits, fold, labels, where,
                 "feature_params": feature_params}
     run = Run(s, dist, device, net, train_src, val_src, _loss_weight(norm, model), amp, sizes,
               ckdir / "last.pt", ckdir / "best.pt", identity, checkpoint_every, log,
-              stop_requested, on_step, progress, torch.zeros(2, device=device))
+              stop_requested, on_step, progress, torch.zeros(2, device=device),
+              "clips" if model.units_per_clip(config.input_shape[-1]) == 1 else "windows")
     if not dist.enabled:  # under DDP a gradient is final only after its all-reduce
         StepInBackward(model, state.optimizer)
 
@@ -677,7 +690,7 @@ def run_epoch(run: Run, state: TrainState) -> tuple[float, int, float]:
         step = step0
         for xb in src.batches(order, run.sizes, step0):  # xb: [b, D] normalized units
             for g in state.optimizer.param_groups:
-                g["lr"] = lr_at(epoch * spe + step, run.total_steps, spe, s)
+                g["lr"] = lr_at(epoch * spe + step, run.total_steps, spe, s, state.plateau.scale)
             loss = train_step(run.net, state.optimizer, xb, run.weight, run.amp)
             loss_sum += loss.detach().double() * xb.shape[0]
             seen += int(xb.shape[0])
@@ -733,10 +746,16 @@ def end_epoch(run: Run, state: TrainState, train_loss: float, units: int, second
         state.bad_epochs += 1
     if s.early_stop is not None and state.bad_epochs >= s.early_stop:
         state.stopped_early = True
-    LOG.info("epoch %d/%d: train loss %.4g%s dB^2, lr %.3g, %.1f s (%.0f samples/s)%s",
-             epoch + 1, s.epochs, train_loss,
-             "" if val_loss is None else f", val loss {val_loss:.4g}", lr_now, seconds,
-             state.history[-1]["samples_per_s"], " *" if improved else "")
+    reduced = s.schedule == "plateau" and state.plateau.update(
+        train_loss if val_loss is None else val_loss, s.min_lr_ratio)
+    # One line per epoch (a batch log has no per-step lines): the date and time go in front.
+    LOG.info("epoch %d/%d: train loss %.4g%s dB^2, lr %.3g%s, %d steps, %.0f %s/s, %.1f s, "
+             "elapsed %s%s", epoch + 1, s.epochs, train_loss,
+             "" if val_loss is None else f", val loss {val_loss:.4g}", lr_now,
+             f" (next {s.lr * state.plateau.scale:.3g})" if reduced else "",
+             run.steps_per_epoch, state.history[-1]["samples_per_s"], run.unit, seconds,
+             elapsed_text(time.monotonic() - run.started), " *" if improved else "",
+             extra=LOG_STAMP)
     state.epoch = epoch = epoch + 1
     if dist.is_main:
         if improved:
