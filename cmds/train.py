@@ -217,13 +217,14 @@ def cli(features, output, preset, arch, hidden, latent, epochs, batch_size, lr, 
     check_writable(output, "-o/--output")
     if log_path is not None:
         check_writable(log_path, "--log")
-    from aekit.threads import apply_threads
-
-    n_threads, why = apply_threads(threads)
-    common.LOG.info("%d torch thread(s) (%s)", n_threads, why)
     if resolve_device(device).type == "cpu":
         # Before torch's first allocation (gloo's and the data's included): 2 MiB pages.
         hostmem.for_cpu_training()
+    from aekit.threads import apply_threads
+
+    # N processes trained at once share the cores (AEKIT_THREADS, affinity, make -jN).
+    n_threads, why = apply_threads(threads)
+    common.LOG.info("%d torch thread(s) (%s)", n_threads, why)
     with stop_signals() as stop_requested, tr.distributed(device) as (dist, dev):
         if not dist.is_main:
             common.LOG.setLevel("WARNING")  # one process reports
