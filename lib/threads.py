@@ -13,7 +13,8 @@ with 2 threads than with 1 (4.5 s against 64 ms, measured here with 16 runnable 
    CPU affinity (``taskset``, cgroups' cpusets, SLURM's binding), the smaller of them;
    divided by the number of jobs run at once when it is known: ``AEKIT_JOBS`` (a positive
    integer), else GNU make's ``-jN`` in ``MAKEFLAGS`` (a bare ``-j``, no limit: one thread
-   each), rounded down, at least 1.
+   each), rounded down, at least 1; ``apply_threads`` keeps it at most torch's default (one
+   thread per physical core: no more threads than before on hyper-threaded cores).
 
 Nothing here imports torch; ``apply_threads`` sets torch's intra-op threads.
 """
@@ -87,15 +88,23 @@ def auto_threads(env: Mapping[str, str] | None = None) -> tuple[int, str]:
     return max(1, cores // jobs), f"{cores} available cores / {jobs} jobs ({source})"
 
 
+_TORCH_DEFAULT: list[int] = []  # torch's own thread count, seen before the first change
+
+
 def apply_threads(threads: int | None = None) -> tuple[int, str]:
-    """Set torch's intra-op threads: ``threads`` when given, else ``auto_threads()``."""
+    """Set torch's intra-op threads: ``threads`` when given, else ``auto_threads()``, at
+    most torch's own default (one per physical core) unless AEKIT_THREADS set it."""
     import torch
 
+    if not _TORCH_DEFAULT:
+        _TORCH_DEFAULT.append(torch.get_num_threads())
     if threads is not None:
         if threads < 1:
             raise InputError(f"--threads {threads}: must be at least 1")
         n, why = threads, "--threads"
     else:
         n, why = auto_threads()
+        if why != "AEKIT_THREADS" and n > _TORCH_DEFAULT[0]:
+            n, why = _TORCH_DEFAULT[0], f"torch's default, at most {why}"
     torch.set_num_threads(n)
     return n, why

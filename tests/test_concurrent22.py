@@ -102,3 +102,23 @@ def test_slurm_array_trains_one_model_per_task(tmp_path):
     r = subprocess.run(["bash", str(script)], env={**env, "SLURM_ARRAY_TASK_ID": "3"},
                        cwd=tmp_path, capture_output=True, text=True)
     assert r.returncode == 2 and "TYPES has 3 machine types" in r.stderr
+
+
+def test_apply_threads_stays_within_torchs_default(monkeypatch, threads_restored):
+    """Automatic threads never exceed torch's own default (one per physical core);
+    AEKIT_THREADS and --threads are taken as given."""
+    from aekit import threads
+
+    for name in ("AEKIT_THREADS", "AEKIT_JOBS", "MAKEFLAGS", "SLURM_CPUS_PER_TASK"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(threads, "_TORCH_DEFAULT", [1])
+    monkeypatch.setattr(threads, "available_cores", lambda env=None: 4)
+    assert threads.apply_threads() == (1, "torch's default, at most 4 available cores")
+    monkeypatch.setenv("MAKEFLAGS", " -j4")
+    assert threads.apply_threads() == (1, "4 available cores / 4 jobs (make -j)")
+    assert threads.apply_threads(3) == (3, "--threads") and torch.get_num_threads() == 3
+    torch.set_num_threads(1)
+    monkeypatch.setenv("AEKIT_THREADS", "2")
+    assert threads.apply_threads() == (2, "AEKIT_THREADS") and torch.get_num_threads() == 2
+    with pytest.raises(InputError, match="--threads 0"):
+        threads.apply_threads(0)
