@@ -1,7 +1,8 @@
 # aekit: build, test, benchmark and demo.
 #   make test    install (when needed) and run the whole test suite
 #   make demo    install and run the example pipeline to a verdict
-#   make bench   install and print the benchmark ratios
+#   make bench   install and print the benchmark ratios (BENCH_DEVICE=auto|cpu|cuda: where
+#                the models run; auto: CUDA when present)
 #   make stress  install and run the no-hang stress loop (slow: 10-40 minutes; not in make test)
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -25,8 +26,9 @@ $(STAMP): pyproject.toml setup.cfg constraints.txt
 test: install
 	$(PY) -m pytest -q tests
 
+BENCH_DEVICE ?= auto
 bench: install
-	$(PY) bench/run_all.py
+	$(PY) bench/run_all.py --device $(BENCH_DEVICE)
 
 stress: install
 	$(PY) bench/stress_batch.py

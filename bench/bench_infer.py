@@ -11,6 +11,7 @@ The full-size model (AEConfig defaults: improved, 2 x 32 x 391 -> 8224 -> 2056 -
 Achieved GFLOP/s = FLOPs per sample (2 x weights of the part run) x samples/s.
 Target: forward >= 50 % of the matmul peak on CPU. Runs in about a minute on 2 cores.
 Usage: python bench/bench_infer.py [--batch-size 256] [--repeat 3] [--device auto]
+(--device auto: CUDA when present, else the CPU.)
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--repeat", type=int, default=3,
                     help="timed batches per measurement (best kept)")
-    ap.add_argument("--device", default="cpu", help="cpu (default), auto, cuda, mps")
+    ap.add_argument("--device", default="auto",
+                    help="auto (default: CUDA when present, else CPU), cpu, cuda, cuda:N, mps")
     args = ap.parse_args()
     dev = resolve_device(args.device)
     bs = args.batch_size

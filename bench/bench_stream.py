@@ -74,7 +74,8 @@ def drop_cache(path: Path) -> str:
     return "fadvise"
 
 
-def one(path: str, arch: str, mode: str, cold: bool, workers: int, threads: int) -> dict:
+def one(path: str, arch: str, mode: str, cold: bool, workers: int, threads: int,
+        device: str = "cpu") -> dict:
     """One pass (one epoch) in this process; returns its figures."""
     import torch
 
@@ -85,7 +86,7 @@ def one(path: str, arch: str, mode: str, cold: bool, workers: int, threads: int)
     from aekit.store import FeatureFile
 
     torch.set_num_threads(threads)
-    dev = torch.device("cpu")
+    dev = torch.device(device)
     how = drop_cache(Path(path)) if cold else "warm"
     torch.manual_seed(0)
     t0 = time.perf_counter()
@@ -105,10 +106,12 @@ def one(path: str, arch: str, mode: str, cold: bool, workers: int, threads: int)
     t0 = time.perf_counter()
     for xb in src.batches(order, sizes):
         tr.train_step(model, opt, xb, None, amp)
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
     dt = time.perf_counter() - t0
     with open("/proc/self/status") as fh:
         rss = next(int(line.split()[1]) / 1024 for line in fh if line.startswith("VmHWM:"))
-    return {"arch": arch, "mode": mode, "cache": how, "units": n, "load_s": load_s,
+    return {"arch": arch, "mode": mode, "device": str(dev), "cache": how, "units": n, "load_s": load_s,
             "epoch_s": dt, "samples_per_s": n / dt, "peak_rss_mb": rss}
 
 
@@ -120,11 +123,17 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads of the step (1: on a shared 2-core machine, 2 threads "
                          "of tiny ops spin against each other and against the reader)")
+    ap.add_argument("--device", default="auto",
+                    help="auto (CUDA when present), cpu, cuda, cuda:N: where every pass runs")
     ap.add_argument("--one", nargs=4, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    from aekit.device import resolve_device
+
+    device = str(resolve_device(args.device))  # refused here when not available
     if args.one:
         path, arch, mode, cold = args.one
-        print(json.dumps(one(path, arch, mode, cold == "cold", args.workers, args.threads)))
+        print(json.dumps(one(path, arch, mode, cold == "cold", args.workers, args.threads,
+                             device)))
         return 0
 
     from aekit.models import kind
@@ -146,7 +155,7 @@ def main() -> int:
 
         def sub(arch, mode, cache):
             cmd = [sys.executable, os.path.abspath(__file__), "--workers", str(args.workers),
-                   "--threads", str(args.threads),
+                   "--threads", str(args.threads), "--device", device,
                    "--one", str(path), arch, mode, cache]
             out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
             return json.loads(out.strip().splitlines()[-1])
@@ -161,6 +170,7 @@ def main() -> int:
                         if key not in best or r["samples_per_s"] > best[key]["samples_per_s"]:
                             best[key] = r
     rows, result = [], {"clips": args.clips, "shape": list(SHAPE), "file_mb": size_mb,
+                        "device": device,
                         "cores": cores(), "runs": list(best.values())}
     for arch in archs:
         for cache in ("cold", "warm"):
@@ -172,7 +182,8 @@ def main() -> int:
                          f"{s['samples_per_s']:.0f}", f"{ratio:.0%}",
                          f"{m['peak_rss_mb']:.0f} / {s['peak_rss_mb']:.0f}"))
     print(f"ae-train data path: {args.clips} clips of {'x'.join(map(str, SHAPE))} "
-          f"({size_mb:.0f} MB file), batch 25, one epoch per pass, CPU, {cores()} cores, "
+          f"({size_mb:.0f} MB file), batch 25, one epoch per pass, device "
+          f"{', '.join(sorted({r['device'] for r in best.values()}))}, {cores()} cores, "
           f"{args.threads} torch thread(s), stream with --workers {args.workers}; "
           f"best of {args.repeat}")
     print(table(rows, ("arch", "page cache", "memory samples/s", "memory load s",

@@ -2,6 +2,7 @@
 
     python bench/bench_train.py            # full-size improved model, batch 25, CPU (~5-6 min)
     python bench/bench_train.py --small    # a quick check of the script itself
+    python bench/bench_train.py --device cuda   # every row on the GPU (default: auto)
 
 Each configuration runs in its own subprocess (fresh memory, its own peak RSS) on the same
 synthetic in-memory features (2 x 32 x 391 dB-like values). Printed as ratios:
@@ -65,18 +66,28 @@ def synthetic(n: int, shape, seed: int = 0):
     return (-40 + 20 * torch.randn(n, *shape, generator=g)).clamp_min(-100)  # dB-like [N, C, M, T]
 
 
-def matmul_peak(dtype_name: str, seconds: float = 3.0) -> float:
-    """GFLOP/s of a large square matmul: the machine's practical ceiling for this dtype."""
+def _sync(dev) -> None:
     import torch
 
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def matmul_peak(dtype_name: str, seconds: float = 3.0, device: str = "cpu") -> float:
+    """GFLOP/s of a large square matmul: the device's practical ceiling for this dtype."""
+    import torch
+
+    dev = torch.device(device)
     dtype = getattr(torch, dtype_name)
-    n = 2048
-    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    n = 2048 if dev.type == "cpu" else 8192
+    a, b = torch.randn(n, n, device=dev).to(dtype), torch.randn(n, n, device=dev).to(dtype)
     a @ b
+    _sync(dev)
     reps, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
         a @ b
         reps += 1
+        _sync(dev)
     return 2 * n ** 3 * reps / (time.perf_counter() - t0) / 1e9
 
 
@@ -84,17 +95,20 @@ BYTES_PER_PARAM = 40  # fp32 Adam step: see the module docstring
 TARGET = 3.5
 
 
-def bandwidth_gbs(mb: int = 256, repeat: int = 5) -> float:
+def bandwidth_gbs(mb: int = 256, repeat: int = 5, device: str = "cpu") -> float:
     """Memory bandwidth (GB/s) of c = a + b over three ``mb`` MB fp32 arrays, all threads."""
     import torch
 
+    dev = torch.device(device)
     n = mb * 2**20 // 4
-    a, b, c = torch.ones(n), torch.ones(n), torch.empty(n)
+    a, b, c = torch.ones(n, device=dev), torch.ones(n, device=dev), torch.empty(n, device=dev)
     torch.add(a, b, out=c)
+    _sync(dev)
     best = float("inf")
     for _ in range(repeat):
         t0 = time.perf_counter()
         torch.add(a, b, out=c)
+        _sync(dev)
         best = min(best, time.perf_counter() - t0)
     return 3 * n * 4 / best / 1e9
 
@@ -132,10 +146,11 @@ def tutorial_model(cfg):
     return AutoEncoder(c * m * t, cfg["hidden"], cfg["latent"])
 
 
-def run_one(name: str, cfg, warmup: int, steps: int, n: int) -> dict:
+def run_one(name: str, cfg, warmup: int, steps: int, n: int, device: str = "cpu") -> dict:
     import torch
 
-    if name.startswith("ae-train") and name != "ae-train/4k-pages":
+    dev = torch.device(device)
+    if name.startswith("ae-train") and name != "ae-train/4k-pages" and dev.type == "cpu":
         from aekit import hostmem
 
         hostmem.for_cpu_training()  # first, as ae-train's setup does on the CPU
@@ -146,7 +161,7 @@ def run_one(name: str, cfg, warmup: int, steps: int, n: int) -> dict:
         from torch import nn
         from torch.utils.data import DataLoader, TensorDataset
 
-        model = tutorial_model(cfg)
+        model = tutorial_model(cfg).to(dev)
         params = sum(p.numel() for p in model.parameters())
         loader = DataLoader(TensorDataset(x), batch_size=batch, shuffle=True)
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -160,7 +175,7 @@ def run_one(name: str, cfg, warmup: int, steps: int, n: int) -> dict:
         it = batches()
 
         def step():
-            xb = next(it)
+            xb = next(it).to(dev)
             xb = xb.view(xb.size(0), -1)
             out, _ = model(xb)
             loss = mse(out, xb)
@@ -174,7 +189,6 @@ def run_one(name: str, cfg, warmup: int, steps: int, n: int) -> dict:
         from aekit.modelfile import Normalizer
         from aekit.models import AEConfig, build_model, count_parameters
 
-        dev = torch.device("cpu")
         precision = "bf16" if name.endswith("bf16") else "fp32"
         model = build_model(AEConfig(arch="improved", input_shape=cfg["shape"],
                                      hidden=cfg["hidden"], latent=cfg["latent"]), dev)
@@ -210,12 +224,14 @@ def run_one(name: str, cfg, warmup: int, steps: int, n: int) -> dict:
         step()
     import resource
 
+    _sync(dev)
     r0 = resource.getrusage(resource.RUSAGE_SELF)
     t0 = time.perf_counter()
     rows = sum(step() for _ in range(steps))
+    _sync(dev)
     dt = time.perf_counter() - t0
     r1 = resource.getrusage(resource.RUSAGE_SELF)
-    return {"name": name, "samples_per_s": rows / dt, "step_s": dt / steps, "params": params,
+    return {"name": name, "device": str(dev), "samples_per_s": rows / dt, "step_s": dt / steps, "params": params,
             "peak_rss_mb": peak_rss_mb(),
             "faults_per_step": (r1.ru_minflt - r0.ru_minflt) / steps,
             "sys_s_per_step": (r1.ru_stime - r0.ru_stime) / steps,
@@ -229,6 +245,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--rows", type=int, default=100, help="synthetic clips in memory")
     ap.add_argument("--no-bf16", action="store_true")
+    ap.add_argument("--device", default="auto",
+                    help="auto (CUDA when present), cpu, cuda, cuda:N: where every row runs")
     ap.add_argument("--rounds", type=int, default=2,
                     help="run every configuration this many times, in turn, and keep each "
                          "one's fastest run (the machine's speed drifts over minutes)")
@@ -237,32 +255,37 @@ def main() -> None:
     ap.add_argument("--bandwidth", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     cfg = SMALL if args.small else FULL
+    from aekit.device import resolve_device
+
+    device = str(resolve_device(args.device))  # refused here when not available
 
     if args.peak:
-        print(json.dumps({"peak": matmul_peak(args.peak)}))
+        print(json.dumps({"peak": matmul_peak(args.peak, device=device)}))
         return
     if args.bandwidth:
-        print(json.dumps({"bw": bandwidth_gbs()}))
+        print(json.dumps({"bw": bandwidth_gbs(device=device)}))
         return
     if args.one:
-        print(json.dumps(run_one(args.one, cfg, args.warmup, args.steps, args.rows)))
+        print(json.dumps(run_one(args.one, cfg, args.warmup, args.steps, args.rows, device)))
         return
 
     import torch
 
     def sub(*extra) -> dict:
         cmd = [sys.executable, os.path.abspath(__file__), *extra, "--warmup", str(args.warmup),
-               "--steps", str(args.steps), "--rows", str(args.rows)]
+               "--steps", str(args.steps), "--rows", str(args.rows), "--device", device]
         cmd += ["--small"] if args.small else []
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
         return json.loads(out.strip().splitlines()[-1])
 
-    bf16_ok = not args.no_bf16 and torch.backends.mkldnn.is_available() and native_bf16()
-    if not bf16_ok and not args.no_bf16:
+    on_gpu = torch.device(device).type == "cuda"
+    bf16_ok = not args.no_bf16 and (torch.cuda.is_bf16_supported() if on_gpu else
+                                     torch.backends.mkldnn.is_available() and native_bf16())
+    if not bf16_ok and not args.no_bf16 and not on_gpu:
         print("(no bf16 row: this CPU has no native bf16 instructions (avx512_bf16, amx_bf16), "
               "where bf16 matmuls are emulated and run far slower than fp32)")
-    names = (["tutorial", "ae-train", "ae-train/plain-step", "ae-train/foreach",
-              "ae-train/4k-pages"]
+    names = (["tutorial", "ae-train", "ae-train/plain-step", "ae-train/foreach"]
+             + ([] if on_gpu else ["ae-train/4k-pages"])  # host pages: a CPU-only setting
              + (["ae-train/bf16"] if bf16_ok else []))
     t0 = time.time()
     bw = sub("--bandwidth")["bw"]
@@ -278,7 +301,8 @@ def main() -> None:
     c, m, t = cfg["shape"]
     widths = ",".join(map(str, cfg["hidden"]))
     print(f"ae-train benchmark: improved model {c}x{m}x{t} -> {widths} -> {cfg['latent']}, "
-          f"{results[0]['params'] / 1e6:.1f} M parameters, batch 25, CPU, "
+          f"{results[0]['params'] / 1e6:.1f} M parameters, batch 25, device "
+          f"{', '.join(sorted({r['device'] for r in results}))}, "
           f"{torch.get_num_threads()} threads, torch {torch.__version__}")
     step_bytes = BYTES_PER_PARAM * results[0]["params"]
     floor_s = step_bytes / (bw * 1e9)

@@ -193,13 +193,18 @@ def _self_sigterm_hook():
 @click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True,
               help="Streaming: blocks of 256 clips read ahead on a background thread while "
                    "the step runs (0: read them in the training loop).")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="torch threads of this process. Default: AEKIT_THREADS, else the cores "
+                   "it may use (CPU affinity, SLURM_CPUS_PER_TASK) divided by the jobs run at "
+                   "once (AEKIT_JOBS, else make's -jN): N models trained at once do not "
+                   "oversubscribe the cores.")
 @common.seed_option()
 @common.device_option
 @common.verbosity_options
 def cli(features, output, preset, arch, hidden, latent, epochs, batch_size, lr, normalize,
         schedule, warmup, balanced_batches, precision, splits_path, fold, labels_path, where,
         early_stop, keep, log_path, resume, checkpoint_dir, checkpoint_every, data_mode, workers,
-        seed, device, **arch_options):
+        threads, seed, device, **arch_options):
     from aekit import hostmem
     from aekit import train as tr  # torch is imported here, not at --help
     from aekit.device import resolve_device
@@ -229,6 +234,11 @@ def cli(features, output, preset, arch, hidden, latent, epochs, batch_size, lr, 
     if resolve_device(device).type == "cpu":
         # Before torch's first allocation (gloo's and the data's included): 2 MiB pages.
         hostmem.for_cpu_training()
+    from aekit.threads import apply_threads
+
+    # N processes trained at once share the cores (AEKIT_THREADS, affinity, make -jN).
+    n_threads, why = apply_threads(threads)
+    common.LOG.info("%d torch thread(s) (%s)", n_threads, why)
     with stop_signals() as stop_requested, tr.distributed(device) as (dist, dev):
         if not dist.is_main:
             common.LOG.setLevel("WARNING")  # one process reports

@@ -408,23 +408,24 @@ class StreamSource:
                         held[got] = self._on_device(x)
                 clips, off = clip_of[i], torch.from_numpy((u % self.k).astype(np.int64))
                 bs = blocks_of[i].tolist()
+                # Only the batch's units are gathered from the held blocks (for windows of
+                # frames: the windows, not the batch's whole clips).
                 if len(bs) == 1:
                     x = held[bs[0]]
-                    pos = clips - bs[0] * self.block
-                else:  # the batch spans blocks: gather each block's clips into place
-                    x = None
+                    yield self.model.gather_units(x, _index(clips - bs[0] * self.block, x.device),
+                                                  off.to(x.device))  # [b, D]
+                else:  # the batch spans blocks: gather each block's units into place
+                    units = None
                     for b in bs:
                         sel = np.flatnonzero(clips // self.block == b)
-                        part = held[b].index_select(0, _index(clips[sel] - b * self.block,
-                                                              held[b].device))
-                        if x is None:
-                            x = part.new_empty((len(clips), *part.shape[1:]))
-                        x[_index(sel, x.device)] = part
-                    yield self.model.take_units(x, off.to(x.device))  # [b, D]
-                    pos = None
-                if pos is not None:
-                    yield self.model.take_units(x.index_select(0, _index(pos, x.device)),
-                                                off.to(x.device))  # [b, D]
+                        x = held[b]
+                        part = self.model.gather_units(
+                            x, _index(clips[sel] - b * self.block, x.device),
+                            _index(off.numpy()[sel], x.device))
+                        if units is None:
+                            units = part.new_empty((len(clips), *part.shape[1:]))
+                        units[_index(sel, units.device)] = part
+                    yield units  # [b, D]
                 for b in bs:
                     if last[b] == i:
                         del held[b]
