@@ -160,7 +160,8 @@ class Ensemble:
             if digest is not None and digest in seen:
                 raise InputError(f"{names[k]}: the same model as {names[seen[digest]]} "
                                  "(identical weights); give each member once")
-            seen.setdefault(digest, k)
+            if digest is not None:
+                seen.setdefault(digest, k)
         self.members = loaded
         self.names = names
 
