@@ -24,6 +24,10 @@ The report (``ae-eval MODEL FEATURES``), JSON, sections present only when asked 
                  arithmetic_mean, harmonic_mean, official_score, official_score_definition}
                 M (2022-2025) = {count, auc_source, auc_target, pauc, [precision_source,
                  precision_target, recall_*, f1_*]}; (2021) auc_/pauc_ source and target
+    ensemble    (--ensemble) {score, combination, column: "ensemble_z",
+                 members: [{path, sha256, arch, train_mean, train_std, train_n}],
+                 threshold: {method, quantile, n, value} | null}; anomaly.score, dcase.score
+                 are then "ensemble_z(SCORE)"
     submission  (--submission DIR) {files: [NAME], score, decisions}
     probe       {column, model, train_count, count, classes, accuracy, macro_f1,
                  majority_accuracy, converged}

@@ -164,6 +164,7 @@ class Ensemble:
                 seen.setdefault(digest, k)
         self.members = loaded
         self.names = names
+        self._stats: dict = {}  # score -> checked member statistics (read once)
 
     # what aekit.scoring reads from a model
     @property
@@ -184,7 +185,9 @@ class Ensemble:
 
     def stats(self, score: str) -> list[dict]:
         """Each member's checked ``member_stats`` for ``score`` (InputError on the first bad)."""
-        return [member_stats(m, score) for m in self.members]
+        if score not in self._stats:
+            self._stats[score] = [member_stats(m, score) for m in self.members]
+        return self._stats[score]
 
     def check(self, score: str) -> None:
         """InputError (one line) unless every member can give ``score`` and stores its
