@@ -119,7 +119,8 @@ def cli(model_path, inputs, output, threshold, score_name, ensemble, jobs, batch
     LOG.info("%d input file(s), %d job(s); clip shape %s", len(paths), jobs,
              list(params.clip_shape))
 
-    header = ["id", "path", "ensemble_z" if ensemble else "score"] + (["decision"] if threshold is not None else [])
+    header = (["id", "path", "ensemble_z" if ensemble else "score"]  # a z-score: not dB^2
+              + (["decision"] if threshold is not None else []))
     failed = scored = 0
     with common.progress(len(paths), "score", unit="files") as advance, \
             open_output(output) as fh:
