@@ -24,6 +24,10 @@ The report (``ae-eval MODEL FEATURES``), JSON, sections present only when asked 
                  arithmetic_mean, harmonic_mean, official_score, official_score_definition}
                 M (2022-2025) = {count, auc_source, auc_target, pauc, [precision_source,
                  precision_target, recall_*, f1_*]}; (2021) auc_/pauc_ source and target
+    ensemble    (--ensemble) {score, combination, column: "ensemble_z",
+                 members: [{path, sha256, arch, train_mean, train_std, train_n}],
+                 threshold: {method, quantile, n, value} | null}; anomaly.score, dcase.score
+                 are then "ensemble_z(SCORE)"
     submission  (--submission DIR) {files: [NAME], score, decisions}
     probe       {column, model, train_count, count, classes, accuracy, macro_f1,
                  majority_accuracy, converged}
@@ -70,6 +74,12 @@ ae-eval MODEL FEATURES [options]
                  section, AUC (source), AUC (target), pAUC, precision/recall/F1 per domain,
                  each type's means and official score, then over all types.
   --plots DIR    loss.png, spectrograms_best.png, spectrograms_worst.png, scores.png, roc.png.
+  --ensemble M2  (repeatable) models voting with MODEL: the anomaly score becomes the mean
+                 over members of each member's --score standardized on its training clips'
+                 scores (stored by ae-train): a z-score, column ensemble_z, report section
+                 'ensemble'; decisions at the 90th percentile of the training clips' ensemble
+                 z-scores when all members were trained on the same clips. reconstruction,
+                 mse and mae stay MODEL's.
 
 \b
 ae-eval --summarize REPORT.json...
@@ -84,6 +94,9 @@ Examples:
   ae-eval model1.safetensors features.h5 --splits splits.csv --split val --fold 1 \\
       --labels labels.csv --anomaly-column anomaly --group-by machine --plots plots1 -o fold1.json
   ae-eval --summarize fold*.json --table
+  ae-eval seed1.safetensors features.h5 --ensemble seed2.safetensors \\
+      --ensemble seed3.safetensors --splits splits.csv --split test --labels labels.csv \\
+      --anomaly-column anomaly
 
 \b
 See also: ae-train (makes MODEL), ae-encode (latent codes), ae-split (folds).
@@ -162,6 +175,10 @@ def _summarize(reports: tuple[str, ...], output: str | None, table: bool,
               help="The anomaly score: reconstruction MSE or MAE, or the Mahalanobis distance "
                    "of the clip's error vector to the statistics ae-train stored (min over "
                    "domains; adds a mahalanobis column to --scores).")
+@click.option("--ensemble", "ensemble", multiple=True, metavar="MODEL",
+              type=common.InputPath(dir_okay=False),
+              help="Another model voting with MODEL (repeatable): the anomaly score becomes the "
+                   "mean of the members' z-scores on their training scores (ensemble_z).")
 @click.option("--max-fpr", type=common.FiniteFloatRange(0, 1, min_open=True), default=0.1,
               show_default=True, help="Upper FPR bound p of the partial AUC (DCASE: 0.1).")
 @click.option("--scores", "scores_path", type=common.OutputPath(dir_okay=False, allow_dash=True),
@@ -197,6 +214,7 @@ def cli(inputs, summarize: bool, table: bool, all_metrics: bool, output: str | N
                       "--result-csv": "result_csv",
                       "--scores": "scores_path", "--plots": "plots_dir", "--log": "log_path"}
         used = [flag for flag, name in model_only.items() if opts[name] is not None]
+        used += ["--ensemble"] if opts["ensemble"] else []
         if used:
             common.fail_usage(f"{', '.join(used)} cannot be used with --summarize "
                               "(its arguments are JSON reports)")
@@ -212,7 +230,8 @@ def _evaluate(model: str, features: str, *, output, table, all_metrics, splits_p
               fold, labels_path, where, anomaly_column, group_by, probe_column, score_name, max_fpr,
               scores_path, plots_dir, log_path, batch_size, seed, device, protocol=None,
               type_column="machine_type", section_column="section",
-              domain_column="domain", submission_dir=None, result_csv=None) -> None:
+              domain_column="domain", submission_dir=None, result_csv=None,
+              ensemble=()) -> None:
     from contextlib import nullcontext
 
     from aekit import evaluation, metrics
@@ -223,6 +242,8 @@ def _evaluate(model: str, features: str, *, output, table, all_metrics, splits_p
         common.fail_usage("--result-csv needs --protocol")
     check_regular_file(model, "a model file")
     check_regular_file(features, "a features file")
+    for path in ensemble:
+        check_regular_file(path, "a model file")
     if plots_dir:  # the PNGs replace same-named files in DIR: none may be an input
         from aekit.plots import plot_paths
 
@@ -239,7 +260,7 @@ def _evaluate(model: str, features: str, *, output, table, all_metrics, splits_p
         report, per_clip = evaluation.evaluate_file(
             model, features, opts, splits_path, split_name, fold, batch_size,
             resolve_device(device), command=common.command_line(), log_path=log_path,
-            progress=common.progress, where=where)
+            progress=common.progress, where=where, ensemble=ensemble)
     if plots_dir and isinstance(report.get("plots"), dict):  # name the final paths
         import os
 

@@ -32,10 +32,18 @@ than --max-fail-frac of the inputs failed.
 uses the threshold ae-train stored in the model (the 90th percentile of a gamma
 distribution fitted to its training clips' scores, as in the DCASE baselines).
 
+--ensemble M2 (repeatable) adds models that vote with MODEL: each member scores the
+clip (--score applies to every member), each score is standardized on that member's
+training clips' scores (stored by ae-train), and the column ensemble_z (in place of
+score) is their mean: a z-score, not dB^2. The members must take the same features;
+--threshold model is then the 90th percentile of the training clips' ensemble z-scores,
+available when all members were trained on the same clips.
+
 \b
 Examples:
   ae-score model.safetensors new/ -o scores.csv
   find new -name '*.wav' | ae-score model.safetensors - --threshold model | head
+  ae-score seed1.safetensors new/ --ensemble seed2.safetensors --ensemble seed3.safetensors
 
 See also: ae-featurize, ae-train, ae-eval.
 """
@@ -63,13 +71,17 @@ def _threshold(ctx, param, value):
               default="mse", show_default=True,
               help="The score: reconstruction MSE (dB^2), or the Mahalanobis distance of the "
                    "clip's error vector to the statistics ae-train stored (min over domains).")
+@click.option("--ensemble", "ensemble", multiple=True, metavar="MODEL",
+              type=common.RegularFile("model file"),
+              help="Another model voting with MODEL (repeatable): the score becomes the mean "
+                   "of the members' z-scores on their training scores (column ensemble_z).")
 @common.jobs_option
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
               help="Clips per forward pass (rows are written a batch at a time).")
 @common.audio_input_options("A bad input: report it and write a row with an empty score, or stop at once.")
 @common.device_option
 @common.verbosity_options
-def cli(model_path, inputs, output, threshold, score_name, jobs, batch_size, on_error,
+def cli(model_path, inputs, output, threshold, score_name, ensemble, jobs, batch_size, on_error,
         max_fail_frac, root, device):
     from aekit.audio import common_root, discover, make_ids
     from aekit.device import resolve_device
@@ -80,8 +92,17 @@ def cli(model_path, inputs, output, threshold, score_name, jobs, batch_size, on_
     from aekit.scoring import check_score, model_params, score_files, stored_threshold
 
     model = load_model(model_path, resolve_device(device))
+    if ensemble:  # aekit.ensemble: members checked alike, scores combined as z-scores
+        from aekit.ensemble import Ensemble
+
+        model = Ensemble([model, *(load_model(p, resolve_device(device)) for p in ensemble)])
     params = model_params(model)  # refuses a model without feature parameters
     check_score(model, score_name)  # mahalanobis: refused when the model stores no statistics
+    if threshold == "model" and ensemble:
+        fitted = model.threshold(score_name)
+        threshold = fitted["value"]
+        LOG.info("threshold %.6g (ensemble z-score: the %g quantile of the training clips')",
+                 threshold, fitted["quantile"])
     if threshold == "model" and score_name != "mse":
         raise InputError("--threshold model is the model's MSE threshold; with --score "
                          f"{score_name} give --threshold a number")
@@ -98,7 +119,8 @@ def cli(model_path, inputs, output, threshold, score_name, jobs, batch_size, on_
     LOG.info("%d input file(s), %d job(s); clip shape %s", len(paths), jobs,
              list(params.clip_shape))
 
-    header = ["id", "path", "score"] + (["decision"] if threshold is not None else [])
+    header = (["id", "path", "ensemble_z" if ensemble else "score"]  # a z-score: not dB^2
+              + (["decision"] if threshold is not None else []))
     failed = scored = 0
     with common.progress(len(paths), "score", unit="files") as advance, \
             open_output(output) as fh:

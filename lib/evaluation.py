@@ -87,6 +87,7 @@ class EvalOptions:
     history: list | None = None  # training records for the loss plot
     plot_clips: int = 2  # best and worst clips shown
     seed: int = 42
+    ensemble: object = None  # an aekit.ensemble.Ensemble whose first member is the model
 
 
 @dataclass
@@ -219,6 +220,11 @@ def evaluate(model: LoadedModel, ff: FeatureFile, rows: np.ndarray, split_names:
         from .mahalanobis import model_stats
 
         model_stats(model)  # refused before any forward pass
+    ens = opts.ensemble
+    if ens is not None:
+        if ens.members[0] is not model:
+            raise ValueError("the ensemble's first member must be the evaluated model")
+        ens.check(opts.score)  # every member stores its training statistics: before any pass
     if (opts.anomaly_column or opts.group_by or opts.probe_column or opts.protocol) \
             and not opts.labels_path:
         raise InputError("--anomaly-column, --group-by, --protocol and --probe-column need "
@@ -230,12 +236,15 @@ def evaluate(model: LoadedModel, ff: FeatureFile, rows: np.ndarray, split_names:
     if opts.submission:
         if not opts.labels_path:
             raise InputError("--submission needs --labels (machine type and section columns)")
-        if opts.score != "mse":
+        if ens is not None:
+            ens.threshold(opts.score)  # InputError now when the ensemble has none
+        elif opts.score != "mse":
             raise InputError("--submission needs --score mse: the decisions use the model's "
                              "threshold, which is on the MSE")
-        from .scoring import stored_threshold
+        else:
+            from .scoring import stored_threshold
 
-        stored_threshold(model)  # InputError now, before any pass, when there is none
+            stored_threshold(model)  # InputError now, before any pass, when there is none
     train_rows = None
     if opts.probe_column:
         if opts.train_rows is None:
@@ -267,9 +276,26 @@ def evaluate(model: LoadedModel, ff: FeatureFile, rows: np.ndarray, split_names:
     if sc.mahalanobis is not None:
         table["mahalanobis"] = sc.mahalanobis
     score = {"mse": sc.mse, "mae": sc.mae, "mahalanobis": sc.mahalanobis}[opts.score]
+    score_name, ens_threshold = opts.score, None
+    if ens is not None:  # each member's scores, standardized and averaged (aekit.ensemble)
+        member_scores = [score]
+        for m in ens.members[1:]:
+            ms = score_rows(m, ff, rows, batch_size, device,
+                            mahalanobis=opts.score == "mahalanobis")
+            member_scores.append({"mse": ms.mse, "mae": ms.mae,
+                                  "mahalanobis": ms.mahalanobis}[opts.score])
+        score = ens.combine(member_scores, opts.score)
+        score_name = f"ensemble_z({opts.score})"
+        table["ensemble_z"] = score
+        report["ensemble"] = ens.describe(opts.score)
+        try:
+            ens_threshold = ens.threshold(opts.score)
+        except InputError as exc:
+            LOG.warning("no ensemble threshold, no decisions: %s", exc)
+        report["ensemble"]["threshold"] = ens_threshold
     if lab.anomaly is not None:
         report["anomaly"] = {
-            "column": opts.anomaly_column, "score": opts.score,
+            "column": opts.anomaly_column, "score": score_name,
             "pauc_definition": "official, as the dcase evaluators: roc_auc_score(max_fpr=max_fpr)"
                                " (McClish-standardized); pauc_raw: area for FPR in [0, max_fpr]"
                                " / max_fpr",
@@ -277,16 +303,21 @@ def evaluate(model: LoadedModel, ff: FeatureFile, rows: np.ndarray, split_names:
             **metrics.anomaly_report(lab.anomaly, score, lab.groups, opts.max_fpr),
         }
         stored = (model.info or {}).get("threshold")
-        decisions = None
-        if opts.score == "mse" and isinstance(stored, dict) and stored.get("value") is not None:
+        decisions = value = None
+        if ens is not None:
+            if ens_threshold is not None:
+                value, method = ens_threshold["value"], "ensemble empirical quantile"
+        elif (opts.score == "mse" and isinstance(stored, dict)
+              and stored.get("value") is not None):
             # Decisions at the threshold ae-train stored (ae-score --threshold model); the
             # same check as ae-score's (a finite number), so a damaged value is an error.
             from .scoring import stored_threshold
 
-            value = stored_threshold(model)
+            value, method = stored_threshold(model), stored.get("method")
+        if value is not None:
             decisions = (score > value).astype(np.int64)
             report["anomaly"]["threshold"] = {
-                "method": stored.get("method"),
+                "method": method,
                 **metrics.decision_report(lab.anomaly, score, value)}
             if lab.dcase is not None:  # per domain, as the DCASE 2021+ baselines report them
                 dm = lab.dcase["domains"]
@@ -298,7 +329,7 @@ def evaluate(model: LoadedModel, ff: FeatureFile, rows: np.ndarray, split_names:
             from .dcase import dcase_results
 
             report["dcase"] = {
-                "score": opts.score, "type_column": opts.type_column,
+                "score": score_name, "type_column": opts.type_column,
                 "section_column": opts.section_column, "domain_column": opts.domain_column,
                 "decisions": None if decisions is None else "score > the model's threshold",
                 **dcase_results(lab.dcase["types"], lab.dcase["sections"],
@@ -308,12 +339,13 @@ def evaluate(model: LoadedModel, ff: FeatureFile, rows: np.ndarray, split_names:
         from .dcase import submission_files
         from .scoring import stored_threshold
 
-        decided = (score > stored_threshold(model)).astype(np.int64)
+        cut = ens.threshold(opts.score)["value"] if ens is not None else stored_threshold(model)
+        decided = (score > cut).astype(np.int64)
         names = [Path(ff.paths[i]).name for i in rows]
         files = submission_files(lab.submission["types"], lab.submission["sections"], names,
                                  score, decided)
         table.attrs["submission"] = files
-        report["submission"] = {"files": sorted(files), "score": opts.score,
+        report["submission"] = {"files": sorted(files), "score": score_name,
                                 "decisions": "score > the model's threshold"}
     if train_rows is not None:
         z_train = _train_codes(model, ff, rows, sc.latents, train_rows, batch_size, device)
@@ -359,6 +391,8 @@ def make_plots(model: LoadedModel, ff: FeatureFile, rows: np.ndarray, sc: Scores
     else:
         hist_labels, hist_name = None, "label"
     xlabel = "reconstruction MSE (dB²)" if opts.score == "mse" else "reconstruction MAE (dB)"
+    if opts.ensemble is not None:
+        xlabel = f"ensemble z-score ({opts.score})"
     made["scores"] = str(plots.plot_score_histograms(score, hist_labels, out_dir / "scores.png",
                                                      xlabel=xlabel, label_name=hist_name))
     if lab.anomaly is not None:
@@ -438,10 +472,14 @@ def evaluate_file(model_path: str | os.PathLike, features_path: str | os.PathLik
                   split: str | None = None, fold: int | None = None,
                   batch_size: int = DEFAULT_BATCH, device: torch.device | str = "cpu",
                   command: str = "", log_path: str | os.PathLike | None = None,
-                  progress: ProgressFactory = null_progress, where: str | None = None):
+                  progress: ProgressFactory = null_progress, where: str | None = None,
+                  ensemble: Sequence[str | os.PathLike] = ()):
     """ae-eval as a function: return (the JSON report as a dict, the per-clip DataFrame).
 
     ``where`` keeps only the selected rows whose labels (``opts.labels_path``) match.
+    ``ensemble``: more model files voting with the model (``aekit.ensemble``): the anomaly
+    score is then the members' mean z-score (column ``ensemble_z``, report ``ensemble``);
+    each member must match the features and have been trained with the same fold.
 
     The probe's training rows are the train rows of ``fold`` (all train rows without a fold);
     the loss plot uses the model's history unless ``log_path`` (an ae-train --log CSV) is given.
@@ -452,6 +490,25 @@ def evaluate_file(model_path: str | os.PathLike, features_path: str | os.PathLik
 
     with open_inputs(model_path, features_path, splits_path, device) as (lm, ff, splits):
         fold = fold_for(lm, splits, fold)
+        if ensemble:
+            from .ensemble import Ensemble
+            from .modelfile import load_model
+
+            members = [lm]
+            for path in ensemble:
+                if str(path) == "-":
+                    raise InputError("--ensemble takes model file paths, not '-'")
+                m = load_model(path, device=device)
+                check_compatible(m, ff, str(path))
+                try:
+                    same = fold_for(m, splits, fold) == fold
+                except InputError as exc:
+                    raise InputError(f"{path}: {exc}") from None
+                if not same:
+                    raise InputError(f"{path}: trained with --fold {m.info.get('fold')}, "
+                                     f"{lm.path} without: evaluate them on the same fold")
+                members.append(m)
+            opts = replace(opts, ensemble=Ensemble(members))
         rows = restrict_rows(ff.ids, select_rows(ff.ids, splits, split, fold), opts.labels_path,
                              where)
         if log_path:

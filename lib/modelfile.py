@@ -211,7 +211,7 @@ def check_metadata(path, info) -> None:
     except InputError as exc:
         raise InputError(f"{path}: bad model metadata: {exc}") from None
     types = {"feature_params": dict, "history": list, "threshold": dict, "normalize": str,
-             "tensors_sha256": str}
+             "tensors_sha256": str, "training_scores": dict}  # (aekit.ensemble checks it)
     for key, typ in types.items():
         if key in info and not isinstance(info[key], typ):
             raise InputError(f"{path}: bad model metadata: {key} is a {type(info[key]).__name__}, "

@@ -168,6 +168,8 @@ def check_score(model, score: str) -> None:
     stores no Mahalanobis statistics."""
     if score not in SCORES:
         raise InputError(f"unknown score {score!r}: use {' or '.join(SCORES)}")
+    if getattr(model, "is_ensemble", False):  # aekit.ensemble: every member, its statistics
+        return model.check(score)
     if score == "mahalanobis":
         from .mahalanobis import model_stats
 
@@ -180,11 +182,14 @@ def score_features(model, x: np.ndarray, batch_size: int = DEFAULT_BATCH,
     MSE dB^2 (``score="mse"``) or the Mahalanobis distance of the clips' error vectors, the
     minimum over the domains the model stores (``score="mahalanobis"``, aekit.mahalanobis).
 
-    ``model`` is a LoadedModel or a model file path."""
+    ``model`` is a LoadedModel or a model file path; an ``aekit.ensemble.Ensemble`` gives
+    its members' combined z-scores."""
     import torch
 
     model = _as_model(model)
     check_score(model, score)
+    if getattr(model, "is_ensemble", False):
+        return model.score_features(x, batch_size, score)
     x = check_clips(model, x)
     _check_batch(batch_size)
     device = next(iter(model.model.parameters())).device
@@ -410,12 +415,16 @@ def training_threshold(model, normalizer, features: str | os.PathLike, rows: np.
 
 def training_fit(model, normalizer, features: str | os.PathLike, rows: np.ndarray,
                  domains: np.ndarray | None = None, device="cpu",
-                 quantile: float = THRESHOLD_QUANTILE) -> tuple[dict, dict | None]:
+                 quantile: float = THRESHOLD_QUANTILE, scores_out: dict | None = None
+                 ) -> tuple[dict, dict | None]:
     """(``fit_threshold`` of the training clips' MSE scores, Mahalanobis statistics
     {domain: (mean, icov, n)} or None), from one pass over ``rows`` of a features file with
     the model in eval mode: what ``ae-train`` stores with the kept weights. ``domains``: the
     domain of each row (None: one domain 'all'). No statistics (None, logged) when the
-    error vectors are longer than ``aekit.mahalanobis.MAX_DIM`` or no domain has 2 clips."""
+    error vectors are longer than ``aekit.mahalanobis.MAX_DIM`` or no domain has 2 clips.
+    ``scores_out`` (a dict), when given, receives the training clips' ids ("ids") and their
+    scores {"mse", "mae", "mahalanobis" (None without statistics)}: float64 [N] in row order
+    (``aekit.ensemble.training_stats``)."""
     import torch
 
     from . import mahalanobis as mh
@@ -431,16 +440,20 @@ def training_fit(model, normalizer, features: str | os.PathLike, rows: np.ndarra
         LOG.warning("no Mahalanobis statistics stored: error vectors of %d values (limit %d)",
                     dim, mh.MAX_DIM)
     mse = np.empty(rows.size, dtype=np.float64)
+    mae = np.empty(rows.size, dtype=np.float64)
     vec = np.empty((rows.size, dim), dtype=np.float64) if want else None
     was_training = model.training
     model.eval()
     pos = 0
     try:
         with FeatureFile(features) as ff, torch.inference_mode():
+            if scores_out is not None:
+                scores_out["ids"] = [ff.ids[i] for i in rows]
             for _, block in ff.iter_blocks(rows, block=EVAL_BATCH):
                 x = torch.from_numpy(block).to(device)
                 k = block.shape[0]
-                mse[pos:pos + k] = lm.score(x)[0].cpu().numpy()
+                e2, e1 = lm.score(x)
+                mse[pos:pos + k], mae[pos:pos + k] = e2.cpu().numpy(), e1.cpu().numpy()
                 if want:
                     vec[pos:pos + k] = mh.error_vectors(model, normalizer, x).cpu().numpy()
                 pos += k
@@ -456,4 +469,7 @@ def training_fit(model, normalizer, features: str | os.PathLike, rows: np.ndarra
             dom = (np.full(rows.size, mh.ALL, dtype=object) if domains is None
                    else np.asarray(domains, dtype=object))
             stats = mh.fit(vec, dom) or None
+    if scores_out is not None:
+        scores_out.update(mse=mse, mae=mae, mahalanobis=None if stats is None else
+                          mh.distances(vec, {d: v[:2] for d, v in stats.items()}))
     return threshold, stats

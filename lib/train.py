@@ -525,7 +525,7 @@ def train(features: str | os.PathLike, output: str | os.PathLike, settings: Trai
         from .mahalanobis import train_domains
         from .scoring import training_fit
 
-        mahalanobis = None
+        mahalanobis = training_scores = None
         try:
             try:
                 with FeatureFile(features) as ff:
@@ -533,8 +533,12 @@ def train(features: str | os.PathLike, output: str | os.PathLike, settings: Trai
             except AekitError as exc:
                 LOG.warning("Mahalanobis statistics fitted as one domain: %s", exc)
                 domains = None
+            fitted: dict = {}  # the training clips' scores, for ensembles (aekit.ensemble)
             threshold, mahalanobis = training_fit(model, norm, features, rows.train, domains,
-                                                  device)
+                                                  device, scores_out=fitted)
+            from .ensemble import training_stats
+
+            training_scores = training_stats(fitted["ids"], fitted)
         except AekitError as exc:  # the model is still worth writing: say why none is stored
             LOG.warning("no decision threshold stored in the model: %s", exc)
             threshold = None
@@ -546,7 +550,9 @@ def train(features: str | os.PathLike, output: str | os.PathLike, settings: Trai
                    best_epoch=state.best_epoch, best_val_loss=state.best_val, weights=weights,
                    epochs_run=len(state.history), stopped_early=state.stopped_early,
                    world_size=dist.world, device=str(device), loss_units="dB^2",
-                   threshold=threshold, mahalanobis_stats=mahalanobis, **(meta or {}))
+                   threshold=threshold, mahalanobis_stats=mahalanobis,
+                   **({"training_scores": training_scores} if training_scores else {}),
+                   **(meta or {}))
     dist.barrier()
     return TrainResult(history=state.history, best_epoch=state.best_epoch,
                        best_val_loss=state.best_val, stopped_early=state.stopped_early,
