@@ -25,7 +25,6 @@ from conftest import exe, invoke, write_tone
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork, pipes")
 
-MEL = ["--num-samples", "2304", "--n-mels", "4"]
 FIRST_ROWS_S = 45  # bounded wait for the first rows (a loaded machine starts slowly)
 
 
@@ -35,19 +34,27 @@ def rows_of(text: str) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from aekit.cmds import featurize, train
+    """8 short tones and a small untrained model (built, not trained: fast) that records the
+    feature parameters ae-score featurizes them with."""
+    import torch
+
+    from aekit.features import MelParams
+    from aekit.modelfile import Normalizer, save_model
+    from aekit.models import AEConfig, build_model
 
     root = tmp_path_factory.mktemp("stream22")
     audio = root / "a"
     for i in range(8):
         write_tone(audio / f"m{i}.wav", sr=16000, seconds=0.2, channels=1 + i % 2,
                    freq=300 + 40 * i, seed=i)
-    feats, model = root / "f.h5", root / "m.safetensors"
-    invoke(featurize.cli, [audio, "-o", feats, "-j", "1", "-q", *MEL])
-    invoke(train.cli, [feats, "-o", model, "--hidden", "16,8", "--latent", "4", "--epochs", "2",
-                       "--batch-size", "4", "-q"])
-    wavs = sorted(audio.glob("*.wav"))
-    return {"root": root, "audio": audio, "model": model, "wavs": wavs}
+    params = MelParams(num_samples=2304, n_mels=4)
+    shape = tuple(params.clip_shape)
+    x = np.random.default_rng(0).normal(-40, 6, (16, *shape)).astype(np.float32)
+    torch.manual_seed(0)
+    net = build_model(AEConfig(input_shape=shape, hidden=(16, 8), latent=4)).eval()
+    model = root / "m.safetensors"
+    save_model(model, net, Normalizer("global", dim=x[0].size).fit([x]), params.to_attrs())
+    return {"root": root, "audio": audio, "model": model, "wavs": sorted(audio.glob("*.wav"))}
 
 
 def _children() -> set[int]:
