@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHES = ["bench_featurize.py", "bench_train.py", "bench_stream.py", "bench_infer.py"]
+BENCHES = ["bench_featurize.py", "bench_train.py", "bench_stream.py", "bench_infer.py",
+           "bench_score.py"]
 
 
 def main() -> int:

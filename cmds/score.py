@@ -20,9 +20,13 @@ score is the clip's reconstruction MSE in dB^2 (higher: more anomalous), the sam
 number ae-featurize + ae-eval --scores give. Rows (id,path,score) come in input order,
 a batch at a time, so a long stream runs in constant memory and '| head' works.
 
-INPUTS are audio files and directories (searched recursively by extension), or
-'-' alone to read paths from stdin, one per line; ids as in ae-featurize (relative
-to the inputs' common root or --root, without extension). A file that cannot be
+INPUTS are audio files and directories (searched recursively by extension; ids as in
+ae-featurize: relative to the inputs' common root or --root, without extension), or
+'-' alone to read paths from stdin, one per line, as they come: the first rows come out
+while the list is still being written, and the list is never held (a path listed twice
+gets two rows; ids are the paths as listed, or relative to --root, without extension).
+Every forward pass is a full --batch-size (padded), so scores never depend on when the
+list paused. A file that cannot be
 decoded, or that is listed on stdin but does not exist, is reported on stderr and gets
 a row with an empty score (and decision);
 --on-error fail stops at the first one instead, and the run fails (exit 1) when more
