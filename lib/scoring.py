@@ -339,6 +339,11 @@ def score_files(model, paths: Sequence[str | os.PathLike], ids: Sequence[str] | 
                 raise ValueError("paths and ids differ in length")
             id_of = lambda index, path: id_list[index]  # noqa: E731
     _check_batch(batch_size)
+    size = 4 * batch_size * math.prod(params.clip_shape)
+    if size > MAX_BATCH_BYTES:  # every batch is padded to batch_size clips
+        raise InputError(f"batch size {batch_size}: a batch of clips {list(params.clip_shape)} "
+                         f"would take {size / 2**30:.1f} GiB (limit "
+                         f"{MAX_BATCH_BYTES / 2**30:g} GiB); give a smaller batch size")
     _check_jobs(jobs)
     if stream:
         from .pathstream import iter_features_stream
@@ -367,6 +372,9 @@ def _stream_ids(ids):
             raise ValueError("paths and ids differ in length (ids ran out)") from None
     return id_of
 
+
+#: The largest batch of clips score_files holds (every batch is padded to its full size).
+MAX_BATCH_BYTES = 2 << 30
 
 #: Rows held for the batch in progress before they are written anyway (failures between
 #: scored clips): past this many, the batch is scored padded and its rows are yielded.
@@ -399,26 +407,31 @@ def _score_files(model, params, items, id_of, batch_size: int,
             score = None if slot is None else float(scores[slot])
             yield ScoreRecord(it.index, id_of(it.index, it.path), it.path, score, it.error)
 
-    for item in items:
-        if item is IDLE:
-            yield from emit()
-            continue
-        if item.error is not None:
-            held.append((item, None))
-            if len(held) == 1 or len(held) >= HELD_LIMIT:  # nothing before it to wait for
+    try:
+        for item in items:
+            if item is IDLE:
                 yield from emit()
-            continue
-        if buf is None:
-            buf = np.zeros((batch_size, *item.features.shape), dtype=np.float32)
-        buf[slots] = item.features
-        held.append((item, slots))
-        slots += 1
-        if slots == batch_size:
-            yield from emit()
-            slots = 0
-        elif len(held) >= HELD_LIMIT:
-            yield from emit()
-    yield from emit()
+                continue
+            if item.error is not None:
+                held.append((item, None))
+                if len(held) == 1 or len(held) >= HELD_LIMIT:  # nothing before it to wait for
+                    yield from emit()
+                continue
+            if buf is None:
+                buf = np.zeros((batch_size, *item.features.shape), dtype=np.float32)
+            buf[slots] = item.features
+            held.append((item, slots))
+            slots += 1
+            if slots == batch_size:
+                yield from emit()
+                slots = 0
+            elif len(held) >= HELD_LIMIT:
+                yield from emit()
+        yield from emit()
+    finally:  # closed early, or an error: the workers stop now, not when collected
+        close = getattr(items, "close", None)
+        if close is not None:
+            close()
 
 
 # ------------------------------------------------------------------ threshold

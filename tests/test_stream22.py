@@ -295,3 +295,14 @@ def test_the_watchdog_names_the_stuck_input_of_a_stream(setup, monkeypatch):
         list(aekit.score_files(model, LineReader(fh.fileno()), jobs=2))
     assert time.monotonic() - t0 < 30
     assert _children() <= before
+
+
+def test_a_batch_too_large_to_pad_is_refused_before_any_work(setup):
+    """Every batch is padded to --batch-size clips: one that would not fit is refused at
+    once (before, a short run with --batch-size 10**9 held only its few clips)."""
+    import aekit
+    from aekit.errors import InputError
+
+    with pytest.raises(InputError, match=r"batch size 100000000: a batch of clips \[2, 4, 10\] "
+                                         r"would take 29\.8 GiB \(limit 2 GiB\)"):
+        aekit.score_files(setup["model"], [setup["wavs"][0]], batch_size=10**8)
