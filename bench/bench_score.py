@@ -11,9 +11,8 @@ files/s are marginal, start-up cancelled (the whole set's time minus that of its
 quarter, both measured), as in bench_featurize. Printed: files/s, ae-score's ratio to
 ae-featurize's files/s (target >= 1.0: ae-score does the same decoding and features and
 writes no HDF5) and the stdin list's ratio to the directory (target >= 0.9). --many N
-(default 10000, 0 skips) adds a row: N inputs listed on a pipe (the clips listed again),
-the ae-score process's largest RSS over the first tenth of the rows and over the whole run
-(target: flat, within 5 %; a batch's forward pass comes and goes, hence peaks).
+(default 10000, 0 skips) adds a row: the peak RSS of ae-score reading N/10 and N inputs
+listed on a pipe (the clips listed again), target: flat (the larger within 5 %).
 Usage: python bench/bench_score.py [--clips 400] [--many 10000] [--device auto] [--jobs N]
 """
 
@@ -91,35 +90,28 @@ def marginal(fn, n_all: int, n_quarter: int) -> dict:
             "startup_s": max(0.0, t_q - (t_all - t_q) * n_quarter / (n_all - n_quarter))}
 
 
-def rss_over_run(cmd: list[str], listing: list[str]) -> dict:
-    """RSS (MiB) of ae-score reading ``listing`` on a pipe: the most over its first tenth
-    of rows, and the most over the run (sampled every 50 ms from /proc)."""
-    p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+def peak_rss(cmd: list[str], listing: list[str]) -> dict:
+    """Peak RSS (MiB, VmHWM sampled every 50 ms from /proc) of ae-score reading ``listing``
+    on a pipe, and its files/s."""
+    p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                          stderr=subprocess.DEVNULL, text=True)
     text = "".join(f"{s}\n" for s in listing)
     threading.Thread(target=lambda: (p.stdin.write(text), p.stdin.close()), daemon=True).start()
-    rows = [0]
-    threading.Thread(target=lambda: [rows.__setitem__(0, rows[0] + 1) for _ in p.stdout],
-                     daemon=True).start()
     status = Path(f"/proc/{p.pid}/status")
-    first, peak = None, 0.0
+    peak = 0.0
     t = time.perf_counter()
     while p.poll() is None:
         try:
             kb = next(int(x.split()[1]) for x in status.read_text().splitlines()
-                      if x.startswith("VmRSS:"))
+                      if x.startswith("VmHWM:"))
+            peak = max(peak, kb / 1024)
         except (OSError, StopIteration, ValueError):
-            break
-        mib = kb / 1024
-        if 0 < rows[0] < max(2, len(listing) // 10):
-            first = max(first or 0.0, mib)  # the first tenth's peak (batches come and go)
-        peak = max(peak, mib)
+            pass
         time.sleep(0.05)
     secs = time.perf_counter() - t
     if p.wait() != 0:
         raise SystemExit(f"{' '.join(cmd)} failed")
-    return {"n": len(listing), "first_tenth_mib": first, "peak_mib": peak,
-            "files_per_s": len(listing) / secs}
+    return {"n": len(listing), "peak_mib": peak, "files_per_s": len(listing) / secs}
 
 
 def main() -> None:
@@ -166,8 +158,9 @@ def main() -> None:
         many = None
         if args.many:
             listing = [str(clips[i % len(clips)]) for i in range(args.many)]
-            many = rss_over_run([str(BIN / "ae-score"), str(model), "-", "--device",
-                                 args.device, "-q", *jobs], listing)
+            cmd = [str(BIN / "ae-score"), str(model), "-", "--device", args.device, "-q", *jobs]
+            many = {"tenth": peak_rss(cmd, listing[:max(1, args.many // 10)]),
+                    "all": peak_rss(cmd, listing)}
     f = res["featurize"]["files_per_s"]
     rows = [("ae-featurize (dir -> HDF5)", f"{f:.1f}", "1.00x", "-"),
             ("ae-score (dir)", f"{res['score_dir']['files_per_s']:.1f}",
@@ -189,11 +182,12 @@ def main() -> None:
           f"on a pipe >= {TARGETS['stdin_vs_dir']:.1f}x the directory: "
           f"{'met' if r2 >= TARGETS['stdin_vs_dir'] else 'NOT met'} ({r2:.2f}x)")
     if many:
-        grow = many["peak_mib"] / many["first_tenth_mib"] - 1
-        print(f"ae-score, {many['n']:,} inputs listed on a pipe: largest RSS "
-              f"{many['first_tenth_mib']:.0f} MiB over the first tenth, {many['peak_mib']:.0f} MiB over the run ({grow:+.1%}), "
-              f"{many['files_per_s']:.0f} files/s; target flat (<= "
-              f"{TARGETS['rss_growth']:.0%}): {'met' if grow <= TARGETS['rss_growth'] else 'NOT met'}")
+        a, b = many["tenth"], many["all"]
+        grow = b["peak_mib"] / a["peak_mib"] - 1
+        print(f"ae-score, inputs listed on a pipe: peak RSS {a['peak_mib']:.0f} MiB for "
+              f"{a['n']:,}, {b['peak_mib']:.0f} MiB for {b['n']:,} ({grow:+.1%}; "
+              f"{b['files_per_s']:.0f} files/s); target flat (<= {TARGETS['rss_growth']:.0%}): "
+              f"{'met' if grow <= TARGETS['rss_growth'] else 'NOT met'}")
         result["many"] = {**many, "growth": grow}
     save("score", result)
 
