@@ -23,7 +23,6 @@ Usage: python bench/bench_score.py [--clips 400] [--many 10000] [--device auto] 
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import tempfile
