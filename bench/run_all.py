@@ -21,9 +21,10 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 BENCHES = ["bench_featurize.py", "bench_train.py", "bench_frames.py", "bench_stream.py",
-           "bench_infer.py"]
+           "bench_infer.py", "bench_score.py"]
 #: The benchmarks whose rows run a model: they take --device.
-ON_DEVICE = {"bench_train.py", "bench_frames.py", "bench_stream.py", "bench_infer.py"}
+ON_DEVICE = {"bench_train.py", "bench_frames.py", "bench_stream.py", "bench_infer.py",
+             "bench_score.py"}
 
 
 def command(name: str, device: str) -> list[str]:

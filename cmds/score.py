@@ -20,9 +20,13 @@ score is the clip's reconstruction MSE in dB^2 (higher: more anomalous), the sam
 number ae-featurize + ae-eval --scores give. Rows (id,path,score) come in input order,
 a batch at a time, so a long stream runs in constant memory and '| head' works.
 
-INPUTS are audio files and directories (searched recursively by extension), or
-'-' alone to read paths from stdin, one per line; ids as in ae-featurize (relative
-to the inputs' common root or --root, without extension). A file that cannot be
+INPUTS are audio files and directories (searched recursively by extension; ids as in
+ae-featurize: relative to the inputs' common root or --root, without extension), or
+'-' alone to read paths from stdin, one per line, as they come: the first rows come out
+while the list is still being written, and the list is never held (a path listed twice
+gets two rows; ids are the paths as listed, or relative to --root, without extension).
+Every forward pass is a full --batch-size (padded), so scores never depend on when the
+list paused. A file that cannot be
 decoded, or that is listed on stdin but does not exist, is reported on stderr and gets
 a row with an empty score (and decision);
 --on-error fail stops at the first one instead, and the run fails (exit 1) when more
@@ -110,26 +114,42 @@ def cli(model_path, inputs, output, threshold, score_name, ensemble, jobs, batch
         threshold = stored_threshold(model)
         LOG.info("threshold %.6g (stored in %s, method %s)", threshold, model_path,
                  model.info["threshold"].get("method"))
-    paths = discover(list(inputs), sys.stdin if list(inputs) == ["-"] else None)
-    common.check_output_not_among(output, paths)
-    ids = make_ids(paths, root if root is not None else common_root(list(inputs), paths))
-    if len(set(ids)) != len(ids):
-        raise InputError("ids are not unique")
+    stream = list(inputs) == ["-"]
     jobs = jobs or available_cpus()
-    LOG.info("%d input file(s), %d job(s); clip shape %s", len(paths), jobs,
-             list(params.clip_shape))
+    out_stat = None
+    if stream:  # read as it comes: never held, the first rows before the list's end
+        from aekit.pathstream import listed_id, stdin_paths
+
+        paths = stdin_paths(sys.stdin)
+        ids = (lambda p: listed_id(p, root))  # noqa: E731
+        out_stat = _stat(output)
+        LOG.info("paths from stdin, scored as they are read; %d job(s); clip shape %s", jobs,
+                 list(params.clip_shape))
+    else:
+        paths = discover(list(inputs))
+        common.check_output_not_among(output, paths)
+        ids = make_ids(paths, root if root is not None else common_root(list(inputs), paths))
+        if len(set(ids)) != len(ids):
+            raise InputError("ids are not unique")
+        LOG.info("%d input file(s), %d job(s); clip shape %s", len(paths), jobs,
+                 list(params.clip_shape))
 
     header = (["id", "path", "ensemble_z" if ensemble else "score"]  # a z-score: not dB^2
               + (["decision"] if threshold is not None else []))
     failed = scored = 0
-    with common.progress(len(paths), "score", unit="files") as advance, \
+    with common.progress(None if stream else len(paths), "score", unit="files") as advance, \
             open_output(output) as fh:
-        fh.write(",".join(header) + "\n")
         records = score_files(model, paths, ids, jobs=jobs, batch_size=batch_size,
                               score=score_name)
         try:
             last = -1
             for rec in records:
+                if out_stat is not None and _same_file(out_stat, rec.path):
+                    raise common.CommandError(
+                        f"-o/--output {output} is the same file as input {rec.path}: refusing "
+                        "to overwrite an input; choose another output", exit_code=2)
+                if last < 0:
+                    fh.write(",".join(header) + "\n")
                 if rec.error is not None:
                     failed += 1
                     if on_error == "fail":
@@ -150,13 +170,36 @@ def cli(model_path, inputs, output, threshold, score_name, ensemble, jobs, batch
                 advance(1)
         finally:
             records.close()
-        total = len(paths)
+        total = last + 1
+        if total == 0:
+            raise InputError("no paths on stdin")
         if total and failed / total > max_fail_frac:
             raise DataError(f"{failed} of {total} inputs failed ({100 * failed / total:.1f}% > "
                             f"--max-fail-frac {max_fail_frac:g})"
                             + ("; no output written" if output not in (None, "-") else ""))
-    LOG.info("Done %d of %d (%d failed) -> %s", scored, len(paths), failed,
+    LOG.info("Done %d of %d (%d failed) -> %s", scored, total, failed,
              "stdout" if output in (None, "-") else output)
+
+
+def _stat(output):
+    """os.stat of an existing -o file (None: stdout, or no such file yet)."""
+    import os
+
+    if output is None or str(output) == "-":
+        return None
+    try:
+        return os.stat(output)
+    except OSError:
+        return None
+
+
+def _same_file(st, path: str) -> bool:
+    import os
+
+    try:
+        return os.path.samestat(st, os.stat(path))
+    except (OSError, ValueError):
+        return False
 
 
 def _csv_field(value: str) -> str:

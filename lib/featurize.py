@@ -417,14 +417,17 @@ class _Workers:
     an error, Ctrl-C or an early close, SIGKILL at once (nothing a killed worker held can
     block anyone) and a join, so that no worker outlives the call."""
 
-    def __init__(self, n: int, frontend: MelFrontend, tasks: list, stall: float):
+    def __init__(self, n: int, frontend: MelFrontend, tasks: list | dict, stall: float,
+                 send_tasks: bool = False):
         from multiprocessing.sharedctypes import RawArray
 
         # fork is cheapest (workers inherit the imports, the frontend and the task list); on
         # macOS, where forking a process with threads is unsafe, and elsewhere, spawn.
+        # send_tasks: the tasks are made after the workers start (a stream of paths):
+        # ``tasks`` is then a dict {number: task} the caller fills, and each task is sent.
         forked = sys.platform.startswith("linux")
         ctx = mp.get_context("fork" if forked else "spawn")
-        self.tasks, self.stall, self.forked = tasks, stall, forked
+        self.tasks, self.stall, self.forked = tasks, stall, forked and not send_tasks
         self.progress = RawArray("q", 2 * n)  # per worker: input index in work, files started
         self.procs, self.inboxes, self.outboxes = [], [], []
         self.busy: list[list[int]] = [[] for _ in range(n)]  # task numbers sent, not returned
@@ -435,8 +438,8 @@ class _Workers:
                 task_r, task_w = ctx.Pipe(duplex=False)
                 res_r, res_w = ctx.Pipe(duplex=False)
                 p = ctx.Process(target=_worker_main, daemon=True, name=f"aekit-featurize-{slot}",
-                                args=(slot, frontend, tasks if forked else None, task_r, res_w,
-                                      self.progress, os.getpid(),
+                                args=(slot, frontend, tasks if self.forked else None, task_r,
+                                      res_w, self.progress, os.getpid(),
                                       [*self.inboxes, *self.outboxes] if forked else []))
                 self.procs.append(p)
                 self.inboxes.append(task_w)
@@ -488,6 +491,36 @@ class _Workers:
                 if r in ends and not self.outboxes[ends[r]].poll():
                     self._died(ends[r])
             self._watch()
+
+    def collect(self, extra: Sequence = (), timeout: float | None = None) -> list:
+        """One round of :meth:`results` that does not wait for every task: the (task number,
+        result) pairs that arrive within ``timeout`` seconds (default min(1, stall)), or at
+        once when one of ``extra`` (file descriptors: an input being read) becomes ready.
+        Same failures as :meth:`results`: a dead worker or the watchdog's stall."""
+        from multiprocessing.connection import wait
+
+        conns = {c: s for s, c in enumerate(self.outboxes)}
+        ends = {p.sentinel: s for s, p in enumerate(self.procs)}
+        ready = wait([*conns, *ends, *extra],
+                     timeout=min(1.0, self.stall) if timeout is None else timeout)
+        got = []
+        for r in ready:  # results first: a worker may have sent one and then died
+            if r in conns:
+                slot = conns[r]
+                try:
+                    n, result, exc = r.recv()
+                except (EOFError, OSError):
+                    self._died(slot)
+                if exc is not None:
+                    raise exc
+                self.busy[slot].remove(n)
+                self.seen[slot] = (self.progress[2 * slot + 1], time.monotonic())
+                got.append((n, result))
+        for r in ready:
+            if r in ends and not self.outboxes[ends[r]].poll():
+                self._died(ends[r])
+        self._watch()
+        return got
 
     def _watch(self) -> None:
         now = time.monotonic()

@@ -270,17 +270,29 @@ def score_array(model, waves: np.ndarray, sample_rate: int | None = None,
 
 # ------------------------------------------------------------------ files -> scores
 
+def _is_stream(paths) -> bool:
+    """Whether ``paths`` is read as a stream (an iterator, a generator, a file of paths, an
+    aekit.pathstream.PathSource), not a sequence held by the caller (list, tuple, ...)."""
+    from collections.abc import Sequence as _Seq
+
+    return (not isinstance(paths, (str, bytes, os.PathLike, _Seq))
+            and hasattr(paths, "__iter__") and not hasattr(paths, "__len__"))
+
+
 def featurize_files(paths: Sequence[str | os.PathLike], params=None, jobs: int | None = None):
     """Iterate over ``Featurized(index, path, features [C, M, T] | None, meta, error)`` in input
     order, computed in worker processes. ``paths``: a sequence of paths (one str is refused:
-    give ``[path]``); a path that is missing or undecodable gives ``features=None`` and its
-    reason. ``params``: a MelParams, a dict of MelParams fields (an unknown key is an
-    InputError naming the valid ones), a LoadedModel or a model file path (its parameters);
-    None: the defaults."""
+    give ``[path]``), or an iterator of paths (a generator, an aekit.pathstream source), read
+    as the work needs it, never held; a path that is missing or undecodable gives
+    ``features=None`` and its reason. ``params``: a MelParams, a dict of MelParams fields (an
+    unknown key is an InputError naming the valid ones), a LoadedModel or a model file path
+    (its parameters); None: the defaults."""
     from .features import MelParams
     from .featurize import iter_features
 
-    paths = _path_list(paths)
+    stream = _is_stream(paths)
+    if not stream:
+        paths = _path_list(paths)
     _check_jobs(jobs)
     if params is None:
         params = MelParams()
@@ -288,6 +300,10 @@ def featurize_files(paths: Sequence[str | os.PathLike], params=None, jobs: int |
         params = MelParams.from_dict(params)
     elif not isinstance(params, MelParams):
         params = model_params(_as_model(params))
+    if stream:
+        from .pathstream import IDLE, iter_features_stream
+
+        return (it for it in iter_features_stream(paths, params, jobs) if it is not IDLE)
     return iter_features(paths, params, jobs)
 
 
@@ -300,45 +316,127 @@ def score_files(model, paths: Sequence[str | os.PathLike], ids: Sequence[str] | 
     Each file is decoded and featurized with the parameters stored in the model, in
     ``jobs`` worker processes; a file that is missing or cannot be decoded gives a record
     with ``score=None`` and its reason. ``paths`` is a sequence of paths (one str is
-    refused with a TypeError: give ``[path]``). ``ids`` default to the paths. ``score``:
-    "mse" or "mahalanobis", as :func:`score_features`.
+    refused with a TypeError: give ``[path]``), or an iterator of paths (a generator, an
+    ``aekit.pathstream`` source such as the lines of a pipe): read as the work needs it and
+    never held, its first records come before its end is read. ``ids``: None (the paths), a
+    function path -> id, a sequence as long as a sequence of paths, or an iterable read in
+    step with an iterator of paths. ``score``: "mse" or "mahalanobis", as
+    :func:`score_features`.
+
+    Every forward pass is ``batch_size`` clips (a last or early batch is padded), so a clip's
+    score depends on its position in the input only, never on when a stream paused.
     """
     model = _as_model(model)
     check_score(model, score)
     params = model_params(model)
-    paths = _path_list(paths)
+    stream = _is_stream(paths)
     if ids is not None and isinstance(ids, (str, bytes)):
         raise TypeError("ids must be a sequence of strings, not one string")
-    ids = list(paths) if ids is None else [str(i) for i in ids]
-    if len(ids) != len(paths):
-        raise ValueError("paths and ids differ in length")
+    if stream:
+        id_of = _stream_ids(ids)
+    else:
+        paths = _path_list(paths)
+        if callable(ids):
+            id_of = _call_ids(ids)
+        else:
+            id_list = list(paths) if ids is None else [str(i) for i in ids]
+            if len(id_list) != len(paths):
+                raise ValueError("paths and ids differ in length")
+            id_of = lambda index, path: id_list[index]  # noqa: E731
     _check_batch(batch_size)
+    size = 4 * batch_size * math.prod(params.clip_shape)
+    if size > MAX_BATCH_BYTES:  # every batch is padded to batch_size clips
+        raise InputError(f"batch size {batch_size}: a batch of clips {list(params.clip_shape)} "
+                         f"would take {size / 2**30:.1f} GiB (limit "
+                         f"{MAX_BATCH_BYTES / 2**30:g} GiB); give a smaller batch size")
     _check_jobs(jobs)
-    return _score_files(model, params, paths, ids, jobs, batch_size, score)  # run lazily
+    if stream:
+        from .pathstream import iter_features_stream
+
+        items = iter_features_stream(paths, params, jobs)
+    else:
+        items = featurize_files(paths, params, jobs)
+    return _score_files(model, params, items, id_of, batch_size, score)  # run lazily
 
 
-def _score_files(model, params, paths: list[str], ids: list[str], jobs, batch_size: int,
+def _call_ids(fn):
+    return lambda index, path: str(fn(path))
+
+
+def _stream_ids(ids):
+    if ids is None:
+        return lambda index, path: path
+    if callable(ids):
+        return _call_ids(ids)
+    it = iter(ids)
+
+    def id_of(index, path):
+        try:
+            return str(next(it))
+        except StopIteration:
+            raise ValueError("paths and ids differ in length (ids ran out)") from None
+    return id_of
+
+
+#: The largest batch of clips score_files holds (every batch is padded to its full size).
+MAX_BATCH_BYTES = 2 << 30
+
+#: Rows held for the batch in progress before they are written anyway (failures between
+#: scored clips): past this many, the batch is scored padded and its rows are yielded.
+HELD_LIMIT = 1024
+
+
+def _score_files(model, params, items, id_of, batch_size: int,
                  score_name: str = "mse") -> Iterator[ScoreRecord]:
-    held = []  # Featurized items waiting for their batch: ok ones and failures between them
+    """Score the ``Featurized`` items (and IDLE marks) of ``items``, in batches of exactly
+    ``batch_size`` consecutive good clips: a batch is scored when full, and, padded with
+    the clips of the buffer's free slots, when the input pauses (IDLE), ends, or
+    HELD_LIMIT rows wait. Slot k of a batch always holds the same clip whatever the timing,
+    and a forward pass's result for a clip depends on its slot and the batch size only
+    (tested), so the scores do not depend on when the input paused."""
+    from collections import deque
 
-    def flush() -> Iterator[ScoreRecord]:
-        ok = [it for it in held if it.error is None]
-        scores = iter(score_features(model, np.stack([it.features for it in ok]), batch_size,
-                                     score_name)
-                      if ok else ())
-        for it in held:
-            score = None if it.error is not None else float(next(scores))
-            yield ScoreRecord(it.index, ids[it.index], it.path, score, it.error)
-        held.clear()
+    from .pathstream import IDLE
 
-    n_ok = 0
-    for item in featurize_files(paths, params, jobs):
-        held.append(item)
-        n_ok += item.error is None
-        if n_ok >= batch_size:
-            yield from flush()
-            n_ok = 0
-    yield from flush()
+    buf = None  # float32 [batch_size, C, M, T]: the batch in progress (zeros in unused slots)
+    slots = 0  # slots of ``buf`` filled
+    held: deque = deque()  # (item, slot or None) not yet yielded, in input order
+    scores = None
+
+    def emit() -> Iterator[ScoreRecord]:
+        nonlocal scores
+        if any(slot is not None for _, slot in held):
+            scores = score_features(model, buf, batch_size, score_name)
+        while held:
+            it, slot = held.popleft()
+            score = None if slot is None else float(scores[slot])
+            yield ScoreRecord(it.index, id_of(it.index, it.path), it.path, score, it.error)
+
+    try:
+        for item in items:
+            if item is IDLE:
+                yield from emit()
+                continue
+            if item.error is not None:
+                held.append((item, None))
+                if len(held) == 1 or len(held) >= HELD_LIMIT:  # nothing before it to wait for
+                    yield from emit()
+                continue
+            if buf is None:
+                buf = np.zeros((batch_size, *item.features.shape), dtype=np.float32)
+            buf[slots] = item.features
+            held.append((item, slots))
+            slots += 1
+            if slots == batch_size:
+                yield from emit()
+                slots = 0
+            elif len(held) >= HELD_LIMIT:
+                yield from emit()
+        yield from emit()
+    finally:  # closed early, or an error: the workers stop now, not when collected
+        close = getattr(items, "close", None)
+        if close is not None:
+            close()
 
 
 # ------------------------------------------------------------------ threshold
