@@ -25,7 +25,8 @@ BELOW = "*"
 
 LEGEND = (
     ("epochs", "the epoch whose weights were kept (lowest validation loss) of the epochs run, "
-               "range over the folds; a best epoch at the end means more epochs would help"),
+               "range over the folds; a kept epoch at or next to the last one means the validation "
+               "loss was still falling: more epochs might help"),
     ("train loss (last)", "MSE (dB²) between the features and their reconstruction on the "
                           "training clips, last epoch (frames: over 5-frame windows)"),
     ("val loss (best)", "the same MSE on the held-out fold's normal clips, at the kept epoch"),
@@ -166,8 +167,9 @@ def machine_types(rows: list[Row]) -> list[str]:
 
 
 def findings(rows: list[Row], types: list[str]) -> list[str]:
-    """One sentence per model and machine type with a mean AUC below chance, and per model
-    the anomaly kinds it ranks below normal clips."""
+    """The AUCs below chance, each with what it means: one sentence per model and machine
+    type with a mean AUC below 0.5, per model with a pooled AUC below 0.5, and per model the
+    anomaly kinds it ranks below the normal clips (mean AUC over the folds below 0.5)."""
     out = []
     for r in rows:
         for t in types:
@@ -177,6 +179,12 @@ def findings(rows: list[Row], types: list[str]) -> list[str]:
                 out.append(f"{r.name} ranks {t}'s anomalous clips BELOW its normal ones (AUC "
                            f"{mean_std(vals)}, below 0.5 in {below} of {len(vals)} folds): "
                            + MEANING + ".")
+        pooled = r.values("anomaly.auc")
+        if pooled and statistics.fmean(pooled) < CHANCE:
+            out.append(f"{r.name}'s pooled AUC is below 0.5 ({mean_std(pooled)}): over all "
+                       f"types together its anomalous clips score lower errors than the normal "
+                       f"ones; the pooled figure also mixes the types' error levels, so the "
+                       f"per-type AUCs are the ones that say what it detects.")
         kinds = []
         for (t, kind), aucs in sorted(r.kind_auc.items()):
             vals = [v for v in aucs if v is not None]
@@ -186,7 +194,8 @@ def findings(rows: list[Row], types: list[str]) -> list[str]:
             listed = ", ".join(f"{kind} on {t} ({statistics.fmean(v):.3f})"
                                for t, kind, v in kinds)
             out.append(f"{r.name} ranks these anomaly kinds below the normal clips of their "
-                       f"type, i.e. does not detect them: {listed}.")
+                       f"type (mean AUC over the folds), so it does not detect them there: the "
+                       f"anomaly makes those clips easier for it to reconstruct: {listed}.")
     return out
 
 
@@ -252,8 +261,8 @@ def render(rows: list[Row], folds: int, note: str = "") -> str:
     if found:
         out += ["", "Below chance (*):", *(f"- {s}" for s in found)]
     else:
-        out += ["", "No model ranks a machine type's or an anomaly kind's clips below its "
-                    "normal clips on average (no AUC below 0.5)."]
+        out += ["", "No AUC below 0.5: every model ranks every machine type's and every "
+                    "anomaly kind's clips above the normal ones on average."]
     out += ["", "What the figures are:", *(f"- {name}: {text}" for name, text in LEGEND)]
     return "\n".join(out) + "\n"
 
