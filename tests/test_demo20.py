@@ -192,3 +192,19 @@ def test_demo_plan_extra_archs_and_ensembles():
     bad = _plan("ARCHS=frames", "ENSEMBLES=vote", "ENSEMBLE_vote=frames nope", check=False)
     assert bad.returncode == 2
     assert "ENSEMBLE_vote must name archs of 'frames', got 'frames nope'" in bad.stderr
+
+
+def test_verdict_kind_auc_of_an_ensemble_row_uses_its_z_score_column(tmp_path):
+    """An ensemble's report (ae-eval --ensemble) ranks by column ensemble_z, not mse."""
+    v = _verdict()
+    write_row(tmp_path, "vote", {"valve": [0.7]}, {"valve": [0.6]}, [0.6])
+    (tmp_path / "reports" / "vote.fold0.json").write_text(json.dumps(
+        {"anomaly": {"score": "ensemble_z(mse)"}, "ensemble": {"column": "ensemble_z"}}))
+    with open(tmp_path / "reports" / "vote.fold0.scores.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "mse", "ensemble_z", "machine_type", "anomaly", "anomaly_kind"])
+        w.writerows([["a", 1.0, 2.0, "valve", 0, "none"], ["b", 2.0, 1.0, "valve", 1, "drift"]])
+    row = v.load_row(tmp_path, "vote", 1)
+    assert row.kind_auc == {("valve", "drift"): [0.0]}  # by mse it would be 1.0
+    first = next(x for x in v.render([row], 1).splitlines() if x.startswith("vote "))
+    assert first.split()[:4] == ["vote", "-", "-", "-"]  # no model file: no epochs, no losses
