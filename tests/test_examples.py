@@ -11,7 +11,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
-SMALL = ["FOLDS=2", "EPOCHS=2", "CLIPS=4", "IDS=3", "HIDDEN=32,16", "LATENT=8"]
+SMALL = ["FOLDS=2", "EPOCHS=2", "FRAMES_EPOCHS=2", "CLIPS=5", "IDS=2", "DURATION=1",
+         "HIDDEN=32,16", "LATENT=8", "ARCHS=improved frames"]
 
 
 def make(args, env, cwd=EXAMPLES, check=True):
@@ -25,12 +26,25 @@ def make(args, env, cwd=EXAMPLES, check=True):
 @pytest.mark.slow
 def test_example_makefile_pipeline(tmp_path, env_bin):
     w = tmp_path / "work"
-    p = make(["-j2", "demo", f"W={w}", *SMALL], env_bin)
-    assert "aekit demo verdict" in p.stdout and "improved" in p.stdout and "AUC" in p.stdout
+    p = make(["demo", f"W={w}", *SMALL], env_bin)  # -j2 by default (JOBS)
+    assert "aekit demo verdict" in p.stdout
+    # One table for all types, then one per machine type with AUC and pAUC of every model.
+    for mtype in ("fan", "pump", "slider", "valve"):
+        assert f"\n{mtype} (" in p.stdout, mtype
+    tables = p.stdout.split("\n\n")
+    fan = next(t for t in tables if t.startswith("fan ("))
+    head, rule, *rows = fan.splitlines()[1:]
+    assert head.split()[:3] == ["model", "AUC", "pAUC"]
+    assert [r.split()[0] for r in rows] == ["improved", "frames"]
+    assert "What the figures are:" in p.stdout and "- pAUC: the official DCASE" in p.stdout
+    # Progress: one line per step on stderr.
+    assert "] train frames fold 1 of 2" in p.stderr and "] verdict" in p.stderr
     for f in ("features.h5", "splits.csv", "labels.csv", "categories.json",
-              "models/improved.fold1.safetensors", "latents/baseline.fold0.h5",
-              "reports/baseline.summary.json", "plots/improved.fold0/roc.png"):
+              "models/improved.fold1.safetensors", "latents/frames.fold0.h5",
+              "reports/frames.summary.json", "reports/frames.fold1.scores.csv",
+              "plots/improved.fold0/roc.png"):
         assert (w / f).stat().st_size > 0, f
+    assert (w / "verdict.txt").read_text() in p.stdout
     # A second run does nothing.
     assert make(["-q", "all", f"W={w}", *SMALL], env_bin, check=False).returncode == 0
     # Touching the splits re-runs training and what follows, not featurization.
