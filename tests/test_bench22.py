@@ -105,7 +105,7 @@ def test_run_all_hands_the_device_to_every_model_benchmark():
         else:
             assert "--device" not in cmd
     assert set(ra.ON_DEVICE) == {"bench_train.py", "bench_frames.py", "bench_stream.py",
-                                 "bench_infer.py"}
+                                 "bench_infer.py", "bench_score.py"}
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present")
