@@ -81,11 +81,12 @@ def _arch_options(f):
     seen = {}
     for arch, info in S.ARCHS.items():
         for name, opt in info.options.items():
-            seen.setdefault(name, (opt, []))[1].append(arch)
-    for name, (opt, archs) in reversed(list(seen.items())):
+            seen.setdefault(name, (opt, []))[1].append(opt)
+    for name, (opt, opts) in reversed(list(seen.items())):
+        helps = " ".join(dict.fromkeys(o.help for o in opts))  # each kind's own words once
         f = click.option(f"--{name.replace('_', '-')}", f"arch_{name}",
-                         type=click.IntRange(min=opt.min), default=None,
-                         help=f"{opt.help} [{opt.default}]")(f)
+                         type=click.IntRange(min=min(o.min for o in opts)), default=None,
+                         help=f"{helps} [{opt.default}]")(f)
     return f
 
 

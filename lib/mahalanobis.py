@@ -7,7 +7,8 @@ a clip's score is the Mahalanobis distance of its error vector, the minimum over
 
 The error vector of a clip is the mean over its units (the frame windows of ``--arch frames``,
 the whole clip for whole-clip models) of the signed error ``input - reconstruction`` in dB,
-one value per unit dimension (C*M*context for frames). The baseline scores a clip's windows
+one value per unit dimension (C*M*context for frames; for ``--arch interp``, whose output is
+the window's centre frame, ``centre frame - prediction``, C*M values). The baseline scores a clip's windows
 in one matrix product whose mean is exactly this: the quadratic form of the window-mean
 error. Differences from the baseline, on purpose: the distance is measured from the fitted
 mean (the baseline fits the covariance around the mean but measures from zero), it is the
@@ -36,22 +37,23 @@ VECTOR = "mean over the clip's units of input - reconstruction (dB)"
 
 
 def vector_dim(model) -> int:
-    """Length of a clip's error vector: the model's unit dimension."""
+    """Length of a clip's error vector: the model's unit dimension (of its target:
+    ``ClipModel.unit_target``, the centre frame for ``--arch interp``)."""
     c, m, t = model.input_shape
     u = model.take_units(torch.zeros(1, c, m, t, device="meta"),
                          torch.zeros(1, dtype=torch.int64, device="meta"))
-    return int(u.shape[1])
+    return int(model.unit_target(u).shape[1])
 
 
 @torch.no_grad()
 def error_vectors(model, norm, x: torch.Tensor) -> torch.Tensor:
     """Raw dB clips [B, C, M, T] -> error vectors float64 [B, D] (dB)."""
     xn = norm.transform(x)
-    std = None if norm.mode == "none" else model.unit_stats(norm.std)
+    std = None if norm.mode == "none" else model.target_stats(norm.std)
     acc = None
     k = 1
     for k, u in model._all_units(xn):
-        err = u - model(u)[0].float()  # [B, D], normalized units
+        err = model.unit_target(u) - model(u)[0].float()  # [B, D'], normalized units
         if std is not None:
             err = err * std  # dB
         err = err.double()
