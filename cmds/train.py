@@ -143,7 +143,7 @@ def _self_sigterm_hook():
 @click.option("--epochs", type=click.IntRange(min=1), default=None,
               help=f"Epochs [{S.defaults_help('epochs')}].")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
-              help=f"Units (clips, or windows for frames) per step, per process "
+              help=f"Units (clips, or windows for frames and interp) per step, per process "
                    f"[{S.defaults_help('batch_size')}].")
 @click.option("--lr", type=float, default=None,
               help=f"Adam learning rate (schedule peak) [{S.defaults_help('lr', '{:g}'.format)}].")
