@@ -164,20 +164,23 @@ def setup(tmp_path_factory):
 
 def oracle(lm, x):
     """Per clip, by hand: each window's centre frame t (t = 1 .. T-2) predicted from frames
-    t-1 and t+1; (MSE dB^2, MAE dB, mean code, mean signed error centre - prediction in dB)."""
+    t-1 and t+1; (MSE dB^2, MAE dB, mean code, mean signed error centre - prediction in dB,
+    the predictions in dB [N, C, M, T-2])."""
     mean = lm.normalizer.mean.numpy().reshape(1, 2, 4, 1)
     std = lm.normalizer.std.numpy().reshape(1, 2, 4, 1)
     xn = (x - mean) / std
     n, t = x.shape[0], x.shape[-1]
-    errs, codes = [], []
+    errs, codes, preds = [], [], []
     for c in range(1, t - 1):
         win = np.ascontiguousarray(xn[..., c - 1:c + 2].reshape(n, -1))  # [n, 2*4*3]
         with torch.no_grad():
             pred, z = lm.model(torch.from_numpy(win))
         errs.append((xn[..., c] - pred.numpy().reshape(n, 2, 4)) * std[..., 0])  # dB
         codes.append(z.numpy())
+        preds.append(pred.numpy().reshape(n, 2, 4) * std[..., 0] + mean[..., 0])
     e = np.stack(errs, 1).reshape(n, t - 2, 8).astype(np.float64)
-    return ((e ** 2).mean((1, 2)), np.abs(e).mean((1, 2)), np.mean(codes, 0), e.mean(1))
+    return ((e ** 2).mean((1, 2)), np.abs(e).mean((1, 2)), np.mean(codes, 0), e.mean(1),
+            np.stack(preds, -1))
 
 
 def test_eval_score_encode_and_threshold(setup):
@@ -186,7 +189,8 @@ def test_eval_score_encode_and_threshold(setup):
     from aekit.scoring import fit_threshold
 
     root, lm = setup["root"], load_model(setup["model"])
-    mse, mae, code, _ = oracle(lm, setup["x"])
+    x = setup["x"]
+    mse, mae, code, _, pred = oracle(lm, x)
     r = invoke(cmd("eval"), [setup["model"], setup["feats"], "--scores", root / "e.csv",
                              "-o", root / "e.json", "-q"])
     assert r.exit_code == 0, r.stderr
@@ -208,6 +212,11 @@ def test_eval_score_encode_and_threshold(setup):
     r = invoke(cmd("encode"), [setup["model"], setup["feats"], "-o", root / "z.h5", "-q"])
     assert r.exit_code == 0, r.stderr
     np.testing.assert_allclose(LatentsFile(root / "z.h5").latents, code, rtol=1e-4, atol=1e-5)
+    # for plots: frame t predicted from its window; the 2 edge frames (no window) the input's
+    rec, z = lm.reconstruct(torch.from_numpy(x))
+    np.testing.assert_allclose(rec[..., 1:-1].numpy(), pred, rtol=1e-4, atol=1e-3)
+    assert np.array_equal(rec[..., [0, -1]].numpy(), x[..., [0, -1]])
+    np.testing.assert_allclose(z.numpy(), code, rtol=1e-4, atol=1e-5)
 
 
 def test_mahalanobis_on_centre_frame_errors(setup):
@@ -215,7 +224,7 @@ def test_mahalanobis_on_centre_frame_errors(setup):
     from aekit.modelfile import load_model
 
     lm = load_model(setup["model"])
-    _, _, _, v = oracle(lm, setup["x"])
+    _, _, _, v, _ = oracle(lm, setup["x"])
     assert sorted(lm.mahalanobis) == ["all"]
     mean, icov = lm.mahalanobis["all"]
     assert mean.shape == (8,) and icov.shape == (8, 8)  # C x M: the centre frame's values
