@@ -7,8 +7,7 @@ a clip's score is the Mahalanobis distance of its error vector, the minimum over
 
 The error vector of a clip is the mean over its units (the frame windows of ``--arch frames``,
 the whole clip for whole-clip models) of the signed error ``input - reconstruction`` in dB,
-one value per unit dimension (C*M*context for frames; for ``--arch interp``, whose output is
-the window's centre frame, ``centre frame - prediction``, C*M values). The baseline scores a clip's windows
+one value per unit dimension (C*M*context for frames). The baseline scores a clip's windows
 in one matrix product whose mean is exactly this: the quadratic form of the window-mean
 error. Differences from the baseline, on purpose: the distance is measured from the fitted
 mean (the baseline fits the covariance around the mean but measures from zero), it is the
@@ -16,6 +15,8 @@ distance (the square root of the quadratic form, as scipy.spatial.distance.mahal
 the covariance (denominator n - 1, as the baseline) gets a small ridge before inversion,
 ``RIDGE`` times its mean variance on the diagonal, so a singular covariance (fewer clips than
 dimensions) still inverts. A domain with fewer than 2 training clips is not fitted.
+For ``--arch interp``, whose output is the window's centre frame, the vector is the mean of
+``centre frame - prediction``: C*M values (``ClipModel.unit_target``).
 """
 
 from __future__ import annotations
