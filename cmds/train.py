@@ -88,11 +88,12 @@ def _arch_options(f):
     seen = {}
     for arch, info in S.ARCHS.items():
         for name, opt in info.options.items():
-            seen.setdefault(name, (opt, []))[1].append(arch)
-    for name, (opt, archs) in reversed(list(seen.items())):
+            seen.setdefault(name, (opt, []))[1].append(opt)
+    for name, (opt, opts) in reversed(list(seen.items())):
+        helps = " ".join(dict.fromkeys(o.help for o in opts))  # each kind's own words once
         f = click.option(f"--{name.replace('_', '-')}", f"arch_{name}",
-                         type=click.IntRange(min=opt.min), default=None,
-                         help=f"{opt.help} [{opt.default}]")(f)
+                         type=click.IntRange(min=min(o.min for o in opts)), default=None,
+                         help=f"{helps} [{opt.default}]")(f)
     return f
 
 
@@ -151,7 +152,7 @@ def _self_sigterm_hook():
                    f"[{S.defaults_help('epochs')}], the maximum with one "
                    f"[{S.WITH_VALIDATION['epochs']}].")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
-              help=f"Units (clips, or windows for frames) per step, per process "
+              help=f"Units (clips, or windows for frames and interp) per step, per process "
                    f"[{S.defaults_help('batch_size')}].")
 @click.option("--lr", type=float, default=None,
               help=f"Adam learning rate (schedule peak) [{S.defaults_help('lr', '{:g}'.format)}].")

@@ -140,13 +140,14 @@ class FramesAE(models.ClipModel):
                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Raw dB clips [B, C, M, T] -> (MSE dB^2 [B], MAE dB [B], codes [B, latent]), each the
         mean over the clip's windows."""
-        std = None if norm.mode == "none" else self.unit_stats(norm.std)
+        std = None if norm.mode == "none" else self.target_stats(norm.std)
         mse, mae, codes = [], [], []
         for xb in self._chunks(x):
             u = self._windows(norm.transform(xb))  # [b, W, D]
             b, w, d = u.shape
-            rec, z = self(u.reshape(b * w, d))  # [b*W, D], [b*W, latent]
-            err = rec.float().reshape(b, w, d) - u
+            units = u.reshape(b * w, d)
+            rec, z = self(units)  # [b*W, D'], [b*W, latent]
+            err = (rec.float() - self.unit_target(units)).reshape(b, w, -1)  # D' = D here
             if std is not None:
                 err = err * std  # dB
             mse.append(err.square().mean((1, 2)))  # equal D per window: mean of window means
@@ -162,7 +163,7 @@ class FramesAE(models.ClipModel):
         for xb in self._chunks(x):
             u = self._windows(norm.transform(xb))  # [b, W, D]
             b, w, d = u.shape
-            out.append(self.encoder(u.reshape(b * w, d)).reshape(b, w, -1).mean(1))
+            out.append(self.encode_units(u.reshape(b * w, d)).reshape(b, w, -1).mean(1))
         return torch.cat(out)
 
     def reconstruct_and_codes(self, x: torch.Tensor, norm) -> tuple[torch.Tensor, torch.Tensor]:

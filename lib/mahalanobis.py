@@ -15,6 +15,8 @@ distance (the square root of the quadratic form, as scipy.spatial.distance.mahal
 the covariance (denominator n - 1, as the baseline) gets a small ridge before inversion,
 ``RIDGE`` times its mean variance on the diagonal, so a singular covariance (fewer clips than
 dimensions) still inverts. A domain with fewer than 2 training clips is not fitted.
+For ``--arch interp``, whose output is the window's centre frame, the vector is the mean of
+``centre frame - prediction``: C*M values (``ClipModel.unit_target``).
 """
 
 from __future__ import annotations
@@ -36,22 +38,23 @@ VECTOR = "mean over the clip's units of input - reconstruction (dB)"
 
 
 def vector_dim(model) -> int:
-    """Length of a clip's error vector: the model's unit dimension."""
+    """Length of a clip's error vector: the model's unit dimension (of its target:
+    ``ClipModel.unit_target``, the centre frame for ``--arch interp``)."""
     c, m, t = model.input_shape
     u = model.take_units(torch.zeros(1, c, m, t, device="meta"),
                          torch.zeros(1, dtype=torch.int64, device="meta"))
-    return int(u.shape[1])
+    return int(model.unit_target(u).shape[1])
 
 
 @torch.no_grad()
 def error_vectors(model, norm, x: torch.Tensor) -> torch.Tensor:
     """Raw dB clips [B, C, M, T] -> error vectors float64 [B, D] (dB)."""
     xn = norm.transform(x)
-    std = None if norm.mode == "none" else model.unit_stats(norm.std)
+    std = None if norm.mode == "none" else model.target_stats(norm.std)
     acc = None
     k = 1
     for k, u in model._all_units(xn):
-        err = u - model(u)[0].float()  # [B, D], normalized units
+        err = model.unit_target(u) - model(u)[0].float()  # [B, D'], normalized units
         if std is not None:
             err = err * std  # dB
         err = err.double()

@@ -9,7 +9,9 @@ A model kind is a config dataclass plus a builder, registered under its ``--arch
   whole-clip model; e.g. one per window of frames), and ``take_units(clips, offsets)``
   cuts unit ``offsets[b]`` of clip ``b`` into a flat vector ``[B, D]``; the data layer
   counts, shuffles and batches (clip, offset) pairs, never clips;
-* ``forward(units) -> (reconstruction [B, D], code [B, latent])``;
+* ``forward(units) -> (reconstruction [B, D'], code [B, latent])``, compared with
+  ``unit_target(units)`` (the units themselves, D' = D, for an autoencoder; the centre frame
+  of the window for ``--arch interp``, which predicts it from its neighbours);
 * per clip: ``clip_errors`` (MSE in dB^2, MAE in dB: the mean over the clip's units) and
   ``clip_codes`` (the mean code over its units);
 * normalization: ``norm_shape()`` is the shape of per-feature statistics, broadcast
@@ -62,6 +64,11 @@ class ClipModel(nn.Module):
     def encode_units(self, units: torch.Tensor) -> torch.Tensor:
         return self(units)[1]
 
+    def unit_target(self, units: torch.Tensor) -> torch.Tensor:
+        """What ``forward(units)[0]`` is compared with (loss, scores, error vectors):
+        units [B, D] -> [B, D'], here the units themselves (an autoencoder)."""
+        return units
+
     # -- normalization
     def norm_shape(self) -> tuple[int, ...]:
         """Shape of per-feature statistics, broadcast against one clip [C, M, T]."""
@@ -75,6 +82,11 @@ class ClipModel(nn.Module):
         clip = clip.expand(*self.input_shape).unsqueeze(0)  # [1, C, M, T]
         return self.take_units(clip, torch.zeros(1, dtype=torch.int64, device=clip.device))[0]
 
+    def target_stats(self, stats: torch.Tensor) -> torch.Tensor:
+        """Statistics laid out like ``unit_target``'s output: broadcast against [B, D']."""
+        s = self.unit_stats(stats)
+        return s if s.numel() == 1 else self.unit_target(s.unsqueeze(0))[0]
+
     # -- per clip (raw dB in, dB out)
     def _all_units(self, xn: torch.Tensor):
         k = self.units_per_clip(xn.shape[-1])
@@ -85,10 +97,10 @@ class ClipModel(nn.Module):
     def clip_errors(self, x: torch.Tensor, norm) -> tuple[torch.Tensor, torch.Tensor]:
         """Raw dB clips [B, C, M, T] -> (MSE dB^2 [B], MAE dB [B]), the mean over each clip's units."""
         xn = norm.transform(x)
-        std = None if norm.mode == "none" else self.unit_stats(norm.std)
+        std = None if norm.mode == "none" else self.target_stats(norm.std)
         mse = mae = None
         for k, u in self._all_units(xn):
-            err = self(u)[0].float() - u  # [B, D], normalized units
+            err = self(u)[0].float() - self.unit_target(u)  # [B, D'], normalized units
             if std is not None:
                 err = err * std  # dB
             a, b = err.square().mean(1), err.abs().mean(1)
@@ -239,6 +251,13 @@ def build_model(config, device: torch.device | str | None = None) -> ClipModel:
             return build(config)
     model = build(config)
     return model.to(device) if device is not None else model
+
+
+def unit_target(net: nn.Module, units: torch.Tensor) -> torch.Tensor:
+    """``ClipModel.unit_target`` of a model, a DDP-wrapped one (``.module``) included; the
+    units themselves for any other module."""
+    f = getattr(getattr(net, "module", net), "unit_target", None)
+    return units if f is None else f(units)
 
 
 def mirrored(widths: list[int], block: Callable[[int, int], list[nn.Module]]

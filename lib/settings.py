@@ -22,6 +22,7 @@ class ArchOption:
     default: int
     help: str
     min: int = 1
+    odd: bool = False  # only odd values (a window with a centre frame)
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,15 @@ ARCHS: dict[str, ArchInfo] = {
                       epochs=20),
         options={"context": ArchOption(5, "Frames per window (--arch frames).")}),
 }
+
+# Suefusa et al., ICASSP 2020 ("IDNN"): predict the centre frame of a window of --context
+# frames from the others. The frame model's layers and training defaults (its dict, so a change
+# there applies to both): the two differ only in what is predicted (lib/interp.py).
+ARCHS["interp"] = ArchInfo(
+    "aekit.interp", True, "the centre frame of a --context window predicted from the others, "
+    "frames' layers (IDNN, ICASSP 2020)",
+    defaults=ARCHS["frames"].defaults,
+    options={"context": ArchOption(5, "interp: odd, at least 3.", min=3, odd=True)})
 
 DEFAULT_HIDDEN = (8224, 2056, 1024, 512)  # the tutorial's widths
 DEFAULT_LATENT = 256  # the tutorial's bottleneck
@@ -122,6 +132,9 @@ class TrainSettings:
                 if k in declared:
                     checks.append((isinstance(v, int) and v >= declared[k].min,
                                    f"--{k.replace('_', '-')} must be at least {declared[k].min}"))
+                    checks.append((not declared[k].odd or not isinstance(v, int) or v % 2 == 1,
+                                   f"--{k.replace('_', '-')} {v} must be odd for --arch "
+                                   f"{self.arch} (a window around a centre frame)"))
         for ok, msg in checks:
             if not ok:
                 raise InputError(msg)

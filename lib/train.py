@@ -51,7 +51,8 @@ from .distributed import Dist, distributed, distributed_env  # noqa: F401 (publi
 from .errors import AekitError, DataError, InputError
 from .fileio import LOG_STAMP, atomic_path, elapsed_text, null_progress
 from .modelfile import Normalizer, make_normalizer, save_model
-from .models import ClipModel, build_model, config_to_dict, count_parameters, make_config
+from .models import (ClipModel, build_model, config_to_dict, count_parameters, make_config,
+                     unit_target)
 from .settings import (ARCHS, EXIT_PREEMPTED, KEEP, PRECISIONS, PRESETS,  # noqa: F401
                        RESUME_MUST_MATCH, SCHEDULES, TrainSettings, make_settings)
 from .schedule import Plateau
@@ -258,7 +259,7 @@ def autocast_for(device: torch.device, precision: str) -> ContextManager:
 def _loss_weight(norm: Normalizer, model: ClipModel) -> torch.Tensor | None:
     """Per-feature weight (in the model's unit layout) turning squared error in normalized
     units into dB squared."""
-    return None if norm.mode == "none" else model.unit_stats(norm.loss_scale())
+    return None if norm.mode == "none" else model.target_stats(norm.loss_scale())
 
 
 def _mse_db(out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
@@ -275,8 +276,8 @@ def train_step(net: torch.nn.Module, opt: torch.optim.Optimizer, xb: torch.Tenso
 
     With a ``StepInBackward`` attached to ``opt``, backward is the step."""
     with amp:
-        out, _ = net(xb)  # [B, D]
-    loss = _mse_db(out, xb, weight)
+        out, _ = net(xb)  # [B, D'] (D' = D but for a model predicting part of its unit)
+    loss = _mse_db(out, unit_target(net, xb), weight)
     if getattr(opt, "aekit_step_in_backward", False):
         loss.backward()  # each parameter stepped as its gradient completes
         return loss
@@ -830,11 +831,11 @@ def evaluate(model: torch.nn.Module, source, weight: torch.Tensor | None, amp: C
             continue
         with amp:
             out, _ = model(xb)
-        err = out.float() - xb
+        err = out.float() - unit_target(model, xb)
         sq = err * err if weight is None else err * err * weight
         part = sq.sum(dtype=torch.float64)
         total = part if total is None else total + part
-        n += xb.numel()
+        n += err.numel()
     model.train(was_training)
     dev = next(model.parameters()).device
     if total is None:
