@@ -91,13 +91,30 @@ def auto_threads(env: Mapping[str, str] | None = None) -> tuple[int, str]:
 _TORCH_DEFAULT: list[int] = []  # torch's own thread count, seen before the first change
 
 
+def physical_cores() -> int | None:
+    """Physical cores among the CPUs this process may use (torch's own default thread count
+    is one per physical core), from /sys; None where the topology cannot be read. Read from
+    the machine, not from torch, so that it does not depend on what this process set before
+    (an ae-train run in the same process, a test)."""
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+        cores = set()
+        for c in cpus:
+            base = f"/sys/devices/system/cpu/cpu{c}/topology/"
+            with open(base + "core_id") as f1, open(base + "physical_package_id") as f2:
+                cores.add((f1.read().strip(), f2.read().strip()))
+    except (AttributeError, OSError):
+        return None
+    return len(cores) or None
+
+
 def apply_threads(threads: int | None = None) -> tuple[int, str]:
     """Set torch's intra-op threads: ``threads`` when given, else ``auto_threads()``, at
-    most torch's own default (one per physical core) unless AEKIT_THREADS set it."""
+    most one per physical core (torch's own default) unless AEKIT_THREADS set it."""
     import torch
 
     if not _TORCH_DEFAULT:
-        _TORCH_DEFAULT.append(torch.get_num_threads())
+        _TORCH_DEFAULT.append(physical_cores() or torch.get_num_threads())
     if threads is not None:
         if threads < 1:
             raise InputError(f"--threads {threads}: must be at least 1")
@@ -105,6 +122,6 @@ def apply_threads(threads: int | None = None) -> tuple[int, str]:
     else:
         n, why = auto_threads()
         if why != "AEKIT_THREADS" and n > _TORCH_DEFAULT[0]:
-            n, why = _TORCH_DEFAULT[0], f"torch's default, at most {why}"
+            n, why = _TORCH_DEFAULT[0], f"one per physical core, at most {why}"
     torch.set_num_threads(n)
     return n, why

@@ -113,7 +113,7 @@ def test_apply_threads_stays_within_torchs_default(monkeypatch, threads_restored
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(threads, "_TORCH_DEFAULT", [1])
     monkeypatch.setattr(threads, "available_cores", lambda env=None: 4)
-    assert threads.apply_threads() == (1, "torch's default, at most 4 available cores")
+    assert threads.apply_threads() == (1, "one per physical core, at most 4 available cores")
     monkeypatch.setenv("MAKEFLAGS", " -j4")
     assert threads.apply_threads() == (1, "4 available cores / 4 jobs (make -j)")
     assert threads.apply_threads(3) == (3, "--threads") and torch.get_num_threads() == 3

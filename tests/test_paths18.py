@@ -192,7 +192,7 @@ BASE = {
     "ae-featurize": ["a.wav", "-o", "o.h5"], "ae-merge": ["a.h5", "-o", "o.h5"],
     "ae-split": ["in.csv"], "ae-onehot": ["in.csv"], "ae-labels": ["in.csv"],
     "ae-train": ["f.h5", "-o", "m.safetensors"], "ae-encode": ["m.st", "f.h5", "-o", "z.h5"],
-    "ae-eval": ["m.st", "f.h5"], "ae-score": ["m.st", "a.wav"], "ae-synth": ["outdir"],
+    "ae-eval": ["m.st", "f.h5"], "ae-score": ["m.st", "a.wav"], "ae-synth": ["outdir"], "ae-table": ["r.json"],
 }
 
 
@@ -222,7 +222,7 @@ def test_every_path_parameter_refuses_an_empty_path(tmp_path, monkeypatch):
             assert r.exit_code == 2, (name, param.name, r.stderr, r.exception)
             assert one_error_line(r.stderr, name).endswith(": empty path"), (name, param.name)
             checked += 1
-    assert checked == 39  # 10 commands (issue 19: + ae-eval --submission, --result-csv)
+    assert checked == 42  # 11 commands (issue 19: + ae-eval --submission, --result-csv, ae-table -o; issue 20: + --ensemble of ae-eval and ae-score)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.csv"]
     assert (tmp_path / "labels.csv").read_text() == "mine\n"  # ae-synth '' replaced it
 
@@ -239,7 +239,7 @@ def test_file_paths_ending_in_slash_are_refused(tmp_path, monkeypatch):
             assert one_error_line(r.stderr, name).endswith(
                 "'newdir/' ends in '/': a directory, expected a file name"), (name, param.name)
             checked += 1
-    assert checked == 28  # issue 19: + ae-eval --result-csv
+    assert checked == 31  # issue 19: + ae-eval --result-csv, ae-table -o; issue 20: + --ensemble (ae-eval, ae-score)
     assert list(tmp_path.iterdir()) == []  # no file named newdir
 
 
