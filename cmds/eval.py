@@ -55,6 +55,10 @@ ae-eval MODEL FEATURES [options]
   --fold, then --where EXPR on the --labels); a JSON report on stdout (or -o): count, mean,
   std, median, percentiles, per split when several occur.
   --scores CSV   per-clip table: id,split,mse,mae (+ the label columns with --labels).
+  --score auto|mse|mae|mahalanobis  the anomaly score (default auto: the model kind's
+                 choice, mahalanobis for frames and interp when the model stores its
+                 statistics, else mse; logged, and named by the report's anomaly.score; a
+                 mahalanobis score adds the column mahalanobis to --scores).
   --anomaly-column COL (1 = anomalous): ROC AUC and the official DCASE pAUC (scikit-learn's
                  roc_auc_score(max_fpr=p), McClish-standardized, p = --max-fpr), overall and
                  per --group-by COL (machine id) with arithmetic and harmonic means;
@@ -62,7 +66,8 @@ ae-eval MODEL FEATURES [options]
   --protocol dcase2021..dcase2025: per machine type and section (--type-column,
                  --section-column, --domain-column) AUC source/target and pAUC with the
                  official evaluators' clip selection, P/R/F1 per domain at the model's
-                 threshold, means, and the official score (report section 'dcase').
+                 threshold of the score (mse: stored by ae-train; mahalanobis: the same
+                 90th-percentile gamma rule on the training distances it stored), means, and the official score (report section 'dcase').
   --probe-column COL: logistic regression on the standardized codes z, fitted on the train
                  rows of the fold (from --splits), scored on the evaluated rows.
   --submission DIR (with --labels: --type-column, --section-column; no anomaly or domain
@@ -170,11 +175,14 @@ def _summarize(reports: tuple[str, ...], output: str | None, table: bool,
               help="With --protocol: the domain column (source or target).")
 @click.option("--probe-column", default=None, metavar="COL",
               help="Label column for a linear probe on the codes z (needs --splits).")
-@click.option("--score", "score_name", type=click.Choice(("mse", "mae", "mahalanobis")),
-              default="mse", show_default=True,
+@click.option("--score", "score_name",
+              type=click.Choice(("auto", "mse", "mae", "mahalanobis")),
+              default="auto", show_default=True,
               help="The anomaly score: reconstruction MSE or MAE, or the Mahalanobis distance "
                    "of the clip's error vector to the statistics ae-train stored (min over "
-                   "domains; adds a mahalanobis column to --scores).")
+                   "domains; adds a mahalanobis column to --scores). auto: the model kind's "
+                   "choice (frames, interp: mahalanobis when the model stores its statistics; "
+                   "else mse), logged; the report's anomaly.score names it.")
 @click.option("--ensemble", "ensemble", multiple=True, metavar="MODEL",
               type=common.InputPath(dir_okay=False),
               help="Another model voting with MODEL (repeatable): the anomaly score becomes the "

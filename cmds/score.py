@@ -15,10 +15,14 @@ LOG = logging.getLogger("aekit")
 HELP = """Score audio files with a trained model: one CSV row per file, as computed.
 
 Each file is decoded and featurized with the feature parameters stored in MODEL
-(exactly as ae-featurize would, in worker processes), and scored by the model: the
-score is the clip's reconstruction MSE in dB^2 (higher: more anomalous), the same
-number ae-featurize + ae-eval --scores give. Rows (id,path,score) come in input order,
-a batch at a time, so a long stream runs in constant memory and '| head' works.
+(exactly as ae-featurize would, in worker processes), and scored by the model
+(higher: more anomalous), the same number ae-featurize + ae-eval --scores give (its
+column of that score). --score auto (the default) is the model's own choice: the
+Mahalanobis distance for the frame-window models (frames, interp) when the model stores
+its statistics, else the reconstruction MSE in dB^2; the choice and why are logged, and
+the last column, scorer, names it on every row (mse or mahalanobis). Rows
+(id,path,score[,decision],scorer) come in input order, a batch at a time, so a long
+stream runs in constant memory and '| head' works.
 
 INPUTS are audio files and directories (searched recursively by extension; ids as in
 ae-featurize: relative to the inputs' common root or --root, without extension), or
@@ -33,8 +37,10 @@ a row with an empty score (and decision);
 than --max-fail-frac of the inputs failed.
 
 --threshold T adds a column decision: 1 when score > T, else 0. --threshold model
-uses the threshold ae-train stored in the model (the 90th percentile of a gamma
-distribution fitted to its training clips' scores, as in the DCASE baselines).
+uses the model's threshold of the score in use: the 90th percentile of a gamma
+distribution fitted to its training clips' scores, as in the DCASE baselines (mse: the
+one ae-train stored; mahalanobis: fitted to the training clips' distances ae-train
+stored; a model without them is refused).
 
 --ensemble M2 (repeatable) adds models that vote with MODEL: each member scores the
 clip (--score applies to every member), each score is standardized on that member's
@@ -71,10 +77,12 @@ def _threshold(ctx, param, value):
 @common.output_option(help="Scores CSV, written atomically; '-' or omitted: stdout (streamed).")
 @click.option("--threshold", default=None, metavar="T|model", callback=_threshold,
               help="Add a decision column (1: score > T); 'model': the threshold stored by ae-train.")
-@click.option("--score", "score_name", type=click.Choice(("mse", "mahalanobis")),
-              default="mse", show_default=True,
+@click.option("--score", "score_name", type=click.Choice(("auto", "mse", "mahalanobis")),
+              default="auto", show_default=True,
               help="The score: reconstruction MSE (dB^2), or the Mahalanobis distance of the "
-                   "clip's error vector to the statistics ae-train stored (min over domains).")
+                   "clip's error vector to the statistics ae-train stored (min over domains); "
+                   "auto: the model kind's choice (frames, interp: mahalanobis when stored; "
+                   "else mse), logged and named in the scorer column.")
 @click.option("--ensemble", "ensemble", multiple=True, metavar="MODEL",
               type=common.RegularFile("model file"),
               help="Another model voting with MODEL (repeatable): the score becomes the mean "
@@ -93,7 +101,9 @@ def cli(model_path, inputs, output, threshold, score_name, ensemble, jobs, batch
     from aekit.featurize import available_cpus
     from aekit.fileio import open_output, text_name
     from aekit.modelfile import load_model
-    from aekit.scoring import check_score, model_params, score_files, stored_threshold
+    from aekit.autoscore import resolve_logged
+    from aekit.autoscore import threshold as score_threshold
+    from aekit.scoring import check_score, model_params, score_files
 
     model = load_model(model_path, resolve_device(device))
     if ensemble:  # aekit.ensemble: members checked alike, scores combined as z-scores
@@ -101,19 +111,20 @@ def cli(model_path, inputs, output, threshold, score_name, ensemble, jobs, batch
 
         model = Ensemble([model, *(load_model(p, resolve_device(device)) for p in ensemble)])
     params = model_params(model)  # refuses a model without feature parameters
+    score_name = resolve_logged(model, score_name)  # auto: the model's choice, and why
     check_score(model, score_name)  # mahalanobis: refused when the model stores no statistics
     if threshold == "model" and ensemble:
         fitted = model.threshold(score_name)
         threshold = fitted["value"]
         LOG.info("threshold %.6g (ensemble z-score: the %g quantile of the training clips')",
                  threshold, fitted["quantile"])
-    if threshold == "model" and score_name != "mse":
-        raise InputError("--threshold model is the model's MSE threshold; with --score "
-                         f"{score_name} give --threshold a number")
-    if threshold == "model":
-        threshold = stored_threshold(model)
-        LOG.info("threshold %.6g (stored in %s, method %s)", threshold, model_path,
-                 model.info["threshold"].get("method"))
+    if threshold == "model":  # the model's threshold of this score (aekit.autoscore)
+        fitted = score_threshold(model, score_name)
+        threshold = fitted["value"]
+        LOG.info("threshold %.6g (%s: %s, method %s)", threshold, score_name,
+                 "stored in " + str(model_path) if score_name == "mse" else
+                 "fitted to the training distances stored in " + str(model_path),
+                 fitted.get("method"))
     stream = list(inputs) == ["-"]
     jobs = jobs or available_cpus()
     out_stat = None
@@ -135,7 +146,7 @@ def cli(model_path, inputs, output, threshold, score_name, ensemble, jobs, batch
                  list(params.clip_shape))
 
     header = (["id", "path", "ensemble_z" if ensemble else "score"]  # a z-score: not dB^2
-              + (["decision"] if threshold is not None else []))
+              + (["decision"] if threshold is not None else []) + ["scorer"])
     failed = scored = 0
     with common.progress(None if stream else len(paths), "score", unit="files") as advance, \
             open_output(output) as fh:
@@ -156,11 +167,13 @@ def cli(model_path, inputs, output, threshold, score_name, ensemble, jobs, batch
                         raise DataError(f"{rec.path}: {rec.error} (stopping: --on-error fail)")
                     LOG.warning("%s: %s (empty score)", rec.path, rec.error)
                     row = [rec.id, rec.path, ""] + ([""] if threshold is not None else [])
+                    row.append(score_name)
                 else:
                     scored += 1
                     row = [rec.id, rec.path, format(rec.score, ".9g")]
                     if threshold is not None:
                         row.append("1" if rec.score > threshold else "0")
+                    row.append(score_name)
                 if rec.index != last + 1:  # a bug, not bad data: never write rows out of order
                     raise RuntimeError("ae-score: rows out of input order")
                 last = rec.index

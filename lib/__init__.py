@@ -8,7 +8,8 @@ imported on first use, so ``import aekit`` itself does not import torch.
     import aekit
     model = aekit.load_model("model.safetensors")
     for rec in aekit.score_files(model, ["a.wav", "b.wav"]):
-        print(rec.id, rec.score)            # MSE in dB^2; None (and rec.error) if undecodable
+        print(rec.id, rec.score)            # None (and rec.error) if undecodable
+    aekit.resolve_score(model)              # which score: 'mse' (dB^2) or 'mahalanobis'
 """
 
 __version__ = "0.1.0"
@@ -24,6 +25,8 @@ _API = {
     "score_array": "scoring",  # waveforms [N, channels, samples] -> scores [N]
     "ScoreRecord": "scoring",
     "stored_threshold": "scoring",  # the threshold ae-train stored in a model
+    "resolve_score": "scoring",  # 'auto' -> the score a model uses ('mse' or 'mahalanobis')
+    "model_threshold": "autoscore",  # a model's decision threshold of a score (auto: its own)
     "fit_threshold": "scoring",  # scores -> a threshold (gamma fit, DCASE style)
     "open_features": "store",  # a features file (HDF5) for reading
     "MelParams": "features",

@@ -31,7 +31,7 @@ LOG = logging.getLogger("aekit")
 
 REPORT_FORMAT = "aekit-eval"
 REPORT_FORMAT_VERSION = 1
-SCORES = ("mse", "mae", "mahalanobis")  # per-clip MSE (dB^2), MAE (dB), or the Mahalanobis
+SCORES = ("auto", "mse", "mae", "mahalanobis")  # per-clip MSE (dB^2), MAE (dB), or the Mahalanobis
 # distance of the error vector to the model's stored statistics (aekit.mahalanobis)
 
 
@@ -75,7 +75,7 @@ class EvalOptions:
     anomaly_column: str | None = None
     group_by: str | None = None
     probe_column: str | None = None
-    score: str = "mse"  # the anomaly score: 'mse' or 'mae'
+    score: str = "auto"  # the anomaly score: 'mse', 'mae', 'mahalanobis'; 'auto': aekit.autoscore
     protocol: str | None = None  # a DCASE 2021-2025 protocol (aekit.dcase.PROTOCOLS)
     type_column: str = "machine_type"  # with protocol: machine type, section, domain columns
     section_column: str = "section"
@@ -215,7 +215,14 @@ def evaluate(model: LoadedModel, ff: FeatureFile, rows: np.ndarray, split_names:
     if rows.size == 0:
         raise InputError("no rows selected: nothing to evaluate")
     if opts.score not in SCORES:
-        raise InputError(f"unknown anomaly score {opts.score!r}: use mse, mae or mahalanobis")
+        raise InputError(f"unknown anomaly score {opts.score!r}: use auto, mse, mae or "
+                         "mahalanobis")
+    if opts.score == "auto":  # the model's (the ensemble's) own choice, logged with its reason
+        from dataclasses import replace
+
+        from .autoscore import resolve_logged
+
+        opts = replace(opts, score=resolve_logged(opts.ensemble or model, "auto"))
     if opts.score == "mahalanobis":
         from .mahalanobis import model_stats
 
@@ -238,13 +245,13 @@ def evaluate(model: LoadedModel, ff: FeatureFile, rows: np.ndarray, split_names:
             raise InputError("--submission needs --labels (machine type and section columns)")
         if ens is not None:
             ens.threshold(opts.score)  # InputError now when the ensemble has none
-        elif opts.score != "mse":
-            raise InputError("--submission needs --score mse: the decisions use the model's "
-                             "threshold, which is on the MSE")
+        elif opts.score == "mae":
+            raise InputError("--submission needs --score mse or mahalanobis: the decisions use "
+                             "the model's threshold, which exists for those scores only")
         else:
-            from .scoring import stored_threshold
+            from .autoscore import threshold as score_threshold
 
-            stored_threshold(model)  # InputError now, before any pass, when there is none
+            score_threshold(model, opts.score)  # InputError now, before any pass, when none
     train_rows = None
     if opts.probe_column:
         if opts.train_rows is None:
@@ -302,18 +309,18 @@ def evaluate(model: LoadedModel, ff: FeatureFile, rows: np.ndarray, split_names:
             "group_by": opts.group_by,
             **metrics.anomaly_report(lab.anomaly, score, lab.groups, opts.max_fpr),
         }
-        stored = (model.info or {}).get("threshold")
+        from .autoscore import has_threshold, threshold as score_threshold
+
         decisions = value = None
         if ens is not None:
             if ens_threshold is not None:
                 value, method = ens_threshold["value"], "ensemble empirical quantile"
-        elif (opts.score == "mse" and isinstance(stored, dict)
-              and stored.get("value") is not None):
-            # Decisions at the threshold ae-train stored (ae-score --threshold model); the
-            # same check as ae-score's (a finite number), so a damaged value is an error.
-            from .scoring import stored_threshold
-
-            value, method = stored_threshold(model), stored.get("method")
+        elif has_threshold(model, opts.score):
+            # Decisions at the model's threshold of the score (ae-score --threshold model):
+            # mse the one ae-train stored, mahalanobis the 90th percentile rule on the stored
+            # training distances; the same checks as ae-score's, so a damaged value is an error.
+            fitted = score_threshold(model, opts.score)
+            value, method = fitted["value"], fitted.get("method")
         if value is not None:
             decisions = (score > value).astype(np.int64)
             report["anomaly"]["threshold"] = {
@@ -336,10 +343,11 @@ def evaluate(model: LoadedModel, ff: FeatureFile, rows: np.ndarray, split_names:
                                 lab.dcase["domains"], lab.anomaly, score, decisions,
                                 protocol=opts.protocol, max_fpr=opts.max_fpr)}
     if lab.submission is not None:
+        from .autoscore import threshold as score_threshold
         from .dcase import submission_files
-        from .scoring import stored_threshold
 
-        cut = ens.threshold(opts.score)["value"] if ens is not None else stored_threshold(model)
+        cut = (ens.threshold(opts.score)["value"] if ens is not None
+               else score_threshold(model, opts.score)["value"])
         decided = (score > cut).astype(np.int64)
         names = [Path(ff.paths[i]).name for i in rows]
         files = submission_files(lab.submission["types"], lab.submission["sections"], names,
@@ -390,7 +398,9 @@ def make_plots(model: LoadedModel, ff: FeatureFile, rows: np.ndarray, sc: Scores
         hist_labels, hist_name = split_names, "split"
     else:
         hist_labels, hist_name = None, "label"
-    xlabel = "reconstruction MSE (dB²)" if opts.score == "mse" else "reconstruction MAE (dB)"
+    xlabel = {"mse": "reconstruction MSE (dB²)", "mae": "reconstruction MAE (dB)",
+              "mahalanobis": "Mahalanobis distance of the error vector"}.get(opts.score,
+                                                                            opts.score)
     if opts.ensemble is not None:
         xlabel = f"ensemble z-score ({opts.score})"
     made["scores"] = str(plots.plot_score_histograms(score, hist_labels, out_dir / "scores.png",

@@ -144,11 +144,14 @@ _REGISTRY: dict[str, ModelKind] = {}
 
 
 def register(name: str, config_cls: type, build: Callable[[object], ClipModel], *,
-             batch_norm: bool = False, help: str = "") -> None:
-    """Make ``--arch name`` build ``build(config_cls(...))``."""
+             batch_norm: bool = False, help: str = "", score: str = "mse") -> None:
+    """Make ``--arch name`` build ``build(config_cls(...))``. ``score``: the anomaly score
+    ``--score auto`` prefers for the kind (``ArchInfo.score``: 'mse' or 'mahalanobis')."""
+    if score not in ("mse", "mahalanobis"):
+        raise ValueError(f"score must be 'mse' or 'mahalanobis', got {score!r}")
     _REGISTRY[name] = ModelKind(name, config_cls, build)
     if name not in ARCHS:
-        ARCHS[name] = ArchInfo(getattr(build, "__module__", ""), batch_norm, help)
+        ARCHS[name] = ArchInfo(getattr(build, "__module__", ""), batch_norm, help, score=score)
 
 
 def kind(name: str) -> ModelKind:

@@ -4,7 +4,9 @@ The path of ``ae-score`` and of the notebook API: the model file's feature param
 decide the featurization (``model_params``), the featurize workers decode and compute
 the features in input order (``aekit.featurize.iter_features``), and batches of clips go
 through the model's ``clip_errors``, the same function ``ae-eval --scores`` uses. A score
-is a clip's reconstruction MSE in dB^2; higher is more anomalous.
+is a clip's reconstruction MSE in dB^2, or the Mahalanobis distance of its error vector
+(``score="mahalanobis"``; ``"auto"``, the default, is the model's choice: aekit.autoscore);
+higher is more anomalous.
 
 The decision threshold a model carries (``fit_threshold``, stored by ``ae-train``) is
 fitted on its training clips' scores: the 90th percentile of a gamma distribution fitted
@@ -32,7 +34,8 @@ THRESHOLD_QUANTILE = 0.9  # the DCASE baselines' decision threshold: 90th percen
 
 
 class ScoreRecord(NamedTuple):
-    """One input's score (MSE dB^2), or ``score=None`` and the reason it failed."""
+    """One input's score (of the score asked for: MSE dB^2, or the Mahalanobis distance, see
+    ``resolve_score``), or ``score=None`` and the reason it failed."""
 
     index: int  # position in the input list
     id: str
@@ -161,13 +164,23 @@ def _as_float_waves(waves) -> np.ndarray:
 # ------------------------------------------------------------------ features -> scores
 
 SCORES = ("mse", "mahalanobis")  # ae-score / score_files / score_features
+DEFAULT_SCORE = "auto"  # the model's own choice (aekit.autoscore): mahalanobis or mse
+
+
+def resolve_score(model, score: str = DEFAULT_SCORE) -> str:
+    """The score ``score`` means for ``model``: 'auto' resolved (``aekit.autoscore``: the
+    kind's preferred score when the model can give it, else 'mse'), any other name as is."""
+    from .autoscore import resolve
+
+    return resolve(model, score)[0]
 
 
 def check_score(model, score: str) -> None:
     """InputError (one line) for an unknown score name, or ``mahalanobis`` with a model that
-    stores no Mahalanobis statistics."""
+    stores no Mahalanobis statistics ('auto' is resolved first)."""
+    score = resolve_score(model, score)
     if score not in SCORES:
-        raise InputError(f"unknown score {score!r}: use {' or '.join(SCORES)}")
+        raise InputError(f"unknown score {score!r}: use auto, {' or '.join(SCORES)}")
     if getattr(model, "is_ensemble", False):  # aekit.ensemble: every member, its statistics
         return model.check(score)
     if score == "mahalanobis":
@@ -177,16 +190,18 @@ def check_score(model, score: str) -> None:
 
 
 def score_features(model, x: np.ndarray, batch_size: int = DEFAULT_BATCH,
-                   score: str = "mse") -> np.ndarray:
+                   score: str = DEFAULT_SCORE) -> np.ndarray:
     """Raw log-Mel dB clips float32 [N, C, M, T] (or one clip [C, M, T]) -> scores [N]:
     MSE dB^2 (``score="mse"``) or the Mahalanobis distance of the clips' error vectors, the
-    minimum over the domains the model stores (``score="mahalanobis"``, aekit.mahalanobis).
+    minimum over the domains the model stores (``score="mahalanobis"``, aekit.mahalanobis);
+    ``"auto"`` (the default): the model's own choice (``resolve_score``, aekit.autoscore).
 
     ``model`` is a LoadedModel or a model file path; an ``aekit.ensemble.Ensemble`` gives
     its members' combined z-scores."""
     import torch
 
     model = _as_model(model)
+    score = resolve_score(model, score)
     check_score(model, score)
     if getattr(model, "is_ensemble", False):
         return model.score_features(x, batch_size, score)
@@ -209,10 +224,11 @@ def score_features(model, x: np.ndarray, batch_size: int = DEFAULT_BATCH,
 
 
 def score_array(model, waves: np.ndarray, sample_rate: int | None = None,
-                batch_size: int = DEFAULT_BATCH) -> np.ndarray:
-    """Waveforms [N, channels, samples] (or one [channels, samples] / [samples]) -> MSE
-    dB^2 [N], featurized as ae-featurize would a file: resampled from ``sample_rate`` (None:
-    the model's), channels fixed, truncated or zero-padded, then the model's front end.
+                batch_size: int = DEFAULT_BATCH, score: str = DEFAULT_SCORE) -> np.ndarray:
+    """Waveforms [N, channels, samples] (or one [channels, samples] / [samples]) -> scores
+    [N] (``score`` as :func:`score_features`: 'auto', 'mse' or 'mahalanobis'), featurized as
+    ae-featurize would a file: resampled from ``sample_rate`` (None: the model's), channels
+    fixed, truncated or zero-padded, then the model's front end.
 
     Float samples are taken as they are (full scale 1.0); integer PCM is scaled as soundfile
     reads it (int16 / 32768, int32 / 2**31, int8 / 128, uint8 (x - 128) / 128), so an int16
@@ -225,6 +241,8 @@ def score_array(model, waves: np.ndarray, sample_rate: int | None = None,
 
     model = _as_model(model)
     params = model_params(model)
+    score = resolve_score(model, score)
+    check_score(model, score)
     _check_batch(batch_size)
     w = _as_float_waves(waves)
     w = w[None, None] if w.ndim == 1 else (w[None] if w.ndim == 2 else w)
@@ -265,7 +283,7 @@ def score_array(model, waves: np.ndarray, sample_rate: int | None = None,
             if c.shape[1] < params.num_samples:
                 c = np.pad(c, ((0, 0), (0, params.num_samples - c.shape[1])))
             feats.append(frontend(torch.from_numpy(np.ascontiguousarray(c))).numpy())
-    return score_features(model, np.stack(feats), batch_size)
+    return score_features(model, np.stack(feats), batch_size, score)
 
 
 # ------------------------------------------------------------------ files -> scores
@@ -308,8 +326,8 @@ def featurize_files(paths: Sequence[str | os.PathLike], params=None, jobs: int |
 
 
 def score_files(model, paths: Sequence[str | os.PathLike], ids: Sequence[str] | None = None,
-                jobs: int | None = None, batch_size: int = DEFAULT_BATCH, score: str = "mse"
-                ) -> Iterator[ScoreRecord]:
+                jobs: int | None = None, batch_size: int = DEFAULT_BATCH,
+                score: str = DEFAULT_SCORE) -> Iterator[ScoreRecord]:
     """Score audio files with a model: yield one :class:`ScoreRecord` per path, in input order,
     batch by batch as they are computed (memory does not grow with the number of files).
 
@@ -320,13 +338,15 @@ def score_files(model, paths: Sequence[str | os.PathLike], ids: Sequence[str] | 
     ``aekit.pathstream`` source such as the lines of a pipe): read as the work needs it and
     never held, its first records come before its end is read. ``ids``: None (the paths), a
     function path -> id, a sequence as long as a sequence of paths, or an iterable read in
-    step with an iterator of paths. ``score``: "mse" or "mahalanobis", as
+    step with an iterator of paths. ``score``: "auto" (the model's choice, ``resolve_score``:
+    which one it is does not change during the run), "mse" or "mahalanobis", as
     :func:`score_features`.
 
     Every forward pass is ``batch_size`` clips (a last or early batch is padded), so a clip's
     score depends on its position in the input only, never on when a stream paused.
     """
     model = _as_model(model)
+    score = resolve_score(model, score)
     check_score(model, score)
     params = model_params(model)
     stream = _is_stream(paths)

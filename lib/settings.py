@@ -39,6 +39,9 @@ class ArchInfo:
     options: dict = field(default_factory=dict)
     #: Its values replacing WITH_VALIDATION's when a validation fold exists (default preset).
     validated: dict = field(default_factory=dict)
+    #: The anomaly score ``--score auto`` picks for a model of this kind (aekit.autoscore):
+    #: 'mahalanobis' (used when the model file stores its statistics, else 'mse') or 'mse'.
+    score: str = "mse"
 
 
 #: Model kinds by --arch name; a new kind is one module plus one line here (or a
@@ -54,7 +57,8 @@ ARCHS: dict[str, ArchInfo] = {
         "aekit.frames", True, "windows of --context frames, Linear+BatchNorm+ReLU (DCASE 2020)",
         defaults=dict(hidden=(128, 128, 128, 128), latent=8, batch_size=512, lr=1e-3,
                       epochs=20),
-        options={"context": ArchOption(5, "Frames per window (--arch frames).")}),
+        options={"context": ArchOption(5, "Frames per window (--arch frames).")},
+        score="mahalanobis"),
 }
 
 # Suefusa et al., ICASSP 2020 ("IDNN"): predict the centre frame of a window of --context
@@ -64,7 +68,8 @@ ARCHS["interp"] = ArchInfo(
     "aekit.interp", True, "the centre frame of a --context window predicted from the others, "
     "frames' layers (IDNN, ICASSP 2020)",
     defaults=ARCHS["frames"].defaults,
-    options={"context": ArchOption(5, "interp: odd, at least 3.", min=3, odd=True)})
+    options={"context": ArchOption(5, "interp: odd, at least 3.", min=3, odd=True)},
+    score="mahalanobis")
 
 DEFAULT_HIDDEN = (8224, 2056, 1024, 512)  # the tutorial's widths
 DEFAULT_LATENT = 256  # the tutorial's bottleneck
