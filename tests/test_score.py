@@ -67,11 +67,11 @@ def trained(features: Path, arch: str) -> Path:
     return _MODELS[arch]
 
 
-def eval_scores(model: Path, features: Path) -> dict[str, float]:
+def eval_scores(model: Path, features: Path, column: str = "mse") -> dict[str, float]:
     out = features.parent / f"{model.stem}.scores.csv"
     r = invoke("eval", [model, features, "--scores", out, "-o", features.parent / "r.json", "-q"])
     assert r.exit_code == 0, r.stderr
-    return {row["id"]: float(row["mse"]) for row in read_csv(out.read_text())}
+    return {row["id"]: float(row[column]) for row in read_csv(out.read_text())}
 
 
 def _archs():
@@ -82,12 +82,17 @@ def _archs():
 
 @pytest.mark.parametrize("arch", _archs())
 def test_scores_equal_featurize_plus_eval(audio, features, arch):
+    from aekit.settings import ARCHS
+
     model = trained(features, arch)
-    want = eval_scores(model, features)
+    # both at the default --score auto: the kind's declared score (its statistics are stored)
+    scorer = ARCHS[arch].score
+    want = eval_scores(model, features, scorer)
     r = invoke("score", [model, audio, "-j", "2", "--batch-size", "4", "--max-fail-frac", "0.2"])
     assert r.exit_code == 0, r.stderr
     rows = read_csv(r.stdout)
-    assert list(rows[0]) == ["id", "path", "score"]
+    assert list(rows[0]) == ["id", "path", "score", "scorer"]
+    assert {row["scorer"] for row in rows} == {scorer}
     ids = [row["id"] for row in rows]
     assert ids == sorted(ids) and len(ids) == N_GOOD + 1  # input order, the failure included
     bad = [row for row in rows if row["id"] == "m05x"]
@@ -175,7 +180,7 @@ def test_threshold_decisions(audio, features, tmp_path):
 
     t = aekit.load_model(model).info["threshold"]["value"]
     rows = read_csv(out.read_text())
-    assert list(rows[0]) == ["id", "path", "score", "decision"]
+    assert list(rows[0]) == ["id", "path", "score", "decision", "scorer"]
     for row in rows:
         want = "" if not row["score"] else str(int(float(row["score"]) > t))
         assert row["decision"] == want
@@ -267,7 +272,7 @@ def test_pipe_to_head(audio, features, env_bin):
                        capture_output=True, text=True)
     assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr
     lines = p.stdout.splitlines()
-    assert lines[0] == "id,path,score" and lines[1].startswith("m00,")
+    assert lines[0] == "id,path,score,scorer" and lines[1].startswith("m00,")
 
 
 def test_public_api_is_lazy_and_complete():
