@@ -132,7 +132,7 @@ def test_ensemble_z_is_mean_of_member_z_and_eval_equals_score(setup, score):
             "-j", "1", "--batch-size", "5"]
     r = invoke(cmd("score"), args)
     assert r.exit_code == 0, r.stderr
-    assert r.stdout.splitlines()[0] == "id,path,ensemble_z"
+    assert r.stdout.splitlines()[0] == "id,path,ensemble_z,scorer"
     sc = {row["id"]: float(row["ensemble_z"]) for row in read_csv(r.stdout)}
     assert sorted(sc) == [row["id"] for row in rows] and len(sc) == N
     for row, v in zip(rows, ev):
@@ -148,7 +148,7 @@ def test_ensemble_threshold(setup):
     zt = np.mean([(np.array(e["values"]) - e["mean"]) / e["std"] for e in es], axis=0)
     want = float(np.quantile(zt, 0.9))
     r = invoke(cmd("score"), [m1, setup["audio"], "--ensemble", m2, "--ensemble", m3,
-                              "-j", "1", "--threshold", "model"])
+                              "-j", "1", "--threshold", "model", "--score", "mse"])
     assert r.exit_code == 0, r.stderr
     rows = read_csv(r.stdout)
     assert [row["decision"] for row in rows] == [
@@ -157,7 +157,7 @@ def test_ensemble_threshold(setup):
     rep = setup["root"] / "thr.json"
     r = invoke(cmd("eval"), [m1, setup["feats"], "--ensemble", m2, "--ensemble", m3,
                              "-o", rep, "-q", "--labels", setup["labels"],
-                             "--anomaly-column", "anomaly"])
+                             "--anomaly-column", "anomaly", "--score", "mse"])
     assert r.exit_code == 0, r.stderr
     report = json.loads(rep.read_text())
     assert report["ensemble"]["threshold"]["value"] == pytest.approx(want, rel=1e-12)
@@ -199,7 +199,8 @@ def test_bad_statistics_refused(setup, edit, msg):
     m1, m2, _ = setup["models"]
     bad = rewrite_info(m2, setup["root"] / "bad.safetensors",
                        lambda info: edit(info["training_scores"]))
-    r = invoke(cmd("score"), [m1, setup["audio"], "--ensemble", bad, "-j", "1"])
+    r = invoke(cmd("score"), [m1, setup["audio"], "--ensemble", bad, "-j", "1",
+                              "--score", "mse"])
     line = one_error_line(r)
     assert msg in line and "bad.safetensors" in line
 

@@ -135,7 +135,7 @@ def test_validation_loss_is_the_mean_centre_frame_score(tmp_path):
              fold=0, data_mode="memory", workers=0)
     lm = aekit.load_model(tmp_path / "m.safetensors")
     val = [i for i in range(10) if i % 5 != 4 and i % 2 == 0]  # train rows of fold 0
-    mse = aekit.score_features(lm, x[val])  # every clip has the same number of windows
+    mse = aekit.score_features(lm, x[val], score="mse")  # every clip has the same number of windows
     assert lm.info["history"][-1]["val_loss"] == pytest.approx(float(np.mean(mse)), rel=1e-5)
 
 
@@ -199,7 +199,7 @@ def test_eval_score_encode_and_threshold(setup):
     np.testing.assert_allclose([float(row["mse"]) for row in ev], mse, rtol=1e-5)
     np.testing.assert_allclose([float(row["mae"]) for row in ev], mae, rtol=1e-5)
     r = invoke(cmd("score"), [setup["model"], setup["audio"], "-j", "1", "--batch-size", "3",
-                              "--threshold", "model"])
+                              "--threshold", "model", "--score", "mse"])
     assert r.exit_code == 0, r.stderr
     sc = {row["id"]: row for row in rows(r.stdout)}
     thr = lm.info["threshold"]
