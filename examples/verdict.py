@@ -31,9 +31,9 @@ LEGEND = (
                           "training clips, last epoch (frames: over 5-frame windows)"),
     ("val loss (best)", "the same MSE on the held-out fold's normal clips, at the kept epoch"),
     ("test MSE", "mean reconstruction MSE (dB²) of the test clips, normal and anomalous"),
-    ("AUC", "the probability that an anomalous clip scores a higher error than a normal clip "
-            "of the same machine type: 1 perfect, 0.5 chance, below 0.5 anomalies ranked "
-            "below normals (marked *)"),
+    ("AUC", "the probability that an anomalous clip gets a higher anomaly score (column "
+            "score) than a normal clip of the same machine type: 1 perfect, 0.5 chance, below "
+            "0.5 anomalies ranked below normals (marked *)"),
     ("pAUC", "the official DCASE partial AUC: the same ranking restricted to false-positive "
              "rates <= 0.1, McClish-standardized (0.5 chance, 1 perfect)"),
     ("(by type)", "computed per machine type, then the arithmetic mean over the types"),
@@ -42,13 +42,17 @@ LEGEND = (
     ("probe acc (type)", "accuracy of a logistic regression predicting the machine type from "
                          "the latent code (chance: 1 / types); what the code holds, not "
                          "anomaly detection"),
+    ("score", "the anomaly score the AUCs rank by (ae-eval's default --score auto, the model's "
+              "choice): mse the reconstruction MSE (dB²); mahalanobis the Mahalanobis distance "
+              "of the clip's reconstruction-error vector to its training clips' (the frame "
+              "models); ensemble_z(...) the members' mean z-score"),
     ("bearing ... rattle", "AUC of the anomalous clips of one kind against all normal test "
                            "clips of the type (n: anomalous clips of that kind per fold)"),
     ("a ± b", "mean and sample standard deviation over the K folds: each fold's model trains "
               "on the other folds' normal clips; the test clips are the same"),
 )
 
-MEANING = ("it reconstructs them better than the normal sound, so its reconstruction error "
+MEANING = ("it reconstructs them better than the normal sound, so its anomaly score "
            "ranks them as more normal: to this model the anomaly makes the clip easier to "
            "reconstruct (quieter or simpler than the normal sound, e.g. one steady component "
            "that dominates after the clip is brought to the same loudness). This is a failure "
@@ -70,6 +74,8 @@ class Row:
     #: (type, kind) -> one AUC per fold; counts: (type, kind) -> anomalous clips per fold
     kind_auc: dict = field(default_factory=dict)
     kind_count: dict = field(default_factory=dict)
+    #: the anomaly score of the folds' reports (report anomaly.score), in fold order, unique
+    scores: list[str] = field(default_factory=list)
 
     def values(self, key: str) -> list[float]:
         v = self.metrics.get(key)
@@ -143,6 +149,9 @@ def load_row(work: Path, name: str, folds: int) -> Row:
         report_path = work / "reports" / f"{name}.fold{k}.json"
         if report_path.exists():
             report = json.loads(report_path.read_text())
+            name_ = (report.get("anomaly") or {}).get("score")
+            if name_ and name_ not in row.scores:
+                row.scores.append(name_)
             aucs, counts = kind_aucs(report, work / "reports" / f"{name}.fold{k}.scores.csv")
             for key, auc in aucs.items():
                 row.kind_auc.setdefault(key, []).append(auc)
@@ -182,7 +191,7 @@ def findings(rows: list[Row], types: list[str]) -> list[str]:
         pooled = r.values("anomaly.auc")
         if pooled and statistics.fmean(pooled) < CHANCE:
             out.append(f"{r.name}'s pooled AUC is below 0.5 ({mean_std(pooled)}): over all "
-                       f"types together its anomalous clips score lower errors than the normal "
+                       f"types together its anomalous clips score lower than the normal "
                        f"ones; the pooled figure also mixes the types' error levels, so the "
                        f"per-type AUCs are the ones that say what it detects.")
         kinds = []
@@ -227,7 +236,7 @@ def render(rows: list[Row], folds: int, note: str = "") -> str:
     out = [f"aekit demo verdict: mean ± std over {folds} folds" + (f" ({note})" if note else ""),
            ""]
     header = ("model", "epochs", "train loss (last)", "val loss (best)", "test MSE",
-              "AUC (by type)", "pAUC (by type)", "AUC (pooled)", "probe acc (type)")
+              "AUC (by type)", "pAUC (by type)", "AUC (pooled)", "probe acc (type)", "score")
     table = [header]
     for r in rows:
         table.append((r.name, _epochs(r), mean_std(r.train_last, False),
@@ -236,7 +245,8 @@ def render(rows: list[Row], folds: int, note: str = "") -> str:
                       mean_std(r.values("anomaly.group_mean.auc_arithmetic"), mark=True),
                       mean_std(r.values("anomaly.group_mean.pauc_arithmetic")),
                       mean_std(r.values("anomaly.auc"), mark=True),
-                      mean_std(r.values("probe.accuracy"))))
+                      mean_std(r.values("probe.accuracy")),
+                      "/".join(r.scores) or "-"))
     out += ["All machine types:", _table(table)]
     for t in types:
         kinds = sorted({k for r in rows for (tt, k) in r.kind_auc if tt == t})

@@ -90,8 +90,9 @@ def test_verdict_says_when_a_model_ranks_anomalies_below_normals(tmp_path):
     legend = lines[lines.index("What the figures are:") + 1:]
     assert [x.split(":")[0] for x in legend] == [
         "- epochs", "- train loss (last)", "- val loss (best)", "- test MSE", "- AUC", "- pAUC",
-        "- (by type)", "- AUC (pooled)", "- probe acc (type)", "- bearing ... rattle",
-        "- a ± b"]
+        "- (by type)", "- AUC (pooled)", "- probe acc (type)", "- score",
+        "- bearing ... rattle", "- a ± b"]
+    assert header.split()[-1] == "score" and base.split()[-1] == "mse"  # the reports' score
 
 
 def test_verdict_without_auc_below_chance_says_so(tmp_path):
