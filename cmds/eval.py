@@ -80,7 +80,8 @@ ae-eval MODEL FEATURES [options]
                  each type's means and official score, then over all types.
   --plots DIR    loss.png, spectrograms_best.png, spectrograms_worst.png, scores.png, roc.png.
   --ensemble M2  (repeatable) models voting with MODEL: the anomaly score becomes the mean
-                 over members of each member's --score standardized on its training clips'
+                 over members of each member's --score (auto: mahalanobis only when it is
+                 every member's own choice, else mse) standardized on its training clips'
                  scores (stored by ae-train): a z-score, column ensemble_z, report section
                  'ensemble'; decisions at the 90th percentile of the training clips' ensemble
                  z-scores when all members were trained on the same clips. reconstruction,

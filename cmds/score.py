@@ -43,7 +43,8 @@ one ae-train stored; mahalanobis: fitted to the training clips' distances ae-tra
 stored; a model without them is refused).
 
 --ensemble M2 (repeatable) adds models that vote with MODEL: each member scores the
-clip (--score applies to every member), each score is standardized on that member's
+clip (--score applies to every member; auto: mahalanobis only when it is every
+member's own choice, else mse), each score is standardized on that member's
 training clips' scores (stored by ae-train), and the column ensemble_z (in place of
 score) is their mean: a z-score, not dB^2. The members must take the same features;
 --threshold model is then the 90th percentile of the training clips' ensemble z-scores,
