@@ -67,7 +67,8 @@ ae-eval MODEL FEATURES [options]
                  --section-column, --domain-column) AUC source/target and pAUC with the
                  official evaluators' clip selection, P/R/F1 per domain at the model's
                  threshold of the score (mse: stored by ae-train; mahalanobis: the same
-                 90th-percentile gamma rule on the training distances it stored), means, and the official score (report section 'dcase').
+                 90th-percentile gamma rule on the training distances it stored), means,
+                 and the official score (report section 'dcase').
   --probe-column COL: logistic regression on the standardized codes z, fitted on the train
                  rows of the fold (from --splits), scored on the evaluated rows.
   --submission DIR (with --labels: --type-column, --section-column; no anomaly or domain
