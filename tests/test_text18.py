@@ -229,7 +229,8 @@ def test_a_name_that_is_not_utf8_is_a_failed_input_written_escaped(text_data, tm
     assert r.exit_code == 0, (r.stderr, r.exception)
     raw = (tmp_path / "s.csv").read_bytes()
     rows = list(csv.reader(io.StringIO(raw.decode("utf-8"))))
-    assert rows[1] == ["bad\\xff", f"{d}/bad\\xff.wav", ""]
+    assert rows[0][-1] == "scorer"  # the score in use, on every row
+    assert rows[1][:3] == ["bad\\xff", f"{d}/bad\\xff.wav", ""] and len(rows[1]) == 4
     assert [row[0] for row in rows[2:]] == [f"g{i}" for i in range(5)]
 
 
