@@ -10,7 +10,9 @@ a user runs it (a process, all cores):
 files/s are marginal, start-up cancelled (the whole set's time minus that of its first
 quarter, both measured), as in bench_featurize. Also timed: the model's forward pass alone
 on clips in memory (clips/s, all threads). ae-score does ae-featurize's work (no HDF5) plus
-that forward pass, so its floor is 1 / (1/featurize + 1/forward) files/s. Printed:
+that forward pass, so its floor is 1 / (1/featurize + 1/forward) files/s;
+ae-score runs with --score mse (the floor is the MSE forward pass: --score auto would pick
+the Mahalanobis distance for a frames model). Printed:
 files/s, the ratios to ae-featurize and to that floor (target >= 0.8), and the stdin
 list's ratio to the directory (target >= 0.9: streaming costs nothing). --many N
 (default 10000, 0 skips) adds a row: the peak RSS of ae-score reading N/2 and N inputs
@@ -163,11 +165,11 @@ def main() -> None:
 
         def score_dir(which):
             return run([str(BIN / "ae-score"), str(model), str(sets[which][0]), "-o",
-                        str(out / f"s_{which}.csv"), "--device", args.device, "-q", *jobs])
+                        str(out / f"s_{which}.csv"), "--device", args.device, "--score", "mse", "-q", *jobs])
 
         def score_stdin(which):
             return run([str(BIN / "ae-score"), str(model), "-", "-o", str(out / "s_list.csv"),
-                        "--device", args.device, "-q", *jobs],
+                        "--device", args.device, "--score", "mse", "-q", *jobs],
                        stdin_text="".join(f"{p}\n" for p in sets[which][1]))
 
         g = forward_rate(model, args.device)
@@ -178,7 +180,7 @@ def main() -> None:
         many = None
         if args.many:
             listing = [str(clips[i % len(clips)]) for i in range(args.many)]
-            cmd = [str(BIN / "ae-score"), str(model), "-", "--device", args.device, "-q", *jobs]
+            cmd = [str(BIN / "ae-score"), str(model), "-", "--device", args.device, "--score", "mse", "-q", *jobs]
             many = {"half": peak_rss(cmd, listing[:max(1, args.many // 2)]),
                     "all": peak_rss(cmd, listing)}
     f = res["featurize"]["files_per_s"]
