@@ -38,6 +38,10 @@ SCORERS = ("mse", "mae", "mahalanobis")  # scorers whose training statistics are
 MAX_VALUES = 100_000  # per-clip training scores are stored up to this many clips
 THRESHOLD_QUANTILE = 0.9  # as aekit.scoring: the DCASE baselines' 90th percentile
 COMBINATION = "mean over members of (score - training mean) / training std"
+#: How the training clips' Mahalanobis distances are measured (``sample`` of that scorer's
+#: entry): each against statistics fitted without it (aekit.mahalanobis.crossfit_distances).
+#: Entries without it (in-sample distances, biased far low) are refused.
+OUT_OF_SAMPLE = "crossfit-5"
 
 
 def ids_sha256(ids: Sequence[str]) -> str:
@@ -62,6 +66,8 @@ def training_stats(ids: Sequence[str], scores: dict) -> dict:
         if s.shape != (n,) or not n or not np.isfinite(s).all():
             continue
         entry = {"mean": float(s.mean()), "std": float(s.std())}
+        if name == "mahalanobis":  # aekit.mahalanobis.crossfit_distances: as a new clip's
+            entry["sample"] = OUT_OF_SAMPLE
         if n <= MAX_VALUES:
             entry["values"] = [float(v) for v in s]
         out["scorers"][name] = entry
@@ -99,6 +105,11 @@ def member_stats(model, score: str) -> dict:
                             if score == "mahalanobis" else "; retrain it with this aekit"))
     if not isinstance(e, dict) or not _num(e.get("mean")) or not _num(e.get("std")):
         raise InputError(f"{bad}.scorers.{score}: mean and std must be finite numbers")
+    if score == "mahalanobis" and e.get("sample") != OUT_OF_SAMPLE:
+        raise InputError(f"{name}: its stored Mahalanobis training distances are in-sample "
+                         "(written by an earlier aekit; far below a new clip's): no "
+                         "Mahalanobis threshold or ensemble from them; retrain it, use "
+                         "--score mse, or give the threshold as a number")
     mean, std = float(e["mean"]), float(e["std"])
     if std <= 0:
         raise InputError(f"{name}: its training {score} scores have no spread (std {std:g}): "

@@ -62,7 +62,7 @@ def error_vectors(model, norm, x: torch.Tensor) -> torch.Tensor:
     return acc / k
 
 
-def fit(vectors: np.ndarray, domains: np.ndarray) -> dict:
+def fit(vectors: np.ndarray, domains: np.ndarray, quiet: bool = False) -> dict:
     """{domain: (mean float64 [D], inverse covariance float64 [D, D], n)} for each domain with
     at least 2 clips."""
     v = np.asarray(vectors, dtype=np.float64)
@@ -70,8 +70,9 @@ def fit(vectors: np.ndarray, domains: np.ndarray) -> dict:
     for d in sorted(set(domains.tolist())):
         x = v[domains == d]
         if x.shape[0] < 2:
-            LOG.warning("Mahalanobis statistics: domain %r has %d training clip(s); not fitted",
-                        d, x.shape[0])
+            if not quiet:
+                LOG.warning("Mahalanobis statistics: domain %r has %d training clip(s); "
+                            "not fitted", d, x.shape[0])
             continue
         mean = x.mean(0)
         cov = np.atleast_2d(np.cov(x, rowvar=False))  # denominator n - 1
@@ -92,6 +93,39 @@ def distances(vectors: np.ndarray, stats: dict) -> np.ndarray:
         d = np.sqrt(np.maximum(q, 0.0))
         best = d if best is None else np.minimum(best, d)
     return best
+
+
+CROSSFIT_FOLDS = 5
+
+
+def crossfit_distances(vectors: np.ndarray, domains: np.ndarray, stats: dict) -> np.ndarray:
+    """The training clips' distances as a new clip's would be: out of sample, float64 [N].
+
+    A clip's distance to statistics fitted on it is biased low, and far below any new
+    clip's when there are fewer clips than dimensions (the covariance is then singular: the
+    clips span a subspace, the ridge makes every other direction nearly infinitely
+    unlikely, and every new clip has components there). Such distances would make the
+    Mahalanobis threshold (their 90th percentile) flag every new clip, and make an ensemble's
+    z-scores incomparable between members. So each clip is measured against statistics
+    fitted without it: the clips are cut into ``CROSSFIT_FOLDS`` groups by position (clip i
+    in group i mod 5), and the clips of each group are measured against the statistics of
+    the other groups, the minimum over the domains fitted there. Where the other groups fit no
+    domain (fewer than 2 clips left), the clip is measured against ``stats`` (all clips)."""
+    v = np.asarray(vectors, dtype=np.float64)
+    dom = np.asarray(domains, dtype=object)
+    n = v.shape[0]
+    full = {d: s[:2] for d, s in stats.items()}
+    out = distances(v, full) if n else np.empty(0)
+    k = min(CROSSFIT_FOLDS, n)
+    if k < 2:
+        return out
+    group = np.arange(n) % k
+    for g in range(k):
+        held = group == g
+        part = fit(v[~held], dom[~held], quiet=True)
+        if part:
+            out[held] = distances(v[held], {d: s[:2] for d, s in part.items()})
+    return out
 
 
 def model_stats(model) -> dict:

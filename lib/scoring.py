@@ -589,5 +589,5 @@ def training_fit(model, normalizer, features: str | os.PathLike, rows: np.ndarra
             stats = mh.fit(vec, dom) or None
     if scores_out is not None:
         scores_out.update(mse=mse, mae=mae, mahalanobis=None if stats is None else
-                          mh.distances(vec, {d: v[:2] for d, v in stats.items()}))
+                          mh.crossfit_distances(vec, dom, stats))
     return threshold, stats

@@ -112,7 +112,9 @@ def test_ae_score_auto_scorer_column_log_and_model_threshold(setup):
     t = maha_threshold(lm)
     assert aekit.model_threshold(lm) == pytest.approx(t, rel=1e-12)
     assert [o["decision"] for o in out] == [str(int(s > t)) for s in want]
-    assert 0 < sum(o["decision"] == "1" for o in out) < N  # the threshold cuts somewhere
+    # the threshold comes from out-of-sample distances (tests/test_crossfit20.py): above the
+    # 90th percentile of these clips' own in-sample distances, where an in-sample fit put it
+    assert t > np.quantile(want, 0.9)
     # explicit --score mse: the MSE and the threshold ae-train stored, as before
     r = invoke(cmd("score"), [setup["frames"], setup["audio"], "-j", "1", "--score", "mse",
                               "--threshold", "model"])

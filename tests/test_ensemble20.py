@@ -91,9 +91,20 @@ def test_stored_training_scores(setup):
     assert ts["n"] == len(normal) == 18 and ts["ddof"] == 0
     assert ts["ids_sha256"] == ensemble.ids_sha256([setup["ids"][k] for k in normal])
     assert sorted(ts["scorers"]) == ["mae", "mahalanobis", "mse"]
+    import torch
+
+    from aekit import mahalanobis as mh
+
     for name in ("mse", "mahalanobis"):
         e = ts["scorers"][name]
         want = score_features(lm, setup["x"][normal], score=name)
+        if name == "mahalanobis":  # out of sample (tests/test_crossfit20.py): each clip
+            in_sample = want  # against statistics fitted without it
+            vec = mh.error_vectors(lm.model, lm.normalizer,
+                                   torch.from_numpy(setup["x"][normal])).numpy()
+            stats = {d: (m, ic, 0) for d, (m, ic) in lm.mahalanobis.items()}
+            want = mh.crossfit_distances(vec, np.full(len(normal), mh.ALL, dtype=object), stats)
+            assert np.mean(want) > np.mean(in_sample)
         np.testing.assert_allclose(e["values"], want, rtol=1e-6)
         assert e["mean"] == pytest.approx(np.mean(e["values"]), rel=1e-12)
         assert e["std"] == pytest.approx(np.std(e["values"]), rel=1e-12)
