@@ -399,11 +399,18 @@ def test_grouped_folds_balanced_and_never_worse_than_sklearn(data, folds, seed):
     # Never worse than StratifiedGroupKFold on the same rows, in spread or class error.
     mine = S.fold_quality(fold, classes)
     try:
-        theirs = S.fold_quality(sklearn_folds(groups, classes, fold, folds, seed), classes)
+        ref = sklearn_folds(groups, classes, fold, folds, seed)
+        theirs = S.fold_quality(ref, classes)
+        ref_sizes = np.bincount(ref[ref >= 0], minlength=folds)
+        # fold sizes come first (lib/split.py _fold_groups): the class error is only held
+        # to StratifiedGroupKFold's where its folds meet the size bound themselves
+        ref_sized = np.abs(ref_sizes - ref_sizes.mean()).max() <= max(
+            largest, 0.1 * ref_sizes.mean()) + 1e-9
     except ValueError:  # StratifiedGroupKFold refuses: every class smaller than --folds
-        theirs = (np.inf, np.inf)
+        theirs, ref_sized = (np.inf, np.inf), True
     assert mine[0] <= theirs[0]
-    assert mine[1] <= theirs[1] + 1e-9
+    if ref_sized:
+        assert mine[1] <= theirs[1] + 1e-9
     # The test set holds every class with at least two groups; the rest are named.
     for cls in set(classes):
         n_groups = len(set(g[c == cls]))
