@@ -102,7 +102,7 @@ def _floor_one(paths: list[Path], repeat: int) -> tuple[float, float]:
     on the decoded arrays in memory (batch sizes 1, 4, 16)."""
     import torch
 
-    from aekit.features import MelFrontend, MelParams
+    from aekit.audio.features import MelFrontend, MelParams
 
     torch.set_num_threads(1)
     _decode_kept(str(paths[0]))
@@ -168,9 +168,9 @@ def time_floor(paths: list[Path], repeat: int = 3) -> dict:
 
 def time_aekit(paths: list[Path], out: Path, repeat: int = 2, ids=None, rss_trace=None) -> dict:
     """ae-featurize's library call: best wall time and least CPU (parent + its workers)."""
-    from aekit.audio import make_ids
-    from aekit.features import MelParams
-    from aekit.featurize import featurize
+    from aekit.audio.decode import make_ids
+    from aekit.audio.features import MelParams
+    from aekit.audio.featurize import featurize
 
     ids = ids or make_ids(paths)
     progress = None if rss_trace is None else (lambda _k: rss_trace.append(current_rss_mib()))

@@ -11,7 +11,7 @@ on the same windows and reports its best epoch's windows/s (training steps only:
 validation, no start-up), each row in its own subprocess, the rows taken in turn --rounds
 times (a slow minute of a shared machine hits them alike), the fastest run kept:
 
-  floor          aekit's step (aekit.train.train_step: the frames model, its fused Adam run
+  floor          aekit's step (aekit.train.loop.train_step: the frames model, its fused Adam run
                  inside backward) on windows already gathered into one contiguous tensor
                  [windows, 640], batches as slices of it, batch 512: no data path at all
   ae-train/memory  the ae-train command, --data memory, batch 512 (its default): windows
@@ -32,7 +32,7 @@ times (a slow minute of a shared machine hits them alike), the fastest run kept:
 
 Targets (CPU): ae-train >= 0.8x the floor and >= 3x the dcase2023 loop's windows/s.
 Threads: every row uses the same torch thread count (--threads, default aekit's automatic
-choice, aekit.threads). The device every row ran on is printed with it.
+choice, aekit.system.threads). The device every row ran on is printed with it.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def write_features(path: Path, cfg: dict, seed: int = 0) -> None:
     """dB-like clips [N, 1, mels, frames] (low-rank structure plus noise) in an aekit file."""
     import numpy as np
 
-    from aekit import store
+    from aekit.data import store
 
     rng = np.random.default_rng(seed)
     n, m, t = cfg["clips"], cfg["mels"], cfg["frames"]
@@ -83,7 +83,7 @@ def _windows(path: str, dtype=None):
     aekit's frames model and of the DCASE baseline's vectors: band-major, frame-minor)."""
     import torch
 
-    from aekit.store import FeatureFile
+    from aekit.data.store import FeatureFile
 
     with FeatureFile(path) as ff:
         import numpy as np
@@ -116,9 +116,9 @@ def _epochs(dev, epochs: int, one_epoch) -> list[float]:
 def row_floor(path: str, cfg: dict, dev) -> list[float]:
     import torch
 
-    from aekit import train as tr
-    from aekit.frames import FramesConfig
-    from aekit.models import build_model
+    from aekit.train import loop as tr
+    from aekit.models.frames import FramesConfig
+    from aekit.models.registry import build_model
 
     torch.manual_seed(0)
     x = _windows(path)
@@ -282,7 +282,7 @@ def run_row(name: str, path: str, cfg: dict, device: str, threads: int) -> dict:
     """One row in this process: {"name", "device", "threads", "rates": windows/s per epoch}."""
     import torch
 
-    from aekit.device import resolve_device
+    from aekit.system.device import resolve_device
 
     torch.set_num_threads(threads)
     dev = resolve_device(device)
@@ -301,7 +301,7 @@ def main(argv=None) -> int:
     ap.add_argument("--small", action="store_true", help="tiny sizes: check the script quickly")
     ap.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
     ap.add_argument("--threads", type=int, default=None,
-                    help="torch threads of every row (default: aekit.threads.auto_threads)")
+                    help="torch threads of every row (default: aekit.system.threads.auto_threads)")
     ap.add_argument("--clips", type=int, default=None, help="synthetic clips (default 100)")
     ap.add_argument("--epochs", type=int, default=None, help="epochs of every row (default 2)")
     ap.add_argument("--rounds", type=int, default=None, help="rows in turn, best kept (default 2)")
@@ -310,8 +310,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     cfg = dict(SMALL if args.small else FULL)
     cfg.update({k: v for k, v in (("clips", args.clips), ("epochs", args.epochs)) if v})
-    from aekit.device import resolve_device
-    from aekit.threads import auto_threads
+    from aekit.system.device import resolve_device
+    from aekit.system.threads import auto_threads
 
     threads = args.threads or auto_threads()[0]
     device = str(resolve_device(args.device))  # refused here, once, when not available

@@ -6,7 +6,7 @@ The full-size model (AEConfig defaults: improved, 2 x 32 x 391 -> 8224 -> 2056 -
                 measured before and after the model runs, the higher kept
   * encode      LoadedModel.encode alone (ae-encode's forward pass, encoder only)
   * forward     LoadedModel.reconstruct (ae-eval's forward pass: normalize, encode, decode)
-  * ae-eval     aekit.inference.score_rows over an HDF5 features file: read + forward +
+  * ae-eval     aekit.evaluate.inference.score_rows over an HDF5 features file: read + forward +
                 per-clip MSE/MAE, i.e. what the command does per batch
 Achieved GFLOP/s = FLOPs per sample (2 x weights of the part run) x samples/s.
 Target: forward >= 50 % of the matmul peak on CPU. Runs in about a minute on 2 cores.
@@ -28,10 +28,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import best_of, cores, matmul_peak_gflops, peak_rss_mib, save, table  # noqa: E402
 
-from aekit import inference, store  # noqa: E402
-from aekit.device import resolve_device  # noqa: E402
-from aekit.modelfile import LoadedModel, Normalizer  # noqa: E402
-from aekit.models import AEConfig, build_model, count_parameters  # noqa: E402
+from aekit.data import store  # noqa: E402
+from aekit.evaluate import inference  # noqa: E402
+from aekit.system.device import resolve_device  # noqa: E402
+from aekit.models.modelfile import LoadedModel, Normalizer  # noqa: E402
+from aekit.models.registry import AEConfig, build_model, count_parameters  # noqa: E402
 
 
 def _sync(dev: torch.device) -> None:

@@ -62,9 +62,9 @@ def make_clips(d: Path, n: int, seconds: float = 10.0, seed: int = 0) -> list[Pa
 def make_model(path: Path) -> int:
     import torch
 
-    from aekit.features import MelParams
-    from aekit.modelfile import make_normalizer, save_model
-    from aekit.models import build_model, count_parameters, make_config
+    from aekit.audio.features import MelParams
+    from aekit.models.modelfile import make_normalizer, save_model
+    from aekit.models.registry import build_model, count_parameters, make_config
 
     params = MelParams.from_preset(PRESET)
     torch.manual_seed(0)
@@ -74,13 +74,13 @@ def make_model(path: Path) -> int:
 
 
 def forward_rate(model_path: Path, device: str, batch: int = 64) -> float:
-    """Clips/s of the model's scoring forward pass alone (aekit.scoring.score_features on
+    """Clips/s of the model's scoring forward pass alone (aekit.evaluate.scoring.score_features on
     batches of ``batch`` clips in memory, all threads): the other half of ae-score's work."""
     from common import best_of
 
     import aekit
-    from aekit.device import resolve_device
-    from aekit.scoring import score_features
+    from aekit.system.device import resolve_device
+    from aekit.evaluate.scoring import score_features
 
     model = aekit.load_model(model_path, resolve_device(device))
     x = np.random.default_rng(0).normal(-40, 10, (4 * batch, *model.input_shape))

@@ -6,7 +6,7 @@
 The clips are deliberately small (1 x 32 x 40, 5 KB each; a 51 MB file) so that the step is
 cheap and the data path is what is measured: a source that keeps up here keeps up with any
 larger model. Each run is its own subprocess (its own peak RSS) training one epoch per pass
-with aekit.train.train_step on the tutorial's improved model at small widths (1280 -> 512 ->
+with aekit.train.loop.train_step on the tutorial's improved model at small widths (1280 -> 512 ->
 256 -> 128 -> 64 -> 32 and back: a fast step, so the data path dominates) and on every other
 registered kind except baseline (e.g. the frame-window model, when present), batch 25, CPU:
 
@@ -41,7 +41,7 @@ WIDTHS = dict(hidden=(512, 256, 128, 64), latent=32)  # small: the data path mus
 
 
 def write_file(path: Path, n: int) -> None:
-    from aekit import store
+    from aekit.data import store
 
     params = dict(sample_rate=16000, num_samples=39 * 256, n_fft=1024, hop_length=256,
                   n_mels=SHAPE[1], top_db=80.0, f_min=0.0, f_max=None, window="hann",
@@ -79,11 +79,11 @@ def one(path: str, arch: str, mode: str, cold: bool, workers: int, threads: int,
     """One pass (one epoch) in this process; returns its figures."""
     import torch
 
-    from aekit import train as tr
-    from aekit.data import STREAM_BLOCK_ROWS, batch_sizes, epoch_order, open_source
-    from aekit.modelfile import Normalizer
-    from aekit.models import build_model, make_config
-    from aekit.store import FeatureFile
+    from aekit.train import loop as tr
+    from aekit.train.batches import STREAM_BLOCK_ROWS, batch_sizes, epoch_order, open_source
+    from aekit.models.modelfile import Normalizer
+    from aekit.models.registry import build_model, make_config
+    from aekit.data.store import FeatureFile
 
     torch.set_num_threads(threads)
     dev = torch.device(device)
@@ -127,7 +127,7 @@ def main() -> int:
                     help="auto (CUDA when present), cpu, cuda, cuda:N: where every pass runs")
     ap.add_argument("--one", nargs=4, help=argparse.SUPPRESS)
     args = ap.parse_args()
-    from aekit.device import resolve_device
+    from aekit.system.device import resolve_device
 
     device = str(resolve_device(args.device))  # refused here when not available
     if args.one:
@@ -136,8 +136,8 @@ def main() -> int:
                              device)))
         return 0
 
-    from aekit.models import kind
-    from aekit.settings import ARCHS
+    from aekit.models.registry import kind
+    from aekit.train.settings import ARCHS
 
     archs = ["improved"]
     for a in ARCHS:  # other kinds that train on these clips (e.g. the frame-window model)

@@ -13,15 +13,15 @@ a matmul peak measured in the same run, and peak RSS.
                  batch_size=25, shuffle=True), Adam(lr=1e-3) with torch's defaults,
                  x = x.view(B, -1); out, _ = model(x); loss = mse(out, x); zero_grad;
                  backward; step
-  ae-train       aekit.train.train_step as ae-train runs it: rows pre-loaded as one tensor
+  ae-train       aekit.train.loop.train_step as ae-train runs it: rows pre-loaded as one tensor
                  indexed by the epoch's permutation (no DataLoader), fused Adam run per
                  parameter inside backward (StepInBackward: each Linear's weight gradient
                  computed into one scratch buffer reused by every layer and step, so no
-                 gradient is allocated), 2 MiB pages (aekit.hostmem), no per-step host sync
+                 gradient is allocated), 2 MiB pages (aekit.system.hostmem), no per-step host sync
   ae-train/plain-step  the same with zero_grad + backward + opt.step() (ablation; as ae-train
                  under DDP): each step's gradients allocated afresh, in 2 MiB pages
   ae-train/foreach   plain step with the multi-tensor Adam instead of the fused one (ablation)
-  ae-train/4k-pages  ae-train without its 2 MiB-page setting (aekit.hostmem; ablation):
+  ae-train/4k-pages  ae-train without its 2 MiB-page setting (aekit.system.hostmem; ablation):
                  each step's gradients faulted in 4 KiB page by 4 KiB page
   ae-train/bf16  ae-train with --precision bf16 (autocast), where the CPU supports it
 
@@ -151,7 +151,7 @@ def run_one(name: str, cfg, warmup: int, steps: int, n: int, device: str = "cpu"
 
     dev = torch.device(device)
     if name.startswith("ae-train") and name != "ae-train/4k-pages" and dev.type == "cpu":
-        from aekit import hostmem
+        from aekit.system import hostmem
 
         hostmem.for_cpu_training()  # first, as ae-train's setup does on the CPU
     torch.manual_seed(0)
@@ -184,10 +184,10 @@ def run_one(name: str, cfg, warmup: int, steps: int, n: int, device: str = "cpu"
             opt.step()
             return xb.size(0)
     else:
-        from aekit import train as tr
-        from aekit.data import MemorySource, batch_sizes, epoch_order
-        from aekit.modelfile import Normalizer
-        from aekit.models import AEConfig, build_model, count_parameters
+        from aekit.train import loop as tr
+        from aekit.train.batches import MemorySource, batch_sizes, epoch_order
+        from aekit.models.modelfile import Normalizer
+        from aekit.models.registry import AEConfig, build_model, count_parameters
 
         precision = "bf16" if name.endswith("bf16") else "fp32"
         model = build_model(AEConfig(arch="improved", input_shape=cfg["shape"],
@@ -255,7 +255,7 @@ def main() -> None:
     ap.add_argument("--bandwidth", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     cfg = SMALL if args.small else FULL
-    from aekit.device import resolve_device
+    from aekit.system.device import resolve_device
 
     device = str(resolve_device(args.device))  # refused here when not available
 

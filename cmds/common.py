@@ -28,7 +28,7 @@ from aekit import __version__
 from aekit.errors import AekitError
 
 LOG = logging.getLogger("aekit")
-STAMP_ATTR = "aekit_stamp"  # aekit.fileio.LOG_STAMP's key
+STAMP_ATTR = "aekit_stamp"  # aekit.system.fileio.LOG_STAMP's key
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -86,7 +86,8 @@ class AeCommand(click.Command):
         except click.UsageError as exc:
             raise CommandError(_one_line(exc.format_message()), exit_code=2, prog=prog) from None
         except AekitError as exc:  # a parameter type's check (e.g. not a regular file)
-            raise CommandError(str(exc), exit_code=exc.exit_code, prog=prog) from None
+            raise CommandError(describe_error(exc, None), exit_code=exc.exit_code,
+                               prog=prog) from None
         except (KeyboardInterrupt, Terminated) as exc:  # while parsing (and its imports)
             raise _stopped(exc, prog) from None
         ctx.meta["aekit.command_line"] = line
@@ -105,11 +106,11 @@ class AeCommand(click.Command):
                               "was swallowed by a library; the output is complete (exit status 0)\n")
             return result
         except AekitError as exc:
-            from aekit.fileio import WriteError
+            from aekit.system.fileio import WriteError
 
             if isinstance(exc, WriteError):
                 _HARD_EXIT = True  # h5py may be left in a state that crashes at shutdown
-            raise CommandError(str(exc), exit_code=exc.exit_code) from None
+            raise CommandError(describe_error(exc, ctx), exit_code=exc.exit_code) from None
         except BrokenPipeError:
             _quiet_stdout()
             raise SystemExit(0) from None  # the reader had enough (| head): not an error
@@ -118,11 +119,11 @@ class AeCommand(click.Command):
         except (KeyboardInterrupt, Terminated) as exc:
             raise _stopped(exc) from None
         except PermissionError as exc:
-            from aekit.fileio import describe_os_error
+            from aekit.system.fileio import describe_os_error
 
             raise CommandError(describe_os_error(exc), exit_code=2) from None
         except OSError as exc:
-            from aekit.fileio import describe_os_error, write_errno
+            from aekit.system.fileio import describe_os_error, write_errno
 
             if write_errno(exc) is None:
                 raise
@@ -130,6 +131,20 @@ class AeCommand(click.Command):
             # A failed write on an open stream carries no file name: name the output.
             name = None if exc.filename is not None else _unnamed_output(ctx)
             raise CommandError(describe_os_error(exc, name), exit_code=1) from None
+
+
+def describe_error(exc: AekitError, ctx: click.Context | None) -> str:
+    """A library error in the command's words: its ``param`` (a Python name, ``batch_size``)
+    shown as the command's own flag (``--batch-size``), or as itself when the command has no
+    such parameter (a name read from a file, a model's config field)."""
+    param = getattr(exc, "param", None)
+    if not param:
+        return str(exc)
+    command = ctx.command if ctx is not None else None
+    for p in (command.params if command is not None else ()):
+        if p.name == param:
+            return f"{_flag(p)}: {exc.message}"
+    return str(exc)
 
 
 def _unnamed_output(ctx: click.Context) -> str:
@@ -187,7 +202,7 @@ class OutputPath(InputPath):
             self.fail(f"{self.refuse_dash}; give a file name", param, ctx)
         value = super().convert(value, param, ctx)
         if self.file_okay and str(value) != "-":
-            from aekit.fileio import check_regular_output, output_target
+            from aekit.system.fileio import check_regular_output, output_target
 
             if self.regular_only:
                 check_regular_output(value, _flag(param) if param is not None else "output")
@@ -206,7 +221,7 @@ class RegularFile(InputPath):
         self.what = what
 
     def convert(self, value, param, ctx):
-        from aekit.fileio import check_regular_file
+        from aekit.system.fileio import check_regular_file
 
         value = super().convert(value, param, ctx)
         if os.path.lexists(value):
@@ -244,9 +259,9 @@ def check_no_clobber(ctx: click.Context, extra_outputs=()) -> None:
     another spelling), stdin redirected from it included. Inputs are every path parameter
     that is not an :class:`OutputPath`; ``extra_outputs`` are (what, path) pairs of the files
     a command writes inside its output directories (ae-train's checkpoints, ae-eval's
-    plots). The inputs are also registered with aekit.fileio, whose stale-temporary cleanup
+    plots). The inputs are also registered with aekit.system.fileio, whose stale-temporary cleanup
     never removes one."""
-    from aekit.fileio import register_inputs
+    from aekit.system.fileio import register_inputs
 
     inputs: list[tuple[str, str]] = []
     outputs: list[tuple[str, str]] = []
@@ -276,7 +291,7 @@ def check_no_clobber(ctx: click.Context, extra_outputs=()) -> None:
 def check_output_not_among(output, paths, flag: str = "-o/--output") -> None:
     """Refuse (exit 2) an output that is one of the input files found inside directories or
     listed on stdin (check_no_clobber sees only the paths given as arguments)."""
-    from aekit.fileio import register_inputs
+    from aekit.system.fileio import register_inputs
 
     paths = list(paths)
     register_inputs(paths)  # never removed as a stale temporary either
@@ -334,7 +349,7 @@ def run(cli: click.Command, prog_name: str) -> None:
         _quiet_stdout()
         sys.exit(0)
     except OSError as err:  # e.g. --version's own flush into a full stdout
-        from aekit.fileio import write_errno
+        from aekit.system.fileio import write_errno
 
         if write_errno(err) is None:
             raise
@@ -372,7 +387,7 @@ def run(cli: click.Command, prog_name: str) -> None:
 def _flush_stdout(exc: SystemExit, prog_name: str) -> None:
     """Flush stdout now (--version, the last rows): a failed write (a full disk, /dev/full)
     is one line and exit 1, not a silent failure in the interpreter's final flush."""
-    from aekit.fileio import write_errno
+    from aekit.system.fileio import write_errno
 
     try:
         sys.stdout.flush()
@@ -431,9 +446,9 @@ def _stopped(exc: BaseException, prog: str | None = None) -> "Stopped":
 
 def _critical_codes() -> set:
     """Code that must not be interrupted half-way: creating a temporary output and renaming
-    it into place (the generator frames of aekit.fileio's atomic_path and atomic_dir run
+    it into place (the generator frames of aekit.system.fileio's atomic_path and atomic_dir run
     only then; the command's work runs while they are suspended)."""
-    fileio = sys.modules.get("aekit.fileio")
+    fileio = sys.modules.get("aekit.system.fileio")
     codes = set()
     for name in ("atomic_path", "atomic_dir"):
         fn = getattr(getattr(fileio, name, None), "__wrapped__", None)
@@ -633,7 +648,7 @@ def _unraisable(unraisable) -> None:
     propagate it (a weakref callback, a ``__del__``): it is raised again at the next line
     of Python code that runs after this hook (:func:`_raise_when_safe`). Anything else is
     reported as usual."""
-    from aekit.fileio import write_errno
+    from aekit.system.fileio import write_errno
 
     exc = unraisable.exc_value
     if exc is not None and exc is _SIG["raised"]:
@@ -649,7 +664,7 @@ def _unraisable(unraisable) -> None:
 def _excepthook(exc_type, exc_value, tb) -> None:
     """h5py's deallocators print their failures through sys.excepthook (Cython's full
     tracebacks): after a failed write, that is noise. Everything else as usual."""
-    from aekit.fileio import write_errno
+    from aekit.system.fileio import write_errno
 
     if exc_value is not None and write_errno(exc_value) is not None:
         return
@@ -690,7 +705,7 @@ def stderr_is_terminal() -> bool:
 
 
 class _StampedFormatter(logging.Formatter):
-    """Plain lines; a record logged with ``extra=aekit.fileio.LOG_STAMP`` (progress lines,
+    """Plain lines; a record logged with ``extra=aekit.system.fileio.LOG_STAMP`` (progress lines,
     ae-train's epoch lines) has its message start with the local date and time."""
 
     def formatMessage(self, record: logging.LogRecord) -> str:
@@ -725,7 +740,7 @@ def setup_logging(quiet: bool = False, verbose: bool = False) -> None:
 def command_line() -> str:
     """The command line as typed (program basename + arguments), for logs and provenance."""
     ctx = click.get_current_context(silent=True)
-    from aekit.fileio import text_name
+    from aekit.system.fileio import text_name
 
     if ctx is not None and "aekit.command_line" in ctx.meta:
         return text_name(ctx.meta["aekit.command_line"])
@@ -777,7 +792,7 @@ def progress(total: int | None, description: str, unit: str = "items") -> Iterat
             yield lambda n=1: bar.advance(task, n)
         return
 
-    from aekit.fileio import LOG_STAMP, elapsed_text
+    from aekit.system.fileio import LOG_STAMP, elapsed_text
 
     interval = progress_interval()
     start = _clock()
@@ -866,14 +881,14 @@ def labels_option(f: Callable) -> Callable:
 def _check_where(ctx, param, value):
     """Parse --where now, so that a refused expression is an error before any work."""
     if value is not None:
-        from aekit.expr import parse_where
+        from aekit.data.expr import parse_where
 
         parse_where(value)  # raises InputError naming the refused construct
     return value
 
 
 def where_option(f: Callable) -> Callable:
-    """--where EXPR: keep only rows whose --labels match (the safe language of aekit.expr),
+    """--where EXPR: keep only rows whose --labels match (the safe language of aekit.data.expr),
     parsed when the command line is (a refused expression is a usage error before any work)."""
     return click.option("--where", default=None, metavar="EXPR", callback=_check_where,
                         help="Keep only rows whose --labels match EXPR, e.g. 'anomaly == 0' or "
@@ -910,7 +925,7 @@ class _FeatureParam(click.ParamType):
         return inner + ("|none" if self.none_ok else "")
 
     def convert(self, value, param, ctx):
-        from aekit.features import UNSET
+        from aekit.audio.features import UNSET
 
         if value is UNSET:
             return value
@@ -925,7 +940,7 @@ def mel_options(f: Callable) -> Callable:
     --preset picks a named set of field values (MelParams.PRESETS) under explicit options."""
     from dataclasses import fields
 
-    from aekit.features import UNSET, MelParams
+    from aekit.audio.features import UNSET, MelParams
 
     for fld in reversed(fields(MelParams)):
         m = fld.metadata
@@ -962,7 +977,7 @@ def mel_params_from(kwargs: dict):
     """Pop the mel_options values out of a command's kwargs into a MelParams."""
     from dataclasses import fields
 
-    from aekit.features import MelParams
+    from aekit.audio.features import MelParams
 
     preset = kwargs.pop("mel_preset", None)
     return MelParams.from_preset(preset, **{fld.name: kwargs.pop(fld.name)

@@ -40,8 +40,8 @@ See also: ae-train (makes MODEL), ae-featurize (makes FEATURES), ae-eval (scores
 def cli(model: str, features: str, output: str, splits_path: str | None, split_name: str | None,
         fold: int | None, labels_path: str | None, where: str | None, batch_size: int,
         device: str) -> None:
-    from aekit import evaluation
-    from aekit.device import resolve_device
+    from aekit.evaluate import evaluation
+    from aekit.system.device import resolve_device
 
     n, total = evaluation.encode_file(model, features, output, splits_path, split_name, fold,
                                      batch_size, resolve_device(device),

@@ -127,7 +127,7 @@ def _stdout_conflict(output: str | None, scores: str | None, table: bool,
 
 
 def _write_json(obj: dict, output: str | None) -> None:
-    from aekit.fileio import open_output
+    from aekit.system.fileio import open_output
 
     with open_output(output) as fh:
         fh.write(json.dumps(obj, indent=2) + "\n")
@@ -135,7 +135,8 @@ def _write_json(obj: dict, output: str | None) -> None:
 
 def _summarize(reports: tuple[str, ...], output: str | None, table: bool,
                all_metrics: bool) -> None:
-    from aekit import evaluation, metrics
+    from aekit.evaluate import evaluation
+    from aekit.evaluate import metrics
 
     summary = evaluation.summarize_files(reports, command=common.command_line())
     if output not in (None, "-") or not table:
@@ -244,9 +245,10 @@ def _evaluate(model: str, features: str, *, output, table, all_metrics, splits_p
               ensemble=()) -> None:
     from contextlib import nullcontext
 
-    from aekit import evaluation, metrics
-    from aekit.device import resolve_device
-    from aekit.fileio import atomic_dir, check_regular_file, open_output
+    from aekit.evaluate import evaluation
+    from aekit.evaluate import metrics
+    from aekit.system.device import resolve_device
+    from aekit.system.fileio import atomic_dir, check_regular_file, open_output
 
     if result_csv and not protocol:
         common.fail_usage("--result-csv needs --protocol")
@@ -255,7 +257,7 @@ def _evaluate(model: str, features: str, *, output, table, all_metrics, splits_p
     for path in ensemble:
         check_regular_file(path, "a model file")
     if plots_dir:  # the PNGs replace same-named files in DIR: none may be an input
-        from aekit.plots import plot_paths
+        from aekit.evaluate.plots import plot_paths
 
         common.check_no_clobber(click.get_current_context(),
                                 [("--plots", p) for p in plot_paths(plots_dir)])
@@ -288,7 +290,7 @@ def _evaluate(model: str, features: str, *, output, table, all_metrics, splits_p
                 (tmp / name).write_text(text, encoding="utf-8")
         common.LOG.info("%d submission file(s) -> %s", len(files), submission_dir)
     if result_csv:
-        from aekit.dcase import result_table
+        from aekit.evaluate.dcase import result_table
 
         with open_output(result_csv) as fh:
             result_table(report["dcase"]).to_csv(fh, index=False, float_format="%.6f")

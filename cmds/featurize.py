@@ -46,8 +46,8 @@ See also: ae-merge, ae-split, ae-train, ae-encode, ae-eval.
               help="Process only the I-th of N deterministic parts (job arrays); join with ae-merge.")
 @common.verbosity_options
 def cli(inputs, output, jobs, block_size, on_error, max_fail_frac, root, shard, **kwargs):
-    from aekit.audio import common_root, discover, make_ids
-    from aekit.featurize import available_cpus, featurize, parse_shard, shard_indices
+    from aekit.audio.decode import common_root, discover, make_ids
+    from aekit.audio.featurize import available_cpus, featurize, parse_shard, shard_indices
 
     params = common.mel_params_from(kwargs)
     shard_ix = parse_shard(shard)

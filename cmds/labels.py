@@ -1,4 +1,4 @@
-"""ae-labels: label columns parsed from the ids (DCASE file names, or any regex); see :mod:`aekit.idlabels`."""
+"""ae-labels: label columns parsed from the ids (DCASE file names, or any regex); see :mod:`aekit.data.idlabels`."""
 
 from __future__ import annotations
 
@@ -65,8 +65,8 @@ See also: ae-synth, ae-featurize, ae-split, ae-onehot, ae-train.
 @common.verbosity_options
 def cli(input_path: str, output: str, preset: str | None, pattern: str | None,
         allow_unmatched: bool) -> None:
-    from aekit import idlabels
-    from aekit.fileio import check_writable, open_output
+    from aekit.data import idlabels
+    from aekit.system.fileio import check_writable, open_output
 
     if (preset is None) == (pattern is None):
         common.fail_usage("give exactly one of --preset and --pattern")

@@ -59,13 +59,13 @@ See also: ae-featurize, ae-split, ae-train, ae-encode, ae-eval.
 def cli(input_path: str, output: str, columns: tuple[str, ...], keep_original: bool,
         save_path: str | None, categories_path: str | None, handle_unknown: str,
         max_categories: int, min_frequency: int | None, dummy_na: bool) -> None:
-    from aekit import onehot
-    from aekit.fileio import open_output
+    from aekit.data import onehot
+    from aekit.system.fileio import open_output
 
     if not columns and categories_path is None:
         common.fail_usage("name at least one column with -c/--column (or apply --categories)")
     if save_path is not None:
-        from aekit.fileio import check_writable
+        from aekit.system.fileio import check_writable
 
         check_writable(save_path, "--save-categories")
     if categories_path is not None and str(categories_path) == "-" and str(input_path) == "-":

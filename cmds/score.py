@@ -96,19 +96,19 @@ def _threshold(ctx, param, value):
 @common.verbosity_options
 def cli(model_path, inputs, output, threshold, score_name, ensemble, jobs, batch_size, on_error,
         max_fail_frac, root, device):
-    from aekit.audio import common_root, discover, make_ids
-    from aekit.device import resolve_device
+    from aekit.audio.decode import common_root, discover, make_ids
+    from aekit.system.device import resolve_device
     from aekit.errors import DataError, InputError
-    from aekit.featurize import available_cpus
-    from aekit.fileio import open_output, text_name
-    from aekit.modelfile import load_model
-    from aekit.autoscore import resolve_logged
-    from aekit.autoscore import threshold as score_threshold
-    from aekit.scoring import check_score, model_params, score_files
+    from aekit.audio.featurize import available_cpus
+    from aekit.system.fileio import open_output, text_name
+    from aekit.models.modelfile import load_model
+    from aekit.evaluate.autoscore import resolve_logged
+    from aekit.evaluate.autoscore import threshold as score_threshold
+    from aekit.evaluate.scoring import check_score, model_params, score_files
 
     model = load_model(model_path, resolve_device(device))
-    if ensemble:  # aekit.ensemble: members checked alike, scores combined as z-scores
-        from aekit.ensemble import Ensemble
+    if ensemble:  # aekit.evaluate.ensemble: members checked alike, scores combined as z-scores
+        from aekit.evaluate.ensemble import Ensemble
 
         model = Ensemble([model, *(load_model(p, resolve_device(device)) for p in ensemble)])
     params = model_params(model)  # refuses a model without feature parameters
@@ -119,7 +119,7 @@ def cli(model_path, inputs, output, threshold, score_name, ensemble, jobs, batch
         threshold = fitted["value"]
         LOG.info("threshold %.6g (ensemble z-score: the %g quantile of the training clips')",
                  threshold, fitted["quantile"])
-    if threshold == "model":  # the model's threshold of this score (aekit.autoscore)
+    if threshold == "model":  # the model's threshold of this score (aekit.evaluate.autoscore)
         fitted = score_threshold(model, score_name)
         threshold = fitted["value"]
         LOG.info("threshold %.6g (%s: %s, method %s)", threshold, score_name,
@@ -130,7 +130,7 @@ def cli(model_path, inputs, output, threshold, score_name, ensemble, jobs, batch
     jobs = jobs or available_cpus()
     out_stat = None
     if stream:  # read as it comes: never held, the first rows before the list's end
-        from aekit.pathstream import listed_id, stdin_paths
+        from aekit.audio.pathstream import listed_id, stdin_paths
 
         paths = stdin_paths(sys.stdin)
         ids = (lambda p: listed_id(p, root))  # noqa: E731

@@ -77,9 +77,9 @@ See also: ae-featurize, ae-onehot, ae-train, ae-encode, ae-eval.
 def cli(input_path: str, output: str, id_column: str, labels_path: str | None,
         test_ratio: float | None, folds: int, seed: int, stratify: str | None, group: str | None,
         test_where: str | None, split_column: str | None, strict: bool) -> None:
-    from aekit import split
+    from aekit.data import split
     from aekit.errors import DataError
-    from aekit.fileio import open_output
+    from aekit.system.fileio import open_output
 
     if split_column is not None and test_ratio is not None:
         common.fail_usage("--test-ratio cannot be used with --split-column (the column "

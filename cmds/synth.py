@@ -1,4 +1,4 @@
-"""ae-synth: make the demo data set (machine-like recordings + labels.csv); see :mod:`aekit.synth`."""
+"""ae-synth: make the demo data set (machine-like recordings + labels.csv); see :mod:`aekit.audio.synth`."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import os
 
 import click
 
-from aekit import synth
+from aekit.audio import synth
 from aekit.cmds import common
 
 HELP = f"""Write a synthetic machine-sound data set to OUT_DIR: WAV/FLAC clips and labels.csv.
@@ -120,7 +120,7 @@ def cli(out_dir, clips_per_machine, machine_types, ids_per_type, anomaly_fractio
         duration, sample_rates, seed, fmt, layout, force):
     if seed < 0:
         common.fail_usage(f"--seed must be >= 0, got {seed}")
-    from aekit.fileio import atomic_dir
+    from aekit.system.fileio import atomic_dir
 
     # Before anything is made: someone else's directory, or more audio than fits.
     synth.check_out_dir(out_dir, force)

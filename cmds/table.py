@@ -1,4 +1,4 @@
-"""ae-table: the per-type results table across several ae-eval reports (aekit.tables)."""
+"""ae-table: the per-type results table across several ae-eval reports (aekit.evaluate.tables)."""
 
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ See also: ae-eval (makes the reports; --result-csv: one report's per-section tab
 @common.output_option(help="The table, written atomically; '-' or omitted: stdout.")
 @common.verbosity_options
 def cli(reports, fmt: str, output: str) -> None:
-    from aekit import tables
+    from aekit.evaluate import tables
 
     parsed = tables.parse_inputs(reports)
     paths = [p for _, p in parsed]
@@ -58,7 +58,7 @@ def cli(reports, fmt: str, output: str) -> None:
     table = tables.build_table([(label, path, tables.load_report(path))
                                 for label, path in parsed])
     text = tables.to_csv(table) if fmt == "csv" else tables.to_markdown(table)
-    from aekit.fileio import open_output
+    from aekit.system.fileio import open_output
 
     with open_output(output) as fh:
         fh.write(text)

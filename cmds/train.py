@@ -10,7 +10,7 @@ import threading
 
 import click
 
-from aekit import settings as S
+from aekit.train import settings as S
 from aekit.cmds import common
 from aekit.errors import InputError
 
@@ -67,7 +67,7 @@ def _widths(ctx, param, value):
 
 
 class _KindChoice(click.Choice):
-    """--arch: the model kinds known when the command runs (aekit.settings.ARCHS, which a
+    """--arch: the model kinds known when the command runs (aekit.train.settings.ARCHS, which a
     registration extends), not only those known when this module was imported."""
 
     def __init__(self) -> None:
@@ -83,7 +83,7 @@ class _KindChoice(click.Choice):
 
 
 def _arch_options(f):
-    """Every model kind's own options (aekit.settings.ArchInfo.options, e.g. --context), added
+    """Every model kind's own options (aekit.train.settings.ArchInfo.options, e.g. --context), added
     without naming a kind; their values reach the command as arch_NAME."""
     seen = {}
     for arch, info in S.ARCHS.items():
@@ -206,10 +206,10 @@ def cli(features, output, preset, arch, hidden, latent, epochs, batch_size, lr, 
         schedule, warmup, balanced_batches, precision, splits_path, fold, labels_path, where,
         early_stop, keep, log_path, resume, checkpoint_dir, checkpoint_every, data_mode, workers,
         threads, seed, device, **arch_options):
-    from aekit import hostmem
-    from aekit import train as tr  # torch is imported here, not at --help
-    from aekit.device import resolve_device
-    from aekit.fileio import null_progress
+    from aekit.system import hostmem
+    from aekit.train import loop as tr  # torch is imported here, not at --help
+    from aekit.system.device import resolve_device
+    from aekit.system.fileio import null_progress
 
     settings = S.make_settings(
         preset, validation=fold is not None,
@@ -220,8 +220,8 @@ def cli(features, output, preset, arch, hidden, latent, epochs, batch_size, lr, 
         model_options={k.removeprefix("arch_"): v for k, v in arch_options.items()})
     if fold is not None and splits_path is None:
         raise InputError("--fold needs --splits")
-    from aekit.checkpoint import CHECKPOINT_FILES, checkpoint_dir_for
-    from aekit.fileio import check_writable
+    from aekit.train.checkpoint import CHECKPOINT_FILES, checkpoint_dir_for
+    from aekit.system.fileio import check_writable
 
     # The files written inside the checkpoint directory are outputs too: none may be an
     # input (features, --splits, --labels) or another output (--log OUT.ckpt/last.pt).
@@ -235,7 +235,7 @@ def cli(features, output, preset, arch, hidden, latent, epochs, batch_size, lr, 
     if resolve_device(device).type == "cpu":
         # Before torch's first allocation (gloo's and the data's included): 2 MiB pages.
         hostmem.for_cpu_training()
-    from aekit.threads import apply_threads
+    from aekit.system.threads import apply_threads
 
     # N processes trained at once share the cores (AEKIT_THREADS, affinity, make -jN).
     n_threads, why = apply_threads(threads)

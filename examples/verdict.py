@@ -134,7 +134,7 @@ def load_row(work: Path, name: str, folds: int) -> Row:
     for k in range(folds):
         model = work / "models" / f"{name}.fold{k}.safetensors"
         if model.exists():  # an ensemble has no model file of its own
-            from aekit.modelfile import read_info
+            from aekit.models.modelfile import read_info
 
             info = read_info(model)
             hist = info.get("history", [])

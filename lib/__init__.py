@@ -16,20 +16,20 @@ __version__ = "0.1.0"
 
 #: Public name -> the module that defines it (imported lazily by ``__getattr__``).
 _API = {
-    "load_model": "modelfile",  # model file -> LoadedModel (weights, normalizer, metadata)
-    "LoadedModel": "modelfile",
-    "model_params": "scoring",  # the feature parameters stored in a model
-    "featurize_files": "scoring",  # audio files -> Featurized(index, path, features, meta, error)
-    "score_files": "scoring",  # audio files -> ScoreRecord(index, id, path, score, error)
-    "score_features": "scoring",  # clips [N, C, M, T] dB -> scores [N]
-    "score_array": "scoring",  # waveforms [N, channels, samples] -> scores [N]
-    "ScoreRecord": "scoring",
-    "stored_threshold": "scoring",  # the threshold ae-train stored in a model
-    "resolve_score": "scoring",  # 'auto' -> the score a model uses ('mse' or 'mahalanobis')
-    "model_threshold": "autoscore",  # a model's decision threshold of a score (auto: its own)
-    "fit_threshold": "scoring",  # scores -> a threshold (gamma fit, DCASE style)
-    "open_features": "store",  # a features file (HDF5) for reading
-    "MelParams": "features",
+    "load_model": "models.modelfile",  # model file -> LoadedModel (weights, normalizer, metadata)
+    "LoadedModel": "models.modelfile",
+    "model_params": "evaluate.scoring",  # the feature parameters stored in a model
+    "featurize_files": "evaluate.scoring",  # audio files -> Featurized(index, path, features, meta, error)
+    "score_files": "evaluate.scoring",  # audio files -> ScoreRecord(index, id, path, score, error)
+    "score_features": "evaluate.scoring",  # clips [N, C, M, T] dB -> scores [N]
+    "score_array": "evaluate.scoring",  # waveforms [N, channels, samples] -> scores [N]
+    "ScoreRecord": "evaluate.scoring",
+    "stored_threshold": "evaluate.scoring",  # the threshold ae-train stored in a model
+    "resolve_score": "evaluate.scoring",  # 'auto' -> the score a model uses ('mse' or 'mahalanobis')
+    "model_threshold": "evaluate.autoscore",  # a model's decision threshold of a score (auto: its own)
+    "fit_threshold": "evaluate.scoring",  # scores -> a threshold (gamma fit, DCASE style)
+    "open_features": "data.store",  # a features file (HDF5) for reading
+    "MelParams": "audio.features",
 }
 _ALIASES = {"open_features": "FeatureFile"}
 

@@ -7,9 +7,23 @@ Anything else is a bug and keeps its traceback.
 
 
 class AekitError(Exception):
-    """Base class for failures a user can act on."""
+    """Base class for failures a user can act on.
+
+    ``param`` names the parameter at fault by its Python name (``batch_size``), never by a
+    command-line flag: ``str(err)`` is ``"batch_size: must be positive"`` for a notebook user,
+    and a command shows its own flag instead (``--batch-size: must be positive``,
+    ``aekit.cmds.common``). The message itself names no flag either.
+    """
 
     exit_code = 1
+
+    def __init__(self, message: str = "", *, param: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+    def __str__(self) -> str:
+        return f"{self.param}: {self.message}" if self.param else self.message
 
 
 class DataError(AekitError):

@@ -25,7 +25,7 @@ def write_features(path, n: int = 40, shape=SHAPE, seed: int = 0, ids=None, para
     """Low-rank dB-like clips (mean -40, std ~20) in an aekit features file; returns (ids, x).
 
     Without ``params``: PARAMS with channels, n_mels and num_samples matching ``shape``."""
-    from aekit import store
+    from aekit.data import store
 
     rng = np.random.default_rng(seed)
     c, m, t = shape

@@ -63,7 +63,7 @@ def test_score_array_scales_integer_pcm_as_soundfile(work, model):
         data, sr = sf.read(str(path), dtype=dtype, always_2d=True)
         got = aekit.score_array(model, data.T, sample_rate=sr)
         np.testing.assert_allclose(got, [want], rtol=1e-6, err_msg=dtype)
-    from aekit.scoring import _as_float_waves
+    from aekit.evaluate.scoring import _as_float_waves
 
     assert _as_float_waves(np.array([0, 128, 255], np.uint8)).tolist() == [-1.0, 0.0, 127 / 128]
     assert _as_float_waves(np.array([-128, 64], np.int8)).tolist() == [-1.0, 0.5]
@@ -92,7 +92,7 @@ def test_loaded_model_score_takes_numpy_and_path_functions_take_paths(work, mode
 
 def _huge(work: Path) -> Path:
     """features.h5 again, but clip t5 holds one finite value of 3e38 (its square is Inf)."""
-    from aekit import store
+    from aekit.data import store
 
     out = work / "huge.h5"
     with store.FeatureFile(work / "features.h5") as ff:
@@ -185,7 +185,7 @@ def test_seed_outside_numpys_range_is_a_usage_error(work, cmd, seed):
 
 def test_absurd_shard_count_is_refused_without_allocating(work):
     from aekit.errors import InputError
-    from aekit.featurize import parse_shard, shard_indices
+    from aekit.audio.featurize import parse_shard, shard_indices
 
     r = invoke("featurize", [work / "audio", "-o", work / "s.h5", "-q", "--shard",
                                 "0/99999999999999"])
@@ -250,7 +250,7 @@ def test_header_claims_are_checked_before_decoding(work, tmp_path):
 
 def test_out_of_memory_on_one_file_fails_that_file_only(work, monkeypatch):
     import aekit
-    from aekit import audio
+    from aekit.audio import decode as audio
 
     real = audio.resample
 
@@ -280,7 +280,7 @@ def test_out_of_memory_on_one_file_fails_that_file_only(work, monkeypatch):
 ])
 def test_mel_params_refuse_non_finite_and_huge_values(option, value, msg):
     from aekit.errors import InputError
-    from aekit.features import MelParams
+    from aekit.audio.features import MelParams
 
     kw = {"num_samples": 2 ** 41} if option == "n_fft" else {}
     with pytest.raises(InputError) as exc:
@@ -323,7 +323,7 @@ def test_api_refuses_what_it_cannot_mean(work, model):
     with pytest.raises(InputError, match="need at least one channel"):
         aekit.score_array(model, np.zeros((1, 0, 3000), np.float32))
     assert aekit.score_array(model, np.zeros((0, 2, 3000), np.float32)).shape == (0,)
-    from aekit.audio import fix_channels
+    from aekit.audio.decode import fix_channels
 
     with pytest.raises(InputError, match=r"cannot make 2 channel\(s\) from 0"):
         fix_channels(np.zeros((0, 100), np.float32), 2)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from aekit.audio import AudioError, common_root, discover, fix_channels, load_clip, make_ids
+from aekit.audio.decode import AudioError, common_root, discover, fix_channels, load_clip, make_ids
 from aekit.errors import InputError
 
 
@@ -134,7 +134,7 @@ def _mixed_files(d):
 
 @pytest.mark.parametrize("channels,policy", [(2, "first"), (1, "first"), (2, "mix"), (3, "first")])
 def test_clip_reader_equals_load_clip(tmp_path, channels, policy):
-    from aekit.audio import ClipReader
+    from aekit.audio.decode import ClipReader
 
     reader = ClipReader(16000, 12000, channels, policy)
     previous = None

@@ -42,7 +42,7 @@ def setup(tmp_path_factory):
     feats = root / "f.h5"
     r = invoke(cmd("featurize"), [audio, "-o", feats, "-j", "1", "-q", *MEL])
     assert r.exit_code == 0, r.stderr
-    from aekit.store import FeatureFile
+    from aekit.data.store import FeatureFile
 
     with FeatureFile(feats) as ff:
         ids, x = list(ff.ids), np.asarray(ff.read(), dtype=np.float32)
@@ -59,14 +59,14 @@ def setup(tmp_path_factory):
 
 
 def maha_threshold(lm) -> float:
-    from aekit.scoring import fit_threshold
+    from aekit.evaluate.scoring import fit_threshold
 
     return fit_threshold(lm.info["training_scores"]["scorers"]["mahalanobis"]["values"])["value"]
 
 
 def test_kinds_declare_their_score():
-    from aekit import models
-    from aekit.settings import ARCHS
+    from aekit.models import registry as models
+    from aekit.train.settings import ARCHS
 
     assert {a: ARCHS[a].score for a in ("baseline", "improved", "frames", "interp")} == {
         "baseline": "mse", "improved": "mse", "frames": "mahalanobis", "interp": "mahalanobis"}
@@ -76,8 +76,8 @@ def test_kinds_declare_their_score():
 
 
 def test_auto_resolves_per_model_and_per_ensemble(setup):
-    from aekit.autoscore import resolve
-    from aekit.modelfile import load_model
+    from aekit.evaluate.autoscore import resolve
+    from aekit.models.modelfile import load_model
 
     fr, bl = load_model(setup["frames"]), load_model(setup["baseline"])
     assert bl.mahalanobis  # a whole-clip model may store statistics: auto is still its mse
@@ -96,7 +96,7 @@ def test_auto_resolves_per_model_and_per_ensemble(setup):
 
 def test_ae_score_auto_scorer_column_log_and_model_threshold(setup):
     import aekit
-    from aekit.modelfile import load_model
+    from aekit.models.modelfile import load_model
 
     lm = load_model(setup["frames"])
     r = invoke(cmd("score"), [setup["frames"], setup["audio"], "-j", "1", "--batch-size", "5",
@@ -134,7 +134,7 @@ def test_ae_score_auto_scorer_column_log_and_model_threshold(setup):
 
 def test_python_api_default_is_auto(setup):
     import aekit
-    from aekit.modelfile import load_model
+    from aekit.models.modelfile import load_model
 
     lm = load_model(setup["frames"])
     maha = aekit.score_features(lm, setup["x"], score="mahalanobis")
@@ -152,7 +152,7 @@ def test_python_api_default_is_auto(setup):
 
 
 def test_ae_eval_decisions_and_submission_use_the_score_threshold(setup):
-    from aekit.modelfile import load_model
+    from aekit.models.modelfile import load_model
 
     root, lm = setup["root"], load_model(setup["frames"])
     common = [setup["feats"], "--labels", setup["labels"], "--anomaly-column", "anomaly", "-q"]
@@ -187,11 +187,11 @@ def test_ae_eval_decisions_and_submission_use_the_score_threshold(setup):
 
 
 def test_no_stored_training_distances_no_mahalanobis_threshold(setup):
-    from aekit.autoscore import threshold
+    from aekit.evaluate.autoscore import threshold
     from aekit.errors import InputError
-    from aekit.evaluation import EvalOptions, evaluate
-    from aekit.modelfile import load_model
-    from aekit.store import FeatureFile
+    from aekit.evaluate.evaluation import EvalOptions, evaluate
+    from aekit.models.modelfile import load_model
+    from aekit.data.store import FeatureFile
 
     lm = load_model(setup["frames"])
     lm.info = {k: v for k, v in lm.info.items() if k != "training_scores"}

@@ -43,8 +43,8 @@ def test_frames_rows_run_on_the_chosen_device(tmp_path, torch_state):
         assert r["device"] == "cpu" and r["threads"] == 1 and len(r["rates"]) == 1, r
         assert r["windows_per_s"] > 0
     # The floor's windows are the model's own windows of the clips, in the same layout.
-    from aekit.frames import FramesAE, FramesConfig
-    from aekit.store import FeatureFile
+    from aekit.models.frames import FramesAE, FramesConfig
+    from aekit.data.store import FeatureFile
 
     w = bf._windows(str(path))
     assert w.shape == (windows, cfg["mels"] * bf.CONTEXT) and w.is_contiguous()

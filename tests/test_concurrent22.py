@@ -14,7 +14,7 @@ import torch
 from conftest import invoke, one_error_line, write_features
 
 from aekit.errors import InputError
-from aekit.threads import auto_threads, available_cores, make_jobs
+from aekit.system.threads import auto_threads, available_cores, make_jobs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -107,7 +107,7 @@ def test_slurm_array_trains_one_model_per_task(tmp_path):
 def test_apply_threads_stays_within_torchs_default(monkeypatch, threads_restored):
     """Automatic threads never exceed torch's own default (one per physical core);
     AEKIT_THREADS and --threads are taken as given."""
-    from aekit import threads
+    from aekit.system import threads
 
     for name in ("AEKIT_THREADS", "AEKIT_JOBS", "MAKEFLAGS", "SLURM_CPUS_PER_TASK"):
         monkeypatch.delenv(name, raising=False)

@@ -11,11 +11,11 @@ from safetensors.torch import load_file
 
 from conftest import write_features, write_splits
 
-from aekit import settings as S
-from aekit import train as tr
+from aekit.train import settings as S
+from aekit.train import loop as tr
 from aekit.cmds.train import SIGTERM_AT_STEP_ENV, cli
-from aekit.modelfile import read_info
-from aekit.schedule import PLATEAU_PATIENCE, Plateau
+from aekit.models.modelfile import read_info
+from aekit.train.schedule import PLATEAU_PATIENCE, Plateau
 
 SMALL = ["--hidden", "32,16", "--latent", "8", "--batch-size", "4", "--workers", "0"]
 

@@ -14,7 +14,8 @@ import torch
 from scipy.stats import hmean
 from sklearn.metrics import f1_score, precision_score, recall_score, roc_auc_score
 
-from aekit import dcase, metrics
+from aekit.evaluate import dcase
+from aekit.evaluate import metrics
 from aekit.errors import InputError
 
 EPS = sys.float_info.epsilon
@@ -177,8 +178,8 @@ def test_refusals():
 def test_ae_eval_protocol_report(tmp_path):
     from test_eval import N, PARAMS, SHAPE, make_dataset, one_error_line, run
 
-    from aekit.modelfile import Normalizer, save_model
-    from aekit.models import AEConfig, build_model
+    from aekit.models.modelfile import Normalizer, save_model
+    from aekit.models.registry import AEConfig, build_model
 
     x, ids, anomaly = make_dataset(tmp_path)
     torch.manual_seed(0)

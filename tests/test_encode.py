@@ -1,4 +1,4 @@
-"""ae-encode and aekit.inference: latent shapes and ids, provenance, determinism, refusals."""
+"""ae-encode and aekit.evaluate.inference: latent shapes and ids, provenance, determinism, refusals."""
 
 from __future__ import annotations
 
@@ -13,11 +13,12 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from aekit import inference, store
+from aekit.evaluate import inference
+from aekit.data import store
 from aekit.cmds.encode import cli
-from aekit.fileio import file_sha256
-from aekit.modelfile import Normalizer, load_model, save_model
-from aekit.models import AEConfig, build_model
+from aekit.system.fileio import file_sha256
+from aekit.models.modelfile import Normalizer, load_model, save_model
+from aekit.models.registry import AEConfig, build_model
 
 BIN = Path(sys.executable).parent
 SHAPE = (2, 4, 10)

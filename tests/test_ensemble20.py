@@ -42,7 +42,7 @@ def setup(tmp_path_factory):
     feats = root / "f.h5"
     r = invoke(cmd("featurize"), [audio, "-o", feats, "-j", "1", "-q", *MEL])
     assert r.exit_code == 0, r.stderr
-    from aekit.store import FeatureFile
+    from aekit.data.store import FeatureFile
 
     with FeatureFile(feats) as ff:
         ids, x = list(ff.ids), np.asarray(ff.read(), dtype=np.float32)
@@ -69,7 +69,7 @@ def rewrite_info(src, dst, edit):
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    from aekit.modelfile import META_HASH, metadata_sha256
+    from aekit.models.modelfile import META_HASH, metadata_sha256
 
     with safe_open(str(src), framework="pt") as f:
         info = json.loads(f.metadata()["aekit"])
@@ -81,9 +81,9 @@ def rewrite_info(src, dst, edit):
 
 
 def test_stored_training_scores(setup):
-    from aekit import ensemble
-    from aekit.modelfile import load_model
-    from aekit.scoring import score_features
+    from aekit.evaluate import ensemble
+    from aekit.models.modelfile import load_model
+    from aekit.evaluate.scoring import score_features
 
     normal = [k for k in range(N) if k % 4 != 3]
     lm = load_model(setup["models"][0])
@@ -93,7 +93,7 @@ def test_stored_training_scores(setup):
     assert sorted(ts["scorers"]) == ["mae", "mahalanobis", "mse"]
     import torch
 
-    from aekit import mahalanobis as mh
+    from aekit.evaluate import mahalanobis as mh
 
     for name in ("mse", "mahalanobis"):
         e = ts["scorers"][name]
@@ -114,9 +114,9 @@ def test_stored_training_scores(setup):
 
 @pytest.mark.parametrize("score", ["mse", "mahalanobis"])
 def test_ensemble_z_is_mean_of_member_z_and_eval_equals_score(setup, score):
-    from aekit.modelfile import load_model
+    from aekit.models.modelfile import load_model
 
-    from aekit.scoring import score_features
+    from aekit.evaluate.scoring import score_features
 
     m1, m2, m3 = setup["models"]
     z = []  # each member's single-model scores, standardized here on its stored statistics
@@ -152,7 +152,7 @@ def test_ensemble_z_is_mean_of_member_z_and_eval_equals_score(setup, score):
 
 
 def test_ensemble_threshold(setup):
-    from aekit.modelfile import load_model
+    from aekit.models.modelfile import load_model
 
     m1, m2, m3 = setup["models"]
     es = [load_model(m).info["training_scores"]["scorers"]["mse"] for m in (m1, m2, m3)]

@@ -14,11 +14,11 @@ import torch
 from click.testing import CliRunner
 from sklearn.metrics import roc_auc_score
 
-from aekit import store
+from aekit.data import store
 from aekit.cmds.eval import cli
-from aekit.fileio import file_sha256
-from aekit.modelfile import Normalizer, load_model, save_model
-from aekit.models import AEConfig, build_model
+from aekit.system.fileio import file_sha256
+from aekit.models.modelfile import Normalizer, load_model, save_model
+from aekit.models.registry import AEConfig, build_model
 
 BIN = Path(sys.executable).parent
 SHAPE = (2, 4, 10)
@@ -338,8 +338,8 @@ def test_installed_executable_in_a_pipe(data):
 
 
 def test_library_entry_point(data):
-    """The notebook path: aekit.inference.evaluate_file gives the same report as the command."""
-    from aekit import inference
+    """The notebook path: aekit.evaluate.inference.evaluate_file gives the same report as the command."""
+    from aekit.evaluate import inference
 
     d, *_ = data
     opts = inference.EvalOptions(labels_path=str(d / "labels.csv"), anomaly_column="anomaly")

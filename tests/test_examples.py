@@ -75,7 +75,7 @@ def test_slurm_featurize_array_and_merge(tmp_path, env_bin):
 
 
 def _train_env(tmp_path, env_bin, epochs):
-    from aekit.store import FeatureWriter, PER_CLIP
+    from aekit.data.store import FeatureWriter, PER_CLIP
 
     feats = tmp_path / "f.h5"
     rng = np.random.default_rng(0)
@@ -113,7 +113,7 @@ def test_slurm_train_script_checkpoints_on_usr1_and_resumes(tmp_path, env_bin):
     p = subprocess.run(["bash", str(script)], env=env, cwd=tmp_path, capture_output=True,
                        text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
-    from aekit.modelfile import read_info
+    from aekit.models.modelfile import read_info
 
     assert len(read_info(model)["history"]) == 400
 

@@ -1,4 +1,4 @@
-"""aekit.expr: the --where language runs nothing a user writes, and selects the right rows.
+"""aekit.data.expr: the --where language runs nothing a user writes, and selects the right rows.
 
 Every attack is refused at parse time with an InputError naming the refused construct; the
 normal expressions are compared with masks computed by hand (plain Python over the rows).
@@ -13,8 +13,8 @@ import pandas as pd
 import pytest
 
 from aekit.errors import InputError
-from aekit.expr import MAX_DEPTH, MAX_LENGTH, parse_where
-from aekit.selection import query_rows
+from aekit.data.expr import MAX_DEPTH, MAX_LENGTH, parse_where
+from aekit.data.selection import query_rows
 from conftest import exe
 
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from aekit.errors import InputError
-from aekit.features import MelFrontend, MelParams, tutorial_features
+from aekit.audio.features import MelFrontend, MelParams, tutorial_features
 
 
 def test_default_shape_is_the_tutorials():
@@ -76,13 +76,13 @@ def test_attrs_roundtrip():
 def test_parameter_dataclass_is_the_one_list():
     from dataclasses import fields
 
-    from aekit import store
+    from aekit.data import store
     from aekit.cmds.featurize import cli
 
     names = [f.name for f in fields(MelParams)]
     assert set(store.FEATURE_PARAM_KEYS) == {*names, *MelParams.FIXED}
     from aekit.cmds.common import mel_params_from
-    from aekit.features import UNSET
+    from aekit.audio.features import UNSET
 
     opts = {p.name: p for p in cli.params}
     for f in fields(MelParams):  # every parameter is an option showing the dataclass default
@@ -101,7 +101,7 @@ def test_files_record_their_kind_and_old_files_read_as_logmel(tmp_path):
     import h5py
     from conftest import write_features
 
-    from aekit import store
+    from aekit.data import store
 
     write_features(tmp_path / "f.h5", n=3)
     with store.FeatureFile(tmp_path / "f.h5") as ff:
@@ -121,7 +121,8 @@ def test_a_second_kind_is_a_registration_and_is_checked(tmp_path, monkeypatch):
 
     from conftest import write_features
 
-    from aekit import features, store
+    from aekit.audio import features
+    from aekit.data import store
 
     @dataclass(frozen=True)
     class ToyParams:
@@ -147,7 +148,7 @@ def test_a_second_kind_is_a_registration_and_is_checked(tmp_path, monkeypatch):
 def test_unknown_kind_is_refused(tmp_path):
     from conftest import write_features
 
-    from aekit import store
+    from aekit.data import store
     from aekit.errors import InputError
 
     write_features(tmp_path / "f.h5", n=3, params={"kind": "nope"})

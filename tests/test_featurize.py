@@ -11,8 +11,8 @@ from click.testing import CliRunner
 
 from aekit.cmds.featurize import cli as featurize_cli
 from aekit.cmds.merge import cli as merge_cli
-from aekit.features import MelParams, tutorial_features
-from aekit.store import FeatureFile
+from aekit.audio.features import MelParams, tutorial_features
+from aekit.data.store import FeatureFile
 from conftest import exe, write_tone
 
 SMALL = ["--num-samples", "8000", "--jobs", "1"]
@@ -247,8 +247,8 @@ def _all_datasets(path):
 def test_worker_pool_writes_the_same_bytes_as_one_process(corpus, tmp_path):
     """Workers (buffers reused, many small tasks, blocks of 3) against the single-process path:
     features, ids, per-clip columns, /truncated, failures and attributes, bit for bit."""
-    from aekit.audio import discover, make_ids
-    from aekit.featurize import featurize
+    from aekit.audio.decode import discover, make_ids
+    from aekit.audio.featurize import featurize
 
     (corpus / "fan" / "broken.wav").write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt ")
     (corpus / "pump" / "empty.flac").write_bytes(b"")
@@ -271,7 +271,7 @@ def test_worker_pool_writes_the_same_bytes_as_one_process(corpus, tmp_path):
 
 
 def test_tasks_shrink_towards_the_end():
-    from aekit.featurize import make_tasks
+    from aekit.audio.featurize import make_tasks
 
     for n, jobs in [(1, 2), (7, 2), (96, 2), (800, 2), (10_000, 4)]:
         tasks = make_tasks(list(range(n)), jobs, most=32)
@@ -289,8 +289,8 @@ def test_a_dead_worker_is_an_error_not_a_hang(corpus, tmp_path, monkeypatch):
     import signal
     import threading
 
-    from aekit import featurize as fz
-    from aekit.audio import discover, make_ids
+    from aekit.audio import featurize as fz
+    from aekit.audio.decode import discover, make_ids
     from aekit.errors import DataError
 
     real = fz._process
@@ -300,7 +300,7 @@ def test_a_dead_worker_is_an_error_not_a_hang(corpus, tmp_path, monkeypatch):
             os.kill(os.getpid(), signal.SIGKILL)
         return real(task, *a)
 
-    dying.__module__, dying.__qualname__ = "aekit.featurize", "_process"  # pickled by name
+    dying.__module__, dying.__qualname__ = "aekit.audio.featurize", "_process"  # pickled by name
     monkeypatch.setattr(fz, "_process", dying)
     paths = discover([str(corpus)])
     out, got = tmp_path / "f.h5", []
@@ -322,8 +322,8 @@ def test_a_dead_worker_is_an_error_not_a_hang(corpus, tmp_path, monkeypatch):
 def test_overflowing_samples_are_a_failed_input(corpus, tmp_path):
     """Finite float samples whose power overflows float32 give Inf features: a failure of
     that file, never Inf values in the output."""
-    from aekit.audio import discover, make_ids
-    from aekit.featurize import featurize
+    from aekit.audio.decode import discover, make_ids
+    from aekit.audio.featurize import featurize
 
     sf.write(str(corpus / "fan" / "huge.wav"), np.full((8000, 2), 1e30, np.float32), 16000,
              subtype="FLOAT")
@@ -339,8 +339,8 @@ def test_overflowing_samples_are_a_failed_input(corpus, tmp_path):
 def test_interleaved_in_process_iterators_keep_their_own_parameters(corpus):
     """jobs=1 runs in the caller's process: two iterators advanced in turn (e.g. two models'
     ae-score paths zipped) each keep their own front end and decode buffer."""
-    from aekit.audio import discover
-    from aekit.featurize import iter_features
+    from aekit.audio.decode import discover
+    from aekit.audio.featurize import iter_features
 
     paths = discover([str(corpus)])
     pa, pb = MelParams(num_samples=8000), MelParams(num_samples=8000, top_db=20.0, n_mels=16)

@@ -12,14 +12,15 @@ from click.testing import CliRunner
 from conftest import write_features, write_splits
 from safetensors.torch import load_file
 
-from aekit import frames, models
-from aekit import settings as S
-from aekit import train as tr
+from aekit.models import frames
+from aekit.models import registry as models
+from aekit.train import settings as S
+from aekit.train import loop as tr
 from aekit.cmds.encode import cli as encode_cli
 from aekit.cmds.eval import cli as eval_cli
 from aekit.cmds.train import cli as train_cli
-from aekit.inference import LatentsFile
-from aekit.modelfile import Normalizer, load_model
+from aekit.evaluate.inference import LatentsFile
+from aekit.models.modelfile import Normalizer, load_model
 
 SHAPE = (2, 4, 12)
 TINY = dict(hidden=(16, 8), latent=3)

@@ -1,4 +1,4 @@
-"""Host-memory settings for CPU training (aekit.hostmem), each in a fresh process: torch
+"""Host-memory settings for CPU training (aekit.system.hostmem), each in a fresh process: torch
 reads its huge-page setting once, at its first CPU allocation."""
 
 import json
@@ -12,7 +12,7 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="gl
 
 PROBE = """
 import json, os
-from aekit import hostmem
+from aekit.system import hostmem
 applied = hostmem.for_cpu_training()
 print(json.dumps({"applied": applied, "env": os.environ.get("THP_MEM_ALLOC_ENABLE")}))
 """
@@ -38,7 +38,7 @@ def test_ae_train_sets_it_before_torch_allocates(tmp_path):
     # torch reads the variable once, at its first CPU allocation, so the command itself must
     # set it before the process group and the data exist (the library's setup() calling it
     # too would be too late for the command). The caller of the first call is recorded.
-    code = ("import os, sys; from aekit.cmds import train as t; from aekit import hostmem;"
+    code = ("import os, sys; from aekit.cmds import train as t; from aekit.system import hostmem;"
             "real = hostmem.for_cpu_training; calls = [];"
             "hostmem.for_cpu_training = lambda: (calls.append(sys._getframe(1).f_code.co_filename), real())[1];"
             "sys.argv=['ae-train','missing.h5','-o',os.path.join(sys.argv[1],'m.pt'),'--device','cpu'];"

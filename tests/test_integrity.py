@@ -12,17 +12,17 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from aekit import store
-from aekit import train as tr
+from aekit.data import store
+from aekit.train import loop as tr
 from aekit.cmds.encode import cli as encode_cli
 from aekit.cmds.eval import cli as eval_cli
 from aekit.cmds.featurize import cli as featurize_cli
 from aekit.cmds.merge import cli as merge_cli
 from aekit.cmds.train import cli as train_cli
 from aekit.errors import InputError
-from aekit.features import MelParams, empty_mel_filters, max_mel_bands, min_n_fft
-from aekit.modelfile import Normalizer, load_model, save_model
-from aekit.models import AEConfig, build_model
+from aekit.audio.features import MelParams, empty_mel_filters, max_mel_bands, min_n_fft
+from aekit.models.modelfile import Normalizer, load_model, save_model
+from aekit.models.registry import AEConfig, build_model
 from conftest import exe, invoke, one_error_line, write_tone
 
 SHAPE = (2, 4, 10)

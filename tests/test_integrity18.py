@@ -16,13 +16,14 @@ import torch
 from conftest import invoke, one_error_line, write_features
 from safetensors.torch import load_file, save_file
 
-from aekit import modelfile, store
+from aekit.models import modelfile
+from aekit.data import store
 from aekit.cmds.merge import cli as merge_cli
 from aekit.cmds.train import SIGTERM_AT_STEP_ENV
 from aekit.cmds.train import cli as train_cli
 from aekit.errors import InputError
-from aekit.modelfile import Normalizer, load_model, metadata_sha256, read_info, save_model
-from aekit.models import AEConfig, build_model
+from aekit.models.modelfile import Normalizer, load_model, metadata_sha256, read_info, save_model
+from aekit.models.registry import AEConfig, build_model
 
 SHAPE = (2, 4, 10)
 

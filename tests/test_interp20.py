@@ -34,7 +34,7 @@ def cmd(name):
 
 
 def build(context=5, seed=0, shape=SHAPE):
-    from aekit import models
+    from aekit.models import registry as models
 
     torch.manual_seed(seed)
     return models.build_model(models.make_config("interp", shape, context=context, **TINY))
@@ -82,8 +82,8 @@ def test_shapes_and_the_input_is_the_window_without_its_centre():
 def test_training_loss_is_the_centre_frame_error_in_db():
     import contextlib
 
-    from aekit import train as tr
-    from aekit.modelfile import Normalizer
+    from aekit.train import loop as tr
+    from aekit.models.modelfile import Normalizer
 
     m = build(context=3)
     x = torch.from_numpy(np.random.default_rng(0).normal(-40, 20, (4, *SHAPE)).astype(np.float32))
@@ -102,8 +102,8 @@ def test_training_loss_is_the_centre_frame_error_in_db():
 
 @pytest.mark.parametrize("data", ["memory", "stream"])
 def test_resume_mid_epoch_is_bit_exact(tmp_path, data):
-    from aekit import settings as S
-    from aekit import train as tr
+    from aekit.train import settings as S
+    from aekit.train import loop as tr
 
     write_features(tmp_path / "f.h5", n=6, shape=SHAPE)
     s = S.make_settings(arch="interp", hidden=(16, 8), latent=3, epochs=2, batch_size=8,
@@ -124,8 +124,8 @@ def test_resume_mid_epoch_is_bit_exact(tmp_path, data):
 
 def test_validation_loss_is_the_mean_centre_frame_score(tmp_path):
     import aekit
-    from aekit import settings as S
-    from aekit import train as tr
+    from aekit.train import settings as S
+    from aekit.train import loop as tr
 
     ids, x = write_features(tmp_path / "f.h5", n=10, shape=SHAPE)
     write_splits(tmp_path / "s.csv", ids)
@@ -150,7 +150,7 @@ def setup(tmp_path_factory):
     feats = root / "f.h5"
     r = invoke(cmd("featurize"), [audio, "-o", feats, "-j", "1", "-q", *MEL])
     assert r.exit_code == 0, r.stderr
-    from aekit.store import FeatureFile
+    from aekit.data.store import FeatureFile
 
     with FeatureFile(feats) as ff:
         ids, x = list(ff.ids), np.asarray(ff.read(), dtype=np.float32)
@@ -184,9 +184,9 @@ def oracle(lm, x):
 
 
 def test_eval_score_encode_and_threshold(setup):
-    from aekit.inference import LatentsFile
-    from aekit.modelfile import load_model
-    from aekit.scoring import fit_threshold
+    from aekit.evaluate.inference import LatentsFile
+    from aekit.models.modelfile import load_model
+    from aekit.evaluate.scoring import fit_threshold
 
     root, lm = setup["root"], load_model(setup["model"])
     x = setup["x"]
@@ -221,7 +221,7 @@ def test_eval_score_encode_and_threshold(setup):
 
 def test_mahalanobis_on_centre_frame_errors(setup):
     import aekit
-    from aekit.modelfile import load_model
+    from aekit.models.modelfile import load_model
 
     lm = load_model(setup["model"])
     _, _, _, v, _ = oracle(lm, setup["x"])
@@ -263,7 +263,7 @@ def test_bad_context_refused(tmp_path, context, msg):
 
 def test_bad_context_refused_by_the_library():
     from aekit.errors import InputError
-    from aekit.interp import InterpConfig
+    from aekit.models.interp import InterpConfig
 
     for c in (0, 1, 2, 4, 6):
         with pytest.raises(InputError, match=f"--context {c}: "):

@@ -1,4 +1,4 @@
-"""aekit.idlabels and ae-labels: label columns parsed from ids (DCASE presets, --pattern).
+"""aekit.data.idlabels and ae-labels: label columns parsed from ids (DCASE presets, --pattern).
 
 Expected rows are written out by hand from the DCASE file-name layouts; the end-to-end test
 compares with the labels ae-synth knows when it writes the files.
@@ -14,7 +14,8 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from aekit import idlabels, selection
+from aekit.data import idlabels
+from aekit.data import selection
 from aekit.cmds.labels import cli
 from aekit.errors import InputError
 from conftest import exe

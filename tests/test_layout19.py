@@ -12,7 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from aekit import idlabels, synth
+from aekit.data import idlabels
+from aekit.audio import synth
 from conftest import exe
 
 # Real DCASE file names (without extension), one year after another: development set train

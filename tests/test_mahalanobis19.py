@@ -40,7 +40,7 @@ def setup(tmp_path_factory):
     feats = root / "f.h5"
     r = invoke(cmd("featurize"), [audio, "-o", feats, "-j", "1", "-q", *MEL])
     assert r.exit_code == 0, r.stderr
-    from aekit.store import FeatureFile
+    from aekit.data.store import FeatureFile
 
     with FeatureFile(feats) as ff:
         ids, x = list(ff.ids), np.asarray(ff.read(), dtype=np.float32)
@@ -79,8 +79,8 @@ def independent_vectors(lm, x: np.ndarray) -> np.ndarray:
 
 def test_stored_statistics_and_distance_equal_scipy(setup):
     import aekit
-    from aekit.mahalanobis import RIDGE
-    from aekit.modelfile import load_model
+    from aekit.evaluate.mahalanobis import RIDGE
+    from aekit.models.modelfile import load_model
 
     lm = load_model(setup["model"])
     d = 2 * 4 * 1
@@ -114,7 +114,7 @@ def test_stored_statistics_and_distance_equal_scipy(setup):
 
 
 def test_minimum_over_domains():
-    from aekit.mahalanobis import distances
+    from aekit.evaluate.mahalanobis import distances
 
     rng = np.random.default_rng(0)
     v = rng.normal(size=(50, 3))
@@ -154,7 +154,7 @@ def test_eval_equals_score(setup):
 
 
 def test_one_domain_without_domain_labels(setup):
-    from aekit.modelfile import load_model
+    from aekit.models.modelfile import load_model
 
     lm = load_model(setup["plain"])
     assert sorted(lm.mahalanobis) == ["all"]
@@ -163,7 +163,7 @@ def test_one_domain_without_domain_labels(setup):
 
 def test_model_without_statistics_refused(setup, monkeypatch):
     import aekit
-    from aekit import mahalanobis
+    from aekit.evaluate import mahalanobis
     from aekit.errors import InputError
 
     monkeypatch.setattr(mahalanobis, "MAX_DIM", 1)  # statistics too long: none stored
@@ -171,7 +171,7 @@ def test_model_without_statistics_refused(setup, monkeypatch):
     r = invoke(cmd("train"), [setup["feats"], "-o", old, *TINY])
     assert r.exit_code == 0, r.stderr
     monkeypatch.undo()
-    from aekit.modelfile import load_model
+    from aekit.models.modelfile import load_model
 
     lm = load_model(old)
     assert lm.mahalanobis is None and "mahalanobis" not in lm.info
@@ -191,7 +191,7 @@ def test_tampered_statistics_refused(setup):
     from safetensors.torch import load_file, save_file
 
     from aekit.errors import InputError
-    from aekit.modelfile import load_model
+    from aekit.models.modelfile import load_model
 
     with safe_open(str(setup["model"]), framework="pt") as f:
         meta = f.metadata()

@@ -1,4 +1,4 @@
-"""aekit.metrics: summaries, AUC and DCASE pAUC against scikit-learn, probe, K-fold summaries."""
+"""aekit.evaluate.metrics: summaries, AUC and DCASE pAUC against scikit-learn, probe, K-fold summaries."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from aekit import metrics
+from aekit.evaluate import metrics
 from aekit.errors import InputError
 
 

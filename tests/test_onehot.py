@@ -1,4 +1,4 @@
-"""ae-onehot and aekit.onehot: consistent columns between fit and apply, guards, errors."""
+"""ae-onehot and aekit.data.onehot: consistent columns between fit and apply, guards, errors."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 from hypothesis import given, settings, strategies as st
 
-from aekit import onehot as O
+from aekit.data import onehot as O
 from aekit.cmds.onehot import cli
 from aekit.errors import InputError
 

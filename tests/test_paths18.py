@@ -47,8 +47,8 @@ def one_error_line(stderr: str, prog: str) -> str:
 
 
 def write_model(path, seed: int = 0):
-    from aekit.modelfile import Normalizer, save_model
-    from aekit.models import AEConfig, build_model
+    from aekit.models.modelfile import Normalizer, save_model
+    from aekit.models.registry import AEConfig, build_model
 
     torch.manual_seed(seed)
     x = np.random.default_rng(seed).normal(-40, 6, (4, *SHAPE)).astype(np.float32)
@@ -168,7 +168,7 @@ def test_symlink_to_a_file_is_written_through_and_a_dangling_one_refused(tmp_pat
 
 def test_library_refuses_special_files_for_binary_outputs(nulldev):
     from aekit.errors import InputError
-    from aekit.fileio import atomic_path
+    from aekit.system.fileio import atomic_path
 
     with pytest.raises(InputError, match="not a regular file \\(a character device\\)"):
         with atomic_path(nulldev):
@@ -286,7 +286,7 @@ def test_synth_refuses_absurd_sizes_before_any_work(tmp_path):
 # --------------------------------------------------------------------------- stale temporaries
 
 def test_stale_cleanup_never_removes_an_input_file_or_directory(tmp_path, tone):
-    from aekit.fileio import _host
+    from aekit.system.fileio import _host
 
     host, pid = _host(), dead_pid()
     # ae-merge: an input named exactly like a dead run's temporary of -o, private mode too
@@ -306,7 +306,7 @@ def test_stale_cleanup_never_removes_an_input_file_or_directory(tmp_path, tone):
 
 
 def test_stale_cleanup_removes_only_what_it_made(tmp_path):
-    from aekit.fileio import _host, atomic_dir, atomic_path
+    from aekit.system.fileio import _host, atomic_dir, atomic_path
 
     host, pid = _host(), dead_pid()
     ours = tmp_path / f".o.csv.{host}-{pid}.a1b2c3d4.tmp"
@@ -363,7 +363,7 @@ def test_train_checkpoint_files_are_outputs_too(tmp_path):
 
 
 def test_train_run_owns_its_checkpoint_directory(tmp_path):
-    LOCK_NAME = ".ae-train.lock"  # aekit.checkpoint.LOCK_NAME, as documented
+    LOCK_NAME = ".ae-train.lock"  # aekit.train.checkpoint.LOCK_NAME, as documented
 
     feats = tmp_path / "f.h5"
     write_features(feats, n=8)

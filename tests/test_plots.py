@@ -1,4 +1,4 @@
-"""aekit.plots: every figure is written as a non-empty PNG, without pyplot."""
+"""aekit.evaluate.plots: every figure is written as a non-empty PNG, without pyplot."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from aekit import plots
+from aekit.evaluate import plots
 from aekit.errors import InputError
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -62,7 +62,7 @@ def test_histograms_and_roc(tmp_path):
 
 
 def test_plots_do_not_load_pyplot(tmp_path):
-    code = ("import sys, numpy as np; from aekit import plots; "
+    code = ("import sys, numpy as np; from aekit.evaluate import plots; "
             "plots.plot_score_histograms(np.arange(10.0), None, sys.argv[1]); "
             "assert 'matplotlib.pyplot' not in sys.modules, 'pyplot loaded'")
     subprocess.run([sys.executable, "-c", code, str(tmp_path / "h.png")], check=True)

@@ -19,10 +19,10 @@ import pytest
 import soundfile as sf
 from click.testing import CliRunner
 
-from aekit import store
+from aekit.data import store
 from aekit.cmds.featurize import cli as featurize_cli
-from aekit.features import MelParams
-from aekit.scoring import model_params
+from aekit.audio.features import MelParams
+from aekit.evaluate.scoring import model_params
 from conftest import PARAMS
 
 SR = 16000

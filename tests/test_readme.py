@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from aekit import store
+from aekit.data import store
 from aekit.cmds import common
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -16,13 +16,13 @@ from conftest import write_features, write_splits
 from safetensors.torch import load_file
 from torch import nn
 
-from aekit import models
-from aekit import train as tr
+from aekit.models import registry as models
+from aekit.train import loop as tr
 from aekit.cmds.encode import cli as encode_cli
 from aekit.cmds.eval import cli as eval_cli
 from aekit.cmds.train import cli as train_cli
-from aekit.inference import LatentsFile
-from aekit.modelfile import load_model
+from aekit.evaluate.inference import LatentsFile
+from aekit.models.modelfile import load_model
 
 KIND = "test-halves"
 

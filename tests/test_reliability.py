@@ -191,7 +191,7 @@ def test_csv_inputs_may_still_be_pipes(files):
 
 
 def test_permission_denied_message_mapping():
-    from aekit.fileio import describe_os_error
+    from aekit.system.fileio import describe_os_error
 
     exc = PermissionError(errno.EACCES, "Permission denied", "secret.h5")
     assert describe_os_error(exc) == "secret.h5: permission denied"
@@ -200,12 +200,12 @@ def test_permission_denied_message_mapping():
 
 
 def test_permission_error_inside_a_command_is_one_line(files, monkeypatch):
-    import aekit.split
+    import aekit.data.split
 
     def denied(*a, **k):
         raise PermissionError(errno.EACCES, "Permission denied", "in.csv")
 
-    monkeypatch.setattr(aekit.split, "load_split_input", denied)
+    monkeypatch.setattr(aekit.data.split, "load_split_input", denied)
     r = CliRunner().invoke(cli("ae-split"), ["in.csv"])
     assert r.exit_code == 2
     assert one_error_line(r.stderr, "ae-split") == "ae-split: error: in.csv: permission denied"
@@ -225,7 +225,7 @@ def test_unsafe_checkpoint_does_not_advise_turning_safety_off(tmp_path):
     import torch
 
     from aekit.errors import InputError
-    from aekit.train import load_checkpoint
+    from aekit.train.loop import load_checkpoint
 
     path = tmp_path / "last.pt"
     torch.save({"format": "x", "when": datetime.datetime(2020, 1, 1)}, path)
@@ -242,8 +242,8 @@ def test_state_dict_mismatch_names_the_tensor_and_both_shapes(tmp_path):
     from safetensors import safe_open
 
     from aekit.errors import InputError
-    from aekit.modelfile import Normalizer, load_model, save_model
-    from aekit.models import AEConfig, build_model
+    from aekit.models.modelfile import Normalizer, load_model, save_model
+    from aekit.models.registry import AEConfig, build_model
 
     cfg = AEConfig(arch="baseline", input_shape=(1, 2, 3), hidden=(4,), latent=2)
     path = tmp_path / "m.safetensors"
@@ -266,7 +266,7 @@ def test_state_dict_mismatch_names_the_tensor_and_both_shapes(tmp_path):
 
 def test_write_failure_is_one_error_and_leaves_nothing(tmp_path):
     """ENOSPC simulated: WriteError naming the output, the old output kept, no temporary."""
-    from aekit.fileio import WriteError, atomic_path
+    from aekit.system.fileio import WriteError, atomic_path
 
     out = tmp_path / "out.csv"
     out.write_text("old")
@@ -280,7 +280,7 @@ def test_write_failure_is_one_error_and_leaves_nothing(tmp_path):
 
 
 def test_h5py_style_write_failure_is_recognised():
-    from aekit.fileio import write_errno
+    from aekit.system.fileio import write_errno
 
     assert write_errno(OSError("Can't write data (file write failed: errno = 28, error message "
                                "= 'No space left on device')")) == errno.ENOSPC
@@ -339,39 +339,39 @@ def test_full_disk_is_one_line_for_text_and_directory_writers(tmp_path, small_fs
 
 def test_synth_directory_appears_complete_or_not_at_all(tmp_path, monkeypatch):
     """A failure half-way through leaves no directory (the old code left a partial one)."""
-    import aekit.synth
+    import aekit.audio.synth
 
-    real = aekit.synth.generate
+    real = aekit.audio.synth.generate
 
     def fail_after_writing(root, **kw):
         Path(root, "fan").mkdir(parents=True)
         Path(root, "fan", "half.wav").write_bytes(b"x")
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(aekit.synth, "generate", fail_after_writing)
+    monkeypatch.setattr(aekit.audio.synth, "generate", fail_after_writing)
     r = CliRunner().invoke(cli("ae-synth"), [str(tmp_path / "demo")])
     assert r.exit_code == 1
     assert "cannot write" in one_error_line(r.stderr, "ae-synth")
     assert list(tmp_path.iterdir()) == []
-    monkeypatch.setattr(aekit.synth, "generate", real)
+    monkeypatch.setattr(aekit.audio.synth, "generate", real)
 
 
 # --------------------------------------------------------------------------- signals
 
 SLOW = r"""
 import sys, time
-import aekit.featurize, aekit.store
-real_process, real_append = aekit.featurize._process, aekit.store.FeatureWriter.append
+import aekit.audio.featurize, aekit.data.store
+real_process, real_append = aekit.audio.featurize._process, aekit.data.store.FeatureWriter.append
 def _process(task, *a):
     out = real_process(task, *a)
     time.sleep(60)
     return out
-_process.__module__, _process.__qualname__ = "aekit.featurize", "_process"
-aekit.featurize._process = _process
+_process.__module__, _process.__qualname__ = "aekit.audio.featurize", "_process"
+aekit.audio.featurize._process = _process
 def append(self, *a, **k):
     real_append(self, *a, **k)
     time.sleep(60)
-aekit.store.FeatureWriter.append = append
+aekit.data.store.FeatureWriter.append = append
 from aekit.cmds import {mod}
 sys.argv[0] = "ae-{mod}"
 {mod}.main()
@@ -416,7 +416,7 @@ def test_signal_cleans_up(tmp_path, tone, mod, sig):
 
 
 def test_stale_temporaries_of_dead_runs_are_removed(tmp_path):
-    from aekit.fileio import _host, atomic_path
+    from aekit.system.fileio import _host, atomic_path
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
@@ -441,7 +441,7 @@ def test_stale_temporaries_of_dead_runs_are_removed(tmp_path):
 def test_workers_do_not_outlive_a_killed_parent_and_the_next_run_cleans_up(tmp_path, tone):
     """SIGKILL (no handler can run): the workers die with the parent, quietly; the
     temporary it left is removed by the next run that writes the same output."""
-    from aekit.fileio import atomic_path
+    from aekit.system.fileio import atomic_path
 
     audio = _audio(tmp_path, tone, n=20)  # 3 tasks of 8 files: a real pool
     out = tmp_path / "out.h5"

@@ -1,4 +1,4 @@
-"""ae-score and the public API (aekit.scoring): audio files -> per-clip scores, streaming.
+"""ae-score and the public API (aekit.evaluate.scoring): audio files -> per-clip scores, streaming.
 
 The oracle for every score is the two-step path: ae-featurize + ae-eval --scores on the
 same files and model (ae-eval writes %.6g, ae-score %.9g: they agree to rel 1e-5).
@@ -75,14 +75,14 @@ def eval_scores(model: Path, features: Path, column: str = "mse") -> dict[str, f
 
 
 def _archs():
-    from aekit.settings import ARCHS
+    from aekit.train.settings import ARCHS
 
     return sorted(ARCHS)
 
 
 @pytest.mark.parametrize("arch", _archs())
 def test_scores_equal_featurize_plus_eval(audio, features, arch):
-    from aekit.settings import ARCHS
+    from aekit.train.settings import ARCHS
 
     model = trained(features, arch)
     # both at the default --score auto: the kind's declared score (its statistics are stored)
@@ -107,7 +107,7 @@ def test_library_scores_match_score_rows_tightly(audio, features):
     """score_files (batches of 3, two workers) vs inference.score_rows on the HDF5 rows
     (batches of 256): the same features, the same model; float32 forward passes agree to 1e-6."""
     import aekit
-    from aekit.inference import score_rows
+    from aekit.evaluate.inference import score_rows
 
     model = aekit.load_model(trained(features, "baseline"))
     paths = sorted(audio.iterdir())
@@ -158,7 +158,7 @@ def test_threshold_stored_by_train(features):
 def test_fit_threshold_recovers_a_gamma_quantile():
     from scipy import stats
 
-    from aekit.scoring import fit_threshold
+    from aekit.evaluate.scoring import fit_threshold
 
     rng = np.random.default_rng(0)
     s = stats.gamma.rvs(3.0, loc=50.0, scale=10.0, size=4000, random_state=rng)
@@ -194,7 +194,7 @@ def _model_without(features: Path, out: Path, **drop) -> Path:
     """A valid model file whose metadata lacks the threshold (as before it was stored),
     and, with feature_params=True, lacks the feature parameters too."""
     import aekit
-    from aekit.modelfile import save_model
+    from aekit.models.modelfile import save_model
 
     m = aekit.load_model(trained(features, "baseline"))
     keep = {k: v for k, v in m.info.items() if k not in
@@ -253,7 +253,7 @@ def test_stdin_paths_and_root(audio, features):
 def test_score_files_is_lazy(audio, features, monkeypatch):
     """The first records come before the later files are even decoded (memory stays flat)."""
     import aekit
-    from aekit import featurize
+    from aekit.audio import featurize
 
     calls = []
     real = featurize._process
@@ -308,7 +308,7 @@ def test_readme_api_example_runs(audio, features, tmp_path, monkeypatch):
 def test_decision_report_matches_sklearn():
     from sklearn.metrics import confusion_matrix, f1_score, precision_score, recall_score
 
-    from aekit.metrics import decision_report
+    from aekit.evaluate.metrics import decision_report
 
     rng = np.random.default_rng(1)
     y = rng.integers(0, 2, 200)
@@ -357,7 +357,7 @@ def test_stored_threshold_refuses_a_damaged_value():
     from types import SimpleNamespace
 
     from aekit.errors import InputError
-    from aekit.scoring import stored_threshold
+    from aekit.evaluate.scoring import stored_threshold
 
     def model(t):
         return SimpleNamespace(info={"threshold": t}, path="m.safetensors")

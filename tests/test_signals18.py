@@ -126,12 +126,12 @@ def test_a_signal_while_the_command_line_is_parsed_is_one_line(tmp_path, shards,
 
 IN_MERGE = r"""
 import os, sys, time
-import aekit.store
-real = aekit.store.merge_shards
+import aekit.data.store
+real = aekit.data.store.merge_shards
 def merge_shards(*a, **k):
     {body}
     return real(*a, **k)
-aekit.store.merge_shards = merge_shards
+aekit.data.store.merge_shards = merge_shards
 from aekit.cmds import merge
 sys.argv[0] = "ae-merge"
 merge.main()
@@ -210,7 +210,7 @@ def test_sigterm_after_the_model_is_written_does_not_fail_the_job(tmp_path):
     """The chosen behaviour: once the final output is in place the job is complete; a
     SIGTERM in its teardown is reported in one warning line, one at the interpreter's exit
     is ignored, and the status stays 0 (it was 143, "terminated", with a complete model)."""
-    from aekit.modelfile import load_model
+    from aekit.models.modelfile import load_model
 
     feats = tmp_path / "f.h5"
     write_features(feats, n=24)

@@ -38,9 +38,9 @@ def setup(tmp_path_factory):
     feature parameters ae-score featurizes them with."""
     import torch
 
-    from aekit.features import MelParams
-    from aekit.modelfile import Normalizer, save_model
-    from aekit.models import AEConfig, build_model
+    from aekit.audio.features import MelParams
+    from aekit.models.modelfile import Normalizer, save_model
+    from aekit.models.registry import AEConfig, build_model
 
     root = tmp_path_factory.mktemp("stream22")
     audio = root / "a"
@@ -131,7 +131,7 @@ def test_library_stream_yields_before_the_end_and_scores_as_a_list_would(setup, 
     bit, that of the same files given as a list (the pause changes when rows are written,
     never a batch's clips)."""
     import aekit
-    from aekit.pathstream import LineReader
+    from aekit.audio.pathstream import LineReader
 
     model = aekit.load_model(setup["model"])
     wavs = [str(w) for w in setup["wavs"]]
@@ -243,7 +243,7 @@ def test_stream_policy_order_and_ids(setup, tmp_path):
 
 def test_listed_ids():
     from aekit.errors import InputError
-    from aekit.pathstream import listed_id
+    from aekit.audio.pathstream import listed_id
 
     assert listed_id("./new/a.wav") == "new/a"
     assert listed_id("/data/x/b.flac") == "/data/x/b"
@@ -256,7 +256,7 @@ def test_listed_ids():
 def test_line_reader_parses_a_list_as_discover_does(tmp_path):
     """BOM dropped, CRLF and LF ends removed, empty lines skipped, spaces kept, bytes that
     are not UTF-8 kept as surrogates; nothing read past the read-ahead limit."""
-    from aekit.pathstream import LineReader
+    from aekit.audio.pathstream import LineReader
 
     r, w = os.pipe()
     os.write(w, b"\xef\xbb\xbfa.wav\r\n\n b .wav \nbad\xff.wav\nlast")
@@ -270,9 +270,9 @@ def test_line_reader_parses_a_list_as_discover_does(tmp_path):
 
 def test_the_watchdog_names_the_stuck_input_of_a_stream(setup, monkeypatch):
     import aekit
-    from aekit import audio
+    from aekit.audio import decode as audio
     from aekit.errors import DataError
-    from aekit.pathstream import LineReader
+    from aekit.audio.pathstream import LineReader
 
     wavs = [str(w) for w in setup["wavs"]]
     stuck = wavs[5]

@@ -50,8 +50,8 @@ def test_iterating_with_workers_again_and_again_never_hangs_nor_leaves_workers(c
     """25 runs of iter_features with 2 workers, each to the end or closed after a random
     number of results: every complete run equals the in-process one, every run ends within
     its timeout, and no worker process is left after any run."""
-    from aekit.features import MelParams
-    from aekit.featurize import iter_features
+    from aekit.audio.features import MelParams
+    from aekit.audio.featurize import iter_features
 
     params = MelParams(**PARAMS)
     ref = [it.features for it in iter_features(clips, params, jobs=1)]
@@ -79,11 +79,11 @@ def test_a_worker_making_no_progress_fails_the_run_naming_its_input(clips, tmp_p
     """A decoder that never returns (a damaged file, a stuck mount): after
     $AEKIT_STALL_TIMEOUT seconds without progress the run fails with one line naming that
     input, the workers are stopped and no output is left."""
-    from aekit import audio
-    from aekit.audio import make_ids
+    from aekit.audio import decode as audio
+    from aekit.audio.decode import make_ids
     from aekit.errors import DataError
-    from aekit.features import MelParams
-    from aekit.featurize import featurize
+    from aekit.audio.features import MelParams
+    from aekit.audio.featurize import featurize
 
     stuck = clips[6]
     real = audio.ClipReader.read
@@ -118,7 +118,7 @@ def test_a_worker_making_no_progress_fails_the_run_naming_its_input(clips, tmp_p
 
 def test_a_bad_stall_timeout_is_refused():
     from aekit.errors import InputError
-    from aekit.featurize import stall_limit
+    from aekit.audio.featurize import stall_limit
 
     assert stall_limit(2) == 2.0
     for bad in ("0", "-1", "nan", "inf", "soon"):
@@ -128,7 +128,7 @@ def test_a_bad_stall_timeout_is_refused():
 
 WORKER_WITH_A_THREAD = r"""
 import signal, sys, threading, time
-import aekit.featurize as fz
+import aekit.audio.featurize as fz
 real_init = fz._init_worker
 def _init_worker(*a, **k):
     # A worker with a second thread that takes SIGTERM (a decoder's helper thread): the

@@ -1,4 +1,4 @@
-"""aekit.synth and ae-synth: the demo data set generator.
+"""aekit.audio.synth and ae-synth: the demo data set generator.
 
 Small sets only (fractions of a second per clip, a few clips per machine): the whole file
 runs in a few seconds.
@@ -16,7 +16,7 @@ import pytest
 import soundfile as sf
 from click.testing import CliRunner
 
-from aekit import synth
+from aekit.audio import synth
 from aekit.cmds.synth import cli
 from aekit.errors import InputError
 from conftest import exe

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from aekit import dcase
+from aekit.evaluate import dcase
 from aekit.cmds.table import cli
 from conftest import invoke, one_error_line
 
@@ -90,7 +90,7 @@ def test_dcase2023_table_recomputed_from_the_reports(tmp_path):
             assert float(r[f"{lab} AUC (target)"]) == want["auc_target"]
             assert float(r[f"{lab} pAUC"]) == want["pauc"]
             assert r[f"{lab} official score"] == ""
-        # over all types: what aekit.dcase computes over one report of every type
+        # over all types: what aekit.evaluate.dcase computes over one report of every type
         am, hm, off = rows[6], rows[7], rows[8]
         for c, title in (("auc_source", "AUC (source)"), ("auc_target", "AUC (target)")):
             assert float(am[f"{lab} {title}"]) == pytest.approx(whole["arithmetic_mean"][c],

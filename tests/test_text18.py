@@ -137,7 +137,7 @@ def test_a_header_repeating_a_name_is_refused(tmp_path):
 @pytest.fixture
 def int_labels(tmp_path):
     (tmp_path / "l.csv").write_text("id,anomaly,machine\na,0,fan\nb,1,pump\nc,0,NA\nd,1,\n")
-    from aekit.selection import load_labels
+    from aekit.data.selection import load_labels
 
     return load_labels(tmp_path / "l.csv", ["a", "b", "c", "d"])
 
@@ -147,7 +147,7 @@ def int_labels(tmp_path):
 def test_a_number_column_compared_with_text_is_an_error(text, int_labels):
     """These selected every row (anomalies included), or none, silently."""
     from aekit.errors import InputError
-    from aekit.selection import query_rows
+    from aekit.data.selection import query_rows
 
     for labels in (int_labels, int_labels.assign(anomaly=[0, 1, 0, 1])):  # CSV text, or ints
         with pytest.raises(InputError) as err:
@@ -159,14 +159,14 @@ def test_a_number_column_compared_with_text_is_an_error(text, int_labels):
                                   "machine == anomaly"])
 def test_a_text_column_compared_with_a_number_is_an_error(text, int_labels):
     from aekit.errors import InputError
-    from aekit.selection import query_rows
+    from aekit.data.selection import query_rows
 
     with pytest.raises(InputError, match="column 'machine' holds text"):
         query_rows(int_labels, text)
 
 
 def test_where_on_text_labels_selects_the_right_rows(int_labels):
-    from aekit.selection import query_rows
+    from aekit.data.selection import query_rows
 
     for text, want in [("anomaly == 1", [0, 1, 0, 1]), ("anomaly != 1", [1, 0, 1, 0]),
                        ("not (anomaly == 1)", [1, 0, 1, 0]), ("anomaly not in [1]", [1, 0, 1, 0]),
@@ -179,7 +179,7 @@ def test_where_on_text_labels_selects_the_right_rows(int_labels):
 def test_column_type_comes_from_the_whole_file_not_the_selected_rows(tmp_path):
     """'x' only on a row that is not selected still makes the column text for every run."""
     from aekit.errors import InputError
-    from aekit.selection import load_labels, query_rows
+    from aekit.data.selection import load_labels, query_rows
 
     (tmp_path / "l.csv").write_text("id,v\na,1\nb,2\nc,x\n")
     labels = load_labels(tmp_path / "l.csv", ["a", "b"])
@@ -197,7 +197,7 @@ def test_split_test_where_uses_the_same_rules(tmp_path):
 # --------------------------------------------------------------------------- names
 
 def test_stdin_lists_keep_spaces_and_drop_a_bom(tmp_path):
-    from aekit.audio import discover
+    from aekit.audio.decode import discover
 
     for name in (" lead.wav", "trail.wav ", "b.wav"):
         (tmp_path / name).write_bytes(b"")  # discover only finds them
@@ -235,7 +235,7 @@ def test_a_name_that_is_not_utf8_is_a_failed_input_written_escaped(text_data, tm
 
 
 def test_a_bom_before_a_csv_header_is_dropped(tmp_path):
-    from aekit.fileio import read_csv
+    from aekit.system.fileio import read_csv
 
     (tmp_path / "b.csv").write_bytes(b"\xef\xbb\xbfid,a\nx,01\n")
     df = read_csv(tmp_path / "b.csv")
@@ -245,7 +245,7 @@ def test_a_bom_before_a_csv_header_is_dropped(tmp_path):
 # --------------------------------------------------------------------------- regex, JSON
 
 def test_a_backtracking_pattern_is_stopped_in_time(monkeypatch):
-    from aekit import idlabels
+    from aekit.data import idlabels
     from aekit.errors import InputError
 
     monkeypatch.setattr(idlabels, "MATCH_TIMEOUT", 0.05)
@@ -282,7 +282,7 @@ def test_deeply_nested_json_is_one_line(tmp_path):
 
 def test_a_hundred_thousand_categories_are_linear():
     """The collision check counted every name in the list of names: 162 s for 100,000."""
-    from aekit import onehot
+    from aekit.data import onehot
 
     n = 100_000
     cats = {"c": onehot.ColumnCategories([f"v{i:06d}" for i in range(n)])}

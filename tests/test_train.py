@@ -16,11 +16,11 @@ from safetensors.torch import load_file
 
 from conftest import BIN, write_features, write_splits
 
-from aekit import train as tr
+from aekit.train import loop as tr
 from aekit.cmds.train import SIGTERM_AT_STEP_ENV, cli
-from aekit.data import batch_sizes, epoch_order
-from aekit.modelfile import load_model, read_info
-from aekit.models import AEConfig, build_model, count_parameters, layer_summary
+from aekit.train.batches import batch_sizes, epoch_order
+from aekit.models.modelfile import load_model, read_info
+from aekit.models.registry import AEConfig, build_model, count_parameters, layer_summary
 
 SMALL = ["--hidden", "32,16", "--latent", "8"]
 
@@ -415,9 +415,9 @@ class _Halves:
 def test_stream_blocks_serve_the_same_units_as_memory(tmp_path, workers, model):
     """Blocks read ahead on a thread, batches spanning blocks, any order (block-local or
     not, DDP-padded with repeats): every batch equals the in-memory source's, bit for bit."""
-    from aekit.data import MemorySource, StreamSource
-    from aekit.modelfile import Normalizer
-    from aekit.store import FeatureFile
+    from aekit.train.batches import MemorySource, StreamSource
+    from aekit.models.modelfile import Normalizer
+    from aekit.data.store import FeatureFile
 
     p = tmp_path / "f.h5"
     _, x = write_features(p, n=23)
@@ -451,7 +451,7 @@ def test_step_in_backward_is_bit_identical_to_opt_step(arch):
     import contextlib
     import copy
 
-    from aekit.models import make_config
+    from aekit.models.registry import make_config
 
     cfg = make_config(arch, (2, 4, 10), hidden=(16, 8), latent=4)
     torch.manual_seed(0)
@@ -519,10 +519,10 @@ def test_stream_read_error_reaches_a_slow_consumer(tmp_path):
 
     import h5py
 
-    from aekit.data import StreamSource
+    from aekit.train.batches import StreamSource
     from aekit.errors import AekitError
-    from aekit.modelfile import Normalizer
-    from aekit.store import FeatureFile
+    from aekit.models.modelfile import Normalizer
+    from aekit.data.store import FeatureFile
 
     p = tmp_path / "f.h5"
     write_features(p, n=12)

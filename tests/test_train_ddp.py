@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from conftest import write_features
 
-from aekit.modelfile import load_model, read_info
+from aekit.models.modelfile import load_model, read_info
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
@@ -53,8 +53,8 @@ def test_two_process_ddp_then_sigterm_resume(tmp_path, setup):
     assert r.stderr.count("epoch 3/3: train loss") == 1  # rank 0 alone reports
     model = load_model(full)
     # The stored threshold covers the training rows of both ranks (rank 0 scores them all).
-    from aekit.inference import score_rows
-    from aekit.store import FeatureFile
+    from aekit.evaluate.inference import score_rows
+    from aekit.data.store import FeatureFile
 
     train_rows = [k for k in range(40) if k % 5 != 4 and k % 2 == 1]  # train, not fold 0
     with FeatureFile(p) as ff:

@@ -1,0 +1,1 @@
+"""Audio in: finding and decoding files, front ends (feature kinds), featurizing to a store, the demo synthesizer."""

@@ -1,0 +1,628 @@
+"""Audio files -> one features file: decode and compute in worker processes, write in blocks.
+
+Work is cut into tasks of up to 32 files that shrink towards the end; each worker process
+(one torch thread) decodes a group of its files into a buffer it reuses (ClipReader), then
+computes their features with one reusable MelFrontend into one array per task; the parent
+(which warms up with one torch thread, so no OpenMP pool spins beside the workers) keeps a
+few tasks per worker in flight and writes results in input order, block by block, so memory
+stays flat whatever the number of files. Failures are recorded and skipped, or stop the run,
+as asked.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import multiprocessing as mp
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, NamedTuple, Sequence
+
+import numpy as np
+
+from aekit.system import hostmem
+from aekit.audio.decode import AudioError, ClipReader
+from aekit.errors import DataError, InputError
+from aekit.audio.features import MelFrontend, MelParams, check_mel_params
+from aekit.system.fileio import atomic_path
+from aekit.data.store import PER_CLIP, FeatureWriter, inputs_fingerprint
+
+LOG = logging.getLogger("aekit")
+
+TASK_FILES = 32  # most files per task: few enough that results stream back in order without stalls
+IN_FLIGHT_PER_JOB = 2  # tasks queued per worker: keeps workers busy, bounds results held
+DECODE_AHEAD_BYTES = 32 << 20  # samples decoded before featurizing them, per worker
+
+
+def available_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+#: The most shards one run may be cut into (far more than any job array holds).
+MAX_SHARDS = 1_000_000
+
+
+def parse_shard(spec: str | None) -> tuple[int, int]:
+    """'I/N' -> (I, N) with 0 <= I < N <= MAX_SHARDS; None -> (0, 1)."""
+    if spec is None:
+        return 0, 1
+    try:
+        i, n = (int(x) for x in spec.split("/"))
+    except ValueError:
+        raise InputError(f"bad shard {spec!r}: expected I/N, e.g. 0/4") from None
+    if n < 1 or not 0 <= i < n:
+        raise InputError(f"bad shard {spec!r}: need 0 <= I < N")
+    if n > MAX_SHARDS:
+        raise InputError(f"bad shard {spec!r}: at most {MAX_SHARDS:,} shards")
+    return i, n
+
+
+def shard_indices(n_items: int, shard: tuple[int, int]) -> np.ndarray:
+    """The I-th of N contiguous, deterministic parts (numpy.array_split sizes: the first
+    n_items % N parts hold one more), computed without building the other parts."""
+    i, n = shard
+    if n < 1 or not 0 <= i < n:
+        raise InputError(f"bad shard {i}/{n}: need 0 <= I < N")
+    q, r = divmod(n_items, n)
+    start = i * q + min(i, r)
+    return np.arange(start, start + q + (i < r))
+
+
+def make_tasks(work: list, jobs: int, most: int | None = None) -> list[list]:
+    """Cut ``work`` into consecutive tasks, large first and shrinking towards the end (guided
+    scheduling): each holds a quarter of what is left per worker, between 1 and ``most``
+    files. Large tasks keep the per-task cost (messages, wake-ups) small on short clips; small
+    last ones keep the workers finishing together. Deterministic in len(work) and jobs."""
+    most = TASK_FILES if most is None else most
+    tasks, s = [], 0
+    while s < len(work):
+        k = max(1, min(most, (len(work) - s) // (4 * jobs)))
+        tasks.append(work[s:s + k])
+        s += k
+    return tasks
+
+
+# ------------------------------------------------------------------ worker side
+
+_WORKER: dict = {}  # a worker process's state (set by _init_worker in each worker)
+
+
+def _worker_state(frontend: MelFrontend) -> dict:
+    p = frontend.params
+    return {"params": p, "frontend": frontend,
+            "reader": ClipReader(p.sample_rate, p.num_samples, p.channels, p.channel_policy)}
+
+
+def _init_worker(frontend: MelFrontend, threads: int, own_process: bool = False) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    _WORKER.clear()
+    _WORKER.update(_worker_state(frontend))
+    if own_process:
+        hostmem.for_feature_workers()
+
+
+def _preload() -> None:
+    """Import the decoders in the parent: forked workers inherit them instead of each paying
+    the imports (soundfile and soxr) before their first file."""
+    import soundfile  # noqa: F401
+    import soxr  # noqa: F401
+
+
+def _process(task: list[tuple[int, str]], state: dict | None = None):
+    """Decode and featurize a few files with ``state`` (the in-process path's own) or this
+    worker's. Returns (ok rows (index, path, meta), their features [k, C, M, T] as one array
+    (one buffer to send back, not k), failures (index, path, reason)), each in task order.
+
+    The files are decoded a group at a time into the worker's group buffer (at most
+    DECODE_AHEAD_BYTES of samples), then featurized: the decoder's and the STFT's code and
+    tables stay in cache through a run of files instead of evicting each other per file.
+    """
+    import torch
+
+    state = _WORKER if state is None else state
+    frontend: MelFrontend = state["frontend"]
+    reader: ClipReader = state["reader"]
+    p = frontend.params
+    group = state.setdefault("group", np.empty((_group_files(p), p.channels, p.num_samples),
+                                               dtype=np.float32))
+    mark = state.get("mark", _no_mark)  # a worker's progress, for the parent's watchdog
+    decoded, failed = [], []  # decoded: (index, path, meta) of the clips in ``group``
+    rows = []
+    feats_out = np.empty((len(task), *p.clip_shape), dtype=np.float32)
+
+    def featurize_group() -> None:
+        with torch.inference_mode():
+            for k, (index, path, meta) in enumerate(decoded):
+                mark(index)
+                dst = feats_out[len(rows)]
+                dst[...] = frontend(torch.from_numpy(group[k])).numpy()  # [C, M, T]
+                if not np.isfinite(dst.sum(dtype=np.float64)):  # power overflowing float32
+                    failed.append((index, path, "features are not finite (sample values too "
+                                                "large: a corrupt float file?)"))
+                    continue
+                rows.append((index, path, meta))
+        decoded.clear()
+
+    for index, path in task:
+        mark(index)
+        try:
+            clip = reader.read(path, out=group[len(decoded)])  # decoded into its group slot
+        except AudioError as exc:
+            failed.append((index, path, str(exc)))
+            continue
+        decoded.append((index, path, (clip.source_sample_rate, clip.source_channels,
+                                      clip.source_frames, clip.valid_samples,
+                                      int(clip.truncated), clip.channels_cut)))  # PER_CLIP order
+        if len(decoded) == len(group):
+            featurize_group()
+    featurize_group()
+    return rows, feats_out[:len(rows)], failed
+
+
+def _no_mark(index: int) -> None:
+    pass
+
+
+def _group_files(params: MelParams) -> int:
+    """Files decoded ahead per group: as many as DECODE_AHEAD_BYTES of samples hold (>= 1)."""
+    per_file = 4 * params.channels * params.num_samples
+    return max(1, min(TASK_FILES, DECODE_AHEAD_BYTES // per_file))
+
+
+# ------------------------------------------------------------------ parent side
+
+@dataclass
+class FeaturizeReport:
+    total: int
+    written: int
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    channels_cut: int = 0
+    truncated: list[str] = field(default_factory=list)  # files whose body was cut short
+    padded_clips: int = 0  # clips shorter than num_samples (zero-padded to it)
+    padded_samples: int = 0  # the zeros appended, all clips together (per channel)
+    clip_samples: int = 0  # num_samples: the length each written clip has
+
+    @property
+    def padded_share(self) -> float:
+        """The share of all written samples that are padding (0 when nothing was written)."""
+        whole = self.written * self.clip_samples
+        return self.padded_samples / whole if whole else 0.0
+
+
+def featurize(paths: Sequence[os.PathLike | str], ids: Sequence[str], output: os.PathLike | str,
+              params: MelParams, *, jobs: int | None = None, block_size: int = 64,
+              on_error: str = "skip", max_fail_frac: float = 0.05,
+              shard: tuple[int, int] = (0, 1), command: str = "",
+              on_failure: Callable[[str, str], None] | None = None,
+              progress: Callable[[int], None] | None = None,
+              stall_timeout: float | None = None) -> FeaturizeReport:
+    """Featurize ``paths`` (shard ``shard`` of them) into the HDF5 file ``output``, atomically.
+
+    ``ids`` are the keys stored for each path (same length as ``paths``). Raises
+    DataError when more than ``max_fail_frac`` of the inputs fail, when nothing could be
+    featurized, or at the first failure with ``on_error='fail'``; no output is left then.
+    Worker processes are watched as :func:`iter_features` says (``stall_timeout``).
+    """
+    if len(paths) != len(ids):
+        raise ValueError("paths and ids differ in length")
+    if len(set(ids)) != len(ids):
+        raise InputError("ids are not unique")
+    if on_error not in ("skip", "fail"):
+        raise InputError("on-error must be 'skip' or 'fail'")
+    if not 0.0 <= max_fail_frac <= 1.0:
+        raise InputError("max-fail-frac must be between 0 and 1")
+    jobs = max(1, int(jobs or available_cpus()))
+    stall = stall_limit(stall_timeout)
+    block_size = max(1, int(block_size))
+    sel = shard_indices(len(paths), shard)
+    work = [(int(i), str(paths[i])) for i in sel]
+    total = len(work)
+    tasks = make_tasks(work, jobs)
+    report = FeaturizeReport(total, 0, clip_samples=params.num_samples)
+    check_mel_params(params)  # empty Mel filters: refused before any work
+    extra = {"num_inputs": len(paths), "inputs_sha256": inputs_fingerprint(paths, ids),
+             "shard_index": shard[0], "shard_count": shard[1]}
+
+    with atomic_path(output) as tmp:
+        writer = FeatureWriter(tmp, params.to_attrs(), params.clip_shape, command=command,
+                               extra_attrs=extra, expected=total)
+        try:
+            _run(tasks, params, jobs, block_size, on_error, writer, report, ids,
+                 on_failure, progress, stall)
+            n_failed = len(report.failures)
+            if total and n_failed / total > max_fail_frac:
+                raise DataError(f"{n_failed} of {total} inputs failed ({100 * n_failed / total:.1f}% "
+                                f"> --max-fail-frac {max_fail_frac:g}); no output written")
+            if report.written == 0:
+                raise DataError("no input could be featurized; no output written")
+            writer.close()
+        finally:
+            writer.abort()
+    return report
+
+
+def _run(tasks, params, jobs, block_size, on_error, writer, report, ids, on_failure, progress,
+         stall=None):
+    buf_feats: list[np.ndarray] = []
+    buf_rows: list[tuple[int, str, tuple]] = []  # (input index, path, per-clip meta)
+
+    def flush() -> None:
+        if not buf_rows:
+            return
+        meta = {name: [m[k] for _, _, m in buf_rows] for k, name in enumerate(PER_CLIP)}
+        writer.append(np.stack(buf_feats), [ids[i] for i, _, _ in buf_rows],
+                      [p for _, p, _ in buf_rows], meta)
+        report.written += len(buf_rows)
+        buf_feats.clear()
+        buf_rows.clear()
+
+    for item in _iter_tasks(tasks, params, jobs, stall):
+        if item.error is not None:
+            report.failures.append((item.path, item.error))
+            writer.add_failures([item.path], [item.error])
+            if on_failure:
+                on_failure(item.path, item.error)
+            if on_error == "fail":
+                raise DataError(f"{item.path}: {item.error} (stopping: --on-error fail); "
+                                "no output written")
+        else:
+            buf_feats.append(item.features)
+            buf_rows.append((item.index, item.path, item.meta[:5]))
+            report.channels_cut += int(item.meta[5])
+            short = params.num_samples - int(item.meta[3])  # meta[3]: valid_samples
+            if short > 0:
+                report.padded_clips += 1
+                report.padded_samples += short
+            if item.meta[4]:
+                report.truncated.append(item.path)
+        if progress:
+            progress(1)
+        if len(buf_rows) >= block_size:
+            flush()
+    flush()
+
+
+# ------------------------------------------------------------------ shared iterator
+
+class Featurized(NamedTuple):
+    """One input's result: features float32 [C, M, T] and per-clip meta (PER_CLIP order, then
+    channels_cut), or ``features=None`` and the one-line reason in ``error``."""
+
+    index: int  # position in the input list
+    path: str
+    features: np.ndarray | None
+    meta: tuple | None
+    error: str | None
+
+
+def iter_features(paths: Sequence[os.PathLike | str], params: MelParams,
+                  jobs: int | None = None, *,
+                  stall_timeout: float | None = None) -> Iterator[Featurized]:
+    """Decode and featurize ``paths`` in worker processes; yield one :class:`Featurized` per
+    path, in input order, as results arrive. Failures are yielded, not raised.
+
+    At most a few tasks per worker are in flight, so memory stays flat however slowly the
+    caller consumes (``featurize`` writes blocks, ``aekit.evaluate.scoring`` runs a model). Closing
+    the generator early (or an error, or Ctrl-C) stops the workers: none outlives the call.
+
+    Never waits forever: a worker that dies fails the call (DataError), and so does a worker
+    that makes no progress on one input for ``stall_timeout`` seconds (default
+    $AEKIT_STALL_TIMEOUT, else 600; a decoder stuck on a damaged file, a stopped process),
+    with one line naming that input. With ``jobs=1`` the work runs in the caller's process
+    and has no watchdog.
+    """
+    check_mel_params(params)
+    work = [(i, str(p)) for i, p in enumerate(paths)]
+    jobs = max(1, int(jobs or available_cpus()))
+    yield from _iter_tasks(make_tasks(work, jobs), params, jobs, stall_timeout)
+
+
+STALL_TIMEOUT_ENV = "AEKIT_STALL_TIMEOUT"
+DEFAULT_STALL_TIMEOUT = 600.0  # seconds without progress on one input before a run is failed
+STOP_WAIT = 10.0  # seconds workers get to exit after their last task before they are killed
+
+
+def stall_limit(value: float | str | None = None) -> float:
+    """The watchdog's limit in seconds: ``value``, else $AEKIT_STALL_TIMEOUT, else
+    DEFAULT_STALL_TIMEOUT (10 minutes). Must be a positive number."""
+    if value is None:
+        value = os.environ.get(STALL_TIMEOUT_ENV) or DEFAULT_STALL_TIMEOUT
+    try:
+        t = float(value)
+    except (TypeError, ValueError):
+        t = float("nan")
+    if not (t > 0 and np.isfinite(t)):
+        raise InputError(f"bad stall timeout {value!r} ({STALL_TIMEOUT_ENV}): "
+                         "expected a positive number of seconds")
+    return t
+
+
+def _exit_with_parent(parent: int) -> None:
+    """In a worker (Linux): SIGKILL when the parent dies, even by SIGKILL, so that no orphan
+    keeps working; a parent already gone ends the worker at once."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(1, 9, 0, 0, 0)  # PR_SET_PDEATHSIG, SIGKILL
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+def _worker_main(slot: int, frontend: MelFrontend, tasks, inbox, outbox, progress,
+                 parent: int, others: list) -> None:
+    """A worker process: take task numbers (or, spawned, tasks) from ``inbox``, one at a
+    time, and send back (number, result) or (number, exception) on ``outbox``; stop at None
+    or when the parent is gone. Nothing here is shared with another worker (no queue lock
+    that a killed worker could leave held): each worker has its own two pipes, and writes
+    the input it is working on into its own two slots of ``progress`` (no lock)."""
+    import signal
+
+    # Ctrl-C reaches the whole process group: the parent alone handles it (and then stops
+    # the workers). SIGTERM/SIGHUP end a worker at once, quietly, whatever its threads do.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for name in ("SIGTERM", "SIGHUP"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_DFL)
+    _exit_with_parent(parent)
+    for conn in others:  # forked: the parent's ends of the pipes of the workers before this one
+        conn.close()
+    code = 0
+    try:
+        _init_worker(frontend, 1, True)
+
+        def mark(index: int) -> None:
+            progress[2 * slot] = index
+            progress[2 * slot + 1] += 1
+
+        _WORKER["mark"] = mark
+        while True:
+            try:
+                msg = inbox.recv()
+            except (EOFError, OSError):
+                break  # the parent is gone or closed the pipe
+            if msg is None:
+                break
+            n, task = msg
+            try:
+                out = (n, _process(tasks[n] if task is None else task), None)
+            except BaseException as exc:  # noqa: BLE001 - sent to the parent, raised there
+                out = (n, None, exc)
+            try:
+                outbox.send(out)
+            except (EOFError, OSError):
+                break
+            except Exception as exc:  # an exception that does not pickle
+                outbox.send((n, None, RuntimeError(f"{type(exc).__name__}: {exc}")))
+    except BaseException:  # noqa: BLE001 - the parent reports the exit status
+        code = 1
+    finally:
+        os._exit(code)  # no atexit or finalizers of the parent's objects in a worker
+
+
+class _Workers:
+    """``n`` worker processes, each with its own task pipe and result pipe (no lock shared
+    between processes), and a watchdog: :meth:`results` fails with one line naming the input
+    when a busy worker makes no progress for ``stall`` seconds. :meth:`stop` ends them: after
+    a complete run, a stop message and a join (killed after STOP_WAIT seconds if need be); on
+    an error, Ctrl-C or an early close, SIGKILL at once (nothing a killed worker held can
+    block anyone) and a join, so that no worker outlives the call."""
+
+    def __init__(self, n: int, frontend: MelFrontend, tasks: list | dict, stall: float,
+                 send_tasks: bool = False):
+        from multiprocessing.sharedctypes import RawArray
+
+        # fork is cheapest (workers inherit the imports, the frontend and the task list); on
+        # macOS, where forking a process with threads is unsafe, and elsewhere, spawn.
+        # send_tasks: the tasks are made after the workers start (a stream of paths):
+        # ``tasks`` is then a dict {number: task} the caller fills, and each task is sent.
+        forked = sys.platform.startswith("linux")
+        ctx = mp.get_context("fork" if forked else "spawn")
+        self.tasks, self.stall, self.forked = tasks, stall, forked and not send_tasks
+        self.progress = RawArray("q", 2 * n)  # per worker: input index in work, files started
+        self.procs, self.inboxes, self.outboxes = [], [], []
+        self.busy: list[list[int]] = [[] for _ in range(n)]  # task numbers sent, not returned
+        self.seen = [(0, time.monotonic())] * n  # (progress count, when it last changed)
+        gc.freeze()  # forked workers' collections then leave the parent's objects (pages) alone
+        try:
+            for slot in range(n):
+                task_r, task_w = ctx.Pipe(duplex=False)
+                res_r, res_w = ctx.Pipe(duplex=False)
+                p = ctx.Process(target=_worker_main, daemon=True, name=f"aekit-featurize-{slot}",
+                                args=(slot, frontend, tasks if self.forked else None, task_r,
+                                      res_w, self.progress, os.getpid(),
+                                      [*self.inboxes, *self.outboxes] if forked else []))
+                self.procs.append(p)
+                self.inboxes.append(task_w)
+                self.outboxes.append(res_r)
+                p.start()
+                task_r.close()  # the worker's ends: the parent keeps only its own
+                res_w.close()
+        except BaseException:
+            self.stop(ok=False)
+            raise
+        finally:
+            gc.unfreeze()
+
+    def submit(self, n: int) -> None:
+        """Send task ``n`` to the worker with the fewest tasks outstanding."""
+        slot = min(range(len(self.procs)), key=lambda s: len(self.busy[s]))
+        if not self.busy[slot]:
+            self.seen[slot] = (self.progress[2 * slot + 1], time.monotonic())
+        self.busy[slot].append(n)
+        self.inboxes[slot].send((n, None if self.forked else self.tasks[n]))
+
+    def resume(self) -> None:
+        """The caller had the results meanwhile: time spent there is no worker's stall."""
+        now = time.monotonic()
+        self.seen = [(c, now) for c, _ in self.seen]
+
+    def results(self) -> Iterator[tuple[int, object]]:
+        """(task number, result) as they arrive, until every task sent has come back;
+        DataError when a worker dies or makes no progress for ``stall`` seconds."""
+        from multiprocessing.connection import wait
+
+        while any(self.busy):
+            conns = {c: s for s, c in enumerate(self.outboxes)}
+            ends = {p.sentinel: s for s, p in enumerate(self.procs)}
+            ready = wait([*conns, *ends], timeout=min(1.0, self.stall))
+            for r in ready:  # results first: a worker may have sent one and then died
+                if r in conns:
+                    slot = conns[r]
+                    try:
+                        n, result, exc = r.recv()
+                    except (EOFError, OSError):
+                        self._died(slot)
+                    if exc is not None:
+                        raise exc
+                    self.busy[slot].remove(n)
+                    self.seen[slot] = (self.progress[2 * slot + 1], time.monotonic())
+                    yield n, result
+            for r in ready:
+                if r in ends and not self.outboxes[ends[r]].poll():
+                    self._died(ends[r])
+            self._watch()
+
+    def collect(self, extra: Sequence = (), timeout: float | None = None) -> list:
+        """One round of :meth:`results` that does not wait for every task: the (task number,
+        result) pairs that arrive within ``timeout`` seconds (default min(1, stall)), or at
+        once when one of ``extra`` (file descriptors: an input being read) becomes ready.
+        Same failures as :meth:`results`: a dead worker or the watchdog's stall."""
+        from multiprocessing.connection import wait
+
+        conns = {c: s for s, c in enumerate(self.outboxes)}
+        ends = {p.sentinel: s for s, p in enumerate(self.procs)}
+        ready = wait([*conns, *ends, *extra],
+                     timeout=min(1.0, self.stall) if timeout is None else timeout)
+        got = []
+        for r in ready:  # results first: a worker may have sent one and then died
+            if r in conns:
+                slot = conns[r]
+                try:
+                    n, result, exc = r.recv()
+                except (EOFError, OSError):
+                    self._died(slot)
+                if exc is not None:
+                    raise exc
+                self.busy[slot].remove(n)
+                self.seen[slot] = (self.progress[2 * slot + 1], time.monotonic())
+                got.append((n, result))
+        for r in ready:
+            if r in ends and not self.outboxes[ends[r]].poll():
+                self._died(ends[r])
+        self._watch()
+        return got
+
+    def _watch(self) -> None:
+        now = time.monotonic()
+        for slot, tasks in enumerate(self.busy):
+            if not tasks:
+                continue
+            count, since = self.seen[slot]
+            current = self.progress[2 * slot + 1]
+            if current != count:
+                self.seen[slot] = (current, now)
+            elif now - since > self.stall:
+                index = self.progress[2 * slot]
+                path = next((p for i, p in self.tasks[tasks[0]] if i == index),
+                            self.tasks[tasks[0]][0][1])
+                raise DataError(f"{path}: no progress for {self.stall:g} s on this input (a "
+                                f"stuck decoder?); stopped (${STALL_TIMEOUT_ENV} sets the limit "
+                                "in seconds)")
+
+    def _died(self, slot: int) -> None:
+        import signal
+
+        p = self.procs[slot]
+        p.join(timeout=STOP_WAIT)
+        code = p.exitcode
+        how = (f"killed by {signal.Signals(-code).name}" if code is not None and code < 0
+               and -code in signal.Signals._value2member_map_ else f"exit status {code}")
+        raise DataError(f"a worker process died ({how}; out of memory?); no output written")
+
+    def stop(self, ok: bool) -> None:
+        """End every worker and reap it: see the class docstring."""
+        try:
+            if ok:
+                for inbox in self.inboxes:
+                    try:
+                        inbox.send(None)
+                    except (OSError, ValueError):
+                        pass
+                deadline = time.monotonic() + STOP_WAIT
+                for p in self.procs:
+                    p.join(timeout=max(0.0, deadline - time.monotonic()))
+        finally:  # whatever happened above (a second Ctrl-C), no worker is left running
+            for p in self.procs:
+                if p.exitcode is None:
+                    try:
+                        p.kill()
+                    except (OSError, AttributeError, ValueError):
+                        pass
+            for p in self.procs:
+                try:
+                    p.join(timeout=STOP_WAIT)
+                except (OSError, ValueError, AssertionError):
+                    pass
+            for c in [*self.inboxes, *self.outboxes]:
+                c.close()
+            self.inboxes, self.outboxes = [], []
+
+
+def _iter_tasks(tasks: list[list[tuple[int, str]]], params: MelParams,
+                jobs: int, stall: float | None = None) -> Iterator[Featurized]:
+    def items(result) -> list[Featurized]:
+        ok, feats, failed = result
+        out = [Featurized(i, p, feats[k], m, None) for k, (i, p, m) in enumerate(ok)]
+        out += [Featurized(i, p, None, None, r) for i, p, r in failed]
+        return sorted(out, key=lambda it: it.index)
+
+    import torch
+
+    stall = stall_limit(stall)
+    _preload()
+    serial = jobs == 1 or len(tasks) <= 1
+    threads = torch.get_num_threads()
+    # The warm-up runs with one torch thread: the parent then starts no OpenMP pool that
+    # would spin beside the workers, nor one that forked workers would inherit (measured:
+    # 72 ms CPU -> 12 ms). The caller's thread count is restored before the first result.
+    torch.set_num_threads(1)
+    try:
+        frontend = MelFrontend(params)  # built once, here; workers get a copy
+        frontend.warm_up()  # first-call setup done once, inherited by forked workers
+        pool = None if serial else _Workers(min(jobs, len(tasks)), frontend, tasks, stall)
+    finally:
+        torch.set_num_threads(threads)
+    if pool is None:  # in this process, with state of its own (not the workers' global)
+        state = _worker_state(frontend)
+        for task in tasks:
+            yield from items(_process(task, state))
+        return
+    window = IN_FLIGHT_PER_JOB * min(jobs, len(tasks))
+    ok = False
+    try:
+        done: dict[int, object] = {}  # results that came before an earlier task's
+        sent = 0
+        for n in range(len(tasks)):
+            while sent < min(len(tasks), n + window):
+                pool.submit(sent)
+                sent += 1
+            if n not in done:
+                for m, result in pool.results():
+                    done[m] = result
+                    if n in done:
+                        break
+            yield from items(done.pop(n))
+            pool.resume()
+        ok = True
+    finally:  # complete; or an error, Ctrl-C, or the caller closed the generator
+        pool.stop(ok)

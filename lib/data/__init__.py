@@ -1,0 +1,1 @@
+"""Features at rest: the HDF5 store, leak-free splits, row selection, labels, one-hot columns."""

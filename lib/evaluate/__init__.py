@@ -1,0 +1,1 @@
+"""Verdicts: inference, scoring new recordings, thresholds, metrics, reports, tables, plots."""

@@ -1,0 +1,1 @@
+"""The autoencoders: the registry, each model kind, the model file."""

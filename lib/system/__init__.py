@@ -1,0 +1,1 @@
+"""What every stage stands on: atomic files and '-' streams, devices, threads, host memory."""

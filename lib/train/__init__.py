@@ -1,0 +1,1 @@
+"""Training: settings, the loop, batches, checkpoints, distributed runs, the learning-rate schedule."""
