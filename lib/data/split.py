@@ -291,20 +291,27 @@ def _assign_stratified(ratio: float, folds: int, seed: int, cls: np.ndarray,
 def _class_error(counts: np.ndarray, total: np.ndarray) -> float:
     """RMS over bins and classes of (class share in the bin - class share overall).
 
-    counts: [B, C] rows per bin and class; total: [C]. Empty bins count as share 0.
+    counts: [B, C] rows per bin and class; total: [C]. A bin without rows has no class
+    shares: the error is then infinite, worse than any split that uses every bin (counted
+    as shares 0, an empty fold scored better than a fold holding one class, so that
+    StratifiedGroupKFold's folds with an empty fold looked better than any K-fold split).
     """
     n = counts.sum(axis=1, keepdims=True)
+    if (n == 0).any():
+        return math.inf
     share = np.divide(counts, n, out=np.zeros_like(counts, dtype=np.float64), where=n > 0)
     return float(np.sqrt(np.mean((share - total / total.sum()) ** 2)))
 
 
-def fold_quality(fold: np.ndarray, classes: Sequence[str] | None = None) -> tuple[int, float]:
+def fold_quality(fold: np.ndarray, classes: Sequence[str] | None = None,
+                 folds: int | None = None) -> tuple[int, float]:
     """(fold-size spread in rows = largest - smallest fold, class-proportion error) of the
-    rows with fold >= 0; the error is the RMS over folds and classes of the class's share
-    in the fold minus its share in all those rows (0 without classes)."""
+    rows with fold >= 0 in ``folds`` folds (default: the highest fold + 1); the error is
+    the RMS over folds and classes of the class's share in the fold minus its share in all
+    those rows (0 without classes; infinite when a fold is empty, see :func:`_class_error`)."""
     fold = np.asarray(fold)
     train = fold >= 0
-    k = int(fold[train].max()) + 1
+    k = int(fold[train].max()) + 1 if folds is None else int(folds)
     sizes = np.bincount(fold[train], minlength=k)
     if classes is None:
         return int(sizes.max() - sizes.min()), 0.0
@@ -468,6 +475,7 @@ def _scores(counts: np.ndarray, total: np.ndarray):
     share = np.divide(counts, rows[:, :, None], out=np.zeros_like(counts),
                       where=rows[:, :, None] > 0)
     err = np.sqrt(np.mean((share - total / total.sum()) ** 2, axis=(1, 2)))
+    err[(rows == 0).any(axis=1)] = np.inf  # an empty fold: no shares (see _class_error)
     spread = rows.max(axis=1) - rows.min(axis=1)
     dev = np.abs(rows - rows.mean(axis=1, keepdims=True)).max(axis=1)
     return spread, np.round(err, 12), dev
@@ -508,7 +516,9 @@ def _fold_groups(sizes: np.ndarray, folds: int, seed: int, rank: np.ndarray,
     that, the class-proportion error is made as small as possible, and no larger than
     StratifiedGroupKFold's. Two candidates are searched: the hard-first greedy placement
     refined by local search under that order, and StratifiedGroupKFold's own folds refined
-    without ever raising their error; the better one is kept.
+    without ever raising their error; the better one is kept. Where StratifiedGroupKFold
+    leaves a fold empty (few groups), its folds are no K-fold split: its class error is
+    infinite (:func:`_class_error`) and only the first candidate is searched.
     """
     n_g = sizes.shape[0]
     g_rows = sizes.sum(axis=1)
