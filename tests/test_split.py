@@ -262,7 +262,7 @@ def test_hdf5_without_labels_cannot_stratify(tmp_path):
     assert r.exit_code == 0 and r.stdout.splitlines()[0] == "id,split,fold"
     r = run([str(feats), "--stratify", "label"])
     assert r.exit_code == 2
-    assert "'label' not found" in r.stderr and "--labels" in r.stderr
+    assert "--stratify: column 'label' not found" in r.stderr and "label CSV" in r.stderr
 
 
 def one_line_error(r, *words):
@@ -276,19 +276,19 @@ def one_line_error(r, *words):
 
 
 @pytest.mark.parametrize("args,content,words", [
-    (["--stratify", "nope"], None, ["'nope' not found", "id, label, speaker"]),
-    (["--group", "nope"], None, ["'nope' not found"]),
-    (["--id-column", "key"], None, ["'key' not found"]),
+    (["--stratify", "nope"], None, ["--stratify: column 'nope' not found", "id, label, speaker"]),
+    (["--group", "nope"], None, ["--group: column 'nope' not found"]),
+    (["--id-column", "key"], None, ["--id-column: ", "'key' not found"]),
     ([], "id,label\na,1\nb,1\na,2\n", ["duplicate ids", "a"]),
     (["--stratify", "label", "--folds", "2"], "id,label\n" + "".join(f"r{i},x\n" for i in range(20)) + "r99,y\n",
-     ["'y'", "only 1 row"]),
-    (["--folds", "50"], None, ["--folds 50", "more than"]),
-    (["--group", "speaker", "--folds", "10"], None, ["at least 11 groups", "found 10"]),
-    (["--test-ratio", "0"], None, ["--test-ratio", "between 0 and 1"]),
+     ["--stratify: class 'y' has only 1 row"]),
+    (["--folds", "50"], None, ["--folds: 50 is more than"]),
+    (["--group", "speaker", "--folds", "10"], None, ["--folds: 10 needs at least 11 groups", "found 10"]),
+    (["--test-ratio", "0"], None, ["--test-ratio: must be between 0 and 1"]),
     (["--test-ratio", "1"], None, ["--test-ratio"]),
     (["--test-ratio", "1.5"], None, ["--test-ratio"]),
     (["--test-ratio", "-0.2"], None, ["--test-ratio"]),
-    (["--folds", "1"], None, ["--folds must be at least 2"]),
+    (["--folds", "1"], None, ["--folds: must be at least 2, got 1"]),
 ])
 def test_errors_one_line_exit_2_nothing_written(csv_input, tmp_path, args, content, words):
     src = csv_input
@@ -342,7 +342,7 @@ def test_real_pipe_split_into_onehot(tmp_path):
     p = subprocess.run([str(BIN / "ae-split"), "feats.h5", "--folds", "40", "-o", "s.csv"],
                        cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert p.returncode == 2 and p.stdout == ""
-    assert p.stderr.splitlines()[-1].startswith("ae-split: error: --folds 40 is more than")
+    assert p.stderr.splitlines()[-1].startswith("ae-split: error: --folds: 40 is more than")
     assert not (tmp_path / "s.csv").exists()
 
 
@@ -576,12 +576,12 @@ def test_split_column_takes_train_test_and_makes_folds_inside_train(machines):
 
 @pytest.mark.parametrize("args,words", [
     (["--test-where", "__import__('os').system('echo hi')"], ["not allowed"]),
-    (["--test-where", "anomaly.sum() > 0"], ["bad --test-where expression", "not allowed"]),
-    (["--test-where", "anomaly == 7"], ["no row matches --test-where"]),
-    (["--test-where", "anomaly >= 0"], ["every row matches"]),
-    (["--test-where", "nope == 1"], ["unknown column", "nope"]),
-    (["--split-column", "machine_type"], ["must hold 'train' or 'test'", "'fan'"]),
-    (["--split-column", "nope"], ["'nope' not found"]),
+    (["--test-where", "anomaly.sum() > 0"], ["--test-where: bad expression", "not allowed"]),
+    (["--test-where", "anomaly == 7"], ["--test-where: no row matches 'anomaly == 7'"]),
+    (["--test-where", "anomaly >= 0"], ["--test-where: every row matches"]),
+    (["--test-where", "nope == 1"], ["--test-where: bad expression", "unknown column", "nope"]),
+    (["--split-column", "machine_type"], ["--split-column: column 'machine_type' must hold 'train' or 'test'", "'fan'"]),
+    (["--split-column", "nope"], ["--split-column: column 'nope' not found"]),
     (["--split-column", "folder", "--test-ratio", "0.3"], ["--test-ratio cannot be used"]),
 ])
 def test_protocol_errors(machines, tmp_path, args, words):
