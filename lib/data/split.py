@@ -347,30 +347,11 @@ def split_table(df: pd.DataFrame, test_ratio: float = 0.2, folds: int = 5, seed:
         raise InputError("column 'id' not found; columns are: " + ", ".join(map(str, df.columns)))
     classes = None if stratify is None else _column(df, stratify, "stratify").to_numpy()
     groups = None if group is None else _column(df, group, "group").to_numpy()
-    n = len(df)
-    forced = np.zeros(n, dtype=bool)
-    if test_where is not None:
-        from aekit.data.selection import query_rows
-
-        with _param_renamed("where", "test_where"):  # the parser's errors are about `where`
-            forced = query_rows(_typed(df), test_where)
-        if not forced.any():
-            raise InputError(f"no row matches {test_where!r} (of {n})", param="test_where")
+    forced = _forced_test(df, test_where)
     if split_column is not None:
-        col = _column(df, split_column, "split_column")
-        bad = sorted(set(col) - {"train", "test"})
-        if bad:
-            raise InputError(f"column '{split_column}' must hold 'train' or 'test', "
-                             f"found: {preview(repr(v) for v in bad)}", param="split_column")
-        is_test = col.eq("test").to_numpy() | forced
-        if is_test.all():
-            raise InputError(f"no train rows left: every row is a test row by column "
-                             f"'{split_column}'" + (" or by test_where" if test_where else ""),
-                             param="split_column")
-        if not is_test.any():
-            raise InputError(f"column '{split_column}' has no 'test' rows", param="split_column")
+        is_test = _column_test(df, split_column, forced, test_where)
         rest = np.flatnonzero(~is_test)
-        fold = np.full(n, -1, dtype=np.int64)
+        fold = np.full(len(df), -1, dtype=np.int64)
         with _param_renamed("classes", "stratify"):
             fold[rest] = assign_folds(rest.size, folds, seed,
                                       None if classes is None else classes[rest],
@@ -386,7 +367,7 @@ def split_table(df: pd.DataFrame, test_ratio: float = 0.2, folds: int = 5, seed:
                           groups=None if groups is None else groups[rest])
         is_test = forced.copy()
         is_test[rest] = t
-        fold = np.full(n, -1, dtype=np.int64)
+        fold = np.full(len(df), -1, dtype=np.int64)
         fold[rest] = f
     if notes is not None:
         notes.extend(coverage_notes(is_test, fold, folds, classes, groups))
@@ -398,6 +379,38 @@ def split_table(df: pd.DataFrame, test_ratio: float = 0.2, folds: int = 5, seed:
     # A kept 'split'/'fold' input column (--split-column split) is replaced by the result.
     rest = df.drop(columns=[c for c in ("id", "split", "fold") if c in df.columns])
     return pd.concat([out, rest.reset_index(drop=True)], axis=1)
+
+
+def _forced_test(df: pd.DataFrame, test_where: str | None) -> np.ndarray:
+    """The rows that ``test_where`` sends to the test set (bool [n]; none without it)."""
+    n = len(df)
+    if test_where is None:
+        return np.zeros(n, dtype=bool)
+    from aekit.data.selection import query_rows
+
+    with _param_renamed("where", "test_where"):  # the parser's errors are about `where`
+        forced = query_rows(_typed(df), test_where)
+    if not forced.any():
+        raise InputError(f"no row matches {test_where!r} (of {n})", param="test_where")
+    return forced
+
+
+def _column_test(df: pd.DataFrame, split_column: str, forced: np.ndarray,
+                 test_where: str | None) -> np.ndarray:
+    """The test rows by ``split_column`` (values train/test), plus the ``forced`` ones."""
+    col = _column(df, split_column, "split_column")
+    bad = sorted(set(col) - {"train", "test"})
+    if bad:
+        raise InputError(f"column '{split_column}' must hold 'train' or 'test', "
+                         f"found: {preview(repr(v) for v in bad)}", param="split_column")
+    is_test = col.eq("test").to_numpy() | forced
+    if is_test.all():
+        raise InputError(f"no train rows left: every row is a test row by column "
+                         f"'{split_column}'" + (" or by test_where" if test_where else ""),
+                         param="split_column")
+    if not is_test.any():
+        raise InputError(f"column '{split_column}' has no 'test' rows", param="split_column")
+    return is_test
 
 
 @contextlib.contextmanager
