@@ -421,7 +421,7 @@ def test_grouped_folds_balanced_and_never_worse_than_sklearn(struct, folds, seed
         ref = sklearn_folds(groups, classes, fold, folds, seed)
         theirs = S.fold_quality(ref, classes, folds)
         ref_sizes = np.bincount(ref[ref >= 0], minlength=folds)
-        # fold sizes come first (lib/data/split.py _fold_groups): the class error is only held
+        # fold sizes come first (lib/data/groupfolds.py fold_groups): the class error is only held
         # to StratifiedGroupKFold's where its folds meet the size bound themselves
         ref_sized = np.abs(ref_sizes - ref_sizes.mean()).max() <= max(
             largest, 0.1 * ref_sizes.mean()) + 1e-9

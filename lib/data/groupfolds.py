@@ -3,7 +3,7 @@
 The placement of :mod:`aekit.data.split` with ``groups``: greedy placement of the groups,
 hardest first (:func:`_place`), the test set chosen with one group of every class that has
 two (:func:`_choose_test`), then the folds refined by local search (:func:`_refine`) against
-scikit-learn's StratifiedGroupKFold as a second candidate (:func:`_fold_groups`). Also the
+scikit-learn's StratifiedGroupKFold as a second candidate (:func:`fold_groups`). Also the
 quality measures the search and the tests use (:func:`fold_quality`).
 """
 
@@ -233,8 +233,8 @@ def _sklearn_folds(sizes: np.ndarray, folds: int, seed: int) -> np.ndarray | Non
     return out if (out >= 0).all() and np.bincount(out, minlength=folds).min() > 0 else None
 
 
-def _fold_groups(sizes: np.ndarray, folds: int, seed: int, rank: np.ndarray,
-                 bin_rank: np.ndarray) -> np.ndarray:
+def fold_groups(sizes: np.ndarray, folds: int, seed: int, rank: np.ndarray,
+                bin_rank: np.ndarray) -> np.ndarray:
     """The fold of each train group.
 
     Fold sizes come first: every fold within T = max(largest group, 10 % of the mean fold
@@ -293,8 +293,10 @@ def _quality(fold_of: np.ndarray, sizes: np.ndarray, folds: int) -> tuple[float,
             float(np.abs(rows - rows.mean()).max()))
 
 
-def _assign_grouped(ratio: float, folds: int, seed: int, grp: np.ndarray,
-                    cls: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+def assign_grouped(ratio: float, folds: int, seed: int, grp: np.ndarray,
+                   cls: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Whole groups to the test set and the folds: (is_test bool[n], fold int64[n], -1 on
+    test rows) for rows of group ``grp`` and class ``cls`` (None: no stratify)."""
     rng = np.random.default_rng(seed)
     n = grp.size
     gkeys, ginv = np.unique(grp, return_inverse=True)  # sorted: independent of input order
@@ -309,7 +311,7 @@ def _assign_grouped(ratio: float, folds: int, seed: int, grp: np.ndarray,
 
     group_test = _choose_test(sizes, ratio, folds, rank, class_rank, rng.permutation(2))
     train = np.flatnonzero(~group_test)
-    fold_of = _fold_groups(sizes[train], folds, seed, rank[train], rng.permutation(folds))
+    fold_of = fold_groups(sizes[train], folds, seed, rank[train], rng.permutation(folds))
     group_fold = np.full(gkeys.size, -1, dtype=np.int64)
     group_fold[train] = fold_of
     return group_test[ginv], group_fold[ginv]

@@ -35,7 +35,8 @@ from typing import Iterator, Sequence
 import numpy as np
 import pandas as pd
 
-from aekit.data.groupfolds import _assign_grouped, _fold_groups, fold_quality  # noqa: F401
+from aekit.data.groupfolds import assign_grouped, fold_groups
+from aekit.data.groupfolds import fold_quality  # noqa: F401 (re-exported)
 from aekit.errors import InputError, preview
 from aekit.system.textinput import display_name
 
@@ -187,7 +188,7 @@ def assign(n: int, test_ratio: float = 0.2, folds: int = 5, seed: int = 42,
         if n_groups < folds + 1:
             raise InputError(f"{folds} needs at least {folds + 1} groups ({folds} folds + the "
                              f"test set), found {n_groups}", param="folds")
-        is_test, fold = _assign_grouped(ratio, folds, seed, grp.to_numpy(), cls)
+        is_test, fold = assign_grouped(ratio, folds, seed, grp.to_numpy(), cls)
         if notes is not None:
             notes.extend(coverage_notes(is_test, fold, folds, cls, grp.to_numpy()))
         return is_test, fold
@@ -223,7 +224,7 @@ def assign_folds(n: int, folds: int = 5, seed: int = 42, classes: Sequence[str] 
         sizes = np.zeros((gkeys.size, ckeys.size))
         np.add.at(sizes, (ginv, cinv), 1.0)
         rank = rng.permutation(gkeys.size)
-        fold = _fold_groups(sizes, folds, seed, rank, rng.permutation(folds))[ginv]
+        fold = fold_groups(sizes, folds, seed, rank, rng.permutation(folds))[ginv]
         if notes is not None:
             notes.extend(coverage_notes(np.zeros(n, dtype=bool), fold, folds, cls, grp, False))
         return fold
