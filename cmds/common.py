@@ -86,7 +86,7 @@ class AeCommand(click.Command):
         except click.UsageError as exc:
             raise CommandError(_one_line(exc.format_message()), exit_code=2, prog=prog) from None
         except AekitError as exc:  # a parameter type's check (e.g. not a regular file)
-            raise CommandError(describe_error(exc, None), exit_code=exc.exit_code,
+            raise CommandError(describe_error(exc, click.Context(self)), exit_code=exc.exit_code,
                                prog=prog) from None
         except (KeyboardInterrupt, Terminated) as exc:  # while parsing (and its imports)
             raise _stopped(exc, prog) from None

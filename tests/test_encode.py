@@ -115,7 +115,7 @@ def test_where_restricts_rows_by_label(data):
     want = [i for j, i in enumerate(ids[:6]) if j % 3 != 0 and j % 2 == 0]
     assert zids == want and z.shape == (len(want), 8)
     r = run([d / "m.safetensors", d / "f.h5", "-o", d / "n.h5", "--where", "anomaly == 0"])
-    assert r.exit_code == 2 and "--where needs --labels" in r.stderr
+    assert r.exit_code == 2 and "--where: needs labels" in r.stderr
     assert not (d / "n.h5").exists()
 
 

@@ -166,8 +166,8 @@ def test_where_restricts_the_evaluated_rows(data):
 
 
 @pytest.mark.parametrize("args,msg", [
-    (["--where", "anomaly == 1"], "--where needs --labels"),
-    (["--labels", "LABELS", "--where", "machine == 'drill'"], "no selected row matches --where"),
+    (["--where", "anomaly == 1"], "--where: needs labels"),
+    (["--labels", "LABELS", "--where", "machine == 'drill'"], "--where: no selected row matches"),
     (["--labels", "LABELS", "--where", "open('x')"], "function calls not allowed"),
     (["--labels", "LABELS", "--where", "nope == 1"], "unknown column"),
 ])

@@ -72,7 +72,7 @@ def test_attacks_are_refused_naming_the_construct(text, words, labels, tmp_path,
     with pytest.raises(InputError) as err:
         query_rows(labels, text)
     msg = str(err.value)
-    assert msg.startswith("bad --where expression"), msg
+    assert msg.startswith("where: bad expression") and err.value.param == "where", msg
     assert words in msg, msg
     assert "\n" not in msg
     assert list(tmp_path.iterdir()) == []  # nothing was run
@@ -175,7 +175,7 @@ def test_cli_refuses_an_attack_and_writes_nothing(tmp_path):
     assert not target.exists()
     assert p.returncode == 2, p.stderr
     lines = p.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("ae-train: error: bad --where"), p.stderr
+    assert len(lines) == 1 and lines[0].startswith("ae-train: error: --where: bad expression"), p.stderr
     assert "function calls not allowed" in lines[0]
     assert "Traceback" not in p.stderr
 
@@ -192,5 +192,5 @@ def test_eval_and_encode_refuse_a_bad_where_before_reading_inputs(tmp_path, comm
                        cwd=tmp_path, capture_output=True, text=True)
     assert p.returncode == 2, p.stderr
     lines = p.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"{command}: error: bad --where"), p.stderr
+    assert len(lines) == 1 and lines[0].startswith(f"{command}: error: --where: bad expression"), p.stderr
     assert not (tmp_path / "X").exists() and not (tmp_path / "out.h5").exists()

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 
 from aekit.data import split as S
 from aekit.cmds.split import cli
@@ -262,7 +262,7 @@ def test_hdf5_without_labels_cannot_stratify(tmp_path):
     assert r.exit_code == 0 and r.stdout.splitlines()[0] == "id,split,fold"
     r = run([str(feats), "--stratify", "label"])
     assert r.exit_code == 2
-    assert "'label' not found" in r.stderr and "--labels" in r.stderr
+    assert "--stratify: column 'label' not found" in r.stderr and "label CSV" in r.stderr
 
 
 def one_line_error(r, *words):
@@ -276,19 +276,19 @@ def one_line_error(r, *words):
 
 
 @pytest.mark.parametrize("args,content,words", [
-    (["--stratify", "nope"], None, ["'nope' not found", "id, label, speaker"]),
-    (["--group", "nope"], None, ["'nope' not found"]),
-    (["--id-column", "key"], None, ["'key' not found"]),
+    (["--stratify", "nope"], None, ["--stratify: column 'nope' not found", "id, label, speaker"]),
+    (["--group", "nope"], None, ["--group: column 'nope' not found"]),
+    (["--id-column", "key"], None, ["--id-column: ", "'key' not found"]),
     ([], "id,label\na,1\nb,1\na,2\n", ["duplicate ids", "a"]),
     (["--stratify", "label", "--folds", "2"], "id,label\n" + "".join(f"r{i},x\n" for i in range(20)) + "r99,y\n",
-     ["'y'", "only 1 row"]),
-    (["--folds", "50"], None, ["--folds 50", "more than"]),
-    (["--group", "speaker", "--folds", "10"], None, ["at least 11 groups", "found 10"]),
-    (["--test-ratio", "0"], None, ["--test-ratio", "between 0 and 1"]),
+     ["--stratify: class 'y' has only 1 row"]),
+    (["--folds", "50"], None, ["--folds: 50 is more than"]),
+    (["--group", "speaker", "--folds", "10"], None, ["--folds: 10 needs at least 11 groups", "found 10"]),
+    (["--test-ratio", "0"], None, ["--test-ratio: must be between 0 and 1"]),
     (["--test-ratio", "1"], None, ["--test-ratio"]),
     (["--test-ratio", "1.5"], None, ["--test-ratio"]),
     (["--test-ratio", "-0.2"], None, ["--test-ratio"]),
-    (["--folds", "1"], None, ["--folds must be at least 2"]),
+    (["--folds", "1"], None, ["--folds: must be at least 2, got 1"]),
 ])
 def test_errors_one_line_exit_2_nothing_written(csv_input, tmp_path, args, content, words):
     src = csv_input
@@ -342,7 +342,7 @@ def test_real_pipe_split_into_onehot(tmp_path):
     p = subprocess.run([str(BIN / "ae-split"), "feats.h5", "--folds", "40", "-o", "s.csv"],
                        cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert p.returncode == 2 and p.stdout == ""
-    assert p.stderr.splitlines()[-1].startswith("ae-split: error: --folds 40 is more than")
+    assert p.stderr.splitlines()[-1].startswith("ae-split: error: --folds: 40 is more than")
     assert not (tmp_path / "s.csv").exists()
 
 
@@ -365,29 +365,45 @@ def sklearn_folds(groups, classes, fold, folds, seed):
     return out
 
 
-def structure(data, max_classes=6):
-    """Random group/class structures: few groups per class, one group per class, very
-    unequal groups; every group holds one class, every class at least 2 rows."""
-    n_cls = data.draw(st.integers(1, max_classes))
-    groups, classes = [], []
-    for c in range(n_cls):
-        n_g = data.draw(st.integers(1, 6))
-        skew = data.draw(st.booleans())
-        for j in range(n_g):
-            m = data.draw(st.integers(2 if j == 0 else 1, 80 if skew and j == 0 else 12))
-            groups += [f"c{c}g{j}"] * m
-            classes += [f"c{c}"] * m
-    order = data.draw(st.permutations(range(len(groups))))
+@st.composite
+def structures(draw, max_classes=6):
+    """Random (groups, classes): few groups per class, one group per class, very unequal
+    groups; every group holds one class, every class at least 2 rows."""
+    n_cls = draw(st.integers(1, max_classes))
+    spec = []
+    for _ in range(n_cls):
+        n_g = draw(st.integers(1, 6))
+        skew = draw(st.booleans())
+        spec.append([draw(st.integers(2 if j == 0 else 1, 80 if skew and j == 0 else 12))
+                     for j in range(n_g)])
+    groups, classes = grouped_rows(spec)
+    order = draw(st.permutations(range(len(groups))))
     return [groups[i] for i in order], [classes[i] for i in order]
 
 
-# derandomize: a fixed set of examples, so the suite is reproducible; random exploration found
-# rare cases where the class error exceeds StratifiedGroupKFold's (an open defect of
-# lib/data/split.py's candidate search, noted; not a property this suite can hold yet)
+def grouped_rows(spec):
+    """Rows of class c{i} in groups c{i}g{j} of spec[i][j] rows each."""
+    groups, classes = [], []
+    for c, sizes in enumerate(spec):
+        for j, m in enumerate(sizes):
+            groups += [f"c{c}g{j}"] * m
+            classes += [f"c{c}"] * m
+    return groups, classes
+
+
+# derandomize: a fixed set of examples, so the suite is reproducible. The @examples were
+# found by random exploration (the first by shrinking): StratifiedGroupKFold leaves a fold
+# empty there, which the class error used to score as shares 0, lower than any split using
+# every fold (the first: 6 groups in 6 folds, one group each, is the only K-fold split).
 @settings(max_examples=80, deadline=None, derandomize=True)
-@given(data=st.data(), folds=st.integers(2, 6), seed=st.integers(0, 2**32 - 1))
-def test_grouped_folds_balanced_and_never_worse_than_sklearn(data, folds, seed):
-    groups, classes = structure(data)
+@given(struct=structures(), folds=st.integers(2, 6), seed=st.integers(0, 2**32 - 1))
+@example(struct=grouped_rows([[2, 1, 1], [2], [6], [2], [2], [2]]), folds=6, seed=0)
+@example(struct=grouped_rows([[10, 10, 10], [80], [6], [4]]), folds=5, seed=5898405)
+@example(struct=grouped_rows([[5, 7, 2, 2, 5, 2], [14], [19], [11], [2, 3]]), folds=6, seed=100)
+@example(struct=grouped_rows([[2, 3], [3], [3, 9, 8, 1], [2], [3]]), folds=6, seed=9574)
+@example(struct=grouped_rows([[27, 7, 4, 5, 9, 1], [6], [64], [5], [3]]), folds=6, seed=133)
+def test_grouped_folds_balanced_and_never_worse_than_sklearn(struct, folds, seed):
+    groups, classes = struct
     if len(set(groups)) < folds + 1:
         return
     notes = []
@@ -403,17 +419,17 @@ def test_grouped_folds_balanced_and_never_worse_than_sklearn(data, folds, seed):
     mine = S.fold_quality(fold, classes)
     try:
         ref = sklearn_folds(groups, classes, fold, folds, seed)
-        theirs = S.fold_quality(ref, classes)
+        theirs = S.fold_quality(ref, classes, folds)
         ref_sizes = np.bincount(ref[ref >= 0], minlength=folds)
-        # fold sizes come first (lib/data/split.py _fold_groups): the class error is only held
+        # fold sizes come first (lib/data/groupfolds.py fold_groups): the class error is only held
         # to StratifiedGroupKFold's where its folds meet the size bound themselves
         ref_sized = np.abs(ref_sizes - ref_sizes.mean()).max() <= max(
             largest, 0.1 * ref_sizes.mean()) + 1e-9
     except ValueError:  # StratifiedGroupKFold refuses: every class smaller than --folds
         theirs, ref_sized = (np.inf, np.inf), True
     assert mine[0] <= theirs[0]
-    if ref_sized:  # open defect (see the comment on the settings): rare cases exceed it by
-        assert mine[1] <= theirs[1] + 0.1  # up to 0.054 (0.442 vs 0.389); held within 0.1
+    if ref_sized:  # (1e-12: the search compares errors rounded to 12 digits)
+        assert mine[1] <= theirs[1] + 1e-12
     # The test set holds every class with at least two groups; the rest are named.
     for cls in set(classes):
         n_groups = len(set(g[c == cls]))
@@ -560,12 +576,12 @@ def test_split_column_takes_train_test_and_makes_folds_inside_train(machines):
 
 @pytest.mark.parametrize("args,words", [
     (["--test-where", "__import__('os').system('echo hi')"], ["not allowed"]),
-    (["--test-where", "anomaly.sum() > 0"], ["bad --test-where expression", "not allowed"]),
-    (["--test-where", "anomaly == 7"], ["no row matches --test-where"]),
-    (["--test-where", "anomaly >= 0"], ["every row matches"]),
-    (["--test-where", "nope == 1"], ["unknown column", "nope"]),
-    (["--split-column", "machine_type"], ["must hold 'train' or 'test'", "'fan'"]),
-    (["--split-column", "nope"], ["'nope' not found"]),
+    (["--test-where", "anomaly.sum() > 0"], ["--test-where: bad expression", "not allowed"]),
+    (["--test-where", "anomaly == 7"], ["--test-where: no row matches 'anomaly == 7'"]),
+    (["--test-where", "anomaly >= 0"], ["--test-where: every row matches"]),
+    (["--test-where", "nope == 1"], ["--test-where: bad expression", "unknown column", "nope"]),
+    (["--split-column", "machine_type"], ["--split-column: column 'machine_type' must hold 'train' or 'test'", "'fan'"]),
+    (["--split-column", "nope"], ["--split-column: column 'nope' not found"]),
     (["--split-column", "folder", "--test-ratio", "0.3"], ["--test-ratio cannot be used"]),
 ])
 def test_protocol_errors(machines, tmp_path, args, words):

@@ -352,7 +352,7 @@ def test_bad_inputs_exit_2(tmp_path, feats):
         (["--splits", bad_sp], "not in the features file"),
         (["--splits", sp, "--fold", "5"], "out of range"),
         (["--labels", lab, "--where", "anomaly == 0"], "empty training set"),
-        (["--labels", lab, "--where", "nonsense ==="], "bad --where"),
+        (["--labels", lab, "--where", "nonsense ==="], "--where: bad expression"),
         (["--where", "anomaly == 0"], "--where needs --labels"),
         (["--fold", "0"], "--fold needs --splits"),
         (["--early-stop", "2"], "--early-stop needs"),

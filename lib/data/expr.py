@@ -76,48 +76,54 @@ class Where:
         given, as :func:`aekit.data.selection.load_labels` sets it from the whole file)."""
         unknown = [c for c in dict.fromkeys(self.columns) if c not in df.columns]
         if unknown:
-            raise InputError(f"bad --where expression {_show(self.text)}: unknown column(s) "
+            raise _bad(f"bad expression {_show(self.text)}: unknown column(s) "
                              f"{', '.join(unknown)}; columns are: {', '.join(map(str, df.columns))}")
         try:
             value = _Evaluator(df, self.text).eval(self.tree)
         except InputError:
             raise
         except (TypeError, ValueError) as exc:  # e.g. '<' between text and a number
-            raise InputError(f"bad --where expression {_show(self.text)}: {_first_line(exc)}") from None
+            raise _bad(f"bad expression {_show(self.text)}: {_first_line(exc)}") from None
         if isinstance(value, _Col) and value.kind == BOOL:  # a boolean column is a condition
             value = value.values.fillna(False).astype(bool)
         if isinstance(value, _Col):
-            raise InputError(f"bad --where expression {_show(self.text)}: it must be a condition "
+            raise _bad(f"bad expression {_show(self.text)}: it must be a condition "
                              "(a comparison), not a bare column; e.g. anomaly == 1")
         if isinstance(value, pd.Series):
             if value.dtype != bool:
-                raise InputError(f"bad --where expression {_show(self.text)}: it must be a condition "
+                raise _bad(f"bad expression {_show(self.text)}: it must be a condition "
                                  "(a comparison), not a bare column; e.g. anomaly == 1")
             return value.to_numpy(dtype=bool)
         if isinstance(value, (bool, np.bool_)):
             return np.full(len(df), bool(value))
-        raise InputError(f"bad --where expression {_show(self.text)}: it must be a condition, "
+        raise _bad(f"bad expression {_show(self.text)}: it must be a condition, "
                          f"not a {type(value).__name__}")
+
+
+def _bad(message: str) -> InputError:
+    """A refused expression: an error about the ``where`` parameter (a caller that takes the
+    expression under another name sets its own ``param``)."""
+    return InputError(message, param="where")
 
 
 def parse_where(text: str) -> Where:
     """Parse and check ``text``; raise InputError naming what is not allowed."""
     if not isinstance(text, str) or not text.strip():
-        raise InputError("bad --where expression: it is empty")
+        raise _bad("bad expression: it is empty")
     if len(text) > MAX_LENGTH:
-        raise InputError(f"bad --where expression: longer than {MAX_LENGTH} characters")
+        raise _bad(f"bad expression: longer than {MAX_LENGTH} characters")
     src = text.strip()
     if "`" in src:
-        raise InputError(f"bad --where expression {_show(text)}: backticks are not allowed")
+        raise _bad(f"bad expression {_show(text)}: backticks are not allowed")
     if "@" in _outside_strings(src):
-        raise InputError(f"bad --where expression {_show(text)}: '@' references are not allowed")
+        raise _bad(f"bad expression {_show(text)}: '@' references are not allowed")
     try:
         tree = ast.parse(src, mode="eval").body
     except SyntaxError as exc:
-        raise InputError(f"bad --where expression {_show(text)}: syntax error"
+        raise _bad(f"bad expression {_show(text)}: syntax error"
                          f"{f' at column {exc.offset}' if exc.offset else ''}") from None
     except (RecursionError, MemoryError, ValueError):
-        raise InputError(f"bad --where expression {_show(text)}: too deeply nested") from None
+        raise _bad(f"bad expression {_show(text)}: too deeply nested") from None
     _check(tree, text, 0)
     return Where(text, tree)
 
@@ -143,13 +149,13 @@ def _outside_strings(src: str) -> str:
 
 def _refuse(node: ast.AST, text: str, what: str | None = None) -> None:
     name = what or _NAMES.get(type(node)) or type(node).__name__
-    raise InputError(f"bad --where expression {_show(text)}: {name} not allowed; use column names, "
+    raise _bad(f"bad expression {_show(text)}: {name} not allowed; use column names, "
                      "literals, comparisons (== != < <= > >= in, not in), and/or/not")
 
 
 def _check(node: ast.AST, text: str, depth: int) -> None:
     if depth > MAX_DEPTH:
-        raise InputError(f"bad --where expression {_show(text)}: too deeply nested")
+        raise _bad(f"bad expression {_show(text)}: too deeply nested")
     if isinstance(node, ast.BoolOp):
         for v in node.values:
             _check(v, text, depth + 1)
@@ -295,13 +301,13 @@ class _Evaluator:
     def _column(self, name: str) -> _Col:
         values = self.df[name]
         if isinstance(values, pd.DataFrame):
-            raise InputError(f"bad --where expression {_show(self.text)}: column {name!r} "
+            raise _bad(f"bad expression {_show(self.text)}: column {name!r} "
                              "appears more than once")
         kind = self.kinds.get(name) or column_kind(values)
         return _Col(name, _typed(values, kind), kind)
 
     def _error(self, what: str) -> InputError:
-        return InputError(f"bad --where expression {_show(self.text)}: {what}")
+        return _bad(f"bad expression {_show(self.text)}: {what}")
 
     def eval(self, node: ast.AST) -> Any:
         if isinstance(node, ast.Name):

@@ -61,7 +61,7 @@ LABEL_VALUES = {"normal": "0", "anomaly": "1"}
 class Parser:
     """How ids become columns: ``parse(id)`` gives the column values, or None for no match."""
 
-    name: str                # preset name, or "--pattern"
+    name: str                # preset name, or "pattern"
     template: str            # the layout in words, for help and error messages
     regex: re.Pattern
     columns: tuple[str, ...]
@@ -80,9 +80,9 @@ class Parser:
                 m = self.regex.search(id_, timeout=max(limit, 1e-3))
             except TimeoutError:
                 raise InputError(
-                    f"--pattern {self.template!r} took more than {limit:g} s on the id "
+                    f"{self.template!r} took more than {limit:g} s on the id "
                     f"{id_!r} (nested repetition such as (a+)+ backtracks exponentially): "
-                    "simplify the pattern") from None
+                    "simplify the pattern", param="pattern") from None
         if m is None:
             return None
         groups = m.groupdict()
@@ -155,19 +155,22 @@ ALIASES: dict[str, str] = {"dcase2022": "dcase2021", "dcase2023": "dcase2021",
 def compile_pattern(text: str) -> Parser:
     """A user's ``--pattern``: a Python regex with named groups, searched in each id."""
     if len(text) > MAX_PATTERN_LENGTH:
-        raise InputError(f"--pattern is {len(text)} characters long; at most {MAX_PATTERN_LENGTH}")
+        raise InputError(f"{len(text)} characters long; at most {MAX_PATTERN_LENGTH}",
+                         param="pattern")
     import regex as regex_module  # the same syntax as re, and a match can time out
 
     try:
         regex = regex_module.compile(text)
     except (regex_module.error, re.error, ValueError, OverflowError, RecursionError) as exc:
-        raise InputError(f"--pattern {text!r} is not a valid regular expression: {exc}") from None
+        raise InputError(f"{text!r} is not a valid regular expression: {exc}",
+                         param="pattern") from None
     names = tuple(regex.groupindex)  # in the order the groups open
     if not names:
-        raise InputError(f"--pattern {text!r} has no named groups; name each column as (?P<name>...)")
+        raise InputError(f"{text!r} has no named groups; name each column as (?P<name>...)",
+                         param="pattern")
     if "id" in names:
-        raise InputError("--pattern: a group cannot be named 'id' (that is the id column)")
-    return Parser("--pattern", text, regex, names, fullmatch=False, timeout=MATCH_TIMEOUT)
+        raise InputError("a group cannot be named 'id' (that is the id column)", param="pattern")
+    return Parser("pattern", text, regex, names, fullmatch=False, timeout=MATCH_TIMEOUT)
 
 
 def parser_for(preset: str | None = None, pattern: str | None = None) -> Parser:
@@ -181,7 +184,7 @@ def parser_for(preset: str | None = None, pattern: str | None = None) -> Parser:
             return replace(PRESETS[ALIASES[preset]], name=preset)
         if preset not in PRESETS:
             raise InputError(f"unknown preset {preset!r}; choose from "
-                             f"{', '.join([*PRESETS, *ALIASES])}")
+                             f"{', '.join([*PRESETS, *ALIASES])}", param="preset")
         return PRESETS[preset]
     return compile_pattern(pattern)
 
@@ -233,9 +236,9 @@ def label_ids(ids: Sequence[str], parser: Parser, allow_unmatched: bool = False)
         for i in ids:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise InputError(f"--pattern {parser.template!r}: matching {len(ids)} ids took "
+                raise InputError(f"{parser.template!r}: matching {len(ids)} ids took "
                                  f"more than {TOTAL_MATCH_TIMEOUT:g} s (stopped at id {i!r}); "
-                                 "simplify the pattern")
+                                 "simplify the pattern", param="pattern")
             rows.append(parser.parse(i, timeout=left))
     unmatched = [i for i, r in zip(ids, rows) if r is None]
     if len(unmatched) == len(ids):
@@ -243,8 +246,8 @@ def label_ids(ids: Sequence[str], parser: Parser, allow_unmatched: bool = False)
                          f"{preview(map(repr, ids), 3)}{_hint(parser)}")
     if unmatched and not allow_unmatched:
         raise InputError(f"{len(unmatched)} of {len(ids)} ids do not match {_what(parser)}: "
-                         f"{preview(map(repr, unmatched), 3)}; --allow-unmatched keeps them "
-                         "with empty columns")
+                         f"{preview(map(repr, unmatched), 3)}; when allowed, they are kept "
+                         "with empty columns", param="allow_unmatched")
     columns = list(parser.columns)
     if "attributes" in columns:  # dcase2021: recurring attribute keys become columns
         extra = _attribute_columns(rows, ["id", *columns])
@@ -265,7 +268,7 @@ def label_ids(ids: Sequence[str], parser: Parser, allow_unmatched: bool = False)
 
 def _what(parser: Parser) -> str:
     if parser.derive is None:
-        return f"--pattern {parser.template!r}"
+        return f"pattern {parser.template!r}"
     return f"preset {parser.name} ({parser.template})"
 
 
@@ -273,7 +276,8 @@ def _hint(parser: Parser) -> str:
     if parser.derive is None:
         return ""
     return ("; the ids must end in MACHINE_TYPE/train|test/FILE: featurize from the directory "
-            "that holds the machine types (or above it), or set ae-featurize --root")
+            "that holds the machine types (or above it), or give ae-featurize that directory "
+            "as the root")
 
 
 def read_ids(path: str | os.PathLike) -> list[str]:

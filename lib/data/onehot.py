@@ -98,8 +98,8 @@ def _missing_rows(values: pd.Series) -> np.ndarray:
 
 def _missing_error(column: str, rows: np.ndarray) -> InputError:
     return InputError(f"column '{column}' has {rows.size} missing value(s) in data row(s) "
-                      f"{preview(rows + 1)}; fill them, or pass --dummy-na for a "
-                      f"'{column}_{NAN}' column")
+                      f"{preview(rows + 1)}; fill them, or encode them as a "
+                      f"'{column}_{NAN}' column", param="dummy_na")
 
 
 # --------------------------------------------------------------------------- fit
@@ -116,9 +116,10 @@ def fit(df: pd.DataFrame, columns: Sequence[str], max_categories: int = DEFAULT_
     if len(df) == 0:
         raise InputError("no data rows to fit categories on")
     if max_categories < 0:
-        raise InputError(f"--max-categories must be 0 (no limit) or more, got {max_categories}")
+        raise InputError(f"must be 0 (no limit) or more, got {max_categories}",
+                         param="max_categories")
     if min_frequency is not None and min_frequency < 1:
-        raise InputError(f"--min-frequency must be at least 1, got {min_frequency}")
+        raise InputError(f"must be at least 1, got {min_frequency}", param="min_frequency")
     out: Categories = {}
     for col in columns:
         values = _values(df, col)
@@ -135,12 +136,12 @@ def fit(df: pd.DataFrame, columns: Sequence[str], max_categories: int = DEFAULT_
         infrequent = [c for c in seen if c in rare]
         n_cols = len(kept) + (1 if infrequent else 0)
         if max_categories and n_cols > max_categories:
-            folded = f" ({len(seen)} before --min-frequency)" if infrequent else ""
+            folded = f" ({len(seen)} before folding the rare ones)" if infrequent else ""
             raise InputError(
-                f"column '{col}' has {n_cols} categories{folded}, more than --max-categories "
-                f"{max_categories}: one-hot is for low cardinality, an embedding is the better "
-                f"tool for a column like this (or raise --max-categories, or fold rare values "
-                f"with --min-frequency)")
+                f"column '{col}' has {n_cols} categories{folded}, more than {max_categories}: "
+                f"one-hot is for low cardinality, an embedding is the better tool for a column "
+                f"like this (or raise this limit, or fold rare values by a minimum frequency)",
+                param="max_categories")
         out[col] = ColumnCategories(kept, infrequent, bool(dummy_na))
     return out
 
@@ -157,7 +158,8 @@ def transform(df: pd.DataFrame, cats: Mapping[str, ColumnCategories],
     all zeros (counted in the returned dict).
     """
     if handle_unknown not in ("error", "ignore"):
-        raise InputError(f"--handle-unknown must be 'error' or 'ignore', got {handle_unknown!r}")
+        raise InputError(f"must be 'error' or 'ignore', got {handle_unknown!r}",
+                         param="handle_unknown")
     columns = check_columns(df, list(cats))
     new_names: list[str] = []
     for col in columns:
@@ -192,8 +194,8 @@ def transform(df: pd.DataFrame, cats: Mapping[str, ColumnCategories],
                 raise InputError(
                     f"column '{col}': {int(unknown.sum())} row(s) with categories not seen when "
                     f"fitting: {preview([repr(v) for v in seen])} (first in data row "
-                    f"{int(np.flatnonzero(unknown)[0]) + 1}); use --handle-unknown ignore to "
-                    "encode them as all zeros")
+                    f"{int(np.flatnonzero(unknown)[0]) + 1}); 'ignore' encodes them as all "
+                    "zeros", param="handle_unknown")
             unknown_counts[col] = int(unknown.sum())
         matrix = np.zeros((n, len(names)), dtype=np.int64)
         hit = codes >= 0
@@ -233,7 +235,7 @@ def save_categories(cats: Mapping[str, ColumnCategories], path: str | os.PathLik
 
 
 def from_json(doc, name: str = "categories") -> Categories:
-    bad = InputError(f"{name}: not an aekit categories file (make one with ae-onehot --save-categories)")
+    bad = InputError(f"{name}: not an aekit categories file (one that ae-onehot saved)")
     if not isinstance(doc, dict) or doc.get("format") != FORMAT or not isinstance(doc.get("columns"), dict):
         raise bad
     if doc.get("version") != FORMAT_VERSION:

@@ -66,15 +66,16 @@ def select_rows(ids: Sequence[str], splits: pd.DataFrame | None, split: str | No
     n = len(ids)
     if splits is None:
         if split not in (None, "all"):
-            raise InputError(f"--split {split} needs --splits")
+            raise InputError(f"needed to select split {split!r}", param="splits_path")
         if fold is not None:
-            raise InputError("--fold needs --splits")
+            raise InputError(f"needed to select fold {fold}", param="splits_path")
         return np.arange(n)
     k = num_folds(splits)
     if fold is not None and not (0 <= fold < k):
         raise InputError(f"fold {fold} is out of range: the split file has folds 0..{k - 1}")
     if split == "val" and fold is None:
-        raise InputError("--split val needs --fold")
+        raise InputError("needed to select split 'val' (the validation rows of one fold)",
+                         param="fold")
     s = splits.reindex(pd.Index(ids))
     sp = s["split"].to_numpy()
     fd = s["fold"]
@@ -89,7 +90,7 @@ def select_rows(ids: Sequence[str], splits: pd.DataFrame | None, split: str | No
     elif split == "val":
         mask = (sp == "train") & (fd == fold).fillna(False).to_numpy(dtype=bool)
     else:
-        raise InputError(f"unknown split {split!r}: use train, val, test or all")
+        raise InputError(f"unknown split {split!r}: use train, val, test or all", param="split")
     return np.flatnonzero(np.asarray(mask, dtype=bool))
 
 
@@ -119,7 +120,7 @@ def load_labels(path: str | os.PathLike, ids: Sequence[str], id_column: str = "i
         missing = pd.Index(ids).difference(df.index)
         if len(missing):
             raise InputError(f"{name}: labels missing for {len(missing)} id(s): {preview(sorted(missing))}"
-                             " (ids are paths relative to ae-featurize's --root)")
+                             " (ids are paths relative to the featurized root)")
     kinds = column_kinds(df)
     out = df.reindex(pd.Index(ids, name="id"))
     out.attrs["column_kinds"] = kinds
@@ -138,10 +139,10 @@ def restrict_rows(ids: Sequence[str], rows: np.ndarray, labels_path: str | os.Pa
     if where is None:
         return rows
     if labels_path is None:
-        raise InputError("--where needs --labels")
+        raise InputError("needs labels: no label CSV given", param="where")
     where_ = parse_where(where)  # refuse a bad expression before reading anything
     labels = load_labels(labels_path, [ids[i] for i in rows])
     keep = rows[where_.mask(labels)]
     if keep.size == 0:
-        raise InputError(f"no selected row matches --where {where!r} (of {rows.size})")
+        raise InputError(f"no selected row matches {where!r} (of {rows.size})", param="where")
     return keep

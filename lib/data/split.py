@@ -20,21 +20,25 @@ Three algorithms, all deterministic for a given seed (same input + seed -> same 
   train, then fold 0..K-1) where it brings the per-class row counts closest to their targets
   (least squared error). Without stratify this is "largest group to the emptiest fold", so fold
   sizes in rows differ by at most the size of the largest group rather than by one. A group
-  is never on two sides: all its rows share one split and one fold.
+  is never on two sides: all its rows share one split and one fold. The search is
+  :mod:`aekit.data.groupfolds`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import pandas as pd
 
+from aekit.data.groupfolds import assign_grouped, fold_groups
+from aekit.data.groupfolds import fold_quality  # noqa: F401 (re-exported)
 from aekit.errors import InputError, preview
-from aekit.system.fileio import display_name
+from aekit.system.textinput import display_name
 
 HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf", ".he5")
 
@@ -81,7 +85,8 @@ def load_split_input(path: str | os.PathLike, id_column: str = "id",
 
     name = display_name(path)
     if str(path) == "-" and labels_path is not None and str(labels_path) == "-":
-        raise InputError("the input and --labels cannot both be '-' (stdin)")
+        raise InputError("cannot be '-' (stdin) when the input is read from stdin too",
+                         param="labels_path")
     if is_hdf5(path):
         from aekit.data.store import read_ids
 
@@ -93,7 +98,7 @@ def load_split_input(path: str | os.PathLike, id_column: str = "id",
         raw = read_csv(path, dtype=str, keep_default_na=False)
         if id_column not in raw.columns:
             raise InputError(f"{name}: column '{id_column}' not found; columns are: "
-                             f"{', '.join(map(str, raw.columns))} (name the id column with --id-column)")
+                             f"{', '.join(map(str, raw.columns))}", param="id_column")
         rest = [c for c in raw.columns if c != id_column and c not in dropped]
         if "id" in rest:
             raise InputError(f"{name}: has both '{id_column}' (the id column) and 'id'; "
@@ -127,24 +132,27 @@ def load_split_input(path: str | os.PathLike, id_column: str = "id",
 
 def _check_params(test_ratio: float, folds: int, seed: int) -> None:
     if not isinstance(test_ratio, (int, float)) or not (0.0 < float(test_ratio) < 1.0):
-        raise InputError(f"--test-ratio must be between 0 and 1 (both excluded), got {test_ratio}")
+        raise InputError(f"must be between 0 and 1 (both excluded), got {test_ratio}",
+                         param="test_ratio")
     if folds < 2:
-        raise InputError(f"--folds must be at least 2, got {folds}")
+        raise InputError(f"must be at least 2, got {folds}", param="folds")
     if seed < 0 or seed >= 2**32:
-        raise InputError(f"--seed must be between 0 and 2**32-1, got {seed}")
+        raise InputError(f"must be between 0 and 2**32-1, got {seed}", param="seed")
 
 
-def _column(df: pd.DataFrame, col: str, what: str) -> pd.Series:
+def _column(df: pd.DataFrame, col: str, param: str) -> pd.Series:
+    """Column ``col`` as text, named by parameter ``param`` (``stratify``...)."""
     if col not in df.columns:
         cols = ", ".join(map(str, df.columns))
-        hint = " (a features file has only ids: join label columns with --labels)" if list(df.columns) == ["id"] else ""
-        raise InputError(f"{what} column '{col}' not found; columns are: {cols}{hint}")
+        hint = (" (a features file has only ids: join label columns from a label CSV)"
+                if list(df.columns) == ["id"] else "")
+        raise InputError(f"column '{col}' not found; columns are: {cols}{hint}", param=param)
     s = df[col]
     miss = _missing(s)
     if miss.any():
         rows = np.flatnonzero(miss) + 1
-        raise InputError(f"{what} column '{col}' is empty in {len(rows)} row(s): "
-                         f"data row(s) {preview(rows)}")
+        raise InputError(f"column '{col}' is empty in {len(rows)} row(s): "
+                         f"data row(s) {preview(rows)}", param=param)
     # Keys compared and sorted as text so that the order never depends on dtype or hashing.
     return s.map(str)
 
@@ -156,8 +164,8 @@ def _check_classes(classes: Sequence[str]) -> np.ndarray:
     if small:
         which = (f"class {small[0]!r} has" if len(small) == 1 else
                  f"classes {preview([repr(c) for c in small])} have")
-        raise InputError(f"--stratify {which} only 1 row; stratifying needs at least 2 rows "
-                         "per class (one for the test set, one for training)")
+        raise InputError(f"{which} only 1 row; stratifying needs at least 2 rows "
+                         "per class (one for the test set, one for training)", param="classes")
     return cls.to_numpy()
 
 
@@ -178,17 +186,17 @@ def assign(n: int, test_ratio: float = 0.2, folds: int = 5, seed: int = 42,
         grp = pd.Series(list(groups), dtype=object).map(str)
         n_groups = grp.nunique()
         if n_groups < folds + 1:
-            raise InputError(f"--folds {folds} needs at least {folds + 1} groups ({folds} folds + the "
-                             f"test set), found {n_groups}")
-        is_test, fold = _assign_grouped(ratio, folds, seed, grp.to_numpy(), cls)
+            raise InputError(f"{folds} needs at least {folds + 1} groups ({folds} folds + the "
+                             f"test set), found {n_groups}", param="folds")
+        is_test, fold = assign_grouped(ratio, folds, seed, grp.to_numpy(), cls)
         if notes is not None:
             notes.extend(coverage_notes(is_test, fold, folds, cls, grp.to_numpy()))
         return is_test, fold
     n_test = math.ceil(ratio * n)  # as scikit-learn's train_test_split
     n_train = n - n_test
     if n_train < folds:
-        raise InputError(f"--folds {folds} is more than the {n_train} train row(s) left of {n} "
-                         f"after {n_test} go to the test set")
+        raise InputError(f"{folds} is more than the {n_train} train row(s) left of {n} "
+                         f"after {n_test} go to the test set", param="folds")
     if cls is None:
         return _assign_plain(n, ratio, folds, seed)
     is_test, fold = _assign_stratified(ratio, folds, seed, cls, n_test)
@@ -209,19 +217,19 @@ def assign_folds(n: int, folds: int = 5, seed: int = 42, classes: Sequence[str] 
         grp = pd.Series(list(groups), dtype=object).map(str).to_numpy()
         gkeys, ginv = np.unique(grp, return_inverse=True)
         if gkeys.size < folds:
-            raise InputError(f"--folds {folds} needs at least {folds} train groups, "
-                             f"found {gkeys.size}")
+            raise InputError(f"{folds} needs at least {folds} train groups, "
+                             f"found {gkeys.size}", param="folds")
         ckeys, cinv = (np.array([""], dtype=object), np.zeros(n, dtype=np.int64)) if cls is None \
             else np.unique(cls, return_inverse=True)
         sizes = np.zeros((gkeys.size, ckeys.size))
         np.add.at(sizes, (ginv, cinv), 1.0)
         rank = rng.permutation(gkeys.size)
-        fold = _fold_groups(sizes, folds, seed, rank, rng.permutation(folds))[ginv]
+        fold = fold_groups(sizes, folds, seed, rank, rng.permutation(folds))[ginv]
         if notes is not None:
             notes.extend(coverage_notes(np.zeros(n, dtype=bool), fold, folds, cls, grp, False))
         return fold
     if n < folds:
-        raise InputError(f"--folds {folds} is more than the {n} train row(s)")
+        raise InputError(f"{folds} is more than the {n} train row(s)", param="folds")
     fold = np.full(n, -1, dtype=np.int64)
     if cls is None:
         for k, part in enumerate(np.array_split(rng.permutation(n), folds)):
@@ -272,8 +280,9 @@ def _assign_stratified(ratio: float, folds: int, seed: int, cls: np.ndarray,
     for i in order[:max(left, 0)]:
         take[i] += 1
     if n - take.sum() < folds:
-        raise InputError(f"--folds {folds} is more than the {n - take.sum()} train row(s) left of "
-                         f"{n} after {take.sum()} go to the test set (at least one per class)")
+        raise InputError(f"{folds} is more than the {n - take.sum()} train row(s) left of "
+                         f"{n} after {take.sum()} go to the test set (at least one per class)",
+                         param="folds")
     is_test = np.zeros(n, dtype=bool)
     fold = np.full(n, -1, dtype=np.int64)
     pos = 0
@@ -286,296 +295,6 @@ def _assign_stratified(ratio: float, folds: int, seed: int, cls: np.ndarray,
         fold[train_rows] = (pos + np.arange(train_rows.size)) % folds
         pos += train_rows.size
     return is_test, fold
-
-
-def _class_error(counts: np.ndarray, total: np.ndarray) -> float:
-    """RMS over bins and classes of (class share in the bin - class share overall).
-
-    counts: [B, C] rows per bin and class; total: [C]. Empty bins count as share 0.
-    """
-    n = counts.sum(axis=1, keepdims=True)
-    share = np.divide(counts, n, out=np.zeros_like(counts, dtype=np.float64), where=n > 0)
-    return float(np.sqrt(np.mean((share - total / total.sum()) ** 2)))
-
-
-def fold_quality(fold: np.ndarray, classes: Sequence[str] | None = None) -> tuple[int, float]:
-    """(fold-size spread in rows = largest - smallest fold, class-proportion error) of the
-    rows with fold >= 0; the error is the RMS over folds and classes of the class's share
-    in the fold minus its share in all those rows (0 without classes)."""
-    fold = np.asarray(fold)
-    train = fold >= 0
-    k = int(fold[train].max()) + 1
-    sizes = np.bincount(fold[train], minlength=k)
-    if classes is None:
-        return int(sizes.max() - sizes.min()), 0.0
-    _, cinv = np.unique(np.asarray(classes, dtype=object)[train].astype(str), return_inverse=True)
-    counts = np.zeros((k, int(cinv.max()) + 1))
-    np.add.at(counts, (fold[train], cinv), 1.0)
-    return int(sizes.max() - sizes.min()), _class_error(counts, counts.sum(axis=0))
-
-
-def _place(order: np.ndarray, sizes: np.ndarray, frac: np.ndarray, bin_rank: np.ndarray,
-           allowed, bins: np.ndarray | None = None, counts: np.ndarray | None = None) -> np.ndarray:
-    """Greedy placement of the groups in ``order`` into bins with target shares ``frac`` [B].
-
-    The bin of each group is chosen by a lexicographic cost: first how far the bin would
-    overflow its row target (relative to that target), then the increase of the squared
-    class-count error (each class's error relative to its size, so that small classes
-    count as much as large ones); exact ties go to the bin with the lowest ``bin_rank``
-    (a seeded permutation, never simply the lowest index). ``allowed(g, bins)`` -> bool [B]
-    masks the bins group g may go to. Returns the bin of every group (-1 = not placed).
-    """
-    n_bins = frac.size
-    total = sizes.sum(axis=0)  # [C]
-    scale = np.where(total > 0, total, 1.0)
-    targets = np.outer(frac, total)  # [B, C]
-    row_target = np.maximum(frac * total.sum(), 1e-9)  # [B]
-    bins = np.full(sizes.shape[0], -1, dtype=np.int64) if bins is None else bins
-    counts = np.zeros((n_bins, total.size)) if counts is None else counts
-    for g in order:
-        s = sizes[g]
-        rows = counts.sum(axis=1)
-        overflow = np.maximum(rows + s.sum() - row_target, 0.0) / row_target
-        err = ((s * (2.0 * (counts - targets) + s)) / scale ** 2).sum(axis=1)
-        ok = allowed(g, bins)
-        key = np.lexsort((bin_rank, np.round(err, 12), np.round(overflow, 12), ~ok))
-        b = int(key[0])
-        bins[g] = b
-        counts[b] += s
-    return bins
-
-
-def _hard_first(sizes: np.ndarray, rank: np.ndarray, members: np.ndarray) -> np.ndarray:
-    """Processing order of groups ``members``: those of the classes with the fewest groups
-    first, then the largest, then a seeded random order."""
-    sub = sizes[members]
-    n_groups = (sub > 0).sum(axis=0)  # groups per class
-    fewest = np.where(sub > 0, n_groups[None, :], np.iinfo(np.int64).max).min(axis=1)
-    return members[np.lexsort((rank[members], -sub.sum(axis=1), fewest))]
-
-
-def _choose_test(sizes: np.ndarray, ratio: float, folds: int, rank: np.ndarray,
-                 class_rank: np.ndarray, bin_rank: np.ndarray) -> np.ndarray:
-    """Which groups form the test set (bool [G]).
-
-    First one group of every class with at least two groups is reserved for the test set
-    (classes with the fewest groups first; the group whose size is closest to the class's
-    test share), then the other groups go to test or train by :func:`_place`. A group never
-    goes to the test set when that would leave one of its classes without a train group or
-    leave fewer than ``folds`` train groups.
-    """
-    n_g = sizes.shape[0]
-    has = sizes > 0  # [G, C]
-    n_groups = has.sum(axis=0)
-    class_total = sizes.sum(axis=0)
-    g_rows = sizes.sum(axis=1)
-    side = np.full(n_g, -1, dtype=np.int64)  # 0 test, 1 train, -1 undecided
-
-    seen = np.zeros(n_g, dtype=bool)  # test groups already taken off `avail`
-    avail = has.sum(axis=0)  # [C] groups per class that may still train
-
-    def test_ok(cand, side):
-        # Without the candidate, at least `folds` groups and one per class of it may still train.
-        new = (side == 0) & ~seen
-        avail[:] -= has[new].sum(axis=0)
-        seen[new] = True
-        left = n_g - int(seen.sum()) - 1
-        return (left >= folds) & ((avail[None, :] - has[cand] > 0) | ~has[cand]).all(axis=1)
-
-    def allowed(g, side):
-        return np.array([bool(test_ok(np.array([g]), side)[0]), True])
-
-    for c in np.lexsort((class_rank, n_groups)):
-        if n_groups[c] < 2 or (has[:, c] & (side == 0)).any():
-            continue
-        cand = np.flatnonzero(has[:, c] & (side == -1))
-        cand = cand[test_ok(cand, side)]
-        if cand.size == 0:
-            continue
-        dist = np.abs(g_rows[cand] - ratio * class_total[c])
-        side[cand[np.lexsort((rank[cand], dist))[0]]] = 0
-    counts = np.stack([sizes[side == 0].sum(axis=0), np.zeros(sizes.shape[1])])
-    rest = _hard_first(sizes, rank, np.flatnonzero(side == -1))
-    side = _place(rest, sizes, np.array([ratio, 1.0 - ratio]), bin_rank, allowed, side, counts)
-    return side == 0
-
-
-def _refine(fold_of: np.ndarray, sizes: np.ndarray, folds: int, rank: np.ndarray, key,
-            max_passes: int = 20) -> np.ndarray:
-    """Local search over the fold of each group.
-
-    For each group in turn (seeded order), every move to another fold and every swap with
-    a group of another fold is scored at once, and the best is taken when it lowers
-    ``key(spread, error, deviation)`` (arrays in, a tuple of arrays out, compared
-    lexicographically; see :func:`_scores`). Every fold keeps at least one group. Swaps
-    are tried only up to 300 groups (their cost is quadratic).
-    """
-    fold_of = fold_of.copy()
-    n_g = sizes.shape[0]
-    total = sizes.sum(axis=0)
-    counts = np.zeros((folds, sizes.shape[1]))
-    np.add.at(counts, fold_of, sizes)
-    order = np.argsort(rank, kind="stable")
-    cur = tuple(float(v[0]) for v in key(*_scores(counts[None], total)))
-    swaps = n_g <= 300
-    eye = np.eye(folds)
-    for _ in range(max_passes):
-        improved = False
-        for g in order:
-            a = fold_of[g]
-            n_in = np.bincount(fold_of, minlength=folds)
-            # Moves: g from fold a to fold b (b != a; fold a must keep a group).
-            delta = (eye - eye[a])[:, :, None] * sizes[g][None, None, :]  # [K, K, C]
-            cand = [counts[None] + delta]
-            ok = [(np.arange(folds) != a) & (n_in[a] > 1)]
-            target = [np.arange(folds)]
-            if swaps:
-                # Swaps: g with h of another fold: fold a gets h, fold fold_of[h] gets g.
-                d = sizes - sizes[g]  # [G, C]: what fold a gains
-                sw = np.repeat(counts[None], n_g, axis=0)
-                sw[:, a] += d
-                sw[np.arange(n_g), fold_of] -= d
-                cand.append(sw)
-                ok.append((fold_of != a) & (d != 0).any(axis=1))
-                target.append(-1 - np.arange(n_g))
-            cand, ok, target = np.concatenate(cand), np.concatenate(ok), np.concatenate(target)
-            if not ok.any():
-                continue
-            cand, target = cand[ok], target[ok]
-            keys = key(*_scores(cand, total))
-            best = int(np.lexsort(tuple(reversed(keys)))[0])
-            new = tuple(float(v[best]) for v in keys)
-            if not new < cur:
-                continue
-            cur = new
-            counts = cand[best]
-            t = int(target[best])
-            if t >= 0:
-                fold_of[g] = t
-            else:
-                h = -1 - t
-                fold_of[g], fold_of[h] = fold_of[h], a
-            improved = True
-        if not improved:
-            break
-    return fold_of
-
-
-def _scores(counts: np.ndarray, total: np.ndarray):
-    """Per candidate [M, K, C] counts: (spread, class error, largest deviation from the
-    mean fold size), arrays [M]; the error as in :func:`_class_error`."""
-    rows = counts.sum(axis=2)  # [M, K]
-    share = np.divide(counts, rows[:, :, None], out=np.zeros_like(counts),
-                      where=rows[:, :, None] > 0)
-    err = np.sqrt(np.mean((share - total / total.sum()) ** 2, axis=(1, 2)))
-    spread = rows.max(axis=1) - rows.min(axis=1)
-    dev = np.abs(rows - rows.mean(axis=1, keepdims=True)).max(axis=1)
-    return spread, np.round(err, 12), dev
-
-
-def _sklearn_folds(sizes: np.ndarray, folds: int, seed: int) -> np.ndarray | None:
-    """The fold of each group under scikit-learn's StratifiedGroupKFold(shuffle, seed),
-    or None when it cannot run (too few groups)."""
-    import warnings
-
-    from sklearn.model_selection import StratifiedGroupKFold
-
-    if sizes.shape[0] < folds:
-        return None
-    g_idx, c_idx = np.nonzero(sizes)
-    reps = sizes[g_idx, c_idx].astype(np.int64)
-    groups = np.repeat(g_idx, reps)
-    y = np.repeat(c_idx, reps)
-    out = np.full(sizes.shape[0], -1, dtype=np.int64)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed % 2**32)
-            for k, (_, val) in enumerate(splitter.split(np.zeros(y.size), y, groups)):
-                out[groups[val]] = k
-        except ValueError:
-            return None
-    return out if (out >= 0).all() and np.bincount(out, minlength=folds).min() > 0 else None
-
-
-def _fold_groups(sizes: np.ndarray, folds: int, seed: int, rank: np.ndarray,
-                 bin_rank: np.ndarray) -> np.ndarray:
-    """The fold of each train group.
-
-    Fold sizes come first: every fold within T = max(largest group, 10 % of the mean fold
-    size) rows of the mean, and a spread (largest - smallest fold) no larger than that of
-    scikit-learn's StratifiedGroupKFold (shuffle, same seed) on the same rows; within
-    that, the class-proportion error is made as small as possible, and no larger than
-    StratifiedGroupKFold's. Two candidates are searched: the hard-first greedy placement
-    refined by local search under that order, and StratifiedGroupKFold's own folds refined
-    without ever raising their error; the better one is kept.
-    """
-    n_g = sizes.shape[0]
-    g_rows = sizes.sum(axis=1)
-    tol = max(float(g_rows.max()), 0.1 * g_rows.sum() / folds)
-
-    def allowed(g, bins):
-        # Every fold needs a group: once the groups left are just enough, only empty folds.
-        empty = np.bincount(bins[bins >= 0], minlength=folds) == 0
-        if (bins < 0).sum() <= empty.sum():
-            return empty
-        return np.ones(folds, dtype=bool)
-
-    order = _hard_first(sizes, rank, np.arange(n_g))
-    start = _place(order, sizes, np.full(folds, 1.0 / folds), bin_rank, allowed)
-    ref = _sklearn_folds(sizes, folds, seed)
-    if ref is None:
-        return _refine(start, sizes, folds, rank,
-                       lambda spread, err, dev: (np.maximum(dev - tol, 0.0), err, spread))
-    ref_spread, ref_err, _ = _quality(ref, sizes, folds)
-    ref_err = round(ref_err, 12)
-
-    def key(spread, err, dev):  # sizes first, then error over StratifiedGroupKFold's, error
-        over = np.maximum(dev - tol, 0.0) + np.maximum(spread - ref_spread, 0.0)
-        return (over, np.maximum(err - ref_err, 0.0), err, spread)
-
-    def key_ref(spread, err, dev):  # never above StratifiedGroupKFold's error, then as key
-        return (np.maximum(err - ref_err, 0.0),) + key(spread, err, dev)
-
-    best = None
-    for cand in (_refine(start, sizes, folds, rank, key), _refine(ref, sizes, folds, rank, key_ref),
-                 ref):
-        spread, err, dev = _quality(cand, sizes, folds)
-        err = round(err, 12)
-        k = (spread > ref_spread or err > ref_err, max(dev - tol, 0.0), err, spread)
-        if best is None or k < best[0]:
-            best = (k, cand)
-    return best[1]
-
-
-def _quality(fold_of: np.ndarray, sizes: np.ndarray, folds: int) -> tuple[float, float]:
-    counts = np.zeros((folds, sizes.shape[1]))
-    np.add.at(counts, fold_of, sizes)
-    rows = counts.sum(axis=1)
-    return (float(rows.max() - rows.min()), _class_error(counts, counts.sum(axis=0)),
-            float(np.abs(rows - rows.mean()).max()))
-
-
-def _assign_grouped(ratio: float, folds: int, seed: int, grp: np.ndarray,
-                    cls: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    n = grp.size
-    gkeys, ginv = np.unique(grp, return_inverse=True)  # sorted: independent of input order
-    if cls is None:
-        ckeys, cinv = np.array([""], dtype=object), np.zeros(n, dtype=np.int64)
-    else:
-        ckeys, cinv = np.unique(cls, return_inverse=True)
-    sizes = np.zeros((gkeys.size, ckeys.size), dtype=np.float64)  # [G, C] rows
-    np.add.at(sizes, (ginv, cinv), 1.0)
-    rank = rng.permutation(gkeys.size)  # seeded tie-breaks between groups,
-    class_rank = rng.permutation(ckeys.size)  # classes and bins (never the lowest index)
-
-    group_test = _choose_test(sizes, ratio, folds, rank, class_rank, rng.permutation(2))
-    train = np.flatnonzero(~group_test)
-    fold_of = _fold_groups(sizes[train], folds, seed, rank[train], rng.permutation(folds))
-    group_fold = np.full(gkeys.size, -1, dtype=np.int64)
-    group_fold[train] = fold_of
-    return group_test[ginv], group_fold[ginv]
 
 
 def coverage_notes(is_test: np.ndarray, fold: np.ndarray, folds: int,
@@ -598,7 +317,7 @@ def coverage_notes(is_test: np.ndarray, fold: np.ndarray, folds: int,
         no_test = [c for c in keys if c not in single and not is_test[cls == c].any()]
         if no_test:
             out.append(f"no test rows for class(es) {preview(no_test, 20)}"
-                       + (": too few rows for --test-ratio" if groups is None else ""))
+                       + (": too few rows for the test ratio" if groups is None else ""))
     few = []
     for c in keys:
         held = np.unique(fold[(cls == c) & ~is_test & (fold >= 0)]).size
@@ -627,47 +346,29 @@ def split_table(df: pd.DataFrame, test_ratio: float = 0.2, folds: int = 5, seed:
     """
     if "id" not in df.columns:
         raise InputError("column 'id' not found; columns are: " + ", ".join(map(str, df.columns)))
-    classes = None if stratify is None else _column(df, stratify, "--stratify").to_numpy()
-    groups = None if group is None else _column(df, group, "--group").to_numpy()
-    n = len(df)
-    forced = np.zeros(n, dtype=bool)
-    if test_where is not None:
-        from aekit.data.selection import query_rows
-
-        try:
-            forced = query_rows(_typed(df), test_where)
-        except InputError as exc:  # the parser's messages name --where
-            raise InputError(str(exc).replace("--where", "--test-where", 1)) from None
-        if not forced.any():
-            raise InputError(f"no row matches --test-where {test_where!r} (of {n})")
+    classes = None if stratify is None else _column(df, stratify, "stratify").to_numpy()
+    groups = None if group is None else _column(df, group, "group").to_numpy()
+    forced = _forced_test(df, test_where)
     if split_column is not None:
-        col = _column(df, split_column, "--split-column")
-        bad = sorted(set(col) - {"train", "test"})
-        if bad:
-            raise InputError(f"--split-column '{split_column}' must hold 'train' or 'test', "
-                             f"found: {preview(repr(v) for v in bad)}")
-        is_test = col.eq("test").to_numpy() | forced
-        if is_test.all():
-            raise InputError(f"no train rows left: every row is a test row by --split-column "
-                             f"'{split_column}'" + (" or --test-where" if test_where else ""))
-        if not is_test.any():
-            raise InputError(f"--split-column '{split_column}' has no 'test' rows")
+        is_test = _column_test(df, split_column, forced, test_where)
         rest = np.flatnonzero(~is_test)
-        fold = np.full(n, -1, dtype=np.int64)
-        fold[rest] = assign_folds(rest.size, folds, seed,
-                                  None if classes is None else classes[rest],
-                                  None if groups is None else groups[rest])
+        fold = np.full(len(df), -1, dtype=np.int64)
+        with _param_renamed("classes", "stratify"):
+            fold[rest] = assign_folds(rest.size, folds, seed,
+                                      None if classes is None else classes[rest],
+                                      None if groups is None else groups[rest])
     else:
         rest = np.flatnonzero(~forced)
         if rest.size == 0:
-            raise InputError(f"every row matches --test-where {test_where!r}: "
-                             "nothing left to train on")
-        t, f = assign(rest.size, test_ratio, folds, seed,
-                      classes=None if classes is None else classes[rest],
-                      groups=None if groups is None else groups[rest])
+            raise InputError(f"every row matches {test_where!r}: nothing left to train on",
+                             param="test_where")
+        with _param_renamed("classes", "stratify"):
+            t, f = assign(rest.size, test_ratio, folds, seed,
+                          classes=None if classes is None else classes[rest],
+                          groups=None if groups is None else groups[rest])
         is_test = forced.copy()
         is_test[rest] = t
-        fold = np.full(n, -1, dtype=np.int64)
+        fold = np.full(len(df), -1, dtype=np.int64)
         fold[rest] = f
     if notes is not None:
         notes.extend(coverage_notes(is_test, fold, folds, classes, groups))
@@ -679,6 +380,49 @@ def split_table(df: pd.DataFrame, test_ratio: float = 0.2, folds: int = 5, seed:
     # A kept 'split'/'fold' input column (--split-column split) is replaced by the result.
     rest = df.drop(columns=[c for c in ("id", "split", "fold") if c in df.columns])
     return pd.concat([out, rest.reset_index(drop=True)], axis=1)
+
+
+def _forced_test(df: pd.DataFrame, test_where: str | None) -> np.ndarray:
+    """The rows that ``test_where`` sends to the test set (bool [n]; none without it)."""
+    n = len(df)
+    if test_where is None:
+        return np.zeros(n, dtype=bool)
+    from aekit.data.selection import query_rows
+
+    with _param_renamed("where", "test_where"):  # the parser's errors are about `where`
+        forced = query_rows(_typed(df), test_where)
+    if not forced.any():
+        raise InputError(f"no row matches {test_where!r} (of {n})", param="test_where")
+    return forced
+
+
+def _column_test(df: pd.DataFrame, split_column: str, forced: np.ndarray,
+                 test_where: str | None) -> np.ndarray:
+    """The test rows by ``split_column`` (values train/test), plus the ``forced`` ones."""
+    col = _column(df, split_column, "split_column")
+    bad = sorted(set(col) - {"train", "test"})
+    if bad:
+        raise InputError(f"column '{split_column}' must hold 'train' or 'test', "
+                         f"found: {preview(repr(v) for v in bad)}", param="split_column")
+    is_test = col.eq("test").to_numpy() | forced
+    if is_test.all():
+        raise InputError(f"no train rows left: every row is a test row by column "
+                         f"'{split_column}'" + (" or by test_where" if test_where else ""),
+                         param="split_column")
+    if not is_test.any():
+        raise InputError(f"column '{split_column}' has no 'test' rows", param="split_column")
+    return is_test
+
+
+@contextlib.contextmanager
+def _param_renamed(old: str, new: str) -> Iterator[None]:
+    """An InputError about parameter ``old`` of a helper is about ``new`` of the caller."""
+    try:
+        yield
+    except InputError as exc:
+        if exc.param == old:
+            exc.param = new
+        raise
 
 
 def _typed(df: pd.DataFrame) -> pd.DataFrame:

@@ -24,14 +24,19 @@ def resolve_device(spec: str | None = "auto") -> torch.device:
     try:
         dev = torch.device(spec)
     except RuntimeError:
-        raise InputError(f"unknown device {spec!r}: use auto, cpu, cuda, cuda:N or mps") from None
+        raise InputError(f"unknown device {spec!r}: use auto, cpu, cuda, cuda:N or mps",
+                         param="device") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise InputError("--device cuda requested but CUDA is not available on this machine")
+            raise InputError(f"{spec} requested but CUDA is not available on this machine",
+                             param="device")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise InputError(f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s)")
+            raise InputError(f"{spec}: only {torch.cuda.device_count()} CUDA device(s)",
+                             param="device")
     elif dev.type == "mps" and not mps_available():
-        raise InputError("--device mps requested but Apple MPS is not available on this machine")
+        raise InputError("mps requested but Apple MPS is not available on this machine",
+                         param="device")
     elif dev.type not in ("cpu", "cuda", "mps"):
-        raise InputError(f"unsupported device {spec!r}: use auto, cpu, cuda, cuda:N or mps")
+        raise InputError(f"unsupported device {spec!r}: use auto, cpu, cuda, cuda:N or mps",
+                         param="device")
     return dev

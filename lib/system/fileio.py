@@ -3,6 +3,9 @@
 An output is written to a hidden temporary file in the destination's own
 directory and renamed over the destination only when complete, so a killed job
 never leaves a file that Make would take as up to date.
+
+Failed writes and OS errors in words are :mod:`aekit.system.oserrors`; text and CSV inputs
+are :mod:`aekit.system.textinput`. Their names are importable from here too.
 """
 
 from __future__ import annotations
@@ -10,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
-import io
 import os
 import re
 import shutil
@@ -21,77 +23,14 @@ import tempfile
 from pathlib import Path
 from typing import IO, Iterator
 
-from aekit.errors import DataError, InputError
+from aekit.errors import InputError
 
-#: errno values that mean "the destination cannot take these bytes", not "bad input".
-WRITE_ERRNOS = frozenset(e for e in (getattr(errno, n, None) for n in ("ENOSPC", "EDQUOT", "EFBIG", "EROFS"))
-                         if e is not None)
-
-
-class WriteError(DataError):
-    """An output could not be written (disk full, quota, read-only file system, I/O error).
-
-    The temporary file is gone and the previous output, if any, is untouched.
-    """
-
-    def __init__(self, path: str | os.PathLike, reason: str):
-        super().__init__(f"cannot write {path}: {reason}")
-        self.path = str(path)
-        self.reason = reason
-
-
-def write_errno(exc: BaseException) -> int | None:
-    """The errno of a failed write behind ``exc`` (its chain included), or None.
-
-    h5py and torch report a failed write(2) as text ("errno = 28", "file write failed"):
-    those are recognised too.
-    """
-    seen = set()
-    e: BaseException | None = exc
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        code = getattr(e, "errno", None)
-        if isinstance(e, OSError) and code in WRITE_ERRNOS:
-            return code
-        m = re.search(r"errno = (\d+)|os error (\d+)", str(e))  # h5py, safetensors
-        if m and int(m.group(1) or m.group(2)) in WRITE_ERRNOS:
-            return int(m.group(1) or m.group(2))
-        e = e.__cause__ or e.__context__
-    return None
-
-
-def _full(directory: Path) -> bool:
-    try:
-        st = os.statvfs(directory)
-    except OSError:
-        return False
-    return st.f_bavail * st.f_frsize < (1 << 20)
-
-
-def _as_write_error(exc: BaseException, path: Path, parent: Path,
-                    is_dir: bool = False) -> WriteError | None:
-    if isinstance(exc, WriteError):
-        return WriteError(path, exc.reason) if exc.path != str(path) and is_dir else None
-    code = write_errno(exc)
-    if code is None and isinstance(exc, (RuntimeError, OSError)) and _full(parent):
-        code = errno.ENOSPC  # torch.save says only "file write failed" or "unexpected pos"
-    return None if code is None else WriteError(path, os.strerror(code))
-
-
-def describe_os_error(exc: OSError, path: str | os.PathLike | None = None) -> str:
-    """One line for an OSError: '<path>: permission denied', '<path>: no such file', ..."""
-    name = str(path if path is not None else (exc.filename or "")) or "input"
-    code = exc.errno
-    if code in (errno.EACCES, errno.EPERM):
-        return f"{name}: permission denied"
-    if code == errno.ENOENT:
-        return f"{name}: no such file"
-    if code == errno.EISDIR:
-        return f"{name}: is a directory, expected a file"
-    if code in WRITE_ERRNOS:
-        return f"cannot write {name}: {os.strerror(code)}"
-    reason = exc.strerror or str(exc)
-    return f"{name}: {reason[:1].lower() + reason[1:]}"
+# Re-exported: ``from aekit.system.fileio import ...`` stays the one import path of callers.
+from aekit.system.oserrors import (WRITE_ERRNOS, WriteError, _as_write_error,  # noqa: F401
+                                   describe_os_error, write_errno)
+from aekit.system.textinput import (HDF5_SIGNATURE, check_csv_fields,  # noqa: F401
+                                    display_name, is_utf8_name, read_csv, read_text_input,
+                                    text_name)
 
 
 def check_regular_file(path: str | os.PathLike, what: str = "input") -> Path:
@@ -492,125 +431,6 @@ def open_output(path: str | os.PathLike | None) -> Iterator[IO]:
             yield fh
 
 
-HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
-
-
-def read_text_input(path: str | os.PathLike) -> str:
-    """Read a whole text input; '-' is stdin. A leading UTF-8 byte order mark is dropped.
-
-    The input is read once, whole (a pipe or process substitution is fine): nothing probes
-    it first, so nothing of a stream is lost.
-    """
-    if str(path) == "-":
-        name = "<stdin>"
-        buffer = getattr(sys.stdin, "buffer", None)
-        if buffer is None:  # a text stream without bytes underneath (tests): nothing to decode
-            return sys.stdin.read().removeprefix("\ufeff")
-        data = buffer.read()
-    else:
-        p = Path(path)
-        name = str(p)
-        if not p.exists():
-            raise InputError(f"{p}: no such file")
-        if p.is_dir():
-            raise InputError(f"{p}: is a directory, expected a file")
-        try:
-            data = p.read_bytes()  # a pipe or process substitution is fine here
-        except OSError as exc:
-            raise InputError(describe_os_error(exc, p)) from None
-    if data.startswith(HDF5_SIGNATURE):
-        raise InputError(f"{name}: an HDF5 file, expected text"
-                         + (" (an HDF5 file cannot be read from a stream)"
-                            if name == "<stdin>" or not Path(path).is_file() else ""))
-    try:
-        return data.decode("utf-8").removeprefix("\ufeff")
-    except UnicodeDecodeError as exc:
-        raise InputError(f"{name}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-
-
-def check_csv_fields(text: str, name: str) -> None:
-    """Refuse a CSV whose header repeats a column name or whose records have more or fewer
-    fields than the header (a trailing comma, a missing cell): pandas would otherwise take
-    the first column as the index, or fill in or drop cells, silently. Blank lines are
-    skipped, as pandas skips them. InputError names the file and the line."""
-    import csv
-
-    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
-    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
-    width = None
-    try:
-        while True:
-            line = reader.line_num + 1  # where the next record starts
-            try:
-                record = next(reader)
-            except StopIteration:
-                break
-            if not record or (len(record) == 1 and not record[0].strip()):
-                continue  # a blank line
-            if width is None:
-                width = len(record)
-                seen: set[str] = set()
-                dup = [c for c in record if c in seen or seen.add(c)]
-                if dup:
-                    raise InputError(f"{name}: line {line}: the header repeats column name(s) "
-                                     f"{', '.join(repr(c) for c in dict.fromkeys(dup))}")
-            elif len(record) != width:
-                raise InputError(f"{name}: line {line}: {len(record)} field(s), the header has "
-                                 f"{width}" + (" (a trailing comma?)" if len(record) == width + 1
-                                               and record[-1] == "" else ""))
-    except csv.Error as exc:
-        raise InputError(f"{name}: not a valid CSV (line {reader.line_num}: {exc})") from None
-
-
-def read_csv(path: str | os.PathLike, **kwargs):
-    """Read a CSV (or '-') into a DataFrame with every column as text unless told otherwise.
-
-    Every cell is a string exactly as written (``00`` stays ``00``; ``NA``, ``null``,
-    ``None``, ``nan`` are text; an empty cell is ``''``) unless the caller passes its own
-    ``dtype``/``na_values``. pandas never takes a column as the index (``index_col=False``),
-    and a record with more or fewer fields than the header is refused (InputError naming
-    the line), as is a header that repeats a name. A leading byte order mark is dropped.
-
-    Raises InputError for a missing, unreadable, empty or malformed file.
-    """
-    import pandas as pd
-
-    text = read_text_input(path)
-    name = display_name(path)
-    if not text.strip():
-        raise InputError(f"{name}: empty CSV (no header)")
-    check_csv_fields(text, name)
-    kwargs.setdefault("dtype", str)
-    kwargs.setdefault("keep_default_na", False)
-    kwargs["index_col"] = False
-    try:
-        return pd.read_csv(io.StringIO(text), **kwargs)
-    except pd.errors.EmptyDataError:
-        raise InputError(f"{name}: empty CSV (no header)") from None
-    except pd.errors.ParserError as exc:
-        msg = str(exc).strip().splitlines()[-1]
-        raise InputError(f"{name}: not a valid CSV ({msg})") from None
-
-
-def text_name(name: str) -> str:
-    """``name`` as valid UTF-8 text: a file name that is not valid UTF-8 (its bytes held as
-    surrogates, as os.fsdecode gives them) has those bytes written as ``\\xNN``."""
-    try:
-        name.encode("utf-8")
-        return name
-    except UnicodeEncodeError:
-        return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-
-
-def is_utf8_name(name: str | os.PathLike) -> bool:
-    """Whether a file name is valid UTF-8 (no undecodable bytes held as surrogates)."""
-    try:
-        str(name).encode("utf-8")
-        return True
-    except UnicodeEncodeError:
-        return False
-
-
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     """Content hash of a file, for provenance attributes."""
     h = hashlib.sha256()
@@ -621,11 +441,6 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
                 break
             h.update(block)
     return h.hexdigest()
-
-
-def display_name(path: str | os.PathLike) -> str:
-    """How messages name an input: '<stdin>' for '-', else the path."""
-    return "<stdin>" if str(path) == "-" else str(path)
 
 
 @contextlib.contextmanager
