@@ -1,6 +1,8 @@
 """ae-eval: reconstruction scores, anomaly AUC/pAUC, a linear probe, plots, and the K-fold verdict.
 
-The report (``ae-eval MODEL FEATURES``), JSON, sections present only when asked for::
+The report (``ae-eval MODEL FEATURES``), JSON, sections present only when asked for (the
+metric sections -- reconstruction, anomaly, dcase, probe and any other -- are the entries of
+the registry ``aekit.evaluate.sections``; ``report_schema()`` lists them with their schema)::
 
     format "aekit-eval", format_version 1, aekit_version, command
     model       {path, sha256, arch, latent, input_shape}
@@ -135,10 +137,10 @@ def _write_json(obj: dict, output: str | None) -> None:
 
 def _summarize(reports: tuple[str, ...], output: str | None, table: bool,
                all_metrics: bool) -> None:
-    from aekit.evaluate import evaluation
     from aekit.evaluate import metrics
+    from aekit.evaluate.reports import summarize_files
 
-    summary = evaluation.summarize_files(reports, command=common.command_line())
+    summary = summarize_files(reports, command=common.command_line())
     if output not in (None, "-") or not table:
         _write_json(summary, output)
     if table:
@@ -304,16 +306,12 @@ def _evaluate(model: str, features: str, *, output, table, all_metrics, splits_p
                 if all_metrics or metrics.is_headline(k)}
         width = max(len(k) for k in flat)
         click.echo("\n".join(f"{k.ljust(width)}  {v:.6g}" for k, v in flat.items()))
+    from aekit.evaluate.sections import registered
+
     rec = report["reconstruction"]
-    num = lambda v, f: "n/a" if v is None else format(v, f)  # noqa: E731  (NaN scores -> None)
-    msg = f"Done: {rec['count']} clips, mean MSE {num(rec['mse']['mean'], '.4g')} dB²"
-    if "anomaly" in report:
-        a = report["anomaly"]
-        msg += f", AUC {num(a['auc'], '.4f')}, pAUC {num(a['pauc'], '.4f')}"
-    if "dcase" in report:
-        msg += f", official score {num(report['dcase']['official_score'], '.4f')}"
-    if "probe" in report:
-        msg += f", probe accuracy {num(report['probe']['accuracy'], '.4f')}"
+    parts = [s.done(report[s.name]) for s in registered()  # each section's own summary
+             if s.done is not None and s.name in report]
+    msg = f"Done: {rec['count']} clips, " + ", ".join(parts)
     common.LOG.info("%s", msg)
 
 

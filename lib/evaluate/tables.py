@@ -31,7 +31,6 @@ mean over it is ``None`` too.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -40,11 +39,9 @@ from pathlib import Path
 from typing import Sequence
 
 from aekit.evaluate.dcase import PROTOCOLS, _amean, _hmean
+from aekit.evaluate.sections import KNOWN_VERSIONS, REPORT_FORMAT  # noqa: F401  (the format read)
 from aekit.errors import InputError, preview
 
-#: The ae-eval report format this reads, and the format versions it knows.
-REPORT_FORMAT = "aekit-eval"
-KNOWN_VERSIONS = (1,)
 SHAPE_2020 = "dcase2020"
 
 _TITLES = {"auc": "AUC", "pauc": "pAUC", "auc_source": "AUC (source)",
@@ -112,23 +109,10 @@ def default_label(path: str, report: dict) -> str:
 
 def load_report(path: str) -> dict:
     """One ae-eval report ('-' = stdin); InputError for anything else or a version this aekit
-    does not know."""
-    from aekit.system.fileio import read_text_input
+    does not know (:func:`aekit.evaluate.reports.load_reports`)."""
+    from aekit.evaluate.reports import load_reports
 
-    text = read_text_input(path)
-    try:
-        rep = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{path}: not JSON ({exc.msg} at line {exc.lineno})") from None
-    except RecursionError:
-        raise InputError(f"{path}: JSON nested too deeply; not an ae-eval report") from None
-    if not isinstance(rep, dict) or rep.get("format") != REPORT_FORMAT:
-        raise InputError(f"{path}: not an ae-eval report (expected \"format\": \"{REPORT_FORMAT}\")")
-    version = rep.get("format_version")
-    if type(version) is not int or version not in KNOWN_VERSIONS:
-        raise InputError(f"{path}: ae-eval report format_version {version!r} is not known to "
-                         f"this aekit (it reads {', '.join(map(str, KNOWN_VERSIONS))})")
-    return rep
+    return load_reports([path], check_version=True)[0]
 
 
 def _num(v, where: str) -> float | None:
