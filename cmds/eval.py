@@ -249,6 +249,7 @@ def _evaluate(model: str, features: str, *, output, table, all_metrics, splits_p
 
     from aekit.evaluate import evaluation
     from aekit.evaluate import metrics
+    from aekit.system.csvout import write_frame
     from aekit.system.device import resolve_device
     from aekit.system.fileio import atomic_dir, check_regular_file, open_output
 
@@ -295,10 +296,10 @@ def _evaluate(model: str, features: str, *, output, table, all_metrics, splits_p
         from aekit.evaluate.dcase import result_table
 
         with open_output(result_csv) as fh:
-            result_table(report["dcase"]).to_csv(fh, index=False, float_format="%.6f")
+            write_frame(result_table(report["dcase"]), fh, float_format="%.6f")
     if scores_path:
         with open_output(scores_path) as fh:
-            per_clip.to_csv(fh, index=False, float_format="%.6g")
+            write_frame(per_clip, fh, float_format="%.6g")
     if output not in (None, "-") or not table:
         _write_json(report, output)
     if table:
