@@ -361,4 +361,4 @@ def test_fold_defaults_to_the_models_and_a_different_fold_is_refused(data):
     r = run(d / "m1.safetensors", d / "f.h5", "--splits", d / "splits.csv", "--split", "val",
             "--fold", "2")
     assert r.exit_code == 2
-    assert "trained with --fold 1" in one_error_line(r)
+    assert "--fold: the model was trained with fold 1" in one_error_line(r)

@@ -105,7 +105,7 @@ def threshold(model, score: str) -> dict:
 
     if not has_threshold(model, "mahalanobis"):
         raise InputError(f"{name} stores no per-clip Mahalanobis training scores: no "
-                         "Mahalanobis threshold; use --score mse (its MSE threshold) or give "
+                         "Mahalanobis threshold; use the mse score (its MSE threshold) or give "
                          "the threshold as a number")
     values = member_stats(model, "mahalanobis")["values"]  # every field checked
     fitted = fit_threshold(values)

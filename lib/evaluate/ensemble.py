@@ -141,11 +141,11 @@ class Ensemble:
             if s["values"] is None:
                 raise InputError(f"{self.names[k]}: stores no per-clip training scores (more "
                                  f"than {MAX_VALUES:,} training clips): the ensemble has no "
-                                 "threshold; give --threshold a number")
+                                 "threshold; give the threshold as a number")
             if s["ids_sha256"] != st[0]["ids_sha256"]:
                 raise InputError(f"{self.names[k]} was trained on other clips than "
                                  f"{self.names[0]}: the ensemble has no threshold of its own; "
-                                 "give --threshold a number")
+                                 "give the threshold as a number")
         z = combine([s["values"] for s in st], [(s["mean"], s["std"]) for s in st])
         return {"method": "empirical", "quantile": quantile, "n": int(z.size),
                 "value": float(np.quantile(z, quantile))}

@@ -26,7 +26,7 @@ def make_plots(model, ff, rows: np.ndarray, sc: Scores,
     if opts.history:
         made["loss"] = str(plots.plot_loss_curves(opts.history, out_dir / "loss.png"))
     else:
-        LOG.warning("no training history in the model (and no --log): loss curves not plotted")
+        LOG.warning("no training history in the model (and no training log given): loss curves not plotted")
     k = max(1, min(opts.plot_clips, rows.size))
     order = np.argsort(sc.mse, kind="stable")
     ids = ff.ids

@@ -240,11 +240,12 @@ def fold_for(lm, splits, fold: int | None) -> int | None:
     if splits is None or trained is None:
         return fold
     if fold is None:
-        LOG.info("--fold %d: the fold the model was trained with", trained)
+        LOG.info("fold %d: the fold the model was trained with", trained)
         return int(trained)
     if fold != trained:
-        raise InputError(f"the model was trained with --fold {trained} (its validation rows are "
-                         f"fold {trained}); --fold {fold} would evaluate rows it trained on")
+        raise InputError(f"the model was trained with fold {trained} (its validation rows are "
+                         f"fold {trained}); fold {fold} would evaluate rows it trained on",
+                         param="fold")
     return fold
 
 
@@ -319,15 +320,15 @@ def evaluate_file(model_path: str | os.PathLike, features_path: str | os.PathLik
             members = [lm]
             for path in ensemble:
                 if str(path) == "-":
-                    raise InputError("--ensemble takes model file paths, not '-'")
+                    raise InputError("takes model file paths, not '-'", param="ensemble")
                 m = load_model(path, device=device)
                 check_compatible(m, ff, str(path))
                 try:
                     same = fold_for(m, splits, fold) == fold
                 except InputError as exc:
-                    raise InputError(f"{path}: {exc}") from None
+                    raise InputError(f"{path}: {exc.message}", param=exc.param) from None
                 if not same:
-                    raise InputError(f"{path}: trained with --fold {m.info.get('fold')}, "
+                    raise InputError(f"{path}: trained with fold {m.info.get('fold')}, "
                                      f"{lm.path} without: evaluate them on the same fold")
                 members.append(m)
             opts = replace(opts, ensemble=Ensemble(members))

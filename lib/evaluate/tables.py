@@ -192,9 +192,9 @@ def report_rows(path: str, rep: dict) -> tuple[tuple, dict]:
         return _rows_dcase(path, rep)
     if isinstance(rep.get("anomaly"), dict) and rep["anomaly"].get("groups") is not None:
         return _rows_2020(path, rep)
-    raise InputError(f"{path}: no per-machine numbers: make the report with ae-eval "
-                     "--anomaly-column COL --group-by machine (DCASE 2020) or --protocol "
-                     "dcaseYYYY (2021-2025)")
+    raise InputError(f"{path}: no per-machine numbers: make the report with ae-eval's anomaly "
+                     "column grouped by machine (DCASE 2020) or a dcaseYYYY protocol "
+                     "(2021-2025)")
 
 
 # --------------------------------------------------------------------------- the table
@@ -280,8 +280,7 @@ def _key_title(protocol: str) -> str:
 
 
 def _proto_name(p: tuple) -> str:
-    name = ("DCASE 2020 (per machine id, --group-by)" if p[0] == SHAPE_2020
-            else f"{p[0]} (--protocol)")
+    name = ("DCASE 2020 (per machine id)" if p[0] == SHAPE_2020 else f"{p[0]} (protocol)")
     return f"{name} with max_fpr {p[1]:g}"
 
 

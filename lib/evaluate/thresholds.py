@@ -66,7 +66,7 @@ def stored_threshold(model: "LoadedModel | str | os.PathLike") -> float:
     name = str(model.path) if model.path else "the model"
     if not isinstance(t, dict) or t.get("value") is None:
         raise InputError(f"{name} stores no threshold (trained before ae-train stored one); "
-                         "give --threshold a number, or retrain")
+                         "give the threshold as a number, or retrain")
     v = t["value"]
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
         raise InputError(f"{name}: its stored threshold {v!r} is not a finite number")

@@ -80,7 +80,7 @@ def member_stats(model, score: str) -> dict:
     e = scorers.get(score)
     if e is None:
         raise InputError(f"{name}: stores no training statistics of the {score} score "
-                         + ("(no Mahalanobis statistics); use --score mse, or retrain"
+                         + ("(no Mahalanobis statistics); use the mse score, or retrain"
                             if score == "mahalanobis" else "; retrain it with this aekit"))
     if not isinstance(e, dict) or not _num(e.get("mean")) or not _num(e.get("std")):
         raise InputError(f"{bad}.scorers.{score}: mean and std must be finite numbers")
@@ -88,7 +88,7 @@ def member_stats(model, score: str) -> dict:
         raise InputError(f"{name}: its stored Mahalanobis training distances are in-sample "
                          "(written by an earlier aekit; far below a new clip's): no "
                          "Mahalanobis threshold or ensemble from them; retrain it, use "
-                         "--score mse, or give the threshold as a number")
+                         "the mse score, or give the threshold as a number")
     mean, std = float(e["mean"]), float(e["std"])
     if std <= 0:
         raise InputError(f"{name}: its training {score} scores have no spread (std {std:g}): "
