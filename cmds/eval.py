@@ -196,7 +196,7 @@ def _summarize(reports: tuple[str, ...], output: str | None, table: bool,
               show_default=True, help="Upper FPR bound p of the partial AUC (DCASE: 0.1).")
 @click.option("--scores", "scores_path", type=common.OutputPath(dir_okay=False, allow_dash=True),
               default=None, help="Write per-clip scores CSV (id,split,mse,mae,+labels).")
-@click.option("--submission", "submission_dir", type=common.OutputPath(file_okay=False),
+@click.option("--submission", "submission", type=common.OutputPath(file_okay=False),
               default=None,
               help="Write the challenge's anomaly_score_<type>_section_<sec>_test.csv and "
                    "decision_result_..._test.csv files into DIR (needs --labels with the "
@@ -223,7 +223,7 @@ def cli(inputs, summarize: bool, table: bool, all_metrics: bool, output: str | N
                       "--labels": "labels_path", "--where": "where",
                       "--anomaly-column": "anomaly_column",
                       "--group-by": "group_by", "--probe-column": "probe_column",
-                      "--protocol": "protocol", "--submission": "submission_dir",
+                      "--protocol": "protocol", "--submission": "submission",
                       "--result-csv": "result_csv",
                       "--scores": "scores_path", "--plots": "plots_dir", "--log": "log_path"}
         used = [flag for flag, name in model_only.items() if opts[name] is not None]
@@ -243,7 +243,7 @@ def _evaluate(model: str, features: str, *, output, table, all_metrics, splits_p
               fold, labels_path, where, anomaly_column, group_by, probe_column, score_name, max_fpr,
               scores_path, plots_dir, log_path, batch_size, seed, device, protocol=None,
               type_column="machine_type", section_column="section",
-              domain_column="domain", submission_dir=None, result_csv=None,
+              domain_column="domain", submission=None, result_csv=None,
               ensemble=()) -> None:
     from contextlib import nullcontext
 
@@ -252,6 +252,8 @@ def _evaluate(model: str, features: str, *, output, table, all_metrics, splits_p
     from aekit.system.csvout import write_frame
     from aekit.system.device import resolve_device
     from aekit.system.fileio import atomic_dir, check_regular_file, open_output
+
+    submission_dir = submission  # the directory (named as the library's error param)
 
     if result_csv and not protocol:
         common.fail_usage("--result-csv needs --protocol")

@@ -156,3 +156,22 @@ def test_register_refuses_a_taken_name():
         sections.register(sections.MetricSection(name="anomaly", compute=lambda ctx: {}))
     assert [s.name for s in sections.registered()] == ["reconstruction", "anomaly", "dcase",
                                                        "probe"]
+
+
+def test_option_errors_name_the_parameter_and_the_command_its_flag(tmp_path):
+    from aekit.errors import InputError
+    from aekit.evaluate.evaluation import EvalOptions, evaluate_file
+
+    _dataset(tmp_path)
+    with pytest.raises(InputError) as e:  # a notebook user is told the parameter
+        evaluate_file(tmp_path / "m.safetensors", tmp_path / "f.h5",
+                      EvalOptions(submission=True, score="mse"))
+    assert str(e.value) == ("submission: needs a label file with the machine type and "
+                            "section columns")
+    for args, flag in ((["--submission", tmp_path / "sub"], "--submission"),
+                       (["--anomaly-column", "anomaly"], "--anomaly-column"),
+                       (["--probe-column", "machine", "--labels", tmp_path / "labels.csv"],
+                        "--probe-column")):
+        r = invoke(cli, [tmp_path / "m.safetensors", tmp_path / "f.h5", *args],
+                   prog_name="ae-eval")
+        assert one_error_line(r).startswith(f"ae-eval: error: {flag}: needs a ")

@@ -56,7 +56,8 @@ class MetricSection:
 
     def wanted(self, opts) -> bool:
         """Whether the evaluation options ask for this section."""
-        return all(getattr(opts, n, None) not in (None, False) for n in self.needs)
+        values = [getattr(opts, n, None) for n in self.needs]
+        return all(v is not None and v is not False for v in values)
 
 
 #: The registered sections, in report order: "module:ATTRIBUTE" of each MetricSection.
