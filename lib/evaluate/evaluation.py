@@ -151,22 +151,9 @@ def evaluate(model: LoadedModel, ff: FeatureFile, rows: np.ndarray, split_names:
     ctx.score = {"mse": sc.mse, "mae": sc.mae, "mahalanobis": sc.mahalanobis}[opts.score]
     ctx.score_name = opts.score
     ensemble = None
-    if ens is not None:  # each member's scores, standardized and averaged (aekit.evaluate.ensemble)
-        member_scores = [ctx.score]
-        for m in ens.members[1:]:
-            ms = score_rows(m, ff, rows, batch_size, device,
-                            mahalanobis=opts.score == "mahalanobis")
-            member_scores.append({"mse": ms.mse, "mae": ms.mae,
-                                  "mahalanobis": ms.mahalanobis}[opts.score])
-        ctx.score = ens.combine(member_scores, opts.score)
-        ctx.score_name = f"ensemble_z({opts.score})"
+    if ens is not None:
+        ensemble = _ensemble_scores(ctx)
         table["ensemble_z"] = ctx.score
-        ensemble = ens.describe(opts.score)
-        try:
-            ctx.ensemble_threshold = ens.threshold(opts.score)
-        except InputError as exc:
-            LOG.warning("no ensemble threshold, no decisions: %s", exc)
-        ensemble["threshold"] = ctx.ensemble_threshold
     report = ctx.report
     for section in wanted:
         report[section.name] = section.compute(ctx)
@@ -182,6 +169,27 @@ def evaluate(model: LoadedModel, ff: FeatureFile, rows: np.ndarray, split_names:
         report["plots"] = make_plots(model, ff, rows, sc, ctx.score, opts, ctx.labels,
                                      split_names, device)
     return report, table
+
+
+def _ensemble_scores(ctx: EvalContext) -> dict:
+    """Each member's scores, standardized and averaged (aekit.evaluate.ensemble) into
+    ``ctx.score``; returns the report's ``ensemble`` section."""
+    opts, ens = ctx.opts, ctx.opts.ensemble
+    member_scores = [ctx.score]
+    for m in ens.members[1:]:
+        ms = score_rows(m, ctx.ff, ctx.rows, ctx.batch_size, ctx.device,
+                        mahalanobis=opts.score == "mahalanobis")
+        member_scores.append({"mse": ms.mse, "mae": ms.mae,
+                              "mahalanobis": ms.mahalanobis}[opts.score])
+    ctx.score = ens.combine(member_scores, opts.score)
+    ctx.score_name = f"ensemble_z({opts.score})"
+    section = ens.describe(opts.score)
+    try:
+        ctx.ensemble_threshold = ens.threshold(opts.score)
+    except InputError as exc:
+        LOG.warning("no ensemble threshold, no decisions: %s", exc)
+    section["threshold"] = ctx.ensemble_threshold
+    return section
 
 
 def _check_options(model, opts: EvalOptions) -> None:
