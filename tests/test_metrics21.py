@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from aekit.cmds.eval import cli
+from aekit.cmds.table import cli as table_cli
 from aekit.evaluate import sections
 from conftest import PARAMS, SHAPE, invoke, one_error_line
 
@@ -34,16 +35,25 @@ def check(ctx):
     ctx.labels.extra["machines"] = ctx.labels.table.loc[ctx.ids, "machine"].to_numpy()
 
 
+def _gap(y, s):
+    return float(s[y == 1].mean() - s[y == 0].mean())
+
+
 def compute(ctx):
-    y, s = ctx.labels.anomaly, ctx.score
-    return {"count": int(y.size), "weight": 2.5,
-            "machines": len(set(ctx.labels.extra["machines"])),
-            "gap": float(s[y == 1].mean() - s[y == 0].mean())}
+    y, s, m = ctx.labels.anomaly, ctx.score, ctx.labels.extra["machines"]
+    return {"count": int(y.size), "weight": 2.5, "machines": len(set(m)),
+            "gap": _gap(y, s),
+            "per_machine": {k: _gap(y[m == k], s[m == k]) for k in sorted(set(m))}}
+
+
+def table(section, file_type):
+    return {(file_type or "all", k): {"gap": v} for k, v in section["per_machine"].items()}
 
 
 SECTION = MetricSection(name="gap", compute=compute, check=check, needs=("anomaly_column",),
                         settings=frozenset({"weight"}), schema="{count, weight, machines, gap}",
-                        done=lambda s: f"gap {s['gap']:.3f}")
+                        done=lambda s: f"gap {s['gap']:.3f}", table=table,
+                        table_key="machine")
 '''
 
 
@@ -124,6 +134,30 @@ def test_new_section_in_report_summary_and_table(gap_metric):
                                 f"{min(want, gap2):.4g}", f"{max(want, gap2):.4g}", "2"]
     assert sections.report_schema().splitlines()[-1].split() == [
         "gap", "{count,", "weight,", "machines,", "gap}"]
+
+    # ae-table --section gap: the entry's rows per machine type and key, the means
+    machine = np.array(["fan", "pump"])[np.arange(N) % 2]
+    per = {k: float(mse[(anomaly == 1) & (machine == k)].mean()
+                    - mse[(anomaly == 0) & (machine == k)].mean()) for k in ("fan", "pump")}
+    assert json.loads((d / "r1.json").read_text())["gap"]["per_machine"] == \
+        pytest.approx(per, rel=1e-5)
+    got_per = json.loads((d / "r1.json").read_text())["gap"]["per_machine"]
+    for name in ("m1.fan.json", "m2.fan.json"):  # LABEL.TYPE.json: two models on type fan
+        (d / name).write_text((d / "r1.json").read_text())
+    tb = invoke(table_cli, ["--section", "gap", "--format", "csv", d / "m1.fan.json",
+                            d / "m2.fan.json"], prog_name="ae-table")
+    assert tb.exit_code == 0, tb.stderr
+    got = [line.split(",") for line in tb.stdout.splitlines()]
+    mean = (got_per["fan"] + got_per["pump"]) / 2
+    assert got == [["machine type", "machine", "m1 gap", "m2 gap"],
+                   ["fan", "fan", repr(got_per["fan"]), repr(got_per["fan"])],
+                   ["fan", "pump", repr(got_per["pump"]), repr(got_per["pump"])],
+                   ["fan", "mean", repr(mean), repr(mean)],
+                   ["all types", "arithmetic mean", repr(mean), repr(mean)]]
+    bad = invoke(table_cli, ["--section", "nope", d / "m1.fan.json"], prog_name="ae-table")
+    assert one_error_line(bad).startswith("ae-table: error: --section: no metric section "
+                                          "'nope' with table rows is registered (those with: "
+                                          "gap)")
 
 
 def test_new_section_checks_its_labels_before_any_forward_pass(gap_metric, monkeypatch):

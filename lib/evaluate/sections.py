@@ -13,7 +13,10 @@ An entry (:class:`MetricSection`) owns everything about its section:
   ``settings`` (numeric keys that are settings, not results: never averaged), ``detail``
   (last key parts that ``--table`` leaves out unless ``--all-metrics``), ``schema`` (one
   line describing it), ``done`` (its part of ae-eval's closing log line); ``codes``: whether
-  ``compute`` needs the codes z of the evaluated clips (``ctx.scores.latents``).
+  ``compute`` needs the codes z of the evaluated clips (``ctx.scores.latents``);
+  ``table(section, file_type) -> {(machine type, key): {column: value}}`` (optional): how
+  ``ae-table --section NAME`` shows it, one row per machine type and key (titled
+  ``table_key``); ``file_type`` is TYPE of a report file named LABEL.TYPE.json, else None.
 
 The registry is :data:`MODULES`, ``"module:ATTRIBUTE"`` names imported when first needed (so
 listing the sections imports no torch); :func:`register` adds an entry from a notebook.
@@ -53,6 +56,8 @@ class MetricSection:
     schema: str = ""
     done: Callable[[dict], str] | None = None
     codes: bool = False
+    table: Callable[[dict, str | None], dict] | None = None
+    table_key: str = "id"
 
     def wanted(self, opts) -> bool:
         """Whether the evaluation options ask for this section."""
