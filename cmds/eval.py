@@ -8,31 +8,14 @@ the registry ``aekit.evaluate.sections``; ``report_schema()`` lists them with th
     model       {path, sha256, arch, latent, input_shape}
     features    {path, sha256, count}            count = clips in the file
     selection   {splits, splits_sha256, split, fold}
-    reconstruction {count, mse: S, mae: S, per_split: {NAME: {count, mse: S, mae: S}}}
-                S = {count, mean, std, min, p5, p25, median, p75, p95, max}; mse in dB^2, mae in dB;
-                per_split only when the rows span several of train / val / test
-    anomaly     {column, score, pauc_definition, group_by, count, normal, anomalous, max_fpr,
-                 auc, pauc (official DCASE: scikit-learn roc_auc_score(max_fpr=...), McClish),
-                 pauc_raw (area for FPR <= max_fpr, / max_fpr; not standardized),
-                 groups: {NAME: {count, normal, anomalous, auc, pauc, pauc_raw}},
-                 group_mean: {auc_arithmetic, pauc_arithmetic, auc_harmonic, pauc_harmonic,
-                              pauc_raw_arithmetic, pauc_raw_harmonic},
-                 threshold: {method, value, tp, fp, fn, tn, precision, recall, f1,
-                             per_domain: {source|target: {...}} (with --protocol)}}
-    dcase       (--protocol) {score, type_column, section_column, domain_column, decisions,
-                 protocol, max_fpr, count, normal, anomalous,
-                 machine_types: {TYPE: {sections: {SEC: M}, arithmetic_mean: M + auc,
-                                        harmonic_mean: M + auc, official_score}},
-                 arithmetic_mean, harmonic_mean, official_score, official_score_definition}
-                M (2022-2025) = {count, auc_source, auc_target, pauc, [precision_source,
-                 precision_target, recall_*, f1_*]}; (2021) auc_/pauc_ source and target
+    reconstruction, anomaly (--anomaly-column), dcase (--protocol), probe (--probe-column),
+                and any other registered metric section: each entry's schema, in report
+                order, is ``aekit.evaluate.sections.report_schema()``
     ensemble    (--ensemble) {score, combination, column: "ensemble_z",
                  members: [{path, sha256, arch, train_mean, train_std, train_n}],
                  threshold: {method, quantile, n, value} | null}; anomaly.score, dcase.score
                  are then "ensemble_z(SCORE)"
     submission  (--submission DIR) {files: [NAME], score, decisions}
-    probe       {column, model, train_count, count, classes, accuracy, macro_f1,
-                 majority_accuracy, converged}
     plots       {loss, spectrograms_best, spectrograms_worst, scores, roc: PATH}
 
 The summary (``ae-eval --summarize``)::

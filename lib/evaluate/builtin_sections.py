@@ -25,8 +25,9 @@ def _reconstruction(ctx) -> dict:
 
 RECONSTRUCTION = MetricSection(
     name="reconstruction", compute=_reconstruction,
-    schema="{count, mse: S, mae: S, per_split: {NAME: {count, mse: S, mae: S}}}; S = {count, "
-           "mean, std, min, p5, p25, median, p75, p95, max}; mse in dB^2, mae in dB",
+    schema="{count, mse: S, mae: S, per_split: {NAME: {count, mse: S, mae: S}}}\n"
+           "  S = {count, mean, std, min, p5, p25, median, p75, p95, max}; mse in dB^2, mae in "
+           "dB;\n  per_split only when the rows span several of train / val / test",
     done=lambda s: "mean MSE " + ("n/a" if s["mse"]["mean"] is None
                                   else f"{s['mse']['mean']:.4g}") + " dB²")
 
@@ -92,10 +93,14 @@ def _num(v, fmt: str = ".4f") -> str:
 ANOMALY = MetricSection(
     name="anomaly", compute=_anomaly, check=_check_anomaly, needs=("anomaly_column",),
     settings=frozenset({"max_fpr"}),
-    schema="{column, score, pauc_definition, group_by, count, normal, anomalous, max_fpr, auc, "
-           "pauc (official, McClish), pauc_raw, groups: {NAME: {count, normal, anomalous, auc, "
-           "pauc, pauc_raw}}, group_mean: {...}, threshold: {method, value, tp, fp, fn, tn, "
-           "precision, recall, f1, per_domain}}",
+    schema="{column, score, pauc_definition, group_by, count, normal, anomalous, max_fpr,\n"
+           "  auc, pauc (official DCASE: scikit-learn roc_auc_score(max_fpr=...), McClish),\n"
+           "  pauc_raw (area for FPR <= max_fpr, / max_fpr; not standardized),\n"
+           "  groups: {NAME: {count, normal, anomalous, auc, pauc, pauc_raw}},\n"
+           "  group_mean: {auc_arithmetic, pauc_arithmetic, auc_harmonic, pauc_harmonic,\n"
+           "               pauc_raw_arithmetic, pauc_raw_harmonic},\n"
+           "  threshold: {method, value, tp, fp, fn, tn, precision, recall, f1,\n"
+           "              per_domain: {source|target: {...}} (with a protocol)}}",
     done=lambda s: f"AUC {_num(s['auc'])}, pAUC {_num(s['pauc'])}")
 
 
@@ -137,9 +142,12 @@ def _dcase(ctx) -> dict:
 DCASE = MetricSection(
     name="dcase", compute=_dcase, check=_check_dcase, needs=("anomaly_column", "protocol"),
     settings=frozenset({"max_fpr", "protocol"}),
-    schema="{score, type_column, section_column, domain_column, decisions, protocol, max_fpr, "
-           "count, normal, anomalous, machine_types: {TYPE: {sections: {SEC: M}, ...}}, "
-           "arithmetic_mean, harmonic_mean, official_score, official_score_definition}",
+    schema="{score, type_column, section_column, domain_column, decisions, protocol, max_fpr,\n"
+           "  count, normal, anomalous, machine_types: {TYPE: {sections: {SEC: M},\n"
+           "  arithmetic_mean: M + auc, harmonic_mean: M + auc, official_score}},\n"
+           "  arithmetic_mean, harmonic_mean, official_score, official_score_definition}\n"
+           "  M (2022-2025) = {count, auc_source, auc_target, pauc, [precision_source,\n"
+           "  precision_target, recall_*, f1_*]}; (2021) auc_/pauc_ source and target",
     done=lambda s: f"official score {_num(s['official_score'])}")
 
 
