@@ -1,36 +1,21 @@
 """ae-eval: reconstruction scores, anomaly AUC/pAUC, a linear probe, plots, and the K-fold verdict.
 
-The report (``ae-eval MODEL FEATURES``), JSON, sections present only when asked for::
+The report (``ae-eval MODEL FEATURES``), JSON, sections present only when asked for (the
+metric sections -- reconstruction, anomaly, dcase, probe and any other -- are the entries of
+the registry ``aekit.evaluate.sections``; ``report_schema()`` lists them with their schema)::
 
     format "aekit-eval", format_version 1, aekit_version, command
     model       {path, sha256, arch, latent, input_shape}
     features    {path, sha256, count}            count = clips in the file
     selection   {splits, splits_sha256, split, fold}
-    reconstruction {count, mse: S, mae: S, per_split: {NAME: {count, mse: S, mae: S}}}
-                S = {count, mean, std, min, p5, p25, median, p75, p95, max}; mse in dB^2, mae in dB;
-                per_split only when the rows span several of train / val / test
-    anomaly     {column, score, pauc_definition, group_by, count, normal, anomalous, max_fpr,
-                 auc, pauc (official DCASE: scikit-learn roc_auc_score(max_fpr=...), McClish),
-                 pauc_raw (area for FPR <= max_fpr, / max_fpr; not standardized),
-                 groups: {NAME: {count, normal, anomalous, auc, pauc, pauc_raw}},
-                 group_mean: {auc_arithmetic, pauc_arithmetic, auc_harmonic, pauc_harmonic,
-                              pauc_raw_arithmetic, pauc_raw_harmonic},
-                 threshold: {method, value, tp, fp, fn, tn, precision, recall, f1,
-                             per_domain: {source|target: {...}} (with --protocol)}}
-    dcase       (--protocol) {score, type_column, section_column, domain_column, decisions,
-                 protocol, max_fpr, count, normal, anomalous,
-                 machine_types: {TYPE: {sections: {SEC: M}, arithmetic_mean: M + auc,
-                                        harmonic_mean: M + auc, official_score}},
-                 arithmetic_mean, harmonic_mean, official_score, official_score_definition}
-                M (2022-2025) = {count, auc_source, auc_target, pauc, [precision_source,
-                 precision_target, recall_*, f1_*]}; (2021) auc_/pauc_ source and target
+    reconstruction, anomaly (--anomaly-column), dcase (--protocol), probe (--probe-column),
+                and any other registered metric section: each entry's schema, in report
+                order, is ``aekit.evaluate.sections.report_schema()``
     ensemble    (--ensemble) {score, combination, column: "ensemble_z",
                  members: [{path, sha256, arch, train_mean, train_std, train_n}],
                  threshold: {method, quantile, n, value} | null}; anomaly.score, dcase.score
                  are then "ensemble_z(SCORE)"
     submission  (--submission DIR) {files: [NAME], score, decisions}
-    probe       {column, model, train_count, count, classes, accuracy, macro_f1,
-                 majority_accuracy, converged}
     plots       {loss, spectrograms_best, spectrograms_worst, scores, roc: PATH}
 
 The summary (``ae-eval --summarize``)::
@@ -135,10 +120,10 @@ def _write_json(obj: dict, output: str | None) -> None:
 
 def _summarize(reports: tuple[str, ...], output: str | None, table: bool,
                all_metrics: bool) -> None:
-    from aekit.evaluate import evaluation
     from aekit.evaluate import metrics
+    from aekit.evaluate.reports import summarize_files
 
-    summary = evaluation.summarize_files(reports, command=common.command_line())
+    summary = summarize_files(reports, command=common.command_line())
     if output not in (None, "-") or not table:
         _write_json(summary, output)
     if table:
@@ -194,7 +179,7 @@ def _summarize(reports: tuple[str, ...], output: str | None, table: bool,
               show_default=True, help="Upper FPR bound p of the partial AUC (DCASE: 0.1).")
 @click.option("--scores", "scores_path", type=common.OutputPath(dir_okay=False, allow_dash=True),
               default=None, help="Write per-clip scores CSV (id,split,mse,mae,+labels).")
-@click.option("--submission", "submission_dir", type=common.OutputPath(file_okay=False),
+@click.option("--submission", "submission", type=common.OutputPath(file_okay=False),
               default=None,
               help="Write the challenge's anomaly_score_<type>_section_<sec>_test.csv and "
                    "decision_result_..._test.csv files into DIR (needs --labels with the "
@@ -221,7 +206,7 @@ def cli(inputs, summarize: bool, table: bool, all_metrics: bool, output: str | N
                       "--labels": "labels_path", "--where": "where",
                       "--anomaly-column": "anomaly_column",
                       "--group-by": "group_by", "--probe-column": "probe_column",
-                      "--protocol": "protocol", "--submission": "submission_dir",
+                      "--protocol": "protocol", "--submission": "submission",
                       "--result-csv": "result_csv",
                       "--scores": "scores_path", "--plots": "plots_dir", "--log": "log_path"}
         used = [flag for flag, name in model_only.items() if opts[name] is not None]
@@ -241,14 +226,17 @@ def _evaluate(model: str, features: str, *, output, table, all_metrics, splits_p
               fold, labels_path, where, anomaly_column, group_by, probe_column, score_name, max_fpr,
               scores_path, plots_dir, log_path, batch_size, seed, device, protocol=None,
               type_column="machine_type", section_column="section",
-              domain_column="domain", submission_dir=None, result_csv=None,
+              domain_column="domain", submission=None, result_csv=None,
               ensemble=()) -> None:
     from contextlib import nullcontext
 
     from aekit.evaluate import evaluation
     from aekit.evaluate import metrics
+    from aekit.system.csvout import write_frame
     from aekit.system.device import resolve_device
     from aekit.system.fileio import atomic_dir, check_regular_file, open_output
+
+    submission_dir = submission  # the directory (named as the library's error param)
 
     if result_csv and not protocol:
         common.fail_usage("--result-csv needs --protocol")
@@ -293,10 +281,10 @@ def _evaluate(model: str, features: str, *, output, table, all_metrics, splits_p
         from aekit.evaluate.dcase import result_table
 
         with open_output(result_csv) as fh:
-            result_table(report["dcase"]).to_csv(fh, index=False, float_format="%.6f")
+            write_frame(result_table(report["dcase"]), fh, float_format="%.6f")
     if scores_path:
         with open_output(scores_path) as fh:
-            per_clip.to_csv(fh, index=False, float_format="%.6g")
+            write_frame(per_clip, fh, float_format="%.6g")
     if output not in (None, "-") or not table:
         _write_json(report, output)
     if table:
@@ -304,16 +292,12 @@ def _evaluate(model: str, features: str, *, output, table, all_metrics, splits_p
                 if all_metrics or metrics.is_headline(k)}
         width = max(len(k) for k in flat)
         click.echo("\n".join(f"{k.ljust(width)}  {v:.6g}" for k, v in flat.items()))
+    from aekit.evaluate.sections import registered
+
     rec = report["reconstruction"]
-    num = lambda v, f: "n/a" if v is None else format(v, f)  # noqa: E731  (NaN scores -> None)
-    msg = f"Done: {rec['count']} clips, mean MSE {num(rec['mse']['mean'], '.4g')} dB²"
-    if "anomaly" in report:
-        a = report["anomaly"]
-        msg += f", AUC {num(a['auc'], '.4f')}, pAUC {num(a['pauc'], '.4f')}"
-    if "dcase" in report:
-        msg += f", official score {num(report['dcase']['official_score'], '.4f')}"
-    if "probe" in report:
-        msg += f", probe accuracy {num(report['probe']['accuracy'], '.4f')}"
+    parts = [s.done(report[s.name]) for s in registered()  # each section's own summary
+             if s.done is not None and s.name in report]
+    msg = f"Done: {rec['count']} clips, " + ", ".join(parts)
     common.LOG.info("%s", msg)
 
 

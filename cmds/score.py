@@ -98,9 +98,11 @@ def cli(model_path, inputs, output, threshold, score_name, ensemble, jobs, batch
         max_fail_frac, root, device):
     from aekit.audio.decode import common_root, discover, make_ids
     from aekit.system.device import resolve_device
-    from aekit.errors import DataError, InputError
+    from aekit.errors import InputError
     from aekit.audio.featurize import available_cpus
-    from aekit.system.fileio import open_output, text_name
+    from aekit.system.csvout import csv_line
+    from aekit.system.failpolicy import FailPolicy
+    from aekit.system.fileio import open_output
     from aekit.models.modelfile import load_model
     from aekit.evaluate.autoscore import resolve_logged
     from aekit.evaluate.autoscore import threshold as score_threshold
@@ -148,7 +150,8 @@ def cli(model_path, inputs, output, threshold, score_name, ensemble, jobs, batch
 
     header = (["id", "path", "ensemble_z" if ensemble else "score"]  # a z-score: not dB^2
               + (["decision"] if threshold is not None else []) + ["scorer"])
-    failed = scored = 0
+    policy = FailPolicy(on_error, max_fail_frac)  # aekit.system.failpolicy, as ae-featurize's
+    scored = 0
     with common.progress(None if stream else len(paths), "score", unit="files") as advance, \
             open_output(output) as fh:
         records = score_files(model, paths, ids, jobs=jobs, batch_size=batch_size,
@@ -161,11 +164,9 @@ def cli(model_path, inputs, output, threshold, score_name, ensemble, jobs, batch
                         f"-o/--output {output} is the same file as input {rec.path}: refusing "
                         "to overwrite an input; choose another output", exit_code=2)
                 if last < 0:
-                    fh.write(",".join(header) + "\n")
+                    fh.write(csv_line(header))
                 if rec.error is not None:
-                    failed += 1
-                    if on_error == "fail":
-                        raise DataError(f"{rec.path}: {rec.error} (stopping: --on-error fail)")
+                    policy.failure(rec.path, rec.error)
                     LOG.warning("%s: %s (empty score)", rec.path, rec.error)
                     row = [rec.id, rec.path, ""] + ([""] if threshold is not None else [])
                     row.append(score_name)
@@ -178,7 +179,7 @@ def cli(model_path, inputs, output, threshold, score_name, ensemble, jobs, batch
                 if rec.index != last + 1:  # a bug, not bad data: never write rows out of order
                     raise RuntimeError("ae-score: rows out of input order")
                 last = rec.index
-                fh.write(",".join(_csv_field(text_name(v)) for v in row) + "\n")
+                fh.write(csv_line(row))
                 if fh is sys.stdout:
                     fh.flush()  # a reader sees each batch's rows as soon as they are scored
                 advance(1)
@@ -187,11 +188,8 @@ def cli(model_path, inputs, output, threshold, score_name, ensemble, jobs, batch
         total = last + 1
         if total == 0:
             raise InputError("no paths on stdin")
-        if total and failed / total > max_fail_frac:
-            raise DataError(f"{failed} of {total} inputs failed ({100 * failed / total:.1f}% > "
-                            f"--max-fail-frac {max_fail_frac:g})"
-                            + ("; no output written" if output not in (None, "-") else ""))
-    LOG.info("Done %d of %d (%d failed) -> %s", scored, total, failed,
+        policy.check(total, "; no output written" if output not in (None, "-") else "")
+    LOG.info("Done %d of %d (%d failed) -> %s", scored, total, policy.failed,
              "stdout" if output in (None, "-") else output)
 
 
@@ -214,12 +212,6 @@ def _same_file(st, path: str) -> bool:
         return os.path.samestat(st, os.stat(path))
     except (OSError, ValueError):
         return False
-
-
-def _csv_field(value: str) -> str:
-    if any(c in value for c in ',"\n\r'):
-        return '"' + value.replace('"', '""') + '"'
-    return value
 
 
 def main() -> None:

@@ -26,6 +26,10 @@ Reports of `ae-eval --protocol dcase2021..dcase2025`: AUC (source), AUC (target)
   (2021: AUC and pAUC per domain) per section; a type's mean over its sections and official
   score; arithmetic and harmonic means over all types and sections; the official score.
 
+--section NAME: the table of a metric section of the reports whose registry entry
+  (aekit.evaluate.sections) defines table rows: its rows, each type's mean over its keys,
+  the mean of the type means.
+
 Refused (exit 2): reports of different protocols or --max-fpr, models covering different
 machine types or ids/sections, two reports of one model on one type, a report of an unknown
 format version, a report without per-machine numbers.
@@ -45,9 +49,12 @@ See also: ae-eval (makes the reports; --result-csv: one report's per-section tab
               show_default=True,
               help="Markdown (3 decimals, n/a where not computable) or CSV (full precision, "
                    "empty cells there).")
+@click.option("--section", default=None, metavar="NAME",
+              help="The table of this metric section of the reports (a registered section "
+                   "that defines table rows) instead of the DCASE one.")
 @common.output_option(help="The table, written atomically; '-' or omitted: stdout.")
 @common.verbosity_options
-def cli(reports, fmt: str, output: str) -> None:
+def cli(reports, fmt: str, section: str | None, output: str) -> None:
     from aekit.evaluate import tables
 
     parsed = tables.parse_inputs(reports)
@@ -55,8 +62,10 @@ def cli(reports, fmt: str, output: str) -> None:
     if paths.count("-") > 1:
         common.fail_usage("'-' (stdin) can be given once")
     common.check_output_not_among(output, [p for p in paths if p != "-"])
+    if section is not None:
+        tables.table_entry(section)  # an unknown section: refused before reading
     table = tables.build_table([(label, path, tables.load_report(path))
-                                for label, path in parsed])
+                                for label, path in parsed], section)
     text = tables.to_csv(table) if fmt == "csv" else tables.to_markdown(table)
     from aekit.system.fileio import open_output
 

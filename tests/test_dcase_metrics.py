@@ -294,6 +294,6 @@ def test_ae_eval_protocol_report(tmp_path):
     assert "fan section 01 source: only normal clips" in one_error_line(r)
     r = run(tmp_path / "t.safetensors", tmp_path / "f.h5", "--labels", tmp_path / "dl.csv",
             "--protocol", "dcase2023")
-    assert r.exit_code == 2 and "--protocol needs --anomaly-column" in one_error_line(r)
+    assert r.exit_code == 2 and "--protocol: needs an anomaly column" in one_error_line(r)
     r = run(tmp_path / "t.safetensors", tmp_path / "f.h5", "--result-csv", tmp_path / "x.csv")
     assert r.exit_code == 2 and "--result-csv needs --protocol" in one_error_line(r)

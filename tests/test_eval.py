@@ -289,10 +289,10 @@ REFUSALS = {
     "no_column": (lambda lab, d: ["--labels", d / "labels.csv", "--anomaly-column", "nope"],
                   "column 'nope' not found"),
     "group_needs_anomaly": (lambda lab, d: ["--labels", d / "labels.csv", "--group-by", "machine"],
-                            "--group-by needs --anomaly-column"),
-    "column_needs_labels": (lambda lab, d: ANOMALY, "need --labels"),
+                            "--group-by: needs an anomaly column"),
+    "column_needs_labels": (lambda lab, d: ANOMALY, "--anomaly-column: needs a label file"),
     "probe_needs_splits": (lambda lab, d: ["--labels", d / "labels.csv", "--probe-column", "kind"],
-                           "needs --splits"),
+                           "--probe-column: needs a split file"),
     "probe_one_class": (lambda lab, d: ["--splits", d / "splits.csv", *VAL0,
                                         *_labels_where(lab, d, kind="same"),
                                         "--probe-column", "kind"],
@@ -361,4 +361,4 @@ def test_fold_defaults_to_the_models_and_a_different_fold_is_refused(data):
     r = run(d / "m1.safetensors", d / "f.h5", "--splits", d / "splits.csv", "--split", "val",
             "--fold", "2")
     assert r.exit_code == 2
-    assert "trained with --fold 1" in one_error_line(r)
+    assert "--fold: the model was trained with fold 1" in one_error_line(r)

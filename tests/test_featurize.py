@@ -115,7 +115,8 @@ def test_on_error_fail_stops_and_keeps_old_output(corpus, tmp_path):
     out.write_bytes(b"previous result")
     (corpus / "fan" / "aa_broken.wav").write_bytes(b"junk")
     r = run([str(corpus), "-o", str(out), *SMALL, "--on-error", "fail", "--max-fail-frac", "1"])
-    assert r.exit_code == 1 and "aa_broken.wav" in r.stderr and "--on-error fail" in r.stderr
+    assert r.exit_code == 1 and "aa_broken.wav" in r.stderr and "--on-error: " in r.stderr
+    assert "stopped at the first failed input" in r.stderr
     assert out.read_bytes() == b"previous result"
     assert list(tmp_path.glob(".f.h5*")) == []
 

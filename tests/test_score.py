@@ -232,7 +232,8 @@ def test_failures_stop_the_run_and_leave_no_file(audio, features, tmp_path):
     model = trained(features, "baseline")
     out = tmp_path / "s.csv"
     r = invoke("score", [model, audio, "-o", out, "--on-error", "fail"])
-    assert r.exit_code == 1 and "m05x.wav" in r.stderr and "--on-error fail" in r.stderr
+    assert r.exit_code == 1 and "m05x.wav" in r.stderr and "--on-error: " in r.stderr
+    assert "stopped at the first failed input" in r.stderr
     assert not out.exists()
     r = invoke("score", [model, audio, "-o", out])  # 1 of 12 failed > 5%
     assert r.exit_code == 1 and "1 of 12 inputs failed" in r.stderr and not out.exists()

@@ -27,6 +27,7 @@ from aekit.audio.decode import AudioError, ClipReader
 from aekit.errors import DataError, InputError
 from aekit.audio.features import MelFrontend, MelParams, check_mel_params
 from aekit.system.fileio import atomic_path
+from aekit.system.failpolicy import FailPolicy
 from aekit.data.store import PER_CLIP, FeatureWriter, inputs_fingerprint
 
 LOG = logging.getLogger("aekit")
@@ -214,10 +215,7 @@ def featurize(paths: Sequence[os.PathLike | str], ids: Sequence[str], output: os
         raise ValueError("paths and ids differ in length")
     if len(set(ids)) != len(ids):
         raise InputError("ids are not unique")
-    if on_error not in ("skip", "fail"):
-        raise InputError("on-error must be 'skip' or 'fail'")
-    if not 0.0 <= max_fail_frac <= 1.0:
-        raise InputError("max-fail-frac must be between 0 and 1")
+    policy = FailPolicy(on_error, max_fail_frac)  # aekit.system.failpolicy: checked here
     jobs = max(1, int(jobs or available_cpus()))
     stall = stall_limit(stall_timeout)
     block_size = max(1, int(block_size))
@@ -234,12 +232,9 @@ def featurize(paths: Sequence[os.PathLike | str], ids: Sequence[str], output: os
         writer = FeatureWriter(tmp, params.to_attrs(), params.clip_shape, command=command,
                                extra_attrs=extra, expected=total)
         try:
-            _run(tasks, params, jobs, block_size, on_error, writer, report, ids,
+            _run(tasks, params, jobs, block_size, policy, writer, report, ids,
                  on_failure, progress, stall)
-            n_failed = len(report.failures)
-            if total and n_failed / total > max_fail_frac:
-                raise DataError(f"{n_failed} of {total} inputs failed ({100 * n_failed / total:.1f}% "
-                                f"> --max-fail-frac {max_fail_frac:g}); no output written")
+            policy.check(total, "; no output written")
             if report.written == 0:
                 raise DataError("no input could be featurized; no output written")
             writer.close()
@@ -248,7 +243,7 @@ def featurize(paths: Sequence[os.PathLike | str], ids: Sequence[str], output: os
     return report
 
 
-def _run(tasks, params, jobs, block_size, on_error, writer, report, ids, on_failure, progress,
+def _run(tasks, params, jobs, block_size, policy, writer, report, ids, on_failure, progress,
          stall=None):
     buf_feats: list[np.ndarray] = []
     buf_rows: list[tuple[int, str, tuple]] = []  # (input index, path, per-clip meta)
@@ -269,9 +264,7 @@ def _run(tasks, params, jobs, block_size, on_error, writer, report, ids, on_fail
             writer.add_failures([item.path], [item.error])
             if on_failure:
                 on_failure(item.path, item.error)
-            if on_error == "fail":
-                raise DataError(f"{item.path}: {item.error} (stopping: --on-error fail); "
-                                "no output written")
+            policy.failure(item.path, item.error, "; no output written")
         else:
             buf_feats.append(item.features)
             buf_rows.append((item.index, item.path, item.meta[:5]))

@@ -82,7 +82,7 @@ def has_threshold(model, score: str) -> bool:
     if score == "mse":
         t = info.get("threshold")
         return isinstance(t, dict) and t.get("value") is not None
-    from aekit.evaluate.ensemble import KEY
+    from aekit.evaluate.trainingscores import KEY
 
     ts = info.get(KEY)
     entry = (ts.get("scorers") or {}).get(score) if isinstance(ts, dict) else None
@@ -92,7 +92,7 @@ def has_threshold(model, score: str) -> bool:
 def threshold(model, score: str) -> dict:
     """{"value", "method", ...} the decision threshold of a single model's ``score`` ('mse' or
     'mahalanobis', resolved): see the module. InputError (one line) when the model has none."""
-    from aekit.evaluate.scoring import fit_threshold, stored_threshold
+    from aekit.evaluate.thresholds import fit_threshold, stored_threshold
 
     name = str(model.path) if getattr(model, "path", None) else "the model"
     if score == "mse":
@@ -101,11 +101,11 @@ def threshold(model, score: str) -> dict:
         return {"value": value, "method": stored.get("method"), "score": "mse"}
     if score != "mahalanobis":
         raise InputError(f"no model threshold for the {score} score; give a number")
-    from aekit.evaluate.ensemble import member_stats
+    from aekit.evaluate.trainingscores import member_stats
 
     if not has_threshold(model, "mahalanobis"):
         raise InputError(f"{name} stores no per-clip Mahalanobis training scores: no "
-                         "Mahalanobis threshold; use --score mse (its MSE threshold) or give "
+                         "Mahalanobis threshold; use the mse score (its MSE threshold) or give "
                          "the threshold as a number")
     values = member_stats(model, "mahalanobis")["values"]  # every field checked
     fitted = fit_threshold(values)
@@ -116,9 +116,9 @@ def model_threshold(model, score: str = AUTO) -> float:
     """The decision threshold of ``model`` (a LoadedModel, an ``aekit.evaluate.ensemble.Ensemble`` or a
     model file path) for ``score`` ('auto' resolved as ``score_files`` resolves it): what
     ``ae-score --threshold model`` compares the scores with. InputError when there is none."""
-    from aekit.evaluate.scoring import _as_model
+    from aekit.evaluate.checks import as_model
 
-    model = _as_model(model)
+    model = as_model(model)
     score = resolve(model, score)[0]
     if getattr(model, "is_ensemble", False):
         return float(model.threshold(score)["value"])

@@ -90,6 +90,39 @@ def dcase_results(machine_types: Sequence, sections: Sequence, domains: Sequence
     (0 normal, 1 anomalous) and score (higher = more anomalous). InputError on a bad domain,
     a label not 0/1, a non-finite score, or a set of clips without both classes.
     """
+    t, sec, dom, y, s, d = _inputs(machine_types, sections, domains, anomaly, scores, decisions,
+                                   protocol)
+    n = s.size
+    per_type: dict = {}
+    # columns over all types, in evaluator order (type, then section)
+    col: dict[str, list[float]] = {}
+
+    def put(name: str, value: float) -> None:
+        col.setdefault(name, []).append(value)
+
+    for mt in sorted(set(t.tolist())):
+        secs: dict = {}
+        for sc in sorted(set(sec[t == mt].tolist())):
+            m = (t == mt) & (sec == sc)
+            secs[sc] = _section_row(m, y, s, dom, d, protocol, max_fpr, f"{mt} section {sc}",
+                                    put)
+        per_type[mt] = _type_means(secs, protocol)
+
+    out: dict = {"protocol": protocol, "max_fpr": max_fpr, "count": int(n),
+                 "normal": int((y == 0).sum()), "anomalous": int((y == 1).sum()),
+                 "machine_types": per_type}
+    out["arithmetic_mean"], out["harmonic_mean"], official = _overall(col, protocol,
+                                                                      d is not None)
+    out["official_score"] = _hmean(official)
+    out["official_score_definition"] = (
+        "harmonic mean of AUC and pAUC over all machine types, sections and domains"
+        if protocol == "dcase2021" else
+        "harmonic mean of AUC (source), AUC (target) and pAUC over all machine types and sections")
+    return out
+
+
+def _inputs(machine_types, sections, domains, anomaly, scores, decisions, protocol) -> tuple:
+    """dcase_results' inputs checked: (types, sections, domains, labels, scores, decisions)."""
     if protocol not in PROTOCOLS:
         raise InputError(f"unknown protocol {protocol!r}: use one of {', '.join(PROTOCOLS)}")
     s = np.asarray(scores, dtype=np.float64)
@@ -117,62 +150,58 @@ def dcase_results(machine_types: Sequence, sections: Sequence, domains: Sequence
         d = d.astype(np.int64)
     if n == 0:
         raise InputError("no clips to evaluate")
+    return t, sec, dom, y, s, d
 
-    per_type: dict = {}
-    # columns over all types, in evaluator order (type, then section)
-    col: dict[str, list[float]] = {}
 
-    def put(name: str, value: float) -> None:
-        col.setdefault(name, []).append(value)
+def _section_row(m, y, s, dom, d, protocol: str, max_fpr: float, where: str, put) -> dict:
+    """The numbers of one section (rows ``m``); each also ``put`` into its overall column."""
+    row: dict = {"count": int(m.sum())}
+    if protocol == "dcase2021":
+        for dm in DOMAINS:
+            md = m & (dom == dm)
+            row[f"auc_{dm}"] = _auc(y[md], s[md], f"{where} {dm}")
+            row[f"pauc_{dm}"] = _auc(y[md], s[md], f"{where} {dm}", max_fpr)
+            put("auc", row[f"auc_{dm}"])
+            put("pauc", row[f"pauc_{dm}"])
+    else:
+        for dm in DOMAINS:
+            # that domain's normals and every anomalous clip of the section
+            sel = m & ((dom == dm) | (y == 1))
+            row[f"auc_{dm}"] = _auc(y[sel], s[sel], f"{where} {dm}")
+            put(f"auc_{dm}", row[f"auc_{dm}"])
+        row["pauc"] = _auc(y[m], s[m], where, max_fpr)
+        put("pauc", row["pauc"])
+    if d is not None:
+        for dm in DOMAINS:
+            md = m & (dom == dm)
+            for k, v in _prf(y[md], d[md]).items():
+                row[f"{k}_{dm}"] = v
+                put(f"{k}_{dm}", v)
+    return row
 
-    for mt in sorted(set(t.tolist())):
-        secs: dict = {}
-        for sc in sorted(set(sec[t == mt].tolist())):
-            m = (t == mt) & (sec == sc)
-            where = f"{mt} section {sc}"
-            row: dict = {"count": int(m.sum())}
-            if protocol == "dcase2021":
-                for dm in DOMAINS:
-                    md = m & (dom == dm)
-                    row[f"auc_{dm}"] = _auc(y[md], s[md], f"{where} {dm}")
-                    row[f"pauc_{dm}"] = _auc(y[md], s[md], f"{where} {dm}", max_fpr)
-                    put("auc", row[f"auc_{dm}"])
-                    put("pauc", row[f"pauc_{dm}"])
-            else:
-                for dm in DOMAINS:
-                    # that domain's normals and every anomalous clip of the section
-                    sel = m & ((dom == dm) | (y == 1))
-                    row[f"auc_{dm}"] = _auc(y[sel], s[sel], f"{where} {dm}")
-                    put(f"auc_{dm}", row[f"auc_{dm}"])
-                row["pauc"] = _auc(y[m], s[m], where, max_fpr)
-                put("pauc", row["pauc"])
-            if d is not None:
-                for dm in DOMAINS:
-                    md = m & (dom == dm)
-                    for k, v in _prf(y[md], d[md]).items():
-                        row[f"{k}_{dm}"] = v
-                        put(f"{k}_{dm}", v)
-            secs[sc] = row
-        keys = [k for k in next(iter(secs.values())) if k != "count"]
-        rows = list(secs.values())
-        both = [r["auc_source"] for r in rows] + [r["auc_target"] for r in rows]
-        if protocol == "dcase2021":
-            paucs = [r["pauc_source"] for r in rows] + [r["pauc_target"] for r in rows]
-        else:
-            paucs = [r["pauc"] for r in rows]
-        per_type[mt] = {
-            "sections": secs,
-            "arithmetic_mean": {**{k: _amean([r[k] for r in rows]) for k in keys},
-                                "auc": _amean(both)},
-            "harmonic_mean": {**{k: _hmean([r[k] for r in rows]) for k in keys},
-                              "auc": _hmean(both)},
-            # the official score's rule on this machine type's numbers alone
-            "official_score": _hmean(both + paucs),
-        }
 
-    out: dict = {"protocol": protocol, "max_fpr": max_fpr, "count": int(n),
-                  "normal": int((y == 0).sum()), "anomalous": int((y == 1).sum()),
-                  "machine_types": per_type}
+def _type_means(secs: dict, protocol: str) -> dict:
+    """One machine type: its sections, their means and the official score's rule on them."""
+    keys = [k for k in next(iter(secs.values())) if k != "count"]
+    rows = list(secs.values())
+    both = [r["auc_source"] for r in rows] + [r["auc_target"] for r in rows]
+    if protocol == "dcase2021":
+        paucs = [r["pauc_source"] for r in rows] + [r["pauc_target"] for r in rows]
+    else:
+        paucs = [r["pauc"] for r in rows]
+    return {
+        "sections": secs,
+        "arithmetic_mean": {**{k: _amean([r[k] for r in rows]) for k in keys},
+                            "auc": _amean(both)},
+        "harmonic_mean": {**{k: _hmean([r[k] for r in rows]) for k in keys},
+                          "auc": _hmean(both)},
+        # the official score's rule on this machine type's numbers alone
+        "official_score": _hmean(both + paucs),
+    }
+
+
+def _overall(col: dict, protocol: str, decided: bool) -> tuple[dict, dict, list]:
+    """(arithmetic means, harmonic means, the official score's values) over all types."""
     overall_a: dict = {}
     overall_h: dict = {}
     if protocol == "dcase2021":
@@ -187,20 +216,13 @@ def dcase_results(machine_types: Sequence, sections: Sequence, domains: Sequence
         overall_h["auc_target"] = _hmean(col["auc_target"])
         overall_a["auc_source"] = _amean(col["auc_source"])
         overall_a["auc_target"] = _amean(col["auc_target"])
-    if d is not None:
+    if decided:
         for k in ("precision", "recall", "f1"):
             metric_cols[k] = col[f"{k}_source"] + col[f"{k}_target"]
     for k, v in metric_cols.items():
         overall_a[k] = _amean(v)
         overall_h[k] = _hmean(v)
-    out["arithmetic_mean"] = overall_a
-    out["harmonic_mean"] = overall_h
-    out["official_score"] = _hmean(official)
-    out["official_score_definition"] = (
-        "harmonic mean of AUC and pAUC over all machine types, sections and domains"
-        if protocol == "dcase2021" else
-        "harmonic mean of AUC (source), AUC (target) and pAUC over all machine types and sections")
-    return out
+    return overall_a, overall_h, official
 
 
 # --------------------------------------------------------------------------- submission files

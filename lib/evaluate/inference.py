@@ -97,7 +97,7 @@ def score_rows(model: LoadedModel, ff: FeatureFile, rows: np.ndarray | None = No
             pos += k
             if advance:
                 advance(k)
-    from aekit.evaluate.scoring import check_scores
+    from aekit.evaluate.checks import check_scores
 
     check_scores(mse)  # a NaN or Inf score is an error (DataError), never a silent null
     check_scores(mae)

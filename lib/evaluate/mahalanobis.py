@@ -134,7 +134,7 @@ def model_stats(model) -> dict:
     if not stats:
         name = str(model.path) if getattr(model, "path", None) else "the model"
         raise InputError(f"{name}: model has no Mahalanobis statistics (retrain with this "
-                         "aekit's ae-train, which stores them; or use --score mse)")
+                         "aekit's ae-train, which stores them; or use the mse score)")
     return stats
 
 

@@ -27,15 +27,22 @@ import numpy as np
 import pandas as pd
 
 from aekit.errors import InputError, preview
+from aekit.evaluate import sections as _sections
 
 LOG = logging.getLogger("aekit")
 
 MAX_FPR = 0.1  # DCASE Task 2: pAUC over FPR in [0, 0.1]
 PERCENTILES = (5, 25, 50, 75, 95)
-#: Report sections that hold metrics; ``summarize_reports`` averages numbers under these.
-METRIC_SECTIONS = ("reconstruction", "anomaly", "dcase", "probe")
-#: Numbers in those sections that are settings, not results: not averaged.
-SETTING_KEYS = frozenset({"max_fpr", "protocol"})
+
+
+def __getattr__(name: str):
+    """``METRIC_SECTIONS``: the sections ``summarize_reports`` averages, from the registry
+    (:mod:`aekit.evaluate.sections`); ``SETTING_KEYS``: their settings, never averaged."""
+    if name == "METRIC_SECTIONS":
+        return _sections.summarized()
+    if name == "SETTING_KEYS":
+        return frozenset().union(*(s.settings for s in _sections.registered()))
+    raise AttributeError(f"module 'aekit.evaluate.metrics' has no attribute {name!r}")
 
 
 def _num(x) -> float | None:
@@ -279,22 +286,25 @@ def linear_probe(z_train: np.ndarray, y_train: Sequence, z_eval: np.ndarray, y_e
 
 # --------------------------------------------------------------------------- K-fold verdict
 
-def flatten_metrics(report: dict, sections: Sequence[str] = METRIC_SECTIONS) -> dict[str, float]:
-    """Numeric leaves under the metric sections, keyed by dotted path ('anomaly.auc')."""
+def flatten_metrics(report: dict, sections: Sequence[str] | None = None) -> dict[str, float]:
+    """Numeric leaves under the metric sections (default: every registered section that is
+    summarized), keyed by dotted path ('anomaly.auc'); each section's settings left out."""
     out: dict[str, float] = {}
 
-    def walk(prefix: str, node) -> None:
+    def walk(prefix: str, node, settings) -> None:
         if isinstance(node, dict):
             for k, v in node.items():
-                if k not in SETTING_KEYS:
-                    walk(f"{prefix}.{k}", v)
+                if k not in settings:
+                    walk(f"{prefix}.{k}", v, settings)
         elif isinstance(node, (int, float)) and not isinstance(node, bool):
             if math.isfinite(float(node)):
                 out[prefix] = float(node)
 
-    for sec in sections:
+    entries = {s.name: s for s in _sections.registered()}
+    for sec in (_sections.summarized() if sections is None else sections):
         if sec in report:
-            walk(sec, report[sec])
+            entry = entries.get(sec)
+            walk(sec, report[sec], entry.settings if entry is not None else frozenset())
     return out
 
 
@@ -345,14 +355,12 @@ def summarize_reports(reports: Sequence[dict], names: Sequence[str] | None = Non
     }
 
 
-#: Last parts of metric keys left out of tables by default: counts and spread statistics.
-_DETAIL = frozenset({"count", "normal", "anomalous", "train_count", "std", "min", "max",
-                     "p5", "p25", "p75", "p95", "value", "tp", "fp", "fn", "tn"})
-
-
 def is_headline(key: str) -> bool:
-    """Whether a dotted metric key is a headline result (AUC, pAUC, mean MSE, accuracy...)."""
-    return key.rsplit(".", 1)[-1] not in _DETAIL
+    """Whether a dotted metric key is a headline result (AUC, pAUC, mean MSE, accuracy...):
+    its last part is not one of its section's ``detail`` keys (counts, spread statistics)."""
+    entry = _sections.get(key.split(".", 1)[0])
+    detail = entry.detail if entry is not None else _sections.DETAIL
+    return key.rsplit(".", 1)[-1] not in detail
 
 
 def format_table(summary: dict, all_metrics: bool = False) -> str:

@@ -10,7 +10,8 @@ higher is more anomalous.
 
 The decision threshold a model carries (``fit_threshold``, stored by ``ae-train``) is
 fitted on its training clips' scores: the 90th percentile of a gamma distribution fitted
-to them (the DCASE 2021+ baselines' rule), and the empirical 90th percentile beside it.
+to them (the DCASE 2021+ baselines' rule), and the empirical 90th percentile beside it
+(``aekit.evaluate.thresholds``, its names kept here).
 """
 
 from __future__ import annotations
@@ -22,7 +23,14 @@ from typing import TYPE_CHECKING, Iterator, NamedTuple, Sequence
 
 import numpy as np
 
-from aekit.errors import DataError, InputError
+from aekit.errors import InputError
+from aekit.evaluate.checks import as_model as _as_model  # noqa: F401  (the old private names)
+from aekit.evaluate.checks import check_batch as _check_batch
+from aekit.evaluate.checks import check_jobs as _check_jobs
+from aekit.evaluate.checks import check_scores, path_list as _path_list
+from aekit.evaluate.thresholds import (THRESHOLD_QUANTILE, fit_threshold,  # noqa: F401
+                                       stored_threshold, training_fit, training_threshold)
+from aekit.models.clipcheck import check_clips
 
 if TYPE_CHECKING:  # torch is imported by the functions that need it
     from aekit.models.modelfile import LoadedModel
@@ -30,7 +38,6 @@ if TYPE_CHECKING:  # torch is imported by the functions that need it
 LOG = logging.getLogger("aekit")
 
 DEFAULT_BATCH = 64  # clips per forward pass: rows reach the output after at most this many
-THRESHOLD_QUANTILE = 0.9  # the DCASE baselines' decision threshold: 90th percentile
 
 
 class ScoreRecord(NamedTuple):
@@ -72,74 +79,6 @@ def model_params(model: "LoadedModel | str | os.PathLike"):
         raise InputError(f"{name}: its feature parameters give clips {list(params.clip_shape)}, "
                          f"the model takes {list(model.input_shape)}")
     return params
-
-
-def _as_model(model) -> "LoadedModel":
-    """A LoadedModel (or an object with its attributes) as given, or loaded from a model file
-    path; TypeError for anything else (a number, a dict, ...)."""
-    if isinstance(model, (str, os.PathLike)):
-        from aekit.models.modelfile import load_model
-
-        return load_model(model)
-    if not (hasattr(model, "info") and hasattr(model, "path")):
-        raise TypeError(f"expected a LoadedModel or a model file path, got {type(model).__name__}")
-    return model
-
-
-def _path_list(paths, what: str = "paths") -> list[str]:
-    """A sequence of paths as strings. One str, bytes or PathLike is refused (TypeError): a
-    string is a sequence of characters, and scoring each of them is never what was meant."""
-    if isinstance(paths, (str, bytes, os.PathLike)):
-        raise TypeError(f"{what} must be a sequence of paths, not one {type(paths).__name__} "
-                        f"({os.fsdecode(paths)!r}); give [path] for a single file")
-    try:
-        return [os.fsdecode(p) if isinstance(p, bytes) else str(os.fspath(p)) for p in paths]
-    except TypeError:
-        raise TypeError(f"{what} must be a sequence of str or os.PathLike") from None
-
-
-def _check_jobs(jobs) -> None:
-    if jobs is not None and (isinstance(jobs, bool) or not isinstance(jobs, (int, np.integer))
-                             or jobs < 1):
-        raise InputError(f"jobs must be a positive integer or None (all cores), got {jobs!r}")
-
-
-def _check_batch(batch_size) -> None:
-    if (isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer))
-            or batch_size < 1):
-        raise InputError(f"batch size must be a positive integer, got {batch_size!r}")
-
-
-def check_clips(model: "LoadedModel", x) -> np.ndarray:
-    """Clips as float32 [N, C, M, T] (one clip [C, M, T] becomes N = 1), refused (InputError)
-    when their shape is not the model's, or when a value is NaN, Inf or beyond
-    +-``aekit.data.store.FEATURE_LIMIT`` (log-Mel dB values are within about [-100, 390])."""
-    from aekit.data.store import FEATURE_LIMIT
-
-    a = np.asarray(x)
-    if a.dtype.kind not in "fiu":
-        raise InputError(f"clips must be real numbers, got dtype {a.dtype}")
-    a = np.asarray(a, dtype=np.float32)
-    if a.ndim == 3:
-        a = a[None]
-    if a.ndim != 4 or tuple(a.shape[1:]) != tuple(model.input_shape):
-        raise InputError(f"clips of shape {list(a.shape)}: the model takes "
-                         f"[N, {', '.join(map(str, model.input_shape))}]")
-    if not np.isfinite(a).all():
-        raise InputError("features contain NaN or Inf")
-    if a.size and (a.min() < -FEATURE_LIMIT or a.max() > FEATURE_LIMIT):
-        raise InputError(f"features contain values beyond +-{FEATURE_LIMIT:g} (log-Mel dB "
-                         "values lie within about [-100, 390]): corrupt or not dB features")
-    return a
-
-
-def check_scores(scores: np.ndarray, what: str = "the model") -> np.ndarray:
-    """Scores as given, or DataError when one is NaN or Inf: never a silent null."""
-    bad = np.flatnonzero(~np.isfinite(scores))
-    if bad.size:
-        raise DataError(f"{bad.size} score(s) are not finite (first at clip {int(bad[0])}): "
-                        f"{what} overflows on these clips")
-    return scores
 
 
 #: Integer PCM -> float as soundfile (libsndfile) reads it: (x - offset) / scale.
@@ -459,135 +398,3 @@ def _score_files(model, params, items, id_of, batch_size: int,
             close()
 
 
-# ------------------------------------------------------------------ threshold
-
-def fit_threshold(scores: Sequence[float], quantile: float = THRESHOLD_QUANTILE) -> dict:
-    """The decision threshold of a model, from its training clips' scores (MSE dB^2).
-
-    Returns {"method", "value", "quantile", "n", "empirical", "gamma": {"shape", "loc",
-    "scale", "value"}}: ``value`` is the ``quantile`` of a gamma distribution fitted to the
-    scores by maximum likelihood (scipy.stats.gamma.fit, as the DCASE 2021+ baselines do),
-    or the empirical quantile (method "empirical") when the fit fails or its quantile falls
-    outside the range of the scores.
-    """
-    s = np.asarray(scores, dtype=np.float64)
-    if s.size == 0 or not np.isfinite(s).all():
-        raise InputError("threshold: need at least one finite training score")
-    if not 0.0 < quantile < 1.0:
-        raise InputError("threshold quantile must be between 0 and 1")
-    empirical = float(np.quantile(s, quantile))  # numpy's default (linear) interpolation
-    out = {"quantile": quantile, "n": int(s.size), "empirical": empirical, "gamma": None,
-           "method": "empirical", "value": empirical}
-    if s.size >= 3 and float(s.max() - s.min()) > 0:
-        import warnings
-
-        from scipy import stats
-
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                a, loc, scale = stats.gamma.fit(s)
-                g = float(stats.gamma.ppf(quantile, a, loc=loc, scale=scale))
-        except (ValueError, RuntimeError, FloatingPointError):
-            g = math.nan
-        else:
-            out["gamma"] = {"shape": float(a), "loc": float(loc), "scale": float(scale), "value": g}
-        if math.isfinite(g) and s.min() <= g <= s.max():
-            out["method"], out["value"] = "gamma", g
-    return out
-
-
-def stored_threshold(model: "LoadedModel | str | os.PathLike") -> float:
-    """The threshold ``ae-train`` stored in the model (a LoadedModel or a model file path);
-    InputError for a model without one."""
-    model = _as_model(model)
-    t = (model.info or {}).get("threshold")
-    name = str(model.path) if model.path else "the model"
-    if not isinstance(t, dict) or t.get("value") is None:
-        raise InputError(f"{name} stores no threshold (trained before ae-train stored one); "
-                         "give --threshold a number, or retrain")
-    v = t["value"]
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-        raise InputError(f"{name}: its stored threshold {v!r} is not a finite number")
-    return float(t["value"])
-
-
-def training_threshold(model, normalizer, features: str | os.PathLike, rows: np.ndarray,
-                       device="cpu", quantile: float = THRESHOLD_QUANTILE) -> dict:
-    """``fit_threshold`` of the scores of ``rows`` of a features file, computed as ``ae-eval``
-    computes them (eval mode, float32): what ``ae-train`` stores with the kept weights."""
-    from aekit.evaluate.inference import score_rows
-    from aekit.models.modelfile import LoadedModel
-    from aekit.data.store import FeatureFile
-
-    lm = LoadedModel(model=model, normalizer=normalizer, config=model.config, feature_params={})
-    was_training = model.training
-    model.eval()
-    try:
-        with FeatureFile(features) as ff:
-            scores = score_rows(lm, ff, np.asarray(rows, dtype=np.int64), device=device)
-    finally:
-        model.train(was_training)
-    return fit_threshold(scores.mse, quantile)
-
-
-def training_fit(model, normalizer, features: str | os.PathLike, rows: np.ndarray,
-                 domains: np.ndarray | None = None, device="cpu",
-                 quantile: float = THRESHOLD_QUANTILE, scores_out: dict | None = None
-                 ) -> tuple[dict, dict | None]:
-    """(``fit_threshold`` of the training clips' MSE scores, Mahalanobis statistics
-    {domain: (mean, icov, n)} or None), from one pass over ``rows`` of a features file with
-    the model in eval mode: what ``ae-train`` stores with the kept weights. ``domains``: the
-    domain of each row (None: one domain 'all'). No statistics (None, logged) when the
-    error vectors are longer than ``aekit.evaluate.mahalanobis.MAX_DIM`` or no domain has 2 clips.
-    ``scores_out`` (a dict), when given, receives the training clips' ids ("ids") and their
-    scores {"mse", "mae", "mahalanobis" (None without statistics)}: float64 [N] in row order
-    (``aekit.evaluate.ensemble.training_stats``)."""
-    import torch
-
-    from aekit.evaluate import mahalanobis as mh
-    from aekit.evaluate.inference import DEFAULT_BATCH as EVAL_BATCH  # as training_threshold: same numbers
-    from aekit.models.modelfile import LoadedModel
-    from aekit.data.store import FeatureFile
-
-    rows = np.asarray(rows, dtype=np.int64)
-    lm = LoadedModel(model=model, normalizer=normalizer, config=model.config, feature_params={})
-    dim = mh.vector_dim(model)
-    want = dim <= mh.MAX_DIM
-    if not want:
-        LOG.warning("no Mahalanobis statistics stored: error vectors of %d values (limit %d)",
-                    dim, mh.MAX_DIM)
-    mse = np.empty(rows.size, dtype=np.float64)
-    mae = np.empty(rows.size, dtype=np.float64)
-    vec = np.empty((rows.size, dim), dtype=np.float64) if want else None
-    was_training = model.training
-    model.eval()
-    pos = 0
-    try:
-        with FeatureFile(features) as ff, torch.inference_mode():
-            if scores_out is not None:
-                scores_out["ids"] = [ff.ids[i] for i in rows]
-            for _, block in ff.iter_blocks(rows, block=EVAL_BATCH):
-                x = torch.from_numpy(block).to(device)
-                k = block.shape[0]
-                e2, e1 = lm.score(x)
-                mse[pos:pos + k], mae[pos:pos + k] = e2.cpu().numpy(), e1.cpu().numpy()
-                if want:
-                    vec[pos:pos + k] = mh.error_vectors(model, normalizer, x).cpu().numpy()
-                pos += k
-    finally:
-        model.train(was_training)
-    check_scores(mse)
-    threshold = fit_threshold(mse, quantile)
-    stats = None
-    if want:
-        if not np.isfinite(vec).all():
-            LOG.warning("no Mahalanobis statistics stored: non-finite error vectors")
-        else:
-            dom = (np.full(rows.size, mh.ALL, dtype=object) if domains is None
-                   else np.asarray(domains, dtype=object))
-            stats = mh.fit(vec, dom) or None
-    if scores_out is not None:
-        scores_out.update(mse=mse, mae=mae, mahalanobis=None if stats is None else
-                          mh.crossfit_distances(vec, dom, stats))
-    return threshold, stats

@@ -31,7 +31,6 @@ mean over it is ``None`` too.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -40,11 +39,9 @@ from pathlib import Path
 from typing import Sequence
 
 from aekit.evaluate.dcase import PROTOCOLS, _amean, _hmean
+from aekit.evaluate.sections import KNOWN_VERSIONS, REPORT_FORMAT  # noqa: F401  (the format read)
 from aekit.errors import InputError, preview
 
-#: The ae-eval report format this reads, and the format versions it knows.
-REPORT_FORMAT = "aekit-eval"
-KNOWN_VERSIONS = (1,)
 SHAPE_2020 = "dcase2020"
 
 _TITLES = {"auc": "AUC", "pauc": "pAUC", "auc_source": "AUC (source)",
@@ -63,10 +60,11 @@ class Table:
     labels: list[str]
     columns: list[str]
     rows: list[tuple[str, str, str, dict]] = field(default_factory=list)
+    key: str = ""  # the key column's title, for a registered section's table
 
     @property
     def key_title(self) -> str:
-        return "id" if self.protocol == SHAPE_2020 else "section"
+        return self.key or ("id" if self.protocol == SHAPE_2020 else "section")
 
 
 # --------------------------------------------------------------------------- inputs
@@ -112,23 +110,10 @@ def default_label(path: str, report: dict) -> str:
 
 def load_report(path: str) -> dict:
     """One ae-eval report ('-' = stdin); InputError for anything else or a version this aekit
-    does not know."""
-    from aekit.system.fileio import read_text_input
+    does not know (:func:`aekit.evaluate.reports.load_reports`)."""
+    from aekit.evaluate.reports import load_reports
 
-    text = read_text_input(path)
-    try:
-        rep = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{path}: not JSON ({exc.msg} at line {exc.lineno})") from None
-    except RecursionError:
-        raise InputError(f"{path}: JSON nested too deeply; not an ae-eval report") from None
-    if not isinstance(rep, dict) or rep.get("format") != REPORT_FORMAT:
-        raise InputError(f"{path}: not an ae-eval report (expected \"format\": \"{REPORT_FORMAT}\")")
-    version = rep.get("format_version")
-    if type(version) is not int or version not in KNOWN_VERSIONS:
-        raise InputError(f"{path}: ae-eval report format_version {version!r} is not known to "
-                         f"this aekit (it reads {', '.join(map(str, KNOWN_VERSIONS))})")
-    return rep
+    return load_reports([path], check_version=True)[0]
 
 
 def _num(v, where: str) -> float | None:
@@ -201,23 +186,68 @@ def _metric_columns(protocol: str) -> list[str]:
     return ["auc_source", "auc_target", "pauc"]
 
 
-def report_rows(path: str, rep: dict) -> tuple[tuple, dict]:
+def report_rows(path: str, rep: dict, section: str | None = None) -> tuple[tuple, dict]:
     """((protocol, max_fpr), {(type, id or section): {column: value}}) of one report: its
-    'dcase' section when present, else its 'anomaly' groups."""
+    'dcase' section when present, else its 'anomaly' groups; with ``section``, the rows that
+    section's registry entry gives (``MetricSection.table``), as ((section, None), rows)."""
+    if section is not None:
+        return (section, None), _rows_section(path, rep, section)
     if isinstance(rep.get("dcase"), dict):
         return _rows_dcase(path, rep)
     if isinstance(rep.get("anomaly"), dict) and rep["anomaly"].get("groups") is not None:
         return _rows_2020(path, rep)
-    raise InputError(f"{path}: no per-machine numbers: make the report with ae-eval "
-                     "--anomaly-column COL --group-by machine (DCASE 2020) or --protocol "
-                     "dcaseYYYY (2021-2025)")
+    raise InputError(f"{path}: no per-machine numbers: make the report with ae-eval's anomaly "
+                     "column grouped by machine (DCASE 2020) or a dcaseYYYY protocol "
+                     "(2021-2025)")
+
+
+def table_entry(section: str):
+    from aekit.evaluate.sections import get, registered
+
+    entry = get(section)
+    if entry is None or entry.table is None:
+        shown = [s.name for s in registered() if s.table is not None]
+        raise InputError(f"no metric section {section!r} with table rows is registered"
+                         + (f" (those with: {', '.join(shown)})" if shown else ""),
+                         param="section")
+    return entry
+
+
+def _rows_section(path: str, rep: dict, section: str) -> dict:
+    """{(type, key): {column: value}} of a registered section, every value checked."""
+    entry = table_entry(section)
+    sec = rep.get(section)
+    if not isinstance(sec, dict):
+        raise InputError(f"{path}: no '{section}' section; not made with it registered")
+    parts = Path(path).name.split(".")
+    rows = entry.table(sec, parts[-2] if len(parts) >= 3 and parts[-1] == "json" else None)
+    if not isinstance(rows, dict) or not rows:
+        raise InputError(f"{path}: the '{section}' section gives no table rows")
+    columns = None
+    for key, row in rows.items():
+        where = f"{path}: {section} {key!r}"
+        if (not isinstance(key, tuple) or len(key) != 2 or not all(isinstance(k, str) for k in key)
+                or not isinstance(row, dict) or not row):
+            raise InputError(f"{where}: a table row must be (type, key): {{column: value}}")
+        columns = columns or list(row)
+        if list(row) != columns:
+            raise InputError(f"{where}: columns {list(row)} differ from {columns}")
+        for c, v in row.items():
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))
+                                  or not math.isfinite(v)):
+                raise InputError(f"{where} {c}: {v!r} is not a finite number")
+    return {k: {c: (None if v is None else float(v)) for c, v in r.items()}
+            for k, r in rows.items()}
 
 
 # --------------------------------------------------------------------------- the table
 
-def build_table(inputs: Sequence[tuple[str | None, str, dict]]) -> Table:
+def build_table(inputs: Sequence[tuple[str | None, str, dict]],
+                section: str | None = None) -> Table:
     """(label or None, path, report) -> the :class:`Table`. InputError for mixed protocols,
-    one label given one machine type twice, or labels covering different rows."""
+    one label given one machine type twice, or labels covering different rows. ``section``:
+    the table of that registered metric section (``MetricSection.table``) instead of the
+    DCASE ones: a type's mean over its keys, the arithmetic mean over the type means."""
     if not inputs:
         raise InputError("no reports")
     proto_of: dict[tuple, str] = {}
@@ -226,7 +256,7 @@ def build_table(inputs: Sequence[tuple[str | None, str, dict]]) -> Table:
     for label, path, rep in inputs:
         label = label if label is not None else default_label(path, rep)
         check_label(label, path)
-        proto, rows = report_rows(path, rep)
+        proto, rows = report_rows(path, rep, section)
         proto_of.setdefault(proto, path)
         if len(proto_of) > 1:
             (p1, f1), (p2, f2) = list(proto_of.items())[:2]
@@ -241,15 +271,24 @@ def build_table(inputs: Sequence[tuple[str | None, str, dict]]) -> Table:
     protocol, max_fpr = next(iter(proto_of))
     labels = list(data)
     ref = labels[0]
+    key_title = table_entry(section).table_key if section else _key_title(protocol)
     for lab in labels[1:]:
         missing = [k for k in data[ref] if k not in data[lab]]
         extra = [k for k in data[lab] if k not in data[ref]]
         if missing or extra:
             what = (f"lacks {preview(' '.join(k) for k in missing)}" if missing else
                     f"has {preview(' '.join(k) for k in extra)} that {ref} lacks")
-            raise InputError(f"{lab} {what} ({_key_title(protocol)}s differ from {ref}'s): "
+            raise InputError(f"{lab} {what} ({key_title}s differ from {ref}'s): "
                              "every model must cover the same machine types and "
-                             f"{_key_title(protocol)}s")
+                             f"{key_title}s")
+    if section:
+        metric = list(next(iter(data[ref].values())))
+        for lab in labels:
+            other = list(next(iter(data[lab].values())))
+            if other != metric:
+                raise InputError(f"{lab}'s {section} columns {other} differ from {ref}'s "
+                                 f"{metric}")
+        return _section_table(section, labels, metric, data, key_title)
     metric = _metric_columns(protocol)
     columns = metric + ([] if protocol == SHAPE_2020 else ["official_score"])
     table = Table(protocol, max_fpr, labels, columns)
@@ -280,6 +319,26 @@ def build_table(inputs: Sequence[tuple[str | None, str, dict]]) -> Table:
     return table
 
 
+def _section_table(section: str, labels: list, metric: list, data: dict, key: str) -> Table:
+    """A registered section's table: its rows, each type's arithmetic mean over its keys, and
+    the arithmetic mean of the type means."""
+    table = Table(section, None, labels, metric, key=key)
+    ref = labels[0]
+    for mtype in sorted(dict.fromkeys(t for t, _ in data[ref])):
+        keys = sorted(k for t, k in data[ref] if t == mtype)
+        for k in keys:
+            table.rows.append(("row", mtype, k, {lab: dict(data[lab][(mtype, k)])
+                                                 for lab in labels}))
+        table.rows.append(("mean", mtype, "mean", {
+            lab: {c: _over([data[lab][(mtype, k)][c] for k in keys], _amean) for c in metric}
+            for lab in labels}))
+    means = [r for r in table.rows if r[0] == "mean"]
+    table.rows.append(("all", "all types", "arithmetic mean", {
+        lab: {c: _over([m[3][lab][c] for m in means], _amean) for c in metric}
+        for lab in labels}))
+    return table
+
+
 def _over(values: list, fn) -> float | None:
     return None if not values or any(v is None for v in values) else fn(values)
 
@@ -296,22 +355,21 @@ def _key_title(protocol: str) -> str:
 
 
 def _proto_name(p: tuple) -> str:
-    name = ("DCASE 2020 (per machine id, --group-by)" if p[0] == SHAPE_2020
-            else f"{p[0]} (--protocol)")
+    name = ("DCASE 2020 (per machine id)" if p[0] == SHAPE_2020 else f"{p[0]} (protocol)")
     return f"{name} with max_fpr {p[1]:g}"
 
 
-def table_from_files(args: Sequence[str]) -> Table:
+def table_from_files(args: Sequence[str], section: str | None = None) -> Table:
     """ae-table as a function: ``NAME=PATH`` or ``PATH`` arguments -> the :class:`Table`."""
     parsed = parse_inputs(args)
-    return build_table([(label, path, load_report(path)) for label, path in parsed])
+    return build_table([(label, path, load_report(path)) for label, path in parsed], section)
 
 
 # --------------------------------------------------------------------------- formats
 
 def header(table: Table) -> list[str]:
     return ["machine type", table.key_title] + [
-        f"{lab} {_TITLES[c]}" for lab in table.labels for c in table.columns]
+        f"{lab} {_TITLES.get(c, c)}" for lab in table.labels for c in table.columns]
 
 
 def _cells(table: Table, row: tuple, fmt) -> list[str]:

@@ -358,7 +358,7 @@ class LoadedModel:
         if not isinstance(x, torch.Tensor):
             import numpy as np
 
-            from aekit.evaluate.scoring import check_clips
+            from aekit.models.clipcheck import check_clips
 
             xs = check_clips(self, x)  # float32 [B, C, M, T], finite, the model's shape
             device = next(iter(self.model.parameters())).device
