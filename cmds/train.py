@@ -128,8 +128,9 @@ class _TrainCommand(common.AeCommand):
         params = [p for p in self.params if p not in self._kind_params]
         new = _kind_options()
         clash = {p.name for p in new} & {p.name for p in params}
-        if clash:
-            raise RuntimeError(f"a model kind's option is named like an ae-train option: {clash}")
+        if clash:  # a third-party kind's option: one line, not a traceback
+            raise InputError(f"a model kind's own option is named like an ae-train option "
+                             f"({', '.join(sorted(clash))}): rename it in its register call")
         at = params.index(by_name["latent"]) + 1
         self.params = params[:at] + new + params[at:]
         self._kind_params, self._kinds_seen = tuple(new), seen

@@ -209,4 +209,28 @@ def test_register_refuses_an_entry_that_cannot_work():
         registry.register("x21", Ok, Ok, options={"context": registry.ModelOption("?")})
     with pytest.raises(ValueError, match="'hidden' is a field of its config"):
         registry.register("x21", Ok, Ok, defaults={"hidden": (8,)})
+    with pytest.raises(ValueError, match="'hidden' is a setting of every kind"):
+        registry.register("x21", Ok, Ok, options={"hidden": registry.ModelOption("?")})
     assert "x21" not in registry.kinds()
+
+
+def test_a_kind_option_named_like_a_command_option_is_one_error_line(tmp_path):
+    from dataclasses import dataclass
+
+    @dataclass
+    class Clash:
+        arch: str = "clash21"
+        input_shape: tuple = (1, 1, 1)
+        latent: int = 2
+        seed: int = 3
+
+    registry.register("clash21", Clash, Clash, options={"seed": registry.ModelOption("?")})
+    try:
+        r = invoke(train_cli, [tmp_path / "f.h5", "-o", tmp_path / "m.safetensors"])
+        assert one_error_line(r) == (
+            "ae-train: error: a model kind's own option is named like an ae-train option "
+            "(seed): rename it in its register call")
+    finally:
+        registry._REGISTRY.pop("clash21", None)
+    r = invoke(train_cli, ["--help"])  # the command works again without it
+    assert r.exit_code == 0 and "--seed" in r.stdout

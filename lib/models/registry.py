@@ -107,9 +107,15 @@ def register(name: str, config_cls: type, build: Callable[[Any], Any], *,
     if missing:
         raise ValueError(f"model kind {name!r}: the config has no field {', '.join(sorted(missing))}")
     options = dict(options or {})
+    defaults_of = {f.name: f.default for f in fields(config_cls)}
     for opt in options:
         if opt not in names:
             raise ValueError(f"model kind {name!r}: option {opt!r} is not a field of its config")
+        if opt in ("arch", "input_shape", "hidden", "latent"):
+            raise ValueError(f"model kind {name!r}: {opt!r} is a setting of every kind, not an "
+                             "option of its own")
+        if type(defaults_of[opt]) is not int:
+            raise ValueError(f"model kind {name!r}: option {opt!r} needs an integer default")
     for key in (*(defaults or {}), *(validated or {})):
         if key in names:
             raise ValueError(f"model kind {name!r}: {key!r} is a field of its config: "
