@@ -136,11 +136,10 @@ def main() -> int:
                              device)))
         return 0
 
-    from aekit.models.registry import kind
-    from aekit.train.settings import ARCHS
+    from aekit.models.registry import kind, kinds
 
     archs = ["improved"]
-    for a in ARCHS:  # other kinds that train on these clips (e.g. the frame-window model)
+    for a in kinds():  # other kinds that train on these clips (e.g. the frame-window model)
         if a not in ("baseline", "improved"):
             try:
                 kind(a)

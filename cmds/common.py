@@ -316,7 +316,7 @@ def command(name: str, **kwargs):
         f = click.version_option(__version__, "--version", prog_name=name,
                                  message="%(prog)s (aekit) %(version)s",
                                  help="Show the version and exit.")(f)
-        return click.command(name, cls=AeCommand, **kwargs)(f)
+        return click.command(name, **{"cls": AeCommand, **kwargs})(f)  # cls: a subclass
 
     return decorate
 

@@ -10,8 +10,9 @@ import threading
 
 import click
 
-from aekit.train import settings as S
 from aekit.cmds import common
+from aekit.models import registry
+from aekit.train import settings as S
 from aekit.errors import InputError
 
 HELP = """Train an autoencoder on FEATURES (an HDF5 file from ae-featurize) and write one
@@ -66,35 +67,73 @@ def _widths(ctx, param, value):
     return widths
 
 
-class _KindChoice(click.Choice):
-    """--arch: the model kinds known when the command runs (aekit.train.settings.ARCHS, which a
-    registration extends), not only those known when this module was imported."""
-
-    def __init__(self) -> None:
-        super().__init__(list(S.ARCHS))
-
-    @property
-    def choices(self):
-        return tuple(S.ARCHS)
-
-    @choices.setter
-    def choices(self, value) -> None:
-        pass
+def _widths_text(h) -> str:
+    return ",".join(map(str, h))
 
 
-def _arch_options(f):
-    """Every model kind's own options (aekit.train.settings.ArchInfo.options, e.g. --context), added
-    without naming a kind; their values reach the command as arch_NAME."""
-    seen = {}
-    for arch, info in S.ARCHS.items():
-        for name, opt in info.options.items():
-            seen.setdefault(name, (opt, []))[1].append(opt)
-    for name, (opt, opts) in reversed(list(seen.items())):
-        helps = " ".join(dict.fromkeys(o.help for o in opts))  # each kind's own words once
-        f = click.option(f"--{name.replace('_', '-')}", f"arch_{name}",
-                         type=click.IntRange(min=min(o.min for o in opts)), default=None,
-                         help=f"{helps} [{opt.default}]")(f)
-    return f
+#: Help of the options whose text names the model kinds, made when the parameters are built.
+_KIND_HELP = {
+    "arch": lambda: "; ".join(f"{k}: {e.help}" for k, e in registry.kinds().items()) + ".",
+    "hidden": lambda: "Hidden layer widths, encoder side (the decoder mirrors them) "
+                      f"[{S.defaults_help('hidden', _widths_text)}].",
+    "latent": lambda: f"Bottleneck width [{S.defaults_help('latent')}].",
+    "epochs": lambda: "Epochs: the number run without a validation fold "
+                      f"[{S.defaults_help('epochs')}], the maximum with one "
+                      f"[{S.WITH_VALIDATION['epochs']}].",
+    "batch_size": lambda: "Units (clips, or windows for frames and interp) per step, per process "
+                          f"[{S.defaults_help('batch_size')}].",
+    "lr": lambda: f"Adam learning rate (schedule peak) [{S.defaults_help('lr', '{:g}'.format)}].",
+}
+
+
+def _kind_options() -> list[click.Option]:
+    """Every model kind's own options (``ModelKind.options``, e.g. --context), made without
+    naming a kind; their values reach the command in ``kind_options``."""
+    seen: dict = {}
+    for entry in registry.kinds().values():
+        for name, opt in entry.options.items():
+            seen.setdefault(name, []).append((entry, opt))
+    out = []
+    for name, pairs in seen.items():
+        helps = " ".join(dict.fromkeys(o.help for _, o in pairs))  # each kind's own words once
+        shown = "; ".join(dict.fromkeys(str(e.default(name)) for e, _ in pairs))
+        out.append(click.Option([f"--{name.replace('_', '-')}", name],
+                                type=click.IntRange(min=min(o.min for _, o in pairs)),
+                                default=None, help=f"{helps} [{shown}]"))
+    return out
+
+
+class _TrainCommand(common.AeCommand):
+    """ae-train reads the model kinds (aekit.models.registry: --arch's choices, the kinds' own
+    options, the defaults in the help) when click builds its parameters (parsing, --help), not
+    when this module is imported: finding the kinds imports torch. Built again when a kind was
+    registered since."""
+
+    _kinds_seen: tuple = ()
+    _kind_params: tuple = ()
+
+    def get_params(self, ctx):
+        self._sync_kinds()
+        return super().get_params(ctx)
+
+    def _sync_kinds(self) -> None:
+        kinds = registry.kinds()
+        seen = tuple((k, id(e)) for k, e in kinds.items())
+        if seen == self._kinds_seen:
+            return
+        by_name = {p.name: p for p in self.params}
+        for name, text in _KIND_HELP.items():
+            by_name[name].help = text()
+        by_name["arch"].type = click.Choice(list(kinds))
+        params = [p for p in self.params if p not in self._kind_params]
+        new = _kind_options()
+        clash = {p.name for p in new} & {p.name for p in params}
+        if clash:  # a third-party kind's option: one line, not a traceback
+            raise InputError(f"a model kind's own option is named like an ae-train option "
+                             f"({', '.join(sorted(clash))}): rename it in its register call")
+        at = params.index(by_name["latent"]) + 1
+        self.params = params[:at] + new + params[at:]
+        self._kind_params, self._kinds_seen = tuple(new), seen
 
 
 @contextlib.contextmanager
@@ -130,7 +169,7 @@ def _self_sigterm_hook():
     return on_step
 
 
-@common.command("ae-train", help=HELP)
+@common.command("ae-train", help=HELP, cls=_TrainCommand)
 @click.argument("features", type=common.RegularFile("a features file"))
 @common.output_option(required=True, allow_dash=False, binary="a model file",
                       help="Model file to write (.safetensors, atomically).")
@@ -138,24 +177,13 @@ def _self_sigterm_hook():
               show_default=True,
               help="default: stable training; tutorial: the tutorial's exact settings. "
                    "Options given explicitly override the preset.")
-@click.option("--arch", type=_KindChoice(), default=S.default_of("arch"),
-              show_default=True,
-              help="; ".join(f"{k}: {a.help}" for k, a in S.ARCHS.items()) + ".")
-@click.option("--hidden", callback=_widths, default=None,
-              help="Hidden layer widths, encoder side (the decoder mirrors them) "
-                   f"[{S.defaults_help('hidden', lambda h: ','.join(map(str, h)))}].")
-@click.option("--latent", type=click.IntRange(min=1), default=None,
-              help=f"Bottleneck width [{S.defaults_help('latent')}].")
-@_arch_options
-@click.option("--epochs", type=click.IntRange(min=1), default=None,
-              help=f"Epochs: the number run without a validation fold "
-                   f"[{S.defaults_help('epochs')}], the maximum with one "
-                   f"[{S.WITH_VALIDATION['epochs']}].")
-@click.option("--batch-size", type=click.IntRange(min=1), default=None,
-              help=f"Units (clips, or windows for frames and interp) per step, per process "
-                   f"[{S.defaults_help('batch_size')}].")
-@click.option("--lr", type=float, default=None,
-              help=f"Adam learning rate (schedule peak) [{S.defaults_help('lr', '{:g}'.format)}].")
+# --arch's choices and the help of the options below naming kinds: _TrainCommand.
+@click.option("--arch", type=str, default=S.default_of("arch"), show_default=True)
+@click.option("--hidden", callback=_widths, default=None)
+@click.option("--latent", type=click.IntRange(min=1), default=None)
+@click.option("--epochs", type=click.IntRange(min=1), default=None)
+@click.option("--batch-size", type=click.IntRange(min=1), default=None)
+@click.option("--lr", type=float, default=None)
 @click.option("--normalize", type=click.Choice(S.NORM_MODES), default=None,
               help="Input normalization fitted on training rows [default: global; tutorial: none].")
 @click.option("--schedule", type=click.Choice(S.SCHEDULES), default=None,
@@ -205,7 +233,7 @@ def _self_sigterm_hook():
 def cli(features, output, preset, arch, hidden, latent, epochs, batch_size, lr, normalize,
         schedule, warmup, balanced_batches, precision, splits_path, fold, labels_path, where,
         early_stop, keep, log_path, resume, checkpoint_dir, checkpoint_every, data_mode, workers,
-        threads, seed, device, **arch_options):
+        threads, seed, device, **kind_options):
     from aekit.system import hostmem
     from aekit.train import loop as tr  # torch is imported here, not at --help
     from aekit.system.device import resolve_device
@@ -217,7 +245,7 @@ def cli(features, output, preset, arch, hidden, latent, epochs, batch_size, lr, 
         lr=lr, normalize=normalize, schedule=schedule, warmup=warmup,
         balanced_batches=balanced_batches, precision=precision, early_stop=early_stop,
         keep=keep, seed=seed,
-        model_options={k.removeprefix("arch_"): v for k, v in arch_options.items()})
+        model_options=kind_options)
     if fold is not None and splits_path is None:
         raise InputError("--fold needs --splits")
     from aekit.train.checkpoint import CHECKPOINT_FILES, checkpoint_dir_for

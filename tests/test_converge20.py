@@ -15,6 +15,7 @@ from aekit.train import settings as S
 from aekit.train import loop as tr
 from aekit.cmds.train import SIGTERM_AT_STEP_ENV, cli
 from aekit.models.modelfile import read_info
+from aekit.models.registry import kinds
 from aekit.train.schedule import PLATEAU_PATIENCE, Plateau
 
 SMALL = ["--hidden", "32,16", "--latent", "8", "--batch-size", "4", "--workers", "0"]
@@ -40,7 +41,7 @@ def run(args, env=None):
 
 
 def test_defaults_with_and_without_validation():
-    for arch in S.ARCHS:
+    for arch in kinds():
         fixed = S.make_settings(arch=arch)
         assert (fixed.epochs, fixed.early_stop, fixed.schedule) == (20, None, "cosine")
         chosen = S.make_settings(arch=arch, validation=True)

@@ -179,7 +179,8 @@ def test_ae_eval_protocol_report(tmp_path):
     from test_eval import N, PARAMS, SHAPE, make_dataset, one_error_line, run
 
     from aekit.models.modelfile import Normalizer, save_model
-    from aekit.models.registry import AEConfig, build_model
+    from aekit.models.mlp import AEConfig
+    from aekit.models.registry import build_model
 
     x, ids, anomaly = make_dataset(tmp_path)
     torch.manual_seed(0)

@@ -18,7 +18,8 @@ from aekit.data import store
 from aekit.cmds.encode import cli
 from aekit.system.fileio import file_sha256
 from aekit.models.modelfile import Normalizer, load_model, save_model
-from aekit.models.registry import AEConfig, build_model
+from aekit.models.mlp import AEConfig
+from aekit.models.registry import build_model
 
 BIN = Path(sys.executable).parent
 SHAPE = (2, 4, 10)

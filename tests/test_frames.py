@@ -14,6 +14,8 @@ from safetensors.torch import load_file
 
 from aekit.models import frames
 from aekit.models import registry as models
+from aekit.models.mlp import DEFAULT_HIDDEN
+from aekit.models.registry import kind
 from aekit.train import settings as S
 from aekit.train import loop as tr
 from aekit.cmds.encode import cli as encode_cli
@@ -98,16 +100,16 @@ def test_kind_defaults_sit_under_preset_and_options():
     s = S.make_settings(arch="frames")
     assert (s.hidden, s.latent, s.batch_size, s.lr, s.model_options) == (
         (128, 128, 128, 128), 8, 512, 1e-3, {"context": 5})
-    assert s.epochs == S.ARCHS["frames"].defaults["epochs"]
-    assert S.make_settings(arch="improved").hidden == S.DEFAULT_HIDDEN  # others unchanged
+    assert s.epochs == kind("frames").defaults["epochs"]
+    assert S.make_settings(arch="improved").hidden == DEFAULT_HIDDEN  # others unchanged
     t = S.make_settings("tutorial", arch="frames", model_options={"context": 7})
     assert (t.batch_size, t.hidden, t.model_options) == (25, (128,) * 4, {"context": 7})
     assert S.make_settings(arch="frames", batch_size=64, hidden=(32,)).batch_size == 64
 
 
 @pytest.mark.parametrize("args, msg", [
-    (["--arch", "improved", "--context", "3"], "--context does not apply to --arch improved"),
-    (["--arch", "frames", "--context", "13"], "--context 13: must be between 1 and the clips' 12 frames"),
+    (["--arch", "improved", "--context", "3"], "--context: does not apply to model kind 'improved'"),
+    (["--arch", "frames", "--context", "13"], "--context: 13 must be between 1 and the clips' 12 frames"),
 ])
 def test_context_errors(tmp_path, args, msg):
     write_features(tmp_path / "f.h5", n=6, shape=SHAPE)

@@ -22,7 +22,8 @@ from aekit.cmds.train import cli as train_cli
 from aekit.errors import InputError
 from aekit.audio.features import MelParams, empty_mel_filters, max_mel_bands, min_n_fft
 from aekit.models.modelfile import Normalizer, load_model, save_model
-from aekit.models.registry import AEConfig, build_model
+from aekit.models.mlp import AEConfig
+from aekit.models.registry import build_model
 from conftest import exe, invoke, one_error_line, write_tone
 
 SHAPE = (2, 4, 10)

@@ -23,7 +23,8 @@ from aekit.cmds.train import SIGTERM_AT_STEP_ENV
 from aekit.cmds.train import cli as train_cli
 from aekit.errors import InputError
 from aekit.models.modelfile import Normalizer, load_model, metadata_sha256, read_info, save_model
-from aekit.models.registry import AEConfig, build_model
+from aekit.models.mlp import AEConfig
+from aekit.models.registry import build_model
 
 SHAPE = (2, 4, 10)
 

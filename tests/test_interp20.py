@@ -247,10 +247,10 @@ def test_mahalanobis_on_centre_frame_errors(setup):
 
 
 @pytest.mark.parametrize("context, msg", [
-    ("4", "--context 4 must be odd for --arch interp (a window around a centre frame)"),
-    ("2", "--context must be at least 3"),
-    ("1", "--context must be at least 3"),
-    ("13", "--context 13: must be between 1 and the clips' 12 frames"),
+    ("4", "--context: 4 must be odd for model kind 'interp' (a window around a centre frame)"),
+    ("2", "--context: must be at least 3"),
+    ("1", "--context: must be at least 3"),
+    ("13", "--context: 13 must be between 1 and the clips' 12 frames"),
 ])
 def test_bad_context_refused(tmp_path, context, msg):
     write_features(tmp_path / "f.h5", n=6, shape=SHAPE)
@@ -266,6 +266,6 @@ def test_bad_context_refused_by_the_library():
     from aekit.models.interp import InterpConfig
 
     for c in (0, 1, 2, 4, 6):
-        with pytest.raises(InputError, match=f"--context {c}: "):
+        with pytest.raises(InputError, match=f"^context: {c} "):
             InterpConfig(input_shape=SHAPE, context=c)
     assert InterpConfig(input_shape=SHAPE, context=7).neighbour_dim == 2 * 4 * 6

@@ -48,7 +48,8 @@ def one_error_line(stderr: str, prog: str) -> str:
 
 def write_model(path, seed: int = 0):
     from aekit.models.modelfile import Normalizer, save_model
-    from aekit.models.registry import AEConfig, build_model
+    from aekit.models.mlp import AEConfig
+    from aekit.models.registry import build_model
 
     torch.manual_seed(seed)
     x = np.random.default_rng(seed).normal(-40, 6, (4, *SHAPE)).astype(np.float32)

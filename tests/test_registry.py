@@ -70,7 +70,6 @@ def registered(monkeypatch):
     models.register(KIND, HalvesConfig, Halves)
     yield
     models._REGISTRY.pop(KIND, None)
-    models.ARCHS.pop(KIND, None)
 
 
 def halves(x: np.ndarray) -> np.ndarray:

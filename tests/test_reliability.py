@@ -243,7 +243,8 @@ def test_state_dict_mismatch_names_the_tensor_and_both_shapes(tmp_path):
 
     from aekit.errors import InputError
     from aekit.models.modelfile import Normalizer, load_model, save_model
-    from aekit.models.registry import AEConfig, build_model
+    from aekit.models.mlp import AEConfig
+    from aekit.models.registry import build_model
 
     cfg = AEConfig(arch="baseline", input_shape=(1, 2, 3), hidden=(4,), latent=2)
     path = tmp_path / "m.safetensors"

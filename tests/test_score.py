@@ -75,18 +75,18 @@ def eval_scores(model: Path, features: Path, column: str = "mse") -> dict[str, f
 
 
 def _archs():
-    from aekit.train.settings import ARCHS
+    from aekit.models.registry import kinds
 
-    return sorted(ARCHS)
+    return sorted(kinds())
 
 
 @pytest.mark.parametrize("arch", _archs())
 def test_scores_equal_featurize_plus_eval(audio, features, arch):
-    from aekit.train.settings import ARCHS
+    from aekit.models.registry import kind
 
     model = trained(features, arch)
     # both at the default --score auto: the kind's declared score (its statistics are stored)
-    scorer = ARCHS[arch].score
+    scorer = kind(arch).score
     want = eval_scores(model, features, scorer)
     r = invoke("score", [model, audio, "-j", "2", "--batch-size", "4", "--max-fail-frac", "0.2"])
     assert r.exit_code == 0, r.stderr

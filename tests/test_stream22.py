@@ -40,7 +40,8 @@ def setup(tmp_path_factory):
 
     from aekit.audio.features import MelParams
     from aekit.models.modelfile import Normalizer, save_model
-    from aekit.models.registry import AEConfig, build_model
+    from aekit.models.mlp import AEConfig
+    from aekit.models.registry import build_model
 
     root = tmp_path_factory.mktemp("stream22")
     audio = root / "a"

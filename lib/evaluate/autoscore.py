@@ -1,7 +1,7 @@
 """``--score auto``: the anomaly score a model prefers, and the decision threshold of a score.
 
 One rule for every model kind: a kind declares its preferred score at registration
-(``aekit.train.settings.ArchInfo.score``, ``aekit.models.registry.register(score=...)``): 'mahalanobis' for
+(``aekit.models.registry.register(score=...)``, ``ModelKind.score``): 'mahalanobis' for
 the frame-window kinds (frames, interp), 'mse' for the whole-clip ones. ``auto`` is that
 score when it is 'mse', or when the model file stores Mahalanobis statistics; otherwise
 (a model written before ae-train stored them, or one whose error vectors are longer than
@@ -31,11 +31,11 @@ AUTO = "auto"
 
 
 def preferred(model) -> str:
-    """The score a loaded model's kind declares (``ArchInfo.score``; 'mse' when unknown)."""
-    from aekit.train.settings import ARCHS
+    """The score a loaded model's kind declares (``ModelKind.score``; 'mse' when unknown)."""
+    from aekit.models.registry import kinds
 
     arch = getattr(getattr(model, "config", None), "arch", None)
-    info = ARCHS.get(arch)
+    info = kinds().get(arch)
     return info.score if info is not None else "mse"
 
 

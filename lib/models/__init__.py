@@ -1,1 +1,1 @@
-"""The autoencoders: the registry, each model kind, the model file."""
+"""The autoencoders: the registry of model kinds, the model contract (base), each kind, the model file."""

@@ -1,4 +1,4 @@
-"""``--arch frames``: the DCASE 2020 Task 2 baseline autoencoder over windows of frames.
+"""Model kind ``frames``: the DCASE 2020 Task 2 baseline autoencoder over windows of frames.
 
 A training unit is a window of ``context`` consecutive frames of a clip's log-Mel,
 flattened channel-major to ``C * M * context`` values (C=1, M=128, context=5: 640, as in
@@ -19,11 +19,14 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from aekit.models import registry as models
 from aekit.errors import InputError
-from aekit.train.settings import ARCHS
+from aekit.models.base import ClipModel, mirrored
+from aekit.models.registry import ModelOption, register
 
-DEFAULTS = ARCHS["frames"].defaults
+#: The DCASE 2020 Task 2 baseline's training (Adam lr 1e-3, batch 512 windows). Epochs: with a
+#: validation fold, at most the baseline's 100, stopped by the validation loss
+#: (aekit.train.settings.WITH_VALIDATION); without one, 20 (README, "Anomalous-sound detection").
+TRAINING = dict(batch_size=512, lr=1e-3, epochs=20)
 #: Values per forward pass when scoring (windows x D): bounds memory whatever the clip count.
 CHUNK_VALUES = 1 << 23
 
@@ -32,19 +35,19 @@ CHUNK_VALUES = 1 << 23
 class FramesConfig:
     arch: str = "frames"
     input_shape: tuple[int, int, int] = (1, 128, 313)  # [C, n_mels, frames]
-    hidden: tuple[int, ...] = DEFAULTS["hidden"]
-    latent: int = DEFAULTS["latent"]
-    context: int = ARCHS["frames"].options["context"].default
+    hidden: tuple[int, ...] = (128, 128, 128, 128)  # the DCASE baseline's
+    latent: int = 8
+    context: int = 5  # frames per window
 
     def __post_init__(self) -> None:
         self.input_shape = tuple(int(x) for x in self.input_shape)  # type: ignore[assignment]
         self.hidden = tuple(int(x) for x in self.hidden)
         self.latent, self.context = int(self.latent), int(self.context)
         if any(w <= 0 for w in (*self.hidden, self.latent)):
-            raise InputError("layer widths must be positive")
+            raise InputError("layer widths must be positive", param="hidden")
         if not 1 <= self.context <= self.input_shape[2]:
-            raise InputError(f"--context {self.context}: must be between 1 and the clips' "
-                             f"{self.input_shape[2]} frames")
+            raise InputError(f"{self.context} must be between 1 and the clips' "
+                             f"{self.input_shape[2]} frames", param="context")
 
     @property
     def input_dim(self) -> int:
@@ -61,13 +64,13 @@ def _block(n_in: int, n_out: int) -> list[nn.Module]:
     return [nn.Linear(n_in, n_out), nn.BatchNorm1d(n_out), nn.ReLU(inplace=True)]
 
 
-class FramesAE(models.ClipModel):
+class FramesAE(ClipModel):
     """windows [B, C*M*context] -> encoder -> z [B, latent] -> decoder -> [B, C*M*context]."""
 
     def __init__(self, config: FramesConfig):
         super().__init__()
         self.config = config
-        self.encoder, self.decoder = models.mirrored(
+        self.encoder, self.decoder = mirrored(
             [config.input_dim, *config.hidden, config.latent], _block)
 
     def forward(self, units: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -195,4 +198,6 @@ def build(config: FramesConfig) -> FramesAE:
     return FramesAE(config)
 
 
-models.register("frames", FramesConfig, build)
+register("frames", FramesConfig, build, batch_norm=True, score="mahalanobis",
+         help="frame windows (context frames each), Linear+BatchNorm+ReLU (DCASE 2020)",
+         defaults=TRAINING, options={"context": ModelOption("Frames per window.")})

@@ -1,4 +1,4 @@
-"""``--arch interp``: the interpolation model (IDNN; Suefusa et al., ICASSP 2020, "Anomalous
+"""Model kind ``interp``: the interpolation model (IDNN; Suefusa et al., ICASSP 2020, "Anomalous
 sound detection based on interpolation deep neural network").
 
 The frame-window model (``aekit.models.frames``) reconstructs a whole window of ``context`` frames,
@@ -28,26 +28,22 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from aekit.models import registry as models
 from aekit.errors import InputError
-from aekit.models.frames import FramesAE, FramesConfig, _block
-from aekit.train.settings import ARCHS
-
-DEFAULTS = ARCHS["interp"].defaults
+from aekit.models.base import ClipModel, mirrored
+from aekit.models.frames import TRAINING, FramesAE, FramesConfig, _block
+from aekit.models.registry import ModelOption, register
 
 
 @dataclass
 class InterpConfig(FramesConfig):
-    arch: str = "interp"
-    hidden: tuple[int, ...] = DEFAULTS["hidden"]
-    latent: int = DEFAULTS["latent"]
-    context: int = ARCHS["interp"].options["context"].default
+    arch: str = "interp"  # the frame model's widths and window (inherited)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.context < 3 or self.context % 2 == 0:
-            raise InputError(f"--context {self.context}: --arch interp needs an odd window of at "
-                             "least 3 frames (the centre frame and a neighbour on each side)")
+            raise InputError(f"{self.context} is not an odd window of at least 3 frames (model "
+                             "kind interp predicts the centre frame from a neighbour on each "
+                             "side)", param="context")
 
     @property
     def target_dim(self) -> int:
@@ -66,9 +62,9 @@ class InterpAE(FramesAE):
     -> decoder -> centre frame [B, C*M]."""
 
     def __init__(self, config: InterpConfig):
-        models.ClipModel.__init__(self)
+        ClipModel.__init__(self)
         self.config = config
-        self.encoder, self.decoder = models.mirrored(
+        self.encoder, self.decoder = mirrored(
             [config.neighbour_dim, *config.hidden, config.latent], _block)
         self.decoder[-1] = nn.Linear(self.decoder[-1].in_features, config.target_dim)
 
@@ -115,4 +111,9 @@ def build(config: InterpConfig) -> InterpAE:
     return InterpAE(config)
 
 
-models.register("interp", InterpConfig, build)
+# The frame model's layers and training defaults: the two differ only in what is predicted.
+register("interp", InterpConfig, build, batch_norm=True, score="mahalanobis",
+         help="the centre frame of a window of context frames predicted from the others, frames' layers "
+              "(IDNN, ICASSP 2020)",
+         defaults=TRAINING, options={"context": ModelOption("interp: odd, at least 3.", min=3,
+                                                            odd=True)})

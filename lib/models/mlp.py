@@ -17,11 +17,13 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from aekit.models import registry as models
-from aekit.train.settings import DEFAULT_HIDDEN, DEFAULT_LATENT
+from aekit.models.base import ClipModel, mirrored
+from aekit.models.registry import register
 
 MLP_ARCHS = ("baseline", "improved")
 LEAKY_SLOPE = 0.1  # tutorial part 5: small negative slope keeps neurons alive
+DEFAULT_HIDDEN = (8224, 2056, 1024, 512)  # the tutorial's widths
+DEFAULT_LATENT = 256  # the tutorial's bottleneck
 
 
 @dataclass
@@ -66,14 +68,14 @@ def _block(arch: str, n_in: int, n_out: int, slope: float) -> list[nn.Module]:
     return [nn.Linear(n_in, n_out), nn.BatchNorm1d(n_out), nn.LeakyReLU(slope, inplace=True)]
 
 
-class Autoencoder(models.ClipModel):
+class Autoencoder(ClipModel):
     """x [B, D] -> encoder -> z [B, latent] -> decoder -> x_hat [B, D]; forward returns (x_hat, z)."""
 
     def __init__(self, config: AEConfig):
         super().__init__()
         self.config = config
         widths = [config.input_dim, *config.hidden, config.latent]
-        self.encoder, self.decoder = models.mirrored(
+        self.encoder, self.decoder = mirrored(
             widths, lambda a, b: _block(config.arch, a, b, config.negative_slope))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -111,5 +113,5 @@ def build(config: AEConfig) -> Autoencoder:
     return Autoencoder(config)
 
 
-for _name in MLP_ARCHS:
-    models.register(_name, AEConfig, build)
+register("baseline", AEConfig, build, help="Linear+ReLU")
+register("improved", AEConfig, build, batch_norm=True, help="Linear+BatchNorm+LeakyReLU(0.1)")

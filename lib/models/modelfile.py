@@ -38,8 +38,9 @@ import torch
 from aekit import __version__
 from aekit.errors import InputError
 from aekit.system.fileio import atomic_path
-from aekit.models.registry import ClipModel, build_model, check_config_dict, config_from_dict, config_to_dict
-from aekit.train.settings import NORM_MODES
+from aekit.models.base import ClipModel
+from aekit.models.registry import (NORM_MODES, build_model, check_config_dict, config_from_dict,
+                                   config_to_dict)
 
 FORMAT = "aekit-model"
 FORMAT_VERSION = 2

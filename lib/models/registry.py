@@ -1,174 +1,180 @@
-"""The model registry and the contract every autoencoder follows.
+"""The model registry: one entry per model kind, owning everything about it.
 
-A model kind is a config dataclass plus a builder, registered under its ``--arch`` name
-(``register``). Training, ``ae-encode`` and ``ae-eval`` only ever call the methods of
-``ClipModel``, so a new kind is one module and one registration:
+A kind is one module of ``aekit.models`` that defines a config dataclass and a model (a
+``aekit.models.base.ClipModel``) and registers them under its name with ``register(...)``;
+its entry (``ModelKind``) holds everything the rest of aekit needs to know about the kind:
 
-* input: clips ``[B, C, M, T]`` (log-Mel in dB, normalized by the model's Normalizer);
-* training units: a clip holds ``units_per_clip(T)`` training examples (1 for a
-  whole-clip model; e.g. one per window of frames), and ``take_units(clips, offsets)``
-  cuts unit ``offsets[b]`` of clip ``b`` into a flat vector ``[B, D]``; the data layer
-  counts, shuffles and batches (clip, offset) pairs, never clips;
-* ``forward(units) -> (reconstruction [B, D'], code [B, latent])``, compared with
-  ``unit_target(units)`` (the units themselves, D' = D, for an autoencoder; the centre frame
-  of the window for ``--arch interp``, which predicts it from its neighbours);
-* per clip: ``clip_errors`` (MSE in dB^2, MAE in dB: the mean over the clip's units) and
-  ``clip_codes`` (the mean code over its units);
-* normalization: ``norm_shape()`` is the shape of per-feature statistics, broadcast
-  against one clip (the whole clip ``(C, M, T)`` here; ``(C, M, 1)`` for frame windows).
+* ``config_cls``: its config dataclass, with at least ``arch``, ``input_shape`` (C, M, T) and
+  ``latent``; the field defaults are the kind's defaults. A field named like a model setting
+  of training (``hidden``, ``latent``: ``aekit.train.settings.MODEL_FIELDS``) is filled from
+  it; a kind without such a field refuses the setting (``ae-train --hidden`` with a kind that
+  has no hidden layers is an error, not silently ignored);
+* ``options``: its own integer fields offered as training options (``context`` ->
+  ``ae-train --context``), each a ``ModelOption`` (help, minimum, odd), its default the field's;
+* ``defaults``: the other training settings it changes (``batch_size``, ``lr``, ``epochs``),
+  and ``validated``: its values when a validation fold exists;
+* ``batch_norm`` (a batch needs at least 2 units), ``help`` (one line for ``--arch``) and
+  ``score``: the anomaly score ``--score auto`` picks for it ('mse' or 'mahalanobis').
 
-The first two kinds, ``baseline`` and ``improved``, live in ``aekit.models.mlp``.
+The built-in kinds are found by importing every module of the ``aekit.models`` package
+once, when a kind is first looked up (``kinds()``, ``kind(name)``): the ``register`` call in
+a module is its one registration. Third-party kinds register with ``register(...)`` at run
+time (a notebook), or from an installed package through the entry-point group
+``aekit.models`` (``[project.entry-points."aekit.models"] mykind = "mypkg.mykind"``: the
+module is imported at discovery and calls ``register``).
+
+This module does not import torch (``ae-train``'s options are read from it); the model
+contract and the shared layers are in ``aekit.models.base``.
 """
 
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass, fields
-from typing import Callable
-
-import torch
-from torch import nn
+import logging
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
+from types import MappingProxyType
+from typing import Any, Callable, Mapping
 
 from aekit.errors import InputError
-from aekit.train.settings import ARCHS, DEFAULT_HIDDEN, DEFAULT_LATENT, ArchInfo  # noqa: F401 (re-export)
+
+LOG = logging.getLogger("aekit")
+
+#: The input normalizations a model file may hold (``aekit.models.modelfile.Normalizer``).
+NORM_MODES = ("none", "global", "per-feature")
+SCORES = ("mse", "mahalanobis")
+#: The names ``base`` defines, still importable from here (loaded on first use).
+_BASE_NAMES = ("ClipModel", "mirrored", "count_parameters", "layer_summary", "unit_target")
 
 
-class ClipModel(nn.Module):
-    """An autoencoder over clips; subclasses set ``self.config`` and define ``forward``."""
+@dataclass(frozen=True)
+class ModelOption:
+    """An integer config field of a kind offered as a training option (``context`` ->
+    ``ae-train --context``); its default is the field's default."""
 
-    config: object
+    help: str
+    min: int = 1
+    odd: bool = False  # only odd values (a window with a centre frame)
 
-    @property
-    def input_shape(self) -> tuple[int, int, int]:
-        return tuple(self.config.input_shape)  # type: ignore[attr-defined]
-
-    # -- training units
-    def units_per_clip(self, frames: int) -> int:
-        """How many training examples one clip of ``frames`` frames holds."""
-        return 1
-
-    def take_units(self, clips: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-        """clips [B, C, M, T], offsets [B] -> units [B, D] (here the whole clip)."""
-        return clips.flatten(1)  # [B, C*M*T]
-
-    def gather_units(self, x: torch.Tensor, clip: torch.Tensor, offsets: torch.Tensor
-                     ) -> torch.Tensor:
-        """Units of many clips held together: x [N, C, M, T], clip [B] (positions in x),
-        offsets [B] -> [B, D]. A model with many small units per clip overrides this to
-        index its units directly instead of copying whole clips first."""
-        return self.take_units(x.index_select(0, clip), offsets)
-
-    def forward(self, units: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        raise NotImplementedError
-
-    def encode_units(self, units: torch.Tensor) -> torch.Tensor:
-        return self(units)[1]
-
-    def unit_target(self, units: torch.Tensor) -> torch.Tensor:
-        """What ``forward(units)[0]`` is compared with (loss, scores, error vectors):
-        units [B, D] -> [B, D'], here the units themselves (an autoencoder)."""
-        return units
-
-    # -- normalization
-    def norm_shape(self) -> tuple[int, ...]:
-        """Shape of per-feature statistics, broadcast against one clip [C, M, T]."""
-        return self.input_shape
-
-    def unit_stats(self, stats: torch.Tensor) -> torch.Tensor:
-        """Statistics (broadcast against a clip) laid out like units: broadcast against [B, D]."""
-        if stats.numel() == 1:
-            return stats.reshape(1)
-        clip = stats.reshape(stats.shape if stats.dim() == 3 else self.norm_shape())
-        clip = clip.expand(*self.input_shape).unsqueeze(0)  # [1, C, M, T]
-        return self.take_units(clip, torch.zeros(1, dtype=torch.int64, device=clip.device))[0]
-
-    def target_stats(self, stats: torch.Tensor) -> torch.Tensor:
-        """Statistics laid out like ``unit_target``'s output: broadcast against [B, D']."""
-        s = self.unit_stats(stats)
-        return s if s.numel() == 1 else self.unit_target(s.unsqueeze(0))[0]
-
-    # -- per clip (raw dB in, dB out)
-    def _all_units(self, xn: torch.Tensor):
-        k = self.units_per_clip(xn.shape[-1])
-        for o in range(k):
-            yield k, self.take_units(xn, torch.full((xn.shape[0],), o, dtype=torch.int64,
-                                                    device=xn.device))
-
-    def clip_errors(self, x: torch.Tensor, norm) -> tuple[torch.Tensor, torch.Tensor]:
-        """Raw dB clips [B, C, M, T] -> (MSE dB^2 [B], MAE dB [B]), the mean over each clip's units."""
-        xn = norm.transform(x)
-        std = None if norm.mode == "none" else self.target_stats(norm.std)
-        mse = mae = None
-        for k, u in self._all_units(xn):
-            err = self(u)[0].float() - self.unit_target(u)  # [B, D'], normalized units
-            if std is not None:
-                err = err * std  # dB
-            a, b = err.square().mean(1), err.abs().mean(1)
-            mse, mae = (a, b) if mse is None else (mse + a, mae + b)
-        return mse / k, mae / k
-
-    def clip_codes(self, x: torch.Tensor, norm) -> torch.Tensor:
-        """Raw dB clips [B, C, M, T] -> codes [B, latent], the mean over each clip's units."""
-        xn = norm.transform(x)
-        codes = [self.encode_units(u) for _, u in self._all_units(xn)]
-        return codes[0] if len(codes) == 1 else torch.stack(codes).mean(0)
-
-    def errors_and_codes(self, x: torch.Tensor, norm
-                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(MSE [B], MAE [B], codes [B, latent]); a model may do it in one pass."""
-        return (*self.clip_errors(x, norm), self.clip_codes(x, norm))
-
-    def reconstruct_and_codes(self, x: torch.Tensor, norm) -> tuple[torch.Tensor, torch.Tensor]:
-        """(reconstruction in dB [B, C, M, T], codes [B, latent]); a model may do it in one pass."""
-        return self.reconstruct_clips(x, norm), self.clip_codes(x, norm)
-
-    def reconstruct_clips(self, x: torch.Tensor, norm) -> torch.Tensor:
-        """Raw dB clips [B, C, M, T] -> their reconstruction in dB (for plots)."""
-        if self.units_per_clip(x.shape[-1]) != 1:
-            raise NotImplementedError(f"{type(self).__name__} does not reconstruct whole clips")
-        offsets = torch.zeros(x.shape[0], dtype=torch.int64, device=x.device)
-        out, _ = self(self.take_units(norm.transform(x), offsets))
-        return norm.inverse(out.reshape(x.shape))
-
-
-# --------------------------------------------------------------------------- registry
 
 @dataclass(frozen=True)
 class ModelKind:
+    """A registered model kind (see the module)."""
+
     name: str
-    config_cls: type  # a dataclass with at least arch, input_shape, latent
-    build: Callable[[object], ClipModel]
+    config_cls: type
+    build: Callable[[Any], Any]  # config -> ClipModel
+    help: str = ""
+    batch_norm: bool = False
+    score: str = "mse"
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    validated: Mapping[str, Any] = field(default_factory=dict)
+    options: Mapping[str, ModelOption] = field(default_factory=dict)
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        """The config's field names."""
+        return tuple(f.name for f in fields(self.config_cls))
+
+    def uses(self, name: str) -> bool:
+        """Whether the config has a field ``name`` (a setting it takes)."""
+        return name in self.fields
+
+    def default(self, name: str):
+        """The default of config field ``name``."""
+        f = {f.name: f for f in fields(self.config_cls)}[name]
+        return f.default_factory() if f.default is MISSING else f.default
 
 
 _REGISTRY: dict[str, ModelKind] = {}
+_discovered = False
 
 
-def register(name: str, config_cls: type, build: Callable[[object], ClipModel], *,
-             batch_norm: bool = False, help: str = "", score: str = "mse") -> None:
-    """Make ``--arch name`` build ``build(config_cls(...))``. ``score``: the anomaly score
-    ``--score auto`` prefers for the kind (``ArchInfo.score``: 'mse' or 'mahalanobis')."""
-    if score not in ("mse", "mahalanobis"):
+def register(name: str, config_cls: type, build: Callable[[Any], Any], *,
+             batch_norm: bool = False, help: str = "", score: str = "mse",
+             defaults: Mapping[str, Any] | None = None,
+             validated: Mapping[str, Any] | None = None,
+             options: Mapping[str, ModelOption] | None = None) -> ModelKind:
+    """Register the kind ``name``: ``build(config_cls(...))`` makes its model. See the module
+    for the other entries; a second registration of a name replaces the first."""
+    if score not in SCORES:
         raise ValueError(f"score must be 'mse' or 'mahalanobis', got {score!r}")
-    _REGISTRY[name] = ModelKind(name, config_cls, build)
-    if name not in ARCHS:
-        ARCHS[name] = ArchInfo(getattr(build, "__module__", ""), batch_norm, help, score=score)
+    if not isinstance(name, str) or not name or name.startswith("-") or "," in name:
+        raise ValueError(f"a model kind's name must be a word, got {name!r}")
+    if not is_dataclass(config_cls):
+        raise ValueError(f"model kind {name!r}: the config must be a dataclass")
+    names = {f.name for f in fields(config_cls)}
+    missing = {"arch", "input_shape", "latent"} - names
+    if missing:
+        raise ValueError(f"model kind {name!r}: the config has no field {', '.join(sorted(missing))}")
+    options = dict(options or {})
+    defaults_of = {f.name: f.default for f in fields(config_cls)}
+    for opt in options:
+        if opt not in names:
+            raise ValueError(f"model kind {name!r}: option {opt!r} is not a field of its config")
+        if opt in ("arch", "input_shape", "hidden", "latent"):
+            raise ValueError(f"model kind {name!r}: {opt!r} is a setting of every kind, not an "
+                             "option of its own")
+        if type(defaults_of[opt]) is not int:
+            raise ValueError(f"model kind {name!r}: option {opt!r} needs an integer default")
+    for key in (*(defaults or {}), *(validated or {})):
+        if key in names:
+            raise ValueError(f"model kind {name!r}: {key!r} is a field of its config: "
+                             "its default is the field's")
+    entry = ModelKind(name, config_cls, build, help=help, batch_norm=batch_norm, score=score,
+                      defaults=MappingProxyType(dict(defaults or {})),
+                      validated=MappingProxyType(dict(validated or {})),
+                      options=MappingProxyType(options))
+    _REGISTRY[name] = entry
+    return entry
+
+
+def _discover() -> None:
+    """Import every module of the aekit.models package and every ``aekit.models`` entry
+    point, once: their ``register`` calls fill the registry."""
+    global _discovered
+    if _discovered:
+        return
+    _discovered = True
+    import pkgutil
+    from importlib.metadata import entry_points
+
+    import aekit.models as package
+
+    for mod in pkgutil.iter_modules(package.__path__):
+        if mod.name != "registry":
+            importlib.import_module(f"{package.__name__}.{mod.name}")
+    for ep in entry_points(group="aekit.models"):
+        try:
+            ep.load()
+        except Exception as exc:  # a broken plug-in must not take the built-in kinds down
+            LOG.warning("model kinds: entry point %s = %s not loaded: %s", ep.name, ep.value, exc)
+
+
+def kinds() -> Mapping[str, ModelKind]:
+    """Every registered kind by name (the built-in ones found first)."""
+    _discover()
+    return MappingProxyType(_REGISTRY)
 
 
 def kind(name: str) -> ModelKind:
-    if name not in _REGISTRY and name in ARCHS:
-        importlib.import_module(ARCHS[name].module)
+    """The entry of kind ``name`` (InputError, param 'arch', when there is none)."""
     if name not in _REGISTRY:
-        raise InputError(f"unknown architecture {name!r}: use {' or '.join(ARCHS)}")
+        _discover()
+    if name not in _REGISTRY:
+        raise InputError(f"unknown model kind {name!r}: use {', '.join(_REGISTRY)}", param="arch")
     return _REGISTRY[name]
 
 
 def make_config(arch: str, input_shape, **options):
-    """The config of kind ``arch`` for clips of ``input_shape``; options it has no field for
-    (e.g. --hidden for a kind without hidden layers) are ignored."""
-    cls = kind(arch).config_cls
-    names = {f.name for f in fields(cls)}
-    return cls(arch=arch, input_shape=tuple(input_shape),
-               **{k: v for k, v in options.items() if k in names})
+    """The config of kind ``arch`` for clips of ``input_shape``; None options are left at the
+    config's default, an option the kind has no field for is refused (InputError)."""
+    entry = kind(arch)
+    names = entry.fields
+    given = {k: v for k, v in options.items() if v is not None}
+    for k in given:
+        if k not in names or k in ("arch", "input_shape"):
+            raise InputError(f"does not apply to model kind {arch!r}", param=k)
+    return entry.config_cls(arch=arch, input_shape=tuple(input_shape), **given)
 
 
 def check_config_dict(d) -> None:
@@ -181,7 +187,6 @@ def check_config_dict(d) -> None:
     does not know are ignored, as ``config_from_dict`` does.
     """
     import math
-    from dataclasses import MISSING
 
     if not isinstance(d, dict):
         raise InputError(f"config is not a JSON object but {type(d).__name__}")
@@ -246,8 +251,11 @@ def config_to_dict(config) -> dict:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()}
 
 
-def build_model(config, device: torch.device | str | None = None) -> ClipModel:
-    """Build the model (on the meta device for counting without memory: device='meta')."""
+def build_model(config, device=None):
+    """Build the model of a config (on the meta device for counting without memory:
+    device='meta')."""
+    import torch
+
     build = kind(config.arch).build
     if device is not None and str(device) == "meta":
         with torch.device("meta"):
@@ -256,47 +264,9 @@ def build_model(config, device: torch.device | str | None = None) -> ClipModel:
     return model.to(device) if device is not None else model
 
 
-def unit_target(net: nn.Module, units: torch.Tensor) -> torch.Tensor:
-    """``ClipModel.unit_target`` of a model, a DDP-wrapped one (``.module``) included; the
-    units themselves for any other module."""
-    f = getattr(getattr(net, "module", net), "unit_target", None)
-    return units if f is None else f(units)
+def __getattr__(name: str):
+    if name in _BASE_NAMES:
+        from aekit.models import base
 
-
-def mirrored(widths: list[int], block: Callable[[int, int], list[nn.Module]]
-             ) -> tuple[nn.Sequential, nn.Sequential]:
-    """An encoder of ``block(a, b)`` through ``widths`` (input, hidden..., latent) and its
-    mirror as decoder, ending in a plain Linear to the input width (no activation)."""
-    enc: list[nn.Module] = []
-    for a, b in zip(widths[:-1], widths[1:]):
-        enc += block(a, b)
-    back = widths[::-1]  # latent, ..., hidden[0], input
-    dec: list[nn.Module] = []
-    for a, b in zip(back[:-2], back[1:-1]):
-        dec += block(a, b)
-    dec.append(nn.Linear(back[-2], back[-1]))
-    return nn.Sequential(*enc), nn.Sequential(*dec)
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-def layer_summary(model: nn.Module) -> list[str]:
-    """One short line per layer, e.g. 'Linear(25024->8224)', 'BatchNorm1d(8224)', 'LeakyReLU(0.1)'."""
-    out = []
-    for m in model.modules():
-        if list(m.children()):
-            continue
-        if isinstance(m, nn.Linear):
-            out.append(f"Linear({m.in_features}->{m.out_features})")
-        elif isinstance(m, nn.BatchNorm1d):
-            out.append(f"BatchNorm1d({m.num_features})")
-        elif isinstance(m, nn.LeakyReLU):
-            out.append(f"LeakyReLU({m.negative_slope})")
-        else:
-            out.append(type(m).__name__)
-    return out
-
-
-from aekit.models.mlp import LEAKY_SLOPE, AEConfig, Autoencoder  # noqa: E402,F401  (the first two kinds)
+        return getattr(base, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

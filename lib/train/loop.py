@@ -52,8 +52,8 @@ from aekit.errors import AekitError, DataError, InputError
 from aekit.system.fileio import LOG_STAMP, atomic_path, elapsed_text, null_progress
 from aekit.models.modelfile import Normalizer, make_normalizer, save_model
 from aekit.models.registry import (ClipModel, build_model, config_to_dict, count_parameters, make_config,
-                     unit_target)
-from aekit.train.settings import (ARCHS, EXIT_PREEMPTED, KEEP, PRECISIONS, PRESETS,  # noqa: F401
+                     kind, unit_target)
+from aekit.train.settings import (EXIT_PREEMPTED, KEEP, PRECISIONS, PRESETS,  # noqa: F401
                        RESUME_MUST_MATCH, SCHEDULES, TrainSettings, make_settings)
 from aekit.train.schedule import Plateau
 from aekit.data.store import FeatureFile
@@ -665,7 +665,7 @@ def _epoch_batches(n_units: int, s: TrainSettings, dist: Dist) -> list[int]:
     """Batch sizes of one epoch on this rank."""
     n_local = len(epoch_order(n_units, s.seed, 0, dist.rank, dist.world))
     sizes = batch_sizes(n_local, s.batch_size, s.balanced_batches)
-    if ARCHS[s.arch].batch_norm and len(sizes) and sizes[-1] == 1:
+    if kind(s.arch).batch_norm and len(sizes) and sizes[-1] == 1:
         # BatchNorm cannot normalize a batch of one row in training mode.
         LOG.warning("dropping the last batch of each epoch: 1 row cannot go through BatchNorm "
                     "(choose another --batch-size to use it)")

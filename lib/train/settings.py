@@ -1,9 +1,9 @@
-"""Training settings without torch: defaults, presets, the names of the model kinds.
+"""Training settings without torch: defaults, presets.
 
 Everything that decides the trained weights is one ``TrainSettings``; ``ae-train``'s
-options take their defaults and help from here, so a default lives in one place.
-A model kind is known here by name only (``ARCHS``: name -> the module that registers
-it, imported when the kind is first built), so ``ae-train --help`` never imports torch.
+options take their defaults and help from here, so a default lives in one place. What a
+model kind changes (its config's defaults, its own options, its training defaults) is its
+entry in ``aekit.models.registry``, read from there.
 """
 
 from __future__ import annotations
@@ -12,68 +12,13 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 
 from aekit.errors import InputError
+from aekit.models import registry
+from aekit.models.registry import NORM_MODES  # noqa: F401  (the settings' choices)
 
 
-@dataclass(frozen=True)
-class ArchOption:
-    """An option of one model kind (e.g. --context of frames): an integer field of its config
-    that ae-train offers as ``--NAME`` without knowing the kind."""
-
-    default: int
-    help: str
-    min: int = 1
-    odd: bool = False  # only odd values (a window with a centre frame)
-
-
-@dataclass(frozen=True)
-class ArchInfo:
-    """What the command line needs to know about a model kind, without importing it."""
-
-    module: str  # imported to register the kind (aekit.models.registry.register)
-    batch_norm: bool = False  # BatchNorm in training mode: a batch needs >= 2 units
-    help: str = ""
-    #: TrainSettings values of this kind, replacing the general defaults; a --preset and
-    #: explicit options still override them.
-    defaults: dict = field(default_factory=dict)
-    #: The kind's own options by config field name ('context' -> --context).
-    options: dict = field(default_factory=dict)
-    #: Its values replacing WITH_VALIDATION's when a validation fold exists (default preset).
-    validated: dict = field(default_factory=dict)
-    #: The anomaly score ``--score auto`` picks for a model of this kind (aekit.evaluate.autoscore):
-    #: 'mahalanobis' (used when the model file stores its statistics, else 'mse') or 'mse'.
-    score: str = "mse"
-
-
-#: Model kinds by --arch name; a new kind is one module plus one line here (or a
-#: runtime aekit.models.registry.register call, which adds its line).
-ARCHS: dict[str, ArchInfo] = {
-    "baseline": ArchInfo("aekit.models.mlp", False, "Linear+ReLU"),
-    "improved": ArchInfo("aekit.models.mlp", True, "Linear+BatchNorm+LeakyReLU(0.1)"),
-    # The DCASE 2020 Task 2 baseline: windows of 5 frames, Linear+BatchNorm+ReLU 128 x 4,
-    # bottleneck 8, Adam lr 1e-3, batch 512 windows. Epochs: with a validation fold, at most
-    # the baseline's 100, stopped by the validation loss (WITH_VALIDATION); without one, 20
-    # (README, "Anomalous-sound detection").
-    "frames": ArchInfo(
-        "aekit.models.frames", True, "windows of --context frames, Linear+BatchNorm+ReLU (DCASE 2020)",
-        defaults=dict(hidden=(128, 128, 128, 128), latent=8, batch_size=512, lr=1e-3,
-                      epochs=20),
-        options={"context": ArchOption(5, "Frames per window (--arch frames).")},
-        score="mahalanobis"),
-}
-
-# Suefusa et al., ICASSP 2020 ("IDNN"): predict the centre frame of a window of --context
-# frames from the others. The frame model's layers and training defaults (its dict, so a change
-# there applies to both): the two differ only in what is predicted (lib/models/interp.py).
-ARCHS["interp"] = ArchInfo(
-    "aekit.models.interp", True, "the centre frame of a --context window predicted from the others, "
-    "frames' layers (IDNN, ICASSP 2020)",
-    defaults=ARCHS["frames"].defaults,
-    options={"context": ArchOption(5, "interp: odd, at least 3.", min=3, odd=True)},
-    score="mahalanobis")
-
-DEFAULT_HIDDEN = (8224, 2056, 1024, 512)  # the tutorial's widths
-DEFAULT_LATENT = 256  # the tutorial's bottleneck
-NORM_MODES = ("none", "global", "per-feature")
+#: The settings that are a model's config fields: a kind whose config has the field takes it
+#: (default: the config's own), a kind without it refuses it (aekit.models.registry).
+MODEL_FIELDS = ("hidden", "latent")
 SCHEDULES = ("constant", "cosine", "plateau")
 PRECISIONS = ("fp32", "bf16")
 KEEP = ("best", "last")
@@ -86,8 +31,8 @@ class TrainSettings:
     """Everything that decides the trained weights. Defaults are the 'default' preset."""
 
     arch: str = "improved"
-    hidden: tuple[int, ...] = DEFAULT_HIDDEN
-    latent: int = DEFAULT_LATENT
+    hidden: tuple[int, ...] | None = None  # None: the kind's own (MODEL_FIELDS)
+    latent: int | None = None
     epochs: int = 20  # the tutorial's; with a validation fold, WITH_VALIDATION's maximum
     batch_size: int = 25  # the tutorial's; per process under DDP
     lr: float = 1e-3  # the tutorial's Adam learning rate (peak of the schedule)
@@ -101,15 +46,13 @@ class TrainSettings:
     early_stop: int | None = None  # epochs without a better validation loss (0: none)
     keep: str = "best"  # weights written to the model file: best validation epoch, or last
     preset: str = "default"
-    model_options: dict = field(default_factory=dict)  # the kind's own (ArchInfo.options)
+    model_options: dict = field(default_factory=dict)  # the kind's own (ModelKind.options)
 
     def __post_init__(self) -> None:
-        self.hidden = tuple(int(h) for h in self.hidden)
         if self.early_stop == 0:  # --early-stop 0: no early stop
             self.early_stop = None
-        bn = self.arch in ARCHS and ARCHS[self.arch].batch_norm
+        entry = self._resolve_kind()
         checks = [
-            (self.arch in ARCHS, f"unknown --arch {self.arch!r}: use {' or '.join(ARCHS)}"),
             (self.normalize in NORM_MODES,
              f"unknown --normalize {self.normalize!r}: use {', '.join(NORM_MODES)}"),
             (self.schedule in SCHEDULES,
@@ -119,34 +62,52 @@ class TrainSettings:
             (self.keep in KEEP, f"unknown --keep {self.keep!r}: use best or last"),
             (self.epochs >= 1, "--epochs must be at least 1"),
             (self.batch_size >= 1, "--batch-size must be at least 1"),
-            (not bn or self.batch_size >= 2,
-             f"--batch-size must be at least 2 for --arch {self.arch} (BatchNorm needs 2 rows)"),
             (self.lr > 0 and math.isfinite(self.lr), "--lr must be a positive number"),
             (self.warmup >= 0, "--warmup must be >= 0"),
-            (len(self.hidden) >= 1 and all(h > 0 for h in self.hidden) and self.latent > 0,
-             "layer widths (--hidden, --latent) must be positive"),
             (self.early_stop is None or self.early_stop >= 1, "--early-stop must be at least 1"),
         ]
-        if self.arch in ARCHS:
-            declared = ARCHS[self.arch].options
-            self.model_options = {**{k: o.default for k, o in declared.items()},
-                                  **self.model_options}
-            for k, v in self.model_options.items():
-                checks.append((k in declared,
-                               f"--{k.replace('_', '-')} does not apply to --arch {self.arch}"))
-                if k in declared:
-                    checks.append((isinstance(v, int) and v >= declared[k].min,
-                                   f"--{k.replace('_', '-')} must be at least {declared[k].min}"))
-                    checks.append((not declared[k].odd or not isinstance(v, int) or v % 2 == 1,
-                                   f"--{k.replace('_', '-')} {v} must be odd for --arch "
-                                   f"{self.arch} (a window around a centre frame)"))
         for ok, msg in checks:
             if not ok:
                 raise InputError(msg)
+        self._check_kind(entry)
+
+    def _resolve_kind(self) -> registry.ModelKind:
+        """The kind's entry; its config's defaults for the model settings it takes, those it
+        does not take refused (left None: not recorded)."""
+        entry = registry.kind(self.arch)
+        for name in MODEL_FIELDS:
+            if entry.uses(name):
+                if getattr(self, name) is None:
+                    setattr(self, name, entry.default(name))
+            elif getattr(self, name) is not None:
+                raise InputError(f"does not apply to model kind {self.arch!r} (its config has "
+                                 f"no {name})", param=name)
+        if self.hidden is not None:
+            self.hidden = tuple(int(h) for h in self.hidden)
+        return entry
+
+    def _check_kind(self, entry: registry.ModelKind) -> None:
+        if entry.batch_norm and self.batch_size < 2:
+            raise InputError(f"must be at least 2 for model kind {self.arch!r} (BatchNorm needs "
+                             "2 rows)", param="batch_size")
+        if self.hidden is not None and (not self.hidden or any(h <= 0 for h in self.hidden)):
+            raise InputError("layer widths must be positive", param="hidden")
+        if self.latent is not None and self.latent <= 0:
+            raise InputError("must be positive", param="latent")
+        declared = entry.options
+        self.model_options = {**{k: entry.default(k) for k in declared}, **self.model_options}
+        for k, v in self.model_options.items():
+            if k not in declared:
+                raise InputError(f"does not apply to model kind {self.arch!r}", param=k)
+            if not isinstance(v, int) or isinstance(v, bool) or v < declared[k].min:
+                raise InputError(f"must be at least {declared[k].min}", param=k)
+            if declared[k].odd and v % 2 == 0:
+                raise InputError(f"{v} must be odd for model kind {self.arch!r} (a window around "
+                                 "a centre frame)", param=k)
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        d["hidden"] = list(self.hidden)
+        d["hidden"] = None if self.hidden is None else list(self.hidden)
         return d
 
 
@@ -175,9 +136,9 @@ RESUME_MUST_MATCH = ("arch", "hidden", "latent", "epochs", "batch_size", "lr", "
 def make_settings(preset: str = "default", validation: bool = False, **overrides) -> TrainSettings:
     """Settings of a preset with the given (non-None) values overriding it.
 
-    Precedence, lowest first: TrainSettings' defaults, the kind's (ArchInfo.defaults), with
-    ``validation`` (a validation fold will be given) WITH_VALIDATION and the kind's
-    ``validated``, the preset's, the explicit values. ``model_options`` (a dict; None values
+    Precedence, lowest first: TrainSettings' defaults, the kind's (its config's defaults and
+    ``ModelKind.defaults``), with ``validation`` (a validation fold will be given)
+    WITH_VALIDATION and the kind's ``validated``, the preset's, the explicit values. ``model_options`` (a dict; None values
     dropped) holds the kind's own options.
     """
     if preset not in PRESETS:
@@ -187,10 +148,11 @@ def make_settings(preset: str = "default", validation: bool = False, **overrides
         explicit["model_options"] = {k: v for k, v in explicit["model_options"].items()
                                      if v is not None}
     arch = explicit.get("arch", PRESETS[preset].get("arch", default_of("arch")))
-    kind = dict(ARCHS[arch].defaults) if arch in ARCHS else {}
+    entry = registry.kind(arch)
+    kind = dict(entry.defaults)
     if validation:
         kind.update(WITH_VALIDATION)
-        kind.update(ARCHS[arch].validated if arch in ARCHS else {})
+        kind.update(entry.validated)
     values = {**kind, **PRESETS[preset], **explicit}
     names = {f.name for f in fields(TrainSettings)}
     unknown = set(values) - names
@@ -205,8 +167,15 @@ def default_of(name: str):
 
 
 def defaults_help(name: str, fmt=str) -> str:
-    """'20; frames: 100': the general default of a field and the kinds that change it."""
+    """'25; frames: 512': the general default of a setting and the kinds that change it; for a
+    model setting (MODEL_FIELDS) each kind's own, 'baseline, improved: 256; frames, interp: 8'."""
     general = default_of(name)
-    own = [f"{arch}: {fmt(a.defaults[name])}" for arch, a in ARCHS.items()
-           if name in a.defaults and a.defaults[name] != general]
-    return "; ".join([fmt(general), *own])
+    own: dict = {}
+    for arch, entry in registry.kinds().items():
+        if name in MODEL_FIELDS:
+            if entry.uses(name):
+                own.setdefault(entry.default(name), []).append(arch)
+        elif name in entry.defaults and entry.defaults[name] != general:
+            own.setdefault(entry.defaults[name], []).append(arch)
+    parts = [] if general is None else [fmt(general)]
+    return "; ".join([*parts, *(f"{', '.join(archs)}: {fmt(v)}" for v, archs in own.items())])
