@@ -37,7 +37,7 @@ See also: ae-merge, ae-split, ae-train, ae-encode, ae-eval.
 @common.command("ae-featurize", help=HELP)
 @click.argument("inputs", nargs=-1, required=True, type=common.InputPath(allow_dash=True))
 @common.output_option(required=True, allow_dash=False, help="Features file to write (HDF5, atomically).")
-@common.mel_options
+@common.feature_options
 @common.jobs_option
 @click.option("--block-size", type=click.IntRange(min=1), default=64, show_default=True,
               help="Clips written to the file at a time.")
@@ -49,7 +49,7 @@ def cli(inputs, output, jobs, block_size, on_error, max_fail_frac, root, shard, 
     from aekit.audio.decode import common_root, discover, make_ids
     from aekit.audio.featurize import available_cpus, featurize, parse_shard, shard_indices
 
-    params = common.mel_params_from(kwargs)
+    params = common.feature_params_from(kwargs)
     shard_ix = parse_shard(shard)
     paths = discover(list(inputs), sys.stdin if list(inputs) == ["-"] else None)
     common.check_output_not_among(output, paths)
