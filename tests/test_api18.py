@@ -309,7 +309,7 @@ def test_api_refuses_what_it_cannot_mean(work, model):
     for bad in ({"bogus": 1}, {"nmels": 4}):
         key = next(iter(bad))
         with pytest.raises(InputError, match=rf"unknown feature parameter\(s\) '{key}'; "
-                                             r"valid: sample_rate, num_samples, n_fft"):
+                                             r"valid: sample_rate, num_samples, channels"):
             aekit.featurize_files([wav], params=bad)
     with pytest.raises(InputError, match="feature parameter window must be 'hann'"):
         aekit.featurize_files([wav], params={"window": "hamming"})

@@ -229,7 +229,8 @@ def featurize(paths: Sequence[os.PathLike | str], ids: Sequence[str], output: os
              "shard_index": shard[0], "shard_count": shard[1]}
 
     with atomic_path(output) as tmp:
-        writer = FeatureWriter(tmp, params.to_attrs(), params.clip_shape, command=command,
+        writer = FeatureWriter(tmp, {**params.to_attrs(), "kind": params.kind},
+                               params.clip_shape, command=command,
                                extra_attrs=extra, expected=total)
         try:
             _run(tasks, params, jobs, block_size, on_error, writer, report, ids,

@@ -64,7 +64,7 @@ def model_params(model: "LoadedModel | str | os.PathLike"):
         params = cls.from_attrs(fp)
     except (TypeError, ValueError, InputError) as exc:
         raise InputError(f"{name}: bad feature parameters: {exc}") from None
-    diffs = params_mismatch(params.to_attrs(), fp)
+    diffs = params_mismatch({**params.to_attrs(), "kind": params.kind}, fp)
     if diffs:
         raise InputError(f"{name}: feature parameters this aekit does not compute: "
                          f"{', '.join(diffs)}")
