@@ -1,4 +1,5 @@
-"""ae-featurize: audio files -> log-Mel dB features in one self-describing HDF5 file."""
+"""ae-featurize: audio files -> features of one kind (log-Mel dB by default) in one self-describing
+HDF5 file."""
 
 from __future__ import annotations
 
@@ -11,11 +12,13 @@ from aekit.cmds import common
 
 LOG = logging.getLogger("aekit")
 
-HELP = """Compute log-Mel dB features of audio files into one HDF5 file.
+HELP = """Compute features of audio files into one HDF5 file: log-Mel dB by default.
 
 Per clip: decode -> resample to --sample-rate -> fix channels -> truncate or
-zero-pad to --num-samples -> Mel spectrogram -> dB with a --top-db floor per clip.
-With the defaults every clip becomes [2, 32, 391], the tutorial's shape.
+zero-pad to --num-samples -> the --kind's front end: logmel, a Mel spectrogram;
+linear, the STFT power of each bin from --f-min to --f-max -> dB with a --top-db
+floor per clip. With the defaults every clip becomes [2, 32, 391], the tutorial's
+shape. An option of a parameter the --kind does not have is refused.
 
 INPUTS are audio files and directories (searched recursively by extension), or
 '-' alone to read paths from stdin, one per line. Ids are the paths relative to

@@ -279,3 +279,27 @@ def test_a_throwaway_kind_is_one_module_and_one_registration(audio, tmp_path, mo
         assert len(got) == N_CLIPS and all(float(row["score"]) >= 0 for row in got)
     finally:
         sys.modules.pop("throwaway_kind", None)
+
+
+def test_a_linear_file_whose_parameters_disagree_with_its_data_is_refused(linear_features, tmp_path):
+    import shutil
+
+    import h5py
+
+    from aekit.data.store import FeatureFile, meta_sha256
+    from aekit.data.integrity import _StringsHash, _failed_digest
+    from aekit.errors import InputError
+
+    p = tmp_path / "bad.h5"
+    shutil.copy(linear_features, p)
+    with FeatureFile(p) as ff:
+        ids, paths, fails = ff.ids, ff.paths, ff.failures()
+    with h5py.File(p, "a") as f:  # f_max 1900 Hz keeps bins 8..30: 23 rows, the data has 25
+        f.attrs["f_max"] = 1900.0
+        f.attrs["meta_sha256"] = meta_sha256(f.attrs, _StringsHash().update(ids).digest(),
+                                             _StringsHash().update(paths).digest(),
+                                             _failed_digest([a for a, _ in fails],
+                                                            [b for _, b in fails]))
+    with pytest.raises(InputError, match=r"bad.h5: its linear parameters give clips 1x23x19 but "
+                                         r"the data has 1x25x19; the file is damaged"):
+        FeatureFile(p)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Sequence
 import h5py
 import numpy as np
 
+from aekit.audio.kinds import DEFAULT_KIND, FEATURE_KINDS
 from aekit.errors import InputError
 
 if TYPE_CHECKING:
@@ -299,6 +300,15 @@ def check_integrity(ff: "FeatureFile") -> None:
         if key in a and a[key] != want:
             raise InputError(f"{where}: attribute {key}={a[key]} disagrees with the data's shape "
                              f"{c}x{m}x{t} ({key} {want}); the file is damaged")
+    kind = a.get("kind")
+    if kind is not None and kind != DEFAULT_KIND and kind in FEATURE_KINDS:
+        try:  # a kind's own shape from its parameters (logmel's is checked above, key by key)
+            want = tuple(FEATURE_KINDS[kind].from_attrs(a).clip_shape)
+        except (InputError, TypeError, ValueError):
+            want = None  # parameters it cannot take: the parameter checks say so, on use
+        if want is not None and want != (c, m, t):
+            raise InputError(f"{where}: its {kind} parameters give clips {'x'.join(map(str, want))} "
+                             f"but the data has {c}x{m}x{t}; the file is damaged")
     if "num_samples" in a and "hop_length" in a:
         try:
             frames = int(a["num_samples"]) // int(a["hop_length"]) + 1
