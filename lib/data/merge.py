@@ -23,6 +23,54 @@ def _int_attr(ff: FeatureFile, name: str, default: int) -> int:
     return int(v)
 
 
+def _ordered_shards(files: list[FeatureFile]) -> list[FeatureFile]:
+    """The shards of one sharded run in shard order; InputError when they are not one
+    complete set: different parameters (kind included), shapes, runs or input lists, an
+    index out of range or given twice, or missing shards."""
+    first = files[0]
+    ref = first.params
+    shape = first.clip_shape
+    count = _int_attr(first, "shard_count", 1)
+    if count < 1:
+        raise InputError(f"{first.path}: shard_count {count} is not positive; "
+                         "the file is damaged")
+    total_inputs = first.attrs.get("num_inputs")
+    check_same_inputs(files)
+    seen: dict[int, FeatureFile] = {}
+    for ff in files:
+        diffs = params_mismatch(ref, ff.params)
+        if diffs:
+            raise InputError(f"{ff.path} was made with different parameters than "
+                             f"{first.path}: {'; '.join(diffs)}")
+        if ff.clip_shape != shape:
+            raise InputError(f"{ff.path}: clip shape {ff.clip_shape} differs from {shape}")
+        a = ff.attrs
+        if _int_attr(ff, "shard_count", 1) != count or a.get("num_inputs") != total_inputs:
+            raise InputError(f"{ff.path} belongs to a different sharded run "
+                             f"(shard_count {a.get('shard_count')}, num_inputs {a.get('num_inputs')}) "
+                             f"than {first.path} (shard_count {count}, num_inputs {total_inputs})")
+        i = _int_attr(ff, "shard_index", 0)
+        if not 0 <= i < count:
+            raise InputError(f"{ff.path}: shard_index {i} is outside 0..{count - 1} "
+                             f"(shard_count {count}); the file is damaged")
+        if i in seen:
+            raise InputError(f"shard {i}/{count} given twice: {seen[i].path} and {ff.path}")
+        seen[i] = ff
+    if len(seen) != count:  # every index seen is in 0..count-1: some are missing
+        missing: list[int] = []
+        for i in range(count):  # stops after 5: at most len(files) + 5 steps
+            if i not in seen:
+                missing.append(i)
+                if len(missing) == 5:
+                    break
+        more = count - len(seen) - len(missing)
+        raise InputError("incomplete set of shards: missing "
+                         + ", ".join(f"{i}/{count}" for i in missing)
+                         + (f" (and {more} more)" if more else ""))
+    ordered = [seen[i] for i in range(count)]
+    return ordered
+
+
 def merge_shards(inputs: Sequence[str | os.PathLike], output: str | os.PathLike,
                  command: str = "", block: int = 256) -> int:
     """Join the shard files of one ``ae-featurize --shard I/N`` job into one file.
@@ -38,47 +86,8 @@ def merge_shards(inputs: Sequence[str | os.PathLike], output: str | os.PathLike,
         raise InputError("no shard files given")
     files = [FeatureFile(p) for p in inputs]
     try:
-        first = files[0]
-        ref = first.params
-        shape = first.clip_shape
-        count = _int_attr(first, "shard_count", 1)
-        if count < 1:
-            raise InputError(f"{first.path}: shard_count {count} is not positive; "
-                             "the file is damaged")
-        total_inputs = first.attrs.get("num_inputs")
-        check_same_inputs(files)
-        seen: dict[int, FeatureFile] = {}
-        for ff in files:
-            diffs = params_mismatch(ref, ff.params)
-            if diffs:
-                raise InputError(f"{ff.path} was made with different parameters than "
-                                 f"{first.path}: {'; '.join(diffs)}")
-            if ff.clip_shape != shape:
-                raise InputError(f"{ff.path}: clip shape {ff.clip_shape} differs from {shape}")
-            a = ff.attrs
-            if _int_attr(ff, "shard_count", 1) != count or a.get("num_inputs") != total_inputs:
-                raise InputError(f"{ff.path} belongs to a different sharded run "
-                                 f"(shard_count {a.get('shard_count')}, num_inputs {a.get('num_inputs')}) "
-                                 f"than {first.path} (shard_count {count}, num_inputs {total_inputs})")
-            i = _int_attr(ff, "shard_index", 0)
-            if not 0 <= i < count:
-                raise InputError(f"{ff.path}: shard_index {i} is outside 0..{count - 1} "
-                                 f"(shard_count {count}); the file is damaged")
-            if i in seen:
-                raise InputError(f"shard {i}/{count} given twice: {seen[i].path} and {ff.path}")
-            seen[i] = ff
-        if len(seen) != count:  # every index seen is in 0..count-1: some are missing
-            missing: list[int] = []
-            for i in range(count):  # stops after 5: at most len(files) + 5 steps
-                if i not in seen:
-                    missing.append(i)
-                    if len(missing) == 5:
-                        break
-            more = count - len(seen) - len(missing)
-            raise InputError("incomplete set of shards: missing "
-                             + ", ".join(f"{i}/{count}" for i in missing)
-                             + (f" (and {more} more)" if more else ""))
-        ordered = [seen[i] for i in range(count)]
+        ordered = _ordered_shards(files)
+        first, shape = files[0], files[0].clip_shape  # the first given, as before
         all_ids = [x for ff in ordered for x in ff.ids]
         if len(set(all_ids)) != len(all_ids):
             raise InputError("the shards share ids: they do not come from one sharded run")
