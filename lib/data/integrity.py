@@ -304,7 +304,7 @@ def check_integrity(ff: "FeatureFile") -> None:
     if kind is not None and kind != DEFAULT_KIND and kind in FEATURE_KINDS:
         try:  # a kind's own shape from its parameters (logmel's is checked above, key by key)
             want = tuple(FEATURE_KINDS[kind].from_attrs(a).clip_shape)
-        except (InputError, TypeError, ValueError):
+        except (InputError, TypeError, ValueError, AttributeError, NotImplementedError):
             want = None  # parameters it cannot take: the parameter checks say so, on use
         if want is not None and want != (c, m, t):
             raise InputError(f"{where}: its {kind} parameters give clips {'x'.join(map(str, want))} "
