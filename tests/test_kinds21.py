@@ -79,7 +79,7 @@ def test_linear_features_equal_an_independent_stft(audio, linear_features):
     x, sr = sf.read(str(audio / "c1.wav"), dtype="float32")
     want = reference_linear_db(x[:2304], sr, 256, 128, 500.0, 2000.0, 60.0)
     assert want.shape == LINEAR_SHAPE[1:]
-    # float32 STFT against float64: within 1e-3 dB (measured: 2e-4) over a 60 dB range
+    # float32 STFT against float64: within 1e-3 dB (measured: at most 1.7e-4) over a 60 dB range
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-3)
     assert got.max() - got.min() == pytest.approx(60.0, abs=1e-4)  # the floor is in play
 
