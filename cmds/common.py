@@ -76,6 +76,11 @@ class AeCommand(click.Command):
     name an input or another output (:func:`check_no_clobber`).
     """
 
+    def get_params(self, ctx: click.Context) -> list:
+        if getattr(self.callback, "aekit_feature_options", False):
+            refresh_feature_options(self)  # kinds registered since the command was built
+        return super().get_params(ctx)
+
     def make_context(self, info_name, args, parent=None, **extra):
         line = shlex.join([info_name or self.name or "", *args])
         prog = info_name or self.name or _prog_name()
@@ -934,54 +939,123 @@ class _FeatureParam(click.ParamType):
         return self.inner.convert(value, param, ctx)
 
 
-def mel_options(f: Callable) -> Callable:
-    """The feature-parameter options, made from the parameter dataclass (MelParams): its
-    fields give the names, defaults, ranges, choices and help, so none is typed twice;
-    --preset picks a named set of field values (MelParams.PRESETS) under explicit options."""
+def _feature_option(fld) -> click.Option:
+    """One feature parameter's option, made from the dataclass field (its metadata gives the
+    type, range, choices and help; the default is UNSET so that a preset's value wins over a
+    default that was not typed, and an explicit option over the preset)."""
+    from aekit.audio.kinds import kinds_of
+
+    m = fld.metadata
+    if m["choices"]:
+        kind = click.Choice(list(m["choices"]))
+    elif m["type"] is int:
+        kind = click.IntRange(min=m["min"], min_open=m["min_open"])
+    elif m["type"] is float:
+        kind = FiniteFloatRange(min=m["min"], min_open=m["min_open"])
+    else:
+        kind = click.STRING
+    from aekit.audio.params import UNSET
+
+    shown = m["default_help"] or ("none" if fld.default is None else f"{fld.default:g}"
+                                  if isinstance(fld.default, float) else str(fld.default))
+    owners = kinds_of(fld.name)
+    from aekit.audio.kinds import FEATURE_KINDS
+
+    only = "" if len(owners) == len(FEATURE_KINDS) else f" (kind {', '.join(owners)})"
+    opt = click.Option([f"--{fld.name.replace('_', '-')}"], type=_FeatureParam(kind, m["none_ok"]),
+                       default=UNSET, show_default=False,
+                       help=m["help"] + only + f" [default: {shown}]")
+    opt.aekit_feature = True
+    return opt
+
+
+def _feature_option_list() -> list[click.Option]:
+    """--kind, --preset and every registered kind's parameters (one option per name)."""
+    from aekit.audio.kinds import DEFAULT_KIND, FEATURE_KINDS, option_fields
+
+    opts = [click.Option(["--kind"], type=click.Choice(list(FEATURE_KINDS)), default=DEFAULT_KIND,
+                         show_default=True, help="Feature kind: its parameters are the options "
+                                                 "below marked with it (or unmarked).")]
+    presets = {k: cls.PRESETS for k, cls in FEATURE_KINDS.items() if cls.PRESETS}
+    parts = []
+    for kind, table in presets.items():
+        groups: dict[tuple, list[str]] = {}  # presets with equal values are listed once
+        for name, values in table.items():
+            groups.setdefault(tuple(values.items()), []).append(name)
+        prev = None
+        for items, names in groups.items():
+            values = dict(items)
+            shown = {k: v for k, v in values.items() if prev is None or prev[1].get(k) != v}
+            parts.append(", ".join(names) + ": " + (f"as {prev[0]} but " if prev else "")
+                         + ", ".join(f"{k}={'none' if v is None else v}" for k, v in shown.items()))
+            prev = (names[0], values)
+    names = list(dict.fromkeys(n for table in presets.values() for n in table))
+    opts.append(click.Option(["--preset", "feature_preset"], type=click.Choice(names),
+                             default=None, help="Feature settings of a known front end "
+                                                f"({'; '.join(parts)}); options given "
+                                                "explicitly override it."))
+    opts += [_feature_option(f) for f in option_fields().values()]
+    for o in opts:
+        o.aekit_feature = True
+    return opts
+
+
+def _registry_key() -> tuple:
+    from aekit.audio.kinds import FEATURE_KINDS
+
+    return tuple((k, id(v)) for k, v in FEATURE_KINDS.items())
+
+
+def refresh_feature_options(command: click.Command) -> None:
+    """Make a command's feature options those of the kinds registered now (a kind registered
+    after the command was built gets its options): called before every parse and help."""
+    if getattr(command, "aekit_kinds", None) == _registry_key():
+        return
+    at = next((i for i, p in enumerate(command.params) if getattr(p, "aekit_feature", False)),
+              len(command.params))
+    rest = [p for p in command.params if not getattr(p, "aekit_feature", False)]
+    command.params = rest[:at] + _feature_option_list() + rest[at:]
+    command.aekit_kinds = _registry_key()
+
+
+def feature_options(f: Callable) -> Callable:
+    """The feature options: --kind (``aekit.audio.kinds``), --preset and each registered
+    kind's parameters, made from the kinds' parameter dataclasses (their fields give the
+    names, defaults, ranges, choices and help, so none is typed twice). An option of a
+    parameter the chosen kind does not have is refused (:func:`feature_params_from`)."""
+    f.aekit_feature_options = True
+    if not hasattr(f, "__click_params__"):
+        f.__click_params__ = []
+    f.__click_params__.extend(reversed(_feature_option_list()))  # as click.option does
+    return f
+
+
+def feature_params_from(kwargs: dict):
+    """Pop the feature_options values out of a command's kwargs into the chosen kind's
+    parameters; a parameter of another kind given explicitly is a usage error."""
     from dataclasses import fields
 
-    from aekit.audio.features import UNSET, MelParams
+    from aekit.audio.kinds import option_fields, params_class
+    from aekit.audio.params import UNSET
 
-    for fld in reversed(fields(MelParams)):
-        m = fld.metadata
-        if m["choices"]:
-            kind = click.Choice(list(m["choices"]))
-        elif m["type"] is int:
-            kind = click.IntRange(min=m["min"], min_open=m["min_open"])
-        else:
-            kind = FiniteFloatRange(min=m["min"], min_open=m["min_open"])
-        kind = _FeatureParam(kind, m["none_ok"])
-        shown = m["default_help"] or ("none" if fld.default is None else f"{fld.default:g}"
-                                      if isinstance(fld.default, float) else str(fld.default))
-        # The default is UNSET, not the field's: a preset's value must win over a default
-        # that was not typed, and an explicit option over the preset.
-        f = click.option(f"--{fld.name.replace('_', '-')}", type=kind, default=UNSET,
-                         show_default=False, help=m["help"] + f" [default: {shown}]")(f)
-    groups: dict[tuple, list[str]] = {}  # presets with equal values are listed once
-    for name, values in MelParams.PRESETS.items():
-        groups.setdefault(tuple(values.items()), []).append(name)
-    parts, prev = [], None
-    for items, names in groups.items():
-        values = dict(items)
-        shown = {k: v for k, v in values.items() if prev is None or prev[1].get(k) != v}
-        parts.append(", ".join(names) + ": " + (f"as {prev[0]} but " if prev else "")
-                     + ", ".join(f"{k}={'none' if v is None else v}" for k, v in shown.items()))
-        prev = (names[0], values)
-    presets = "; ".join(parts)
-    return click.option("--preset", "mel_preset", type=click.Choice(list(MelParams.PRESETS)),
-                        default=None, help=f"Feature settings of a known front end ({presets}); "
-                                           "options given explicitly override it.")(f)
-
-
-def mel_params_from(kwargs: dict):
-    """Pop the mel_options values out of a command's kwargs into a MelParams."""
-    from dataclasses import fields
-
-    from aekit.audio.features import MelParams
-
-    preset = kwargs.pop("mel_preset", None)
-    return MelParams.from_preset(preset, **{fld.name: kwargs.pop(fld.name)
-                                            for fld in fields(MelParams)})
+    cls = params_class(kwargs.pop("kind", None))
+    preset = kwargs.pop("feature_preset", None)
+    own = {f.name for f in fields(cls)}
+    values = {}
+    for name in option_fields():
+        if name not in kwargs:
+            continue
+        v = kwargs.pop(name)
+        if name in own:
+            values[name] = v
+        elif v is not UNSET:
+            fail_usage(f"--{name.replace('_', '-')} is not a parameter of feature kind "
+                       f"{cls.kind} (--kind)")
+    if preset is not None and preset not in cls.PRESETS:
+        fail_usage(f"--preset {preset} is not a preset of feature kind {cls.kind}"
+                   + (f" (its presets: {', '.join(cls.PRESETS)})" if cls.PRESETS else
+                      " (it has none)"))
+    return cls.from_preset(preset, **values)
 
 
 def audio_input_options(on_error_help: str):

@@ -1,4 +1,5 @@
-"""ae-featurize: audio files -> log-Mel dB features in one self-describing HDF5 file."""
+"""ae-featurize: audio files -> features of one kind (log-Mel dB by default) in one self-describing
+HDF5 file."""
 
 from __future__ import annotations
 
@@ -11,11 +12,13 @@ from aekit.cmds import common
 
 LOG = logging.getLogger("aekit")
 
-HELP = """Compute log-Mel dB features of audio files into one HDF5 file.
+HELP = """Compute features of audio files into one HDF5 file: log-Mel dB by default.
 
 Per clip: decode -> resample to --sample-rate -> fix channels -> truncate or
-zero-pad to --num-samples -> Mel spectrogram -> dB with a --top-db floor per clip.
-With the defaults every clip becomes [2, 32, 391], the tutorial's shape.
+zero-pad to --num-samples -> the --kind's front end: logmel, a Mel spectrogram;
+linear, the STFT power of each bin from --f-min to --f-max -> dB with a --top-db
+floor per clip. With the defaults every clip becomes [2, 32, 391], the tutorial's
+shape. An option of a parameter the --kind does not have is refused.
 
 INPUTS are audio files and directories (searched recursively by extension), or
 '-' alone to read paths from stdin, one per line. Ids are the paths relative to
@@ -37,7 +40,7 @@ See also: ae-merge, ae-split, ae-train, ae-encode, ae-eval.
 @common.command("ae-featurize", help=HELP)
 @click.argument("inputs", nargs=-1, required=True, type=common.InputPath(allow_dash=True))
 @common.output_option(required=True, allow_dash=False, help="Features file to write (HDF5, atomically).")
-@common.mel_options
+@common.feature_options
 @common.jobs_option
 @click.option("--block-size", type=click.IntRange(min=1), default=64, show_default=True,
               help="Clips written to the file at a time.")
@@ -49,7 +52,7 @@ def cli(inputs, output, jobs, block_size, on_error, max_fail_frac, root, shard, 
     from aekit.audio.decode import common_root, discover, make_ids
     from aekit.audio.featurize import available_cpus, featurize, parse_shard, shard_indices
 
-    params = common.mel_params_from(kwargs)
+    params = common.feature_params_from(kwargs)
     shard_ix = parse_shard(shard)
     paths = discover(list(inputs), sys.stdin if list(inputs) == ["-"] else None)
     common.check_output_not_among(output, paths)

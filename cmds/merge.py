@@ -30,7 +30,7 @@ See also: ae-featurize, ae-split.
 @common.output_option(required=True, allow_dash=False, help="Merged features file (HDF5, atomically).")
 @common.verbosity_options
 def cli(shards, output):
-    from aekit.data.store import merge_shards
+    from aekit.data.merge import merge_shards
 
     n = merge_shards(list(shards), output, command=common.command_line())
     LOG.info("Done: %d clip(s) from %d shard(s) -> %s", n, len(shards), output)

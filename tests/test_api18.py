@@ -267,16 +267,16 @@ def test_out_of_memory_on_one_file_fails_that_file_only(work, monkeypatch):
 
 
 @pytest.mark.parametrize("option,value,msg", [
-    ("f_min", float("nan"), "f-min must be a finite number, got nan"),
-    ("f_min", float("inf"), "f-min must be a finite number, got inf"),
-    ("top_db", float("inf"), "top-db must be a finite number, got inf"),
-    ("n_mels", 10**9, "n-mels 1000000000 is above the limit 16,384"),
-    ("n_fft", 2**40, "n-fft 1099511627776 is above the limit 1,048,576"),
+    ("f_min", float("nan"), "f_min: must be a finite number, got nan"),
+    ("f_min", float("inf"), "f_min: must be a finite number, got inf"),
+    ("top_db", float("inf"), "top_db: must be a finite number, got inf"),
+    ("n_mels", 10**9, "n_mels: 1000000000 is above the limit 16,384"),
+    ("n_fft", 2**40, "n_fft: 1099511627776 is above the limit 1,048,576"),
     ("num_samples", 10**15, "these feature parameters need 53,172,698.2 GiB per clip"),
-    ("hop_length", 10**20, "hop-length 100000000000000000000 is longer than the clip"),
-    ("sample_rate", 10**12, "sample rate 1000000000000 is above the 10,000,000 Hz"),
-    ("sample_rate", True, "sample-rate must be an integer, got True"),
-    ("n_mels", 4.0, "n-mels must be an integer, got 4.0"),
+    ("hop_length", 10**20, "hop_length: 100000000000000000000 is longer than the clip"),
+    ("sample_rate", 10**12, "sample_rate: 1000000000000 is above the 10,000,000 Hz"),
+    ("sample_rate", True, "sample_rate: must be an integer, got True"),
+    ("n_mels", 4.0, "n_mels: must be an integer, got 4.0"),
 ])
 def test_mel_params_refuse_non_finite_and_huge_values(option, value, msg):
     from aekit.errors import InputError
@@ -309,7 +309,7 @@ def test_api_refuses_what_it_cannot_mean(work, model):
     for bad in ({"bogus": 1}, {"nmels": 4}):
         key = next(iter(bad))
         with pytest.raises(InputError, match=rf"unknown feature parameter\(s\) '{key}'; "
-                                             r"valid: sample_rate, num_samples, n_fft"):
+                                             r"valid: sample_rate, num_samples, channels"):
             aekit.featurize_files([wav], params=bad)
     with pytest.raises(InputError, match="feature parameter window must be 'hann'"):
         aekit.featurize_files([wav], params={"window": "hamming"})

@@ -81,7 +81,7 @@ def test_parameter_dataclass_is_the_one_list():
 
     names = [f.name for f in fields(MelParams)]
     assert set(store.FEATURE_PARAM_KEYS) == {*names, *MelParams.FIXED}
-    from aekit.cmds.common import mel_params_from
+    from aekit.cmds.common import feature_params_from
     from aekit.audio.features import UNSET
 
     opts = {p.name: p for p in cli.params}
@@ -93,7 +93,7 @@ def test_parameter_dataclass_is_the_one_list():
         assert f"[default: {f.metadata['default_help'] or shown}]" in opts[f.name].help, f.name
     # no option given, no preset: exactly the dataclass defaults
     untyped = {f.name: UNSET for f in fields(MelParams)}
-    assert mel_params_from({**untyped, "mel_preset": None}) == MelParams()
+    assert feature_params_from({**untyped, "feature_preset": None}) == MelParams()
     assert set(MelParams().to_attrs()) == set(store.FEATURE_PARAM_KEYS)
 
 
@@ -121,7 +121,7 @@ def test_a_second_kind_is_a_registration_and_is_checked(tmp_path, monkeypatch):
 
     from conftest import write_features
 
-    from aekit.audio import features
+    from aekit.audio import kinds
     from aekit.data import store
 
     @dataclass(frozen=True)
@@ -134,7 +134,7 @@ def test_a_second_kind_is_a_registration_and_is_checked(tmp_path, monkeypatch):
         def keys(cls):
             return ("bands",)
 
-    monkeypatch.setitem(features.FEATURE_KINDS, "toy", ToyParams)
+    monkeypatch.setitem(kinds.FEATURE_KINDS, "toy", ToyParams)
     write_features(tmp_path / "f.h5", n=3, params={"kind": "toy", "bands": 4})
     with store.FeatureFile(tmp_path / "f.h5") as ff:
         assert ff.kind == "toy"

@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from aekit.data import store
+from aekit.data import merge, store
 from aekit.train import loop as tr
 from aekit.cmds.encode import cli as encode_cli
 from aekit.cmds.eval import cli as eval_cli
@@ -185,7 +185,7 @@ def test_files_without_truncated_flag_still_read_and_merge(tmp_path):
         del f["truncated"]
     with store.FeatureFile(tmp_path / "f.h5") as ff:
         assert ff.column("truncated").tolist() == [0] * 24
-    assert store.merge_shards([tmp_path / "f.h5"], tmp_path / "m.h5") == 24
+    assert merge.merge_shards([tmp_path / "f.h5"], tmp_path / "m.h5") == 24
     with store.FeatureFile(tmp_path / "m.h5") as ff:
         np.testing.assert_array_equal(ff.read(), x)
 
@@ -277,14 +277,14 @@ def test_largest_working_n_mels_is_exact():
 
 
 @pytest.mark.parametrize("args,msg", [
-    (["--n-mels", "1000"], "--n-mels 1000 is too many for --n-fft 1024 at --sample-rate 16000 "
+    (["--n-mels", "1000"], "--n-mels: 1000 bands are too many for n_fft 1024 at sample_rate 16000 "
                            "(f_min 0 Hz, f_max 8000 Hz): 284 Mel filter(s) contain no FFT bin; "
-                           "at most --n-mels 227 works here (the smallest --n-fft for 1000 "
+                           "at most 227 work here (the smallest n_fft for 1000 "
                            "bands is 4530)"),
-    (["--n-fft", "2", "--hop-length", "2"], "no Mel filter contains an FFT bin with --n-fft 2"),
-    (["--sample-rate", "1"], "no Mel filter contains an FFT bin with --n-fft 1024 at --sample-rate 1 "
-                             "(f_min 0 Hz, f_max 0.5 Hz) (no --n-fft gives 32 bands at this "
-                             "sample rate; raise --sample-rate)"),
+    (["--n-fft", "2", "--hop-length", "2"], "no Mel filter contains an FFT bin with n_fft 2"),
+    (["--sample-rate", "1"], "no Mel filter contains an FFT bin with n_fft 1024 at sample_rate 1 "
+                             "(f_min 0 Hz, f_max 0.5 Hz) (no n_fft gives 32 bands at this "
+                             "sample rate; raise sample_rate)"),
 ])
 def test_degenerate_mel_settings_are_refused(tmp_path, args, msg):
     write_tone(tmp_path / "a.wav", seconds=0.3)
@@ -298,7 +298,7 @@ def test_no_raw_library_warning_in_a_real_process(tmp_path, env_bin):
     r = subprocess.run([exe("ae-featurize"), str(tmp_path / "a.wav"), "-o", str(tmp_path / "f.h5"),
                         "--n-mels", "300", "-q"], capture_output=True, text=True, env=env_bin)
     assert r.returncode == 2
-    assert r.stderr.startswith("ae-featurize: error: --n-mels 300 is too many"), r.stderr
+    assert r.stderr.startswith("ae-featurize: error: --n-mels: 300 bands are too many"), r.stderr
     assert len(r.stderr.splitlines()) == 1, r.stderr
 
 

@@ -17,7 +17,7 @@ from conftest import invoke, one_error_line, write_features
 from safetensors.torch import load_file, save_file
 
 from aekit.models import modelfile
-from aekit.data import store
+from aekit.data import merge, store
 from aekit.cmds.merge import cli as merge_cli
 from aekit.cmds.train import SIGTERM_AT_STEP_ENV
 from aekit.cmds.train import cli as train_cli
@@ -204,7 +204,7 @@ def test_merge_without_paths_is_one_line(tmp_path):
 def test_merge_verifies_the_values_and_writes_their_hash(tmp_path):
     p = tmp_path / "f.h5"
     _, x = write_features(p, n=6)
-    assert store.merge_shards([p], tmp_path / "m.h5") == 6
+    assert merge.merge_shards([p], tmp_path / "m.h5") == 6
     with store.FeatureFile(p) as a, store.FeatureFile(tmp_path / "m.h5") as b:
         assert a.content_sha256 == b.content_sha256 == store.content_sha256(b)
     with h5py.File(p, "r+") as f:  # rows rewritten in place: Fletcher-32 is recomputed

@@ -257,8 +257,8 @@ def test_synth_refuses_a_directory_it_did_not_make(tmp_path):
     r = invoke("ae-synth", [d, *SYN])
     assert r.exit_code == 2
     assert one_error_line(r.stderr, "ae-synth") == (
-        f"ae-synth: error: {d}: a non-empty directory that ae-synth did not make (no .ae-synth "
-        "in it); give an empty or new directory, or --force to write into it")
+        f"ae-synth: error: --force: needed to write into {d}, a non-empty directory that "
+        "ae-synth did not make (no .ae-synth in it); or give an empty or new directory")
     assert (d / "labels.csv").read_text() == "my labels\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]
     new = tmp_path / "new"

@@ -126,12 +126,12 @@ def test_a_signal_while_the_command_line_is_parsed_is_one_line(tmp_path, shards,
 
 IN_MERGE = r"""
 import os, sys, time
-import aekit.data.store
-real = aekit.data.store.merge_shards
+import aekit.data.merge
+real = aekit.data.merge.merge_shards
 def merge_shards(*a, **k):
     {body}
     return real(*a, **k)
-aekit.data.store.merge_shards = merge_shards
+aekit.data.merge.merge_shards = merge_shards
 from aekit.cmds import merge
 sys.argv[0] = "ae-merge"
 merge.main()

@@ -12,60 +12,36 @@ front ends compute (``MelParams.PRESETS``).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
-import math
-import numbers
-
-from aekit.audio.decode import CHANNEL_POLICIES, MAX_SAMPLE_RATE
+from aekit.audio.params import (  # noqa: F401 - AMIN, UNSET, ... importable from here too
+    AMIN, AMIN_MODES, FLOAT32_TINY, MAX_CLIP_BYTES, MAX_N_FFT, PAD_MODES, UNSET, StftParams,
+    builtins_type, param)
+from aekit.errors import InputError
 
 if TYPE_CHECKING:  # torch is imported where it is used, so option parsing stays instant
     import torch
 
-AMIN = 1e-10  # torchaudio AmplitudeToDB default
 #: The DCASE Task 2 baselines' guard of log10: Python's ``sys.float_info.epsilon`` (2**-52).
 EPS = 2.220446049250313e-16
-FLOAT32_TINY = 1.1754943508222875e-38  # the smallest positive normal float32
 MEL_SCALES = ("htk", "slaney")
 MEL_NORMS = ("slaney",)  # or None: no normalization
-PAD_MODES = ("reflect", "constant")
-AMIN_MODES = ("clamp", "add")
-MAX_N_FFT = 1 << 20  # about a minute per frame at 16 kHz; min_n_fft searches up to it too
 MAX_N_MELS = 1 << 14  # far above any front end's (32 to 512); check_mel_params says what works
-#: The most memory the parameters may ask for one clip's working set (samples, STFT, power,
-#: filterbank, features), checked before anything is allocated: beyond it, a typo.
-MAX_CLIP_BYTES = 2 << 30
-UNSET = object()  # an option not given on the command line (None is a value: 'none')
-
-
-def param(default, help: str, *, type=None, min=None, min_open: bool = False,
-          choices: tuple | None = None, default_help: str | None = None, none_ok: bool = False):
-    """A feature parameter: its default, and what its command-line option needs (help, range,
-    choices; ``none_ok``: the option also takes 'none'), so the dataclass is the one list of
-    parameters (attributes, options, checks)."""
-    return field(default=default, metadata={
-        "help": help, "type": type or builtins_type(default), "min": min, "min_open": min_open,
-        "choices": choices, "default_help": default_help, "none_ok": none_ok})
-
-
-def builtins_type(value):
-    return {bool: bool, int: int, float: float, str: str}[type(value)]
 
 
 @dataclass(frozen=True)
-class MelParams:
+class MelParams(StftParams):
     """Log-Mel feature parameters; the defaults are the tutorial's (plus one sample rate for all).
 
     Each field is one HDF5 attribute of a features file, one ``ae-featurize`` option and one
-    term of the compatibility check (``aekit.data.store.params_mismatch``).
+    term of the compatibility check (``MelParams.mismatch``); the clip and STFT fields are
+    ``aekit.audio.params``'.
     """
 
     kind: ClassVar[str] = "logmel"
-    #: What MelFrontend always uses: recorded in every file and checked, but not options.
-    FIXED: ClassVar[dict] = {"window": "hann", "power": 2.0}
     #: What a features file (or model) written before a parameter existed was computed with:
-    #: a missing attribute compares as this (``aekit.data.store.params_mismatch``) and reads as it
+    #: a missing attribute compares as this (``mismatch``) and reads as it
     #: (``from_attrs``: these are also today's defaults), never as some newer default.
     LEGACY: ClassVar[dict] = {"mel_scale": "htk", "mel_norm": None, "pad_mode": "reflect",
                               "amin": AMIN, "amin_mode": "clamp"}
@@ -98,173 +74,35 @@ class MelParams:
            for year in (2022, 2023, 2024, 2025)},
     }
 
-    sample_rate: int = param(16000, "Resample every clip to this rate (Hz) first.", min=1)
-    # ~6.25 s at 16 kHz; longer clips truncated, shorter zero-padded
-    num_samples: int = param(100_000, "Clip length at that rate: longer truncated, shorter "
-                                      "zero-padded.", min=1)
-    n_fft: int = param(1024, "FFT size (Hann window of the same length).", min=2)
-    hop_length: int = param(256, "Samples between STFT frames.", min=1)
     n_mels: int = param(32, "Mel bands.", min=1)
-    top_db: float | None = param(80.0, "Dynamic range kept below each clip's maximum (dB); "
-                                       "'none': no floor.", min=0, min_open=True, none_ok=True)
-    f_min: float = param(0.0, "Lowest Mel filter edge (Hz).", min=0)
-    f_max: float | None = param(None, "Highest Mel filter edge (Hz).", type=float, min=0,
-                                min_open=True, default_help="sample-rate / 2")  # None: Nyquist
-    # the tutorial's model assumes stereo: 2 x 32 x 391 = 25,024 values
-    channels: int = param(2, "Channels per clip: fewer are repeated (mono -> stereo), more are "
-                             "cut.", min=1)
-    channel_policy: str = param("first", "With more channels than asked: keep the first N, or "
-                                         "mix down.", choices=CHANNEL_POLICIES)
     mel_scale: str = param("htk", "Mel scale of the filterbank: HTK's (torchaudio's default) "
                                   "or Slaney's (librosa's default).", choices=MEL_SCALES)
     mel_norm: str | None = param(None, "Mel filter normalization: 'slaney' divides each "
                                        "triangle by its width (librosa's default, equal area); "
                                        "'none': peak 1.", type=str, choices=MEL_NORMS,
                                  none_ok=True)
-    pad_mode: str = param("reflect", "Padding of the centred STFT's first and last frames: "
-                                     "'reflect' (torchaudio, librosa < 0.9) or 'constant' "
-                                     "(zeros, librosa >= 0.9).", choices=PAD_MODES)
-    amin: float = param(AMIN, "Guard of the dB conversion: the smallest Mel power the log "
-                              "takes (see --amin-mode).", min=0, min_open=True)
-    amin_mode: str = param("clamp", "How amin guards log10: 'clamp' = max(power, amin) "
-                                    "(torchaudio AmplitudeToDB), 'add' = power + amin.",
-                           choices=AMIN_MODES)
 
-    def __post_init__(self) -> None:
-        from aekit.errors import InputError
+    def checks(self) -> list[tuple[bool, str, str]]:
+        return [*super().checks(),
+                (self.n_mels > 0, "n_mels", "must be positive"),
+                (self.n_mels <= MAX_N_MELS, "n_mels",
+                 f"{self.n_mels} is above the limit {MAX_N_MELS:,}")]
 
-        for f in fields(self):  # types first: the checks below compare numbers
-            v, kind = getattr(self, f.name), f.metadata["type"]
-            if v is None and (f.metadata["none_ok"] or f.default is None):
-                continue
-            if kind is int and (isinstance(v, bool) or not isinstance(v, numbers.Integral)):
-                raise InputError(f"{f.name.replace('_', '-')} must be an integer, got {v!r}")
-            if kind is float and (isinstance(v, bool) or not isinstance(v, numbers.Real)):
-                raise InputError(f"{f.name.replace('_', '-')} must be a number, got {v!r}")
-            if kind is float and not math.isfinite(v):
-                raise InputError(f"{f.name.replace('_', '-')} must be a finite number, got {v!r}")
-            if kind is str and not isinstance(v, str):
-                raise InputError(f"{f.name.replace('_', '-')} must be a string, got {v!r}")
-        checks = [
-            (self.sample_rate > 0, "sample rate must be positive"),
-            (self.num_samples > 0, "num-samples must be positive"),
-            (self.n_fft > 1, "n-fft must be at least 2"),
-            (self.hop_length > 0, "hop-length must be positive"),
-            (self.n_mels > 0, "n-mels must be positive"),
-            (self.channels > 0, "channels must be positive"),
-            (self.top_db is None or self.top_db > 0, "top-db must be positive"),
-            (self.channel_policy in CHANNEL_POLICIES,
-             f"channel policy must be one of {', '.join(CHANNEL_POLICIES)}"),
-            (self.mel_scale in MEL_SCALES, f"mel-scale must be one of {', '.join(MEL_SCALES)}"),
-            (self.mel_norm is None or self.mel_norm in MEL_NORMS,
-             f"mel-norm must be none or one of {', '.join(MEL_NORMS)}"),
-            (self.pad_mode in PAD_MODES, f"pad-mode must be one of {', '.join(PAD_MODES)}"),
-            (self.amin_mode in AMIN_MODES, f"amin-mode must be one of {', '.join(AMIN_MODES)}"),
-            (FLOAT32_TINY <= self.amin <= 1.0,
-             f"amin must be between {FLOAT32_TINY:.7g} (float32's smallest normal number: "
-             "below it the guard is 0 in float32 and silence would be -inf dB) and 1"),
-            (self.num_samples > self.n_fft // 2,
-             "num-samples must exceed n-fft/2 (centre padding of the STFT)"),
-            (self.f_max is None or self.f_min < self.f_max <= self.sample_rate / 2,
-             "f-max must be above f-min and at most half the sample rate"),
-            (self.sample_rate <= MAX_SAMPLE_RATE,
-             f"sample rate {self.sample_rate} is above the {MAX_SAMPLE_RATE:,} Hz this aekit "
-             "handles"),
-            (self.n_fft <= MAX_N_FFT, f"n-fft {self.n_fft} is above the limit {MAX_N_FFT:,}"),
-            (self.hop_length <= self.num_samples,
-             f"hop-length {self.hop_length} is longer than the clip (num-samples "
-             f"{self.num_samples})"),
-            (self.n_mels <= MAX_N_MELS, f"n-mels {self.n_mels} is above the limit {MAX_N_MELS:,}"),
-        ]
-        for ok, msg in checks:
-            if not ok:
-                raise InputError(msg)
-        need = self.clip_bytes()
-        if need > MAX_CLIP_BYTES:
-            raise InputError(f"these feature parameters need {need / 2**30:,.1f} GiB per clip "
-                             f"(channels {self.channels} x num-samples {self.num_samples}, "
-                             f"n-fft {self.n_fft}, hop-length {self.hop_length}, n-mels "
-                             f"{self.n_mels}); the limit is {MAX_CLIP_BYTES / 2**30:g} GiB")
+    def check(self) -> None:
+        check_mel_params(self)
 
     def clip_bytes(self) -> int:
         """Memory one clip's featurization works in: float32 samples, the complex STFT and its
         power, the filterbank and the features (an upper bound; Python ints, no overflow)."""
-        c, n, m = int(self.channels), int(self.num_samples), int(self.n_mels)
-        bins, frames = int(self.n_fft) // 2 + 1, n // int(self.hop_length) + 1
-        return 4 * c * n + 12 * c * bins * frames + 4 * bins * m + 4 * c * m * frames
-
-    @property
-    def frames(self) -> int:
-        return self.num_samples // self.hop_length + 1  # center=True
+        c, m = int(self.channels), int(self.n_mels)
+        return super().clip_bytes() + 4 * self.bins * m + 4 * c * m * self.frames
 
     @property
     def clip_shape(self) -> tuple[int, int, int]:
         return (self.channels, self.n_mels, self.frames)
 
-    @classmethod
-    def keys(cls) -> tuple[str, ...]:
-        """The attributes that define these features (two files agree when these are equal)."""
-        return (*(f.name for f in fields(cls)), *cls.FIXED)
-
-    def to_attrs(self) -> dict:
-        """The features file's parameter attributes (``keys()``; the kind is written apart)."""
-        d = asdict(self)
-        d.update(self.FIXED)
-        d["f_max"] = float(self.sample_rate / 2) if self.f_max is None else float(self.f_max)
-        d["top_db"] = None if self.top_db is None else float(self.top_db)
-        d["f_min"] = float(self.f_min)
-        d["amin"] = float(self.amin)
-        return d
-
-    @classmethod
-    def from_preset(cls, preset: str | None = None, **options) -> "MelParams":
-        """The parameters of ``preset`` (None: the defaults) with ``options`` overriding it;
-        an option whose value is ``UNSET`` keeps the preset's (or default) value."""
-        from aekit.errors import InputError
-
-        if preset is not None and preset not in cls.PRESETS:
-            raise InputError(f"unknown feature preset {preset!r}: use {', '.join(cls.PRESETS)}")
-        values = {**(cls.PRESETS[preset] if preset else {}),
-                  **{k: v for k, v in options.items() if v is not UNSET}}
-        return cls(**values)
-
-    @classmethod
-    def from_attrs(cls, attrs: dict) -> "MelParams":
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in attrs.items() if k in names})
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "MelParams":
-        """Parameters given by a caller (``featurize_files(params={...})``): every key must be
-        a field (or a FIXED key at its fixed value, or the kind): a misspelt key is an
-        InputError naming it and the valid ones, never silently a default."""
-        from aekit.errors import InputError
-
-        names = [f.name for f in fields(cls)]
-        unknown = [k for k in values if k not in names and k not in cls.FIXED and k != "kind"]
-        if unknown:
-            raise InputError(f"unknown feature parameter(s) {', '.join(map(repr, unknown))}; "
-                             f"valid: {', '.join(names)}")
-        for k, fixed in (*cls.FIXED.items(), ("kind", cls.kind)):
-            if k in values and values[k] != fixed:
-                raise InputError(f"feature parameter {k} must be {fixed!r} (what aekit "
-                                 f"computes), got {values[k]!r}")
-        return cls(**{k: v for k, v in values.items() if k in names})
-
-
-#: Feature kinds by the name recorded in a file's ``kind`` attribute: the parameter
-#: dataclass of each. A file without one is 'logmel' (written before kinds existed).
-FEATURE_KINDS: dict[str, type] = {MelParams.kind: MelParams}
-DEFAULT_KIND = MelParams.kind
-
-
-def params_class(kind: str | None) -> type:
-    from aekit.errors import InputError
-
-    kind = kind or DEFAULT_KIND
-    if kind not in FEATURE_KINDS:
-        raise InputError(f"unknown feature kind {kind!r}: this aekit knows {', '.join(FEATURE_KINDS)}")
-    return FEATURE_KINDS[kind]
+    def frontend(self, device: str | torch.device = "cpu") -> "MelFrontend":
+        return MelFrontend(self, device)
 
 
 class MelFrontend:
@@ -275,10 +113,9 @@ class MelFrontend:
         import torchaudio.functional as AF
 
         self.params = p = params
-        f_max = p.f_max if p.f_max is not None else p.sample_rate / 2
         self.window = torch.hann_window(p.n_fft, device=device)
         # [n_freqs, n_mels], exactly the matrix torchaudio's MelScale uses
-        self.fb = AF.melscale_fbanks(p.n_fft // 2 + 1, p.f_min, f_max, p.n_mels, p.sample_rate,
+        self.fb = AF.melscale_fbanks(p.bins, p.f_min, p.f_max_hz, p.n_mels, p.sample_rate,
                                      norm=p.mel_norm, mel_scale=p.mel_scale).to(device)
         self.fb_t = self.fb.T.contiguous()  # [n_mels, n_freqs]
 
@@ -298,20 +135,9 @@ class MelFrontend:
         single = wave.dim() == 2
         x = wave.unsqueeze(0) if single else wave  # [B, C, N]
         b, c, n = x.shape
-        spec = torch.stft(x.reshape(b * c, n), p.n_fft, p.hop_length, win_length=p.n_fft,
-                          window=self.window, center=True, pad_mode=p.pad_mode,
-                          normalized=False, onesided=True, return_complex=True)  # [BC, F, T]
-        power = spec.real.square() + spec.imag.square()  # |X|^2, [BC, F, T]; 4x faster than abs()**2
+        power = p.power(x.reshape(b * c, n), self.window)  # [BC, F, T]
         mel = torch.matmul(self.fb_t, power)  # [M, F] @ [BC, F, T] -> [BC, M, T]
-        if p.amin_mode == "add":
-            db = 10.0 * torch.log10(mel + p.amin)
-        else:
-            db = 10.0 * torch.log10(torch.clamp(mel, min=p.amin))
-        db = db.reshape(b, c, p.n_mels, -1)  # [B, C, M, T]
-        if p.top_db is not None:
-            # The floor is per clip, across its channels: never across the batch.
-            floor = db.amax(dim=(1, 2, 3), keepdim=True) - p.top_db
-            db = torch.maximum(db, floor)
+        db = p.to_db(mel.reshape(b, c, p.n_mels, -1))  # [B, C, M, T]
         return db[0] if single else db
 
 
@@ -339,10 +165,9 @@ def empty_mel_filters(params: MelParams, n_mels: int | None = None,
     import torchaudio.functional as AF
 
     p = params
-    f_max = p.f_max if p.f_max is not None else p.sample_rate / 2
     with warnings.catch_warnings():  # torchaudio warns about empty filters: we say it ourselves
         warnings.simplefilter("ignore")
-        fb = AF.melscale_fbanks((n_fft or p.n_fft) // 2 + 1, p.f_min, f_max, n_mels or p.n_mels,
+        fb = AF.melscale_fbanks((n_fft or p.n_fft) // 2 + 1, p.f_min, p.f_max_hz, n_mels or p.n_mels,
                                 p.sample_rate, norm=None,
                                 mel_scale=p.mel_scale)  # [n_freqs, n_mels]
     return torch.nonzero(fb.amax(dim=0) <= 0).flatten().tolist()
@@ -357,10 +182,9 @@ def _empty_count_fast(params: MelParams, n_mels: int, n_fft: int | None = None) 
     import torchaudio.functional.functional as AFF
 
     p = params
-    f_max = p.f_max if p.f_max is not None else p.sample_rate / 2
     all_freqs = torch.linspace(0, p.sample_rate // 2, (n_fft or p.n_fft) // 2 + 1)
     m_pts = torch.linspace(AFF._hz_to_mel(p.f_min, mel_scale=p.mel_scale),
-                           AFF._hz_to_mel(f_max, mel_scale=p.mel_scale), n_mels + 2)
+                           AFF._hz_to_mel(p.f_max_hz, mel_scale=p.mel_scale), n_mels + 2)
     f_pts = AFF._mel_to_hz(m_pts, mel_scale=p.mel_scale)
     above_low = torch.searchsorted(all_freqs, f_pts[:-2], right=True)  # bins <= lower edge
     below_high = torch.searchsorted(all_freqs, f_pts[2:], right=False)  # bins < upper edge
@@ -418,24 +242,21 @@ def check_mel_params(params: MelParams) -> None:
 
     An empty filter (no FFT bin inside its triangle) gives a band that is the -100 dB floor
     (or the top_db floor) for every clip whatever the audio: constant features that pass for
-    data. Too many --n-mels for --n-fft, a tiny --n-fft or a tiny --sample-rate all do this.
+    data. Too many n_mels for n_fft, a tiny n_fft or a tiny sample_rate all do this.
     """
-    from aekit.errors import InputError
-
     empty = empty_mel_filters(params)
     if not empty:
         return
     p = params
-    f_max = p.f_max if p.f_max is not None else p.sample_rate / 2
-    setting = (f"--n-fft {p.n_fft} at --sample-rate {p.sample_rate} "
-               f"(f_min {p.f_min:g} Hz, f_max {f_max:g} Hz)")
+    setting = (f"n_fft {p.n_fft} at sample_rate {p.sample_rate} "
+               f"(f_min {p.f_min:g} Hz, f_max {p.f_max_hz:g} Hz)")
     best = max_mel_bands(p, p.n_mels - 1)
     need = min_n_fft(p)
-    fft = (f"the smallest --n-fft for {p.n_mels} bands is {need}" if need
-           else f"no --n-fft gives {p.n_mels} bands at this sample rate")
+    fft = (f"the smallest n_fft for {p.n_mels} bands is {need}" if need
+           else f"no n_fft gives {p.n_mels} bands at this sample rate")
     if best:
-        raise InputError(f"--n-mels {p.n_mels} is too many for {setting}: {len(empty)} Mel "
-                         f"filter(s) contain no FFT bin; at most --n-mels {best} works here "
-                         f"({fft})")
+        raise InputError(f"{p.n_mels} bands are too many for {setting}: {len(empty)} Mel "
+                         f"filter(s) contain no FFT bin; at most {best} work here ({fft})",
+                         param="n_mels")
     raise InputError(f"no Mel filter contains an FFT bin with {setting} ({fft}"
-                     + ("" if need else "; raise --sample-rate") + ")")
+                     + ("" if need else "; raise sample_rate") + ")")

@@ -2,7 +2,7 @@
 
 Work is cut into tasks of up to 32 files that shrink towards the end; each worker process
 (one torch thread) decodes a group of its files into a buffer it reuses (ClipReader), then
-computes their features with one reusable MelFrontend into one array per task; the parent
+computes their features with one reusable front end (the kind's) into one array per task; the parent
 (which warms up with one torch thread, so no OpenMP pool spins beside the workers) keeps a
 few tasks per worker in flight and writes results in input order, block by block, so memory
 stays flat whatever the number of files. Failures are recorded and skipped, or stop the run,
@@ -11,12 +11,8 @@ as asked.
 
 from __future__ import annotations
 
-import gc
 import logging
-import multiprocessing as mp
 import os
-import sys
-import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, NamedTuple, Sequence
 
@@ -25,7 +21,9 @@ import numpy as np
 from aekit.system import hostmem
 from aekit.audio.decode import AudioError, ClipReader
 from aekit.errors import DataError, InputError
-from aekit.audio.features import MelFrontend, MelParams, check_mel_params
+from aekit.audio.params import ClipParams
+from aekit.audio.workers import (DEFAULT_STALL_TIMEOUT, STALL_TIMEOUT_ENV, STOP_WAIT,  # noqa: F401
+                                 WorkerPool, exit_with_parent, stall_limit)
 from aekit.system.fileio import atomic_path
 from aekit.system.failpolicy import FailPolicy
 from aekit.data.store import PER_CLIP, FeatureWriter, inputs_fingerprint
@@ -93,13 +91,13 @@ def make_tasks(work: list, jobs: int, most: int | None = None) -> list[list]:
 _WORKER: dict = {}  # a worker process's state (set by _init_worker in each worker)
 
 
-def _worker_state(frontend: MelFrontend) -> dict:
+def _worker_state(frontend) -> dict:
     p = frontend.params
     return {"params": p, "frontend": frontend,
             "reader": ClipReader(p.sample_rate, p.num_samples, p.channels, p.channel_policy)}
 
 
-def _init_worker(frontend: MelFrontend, threads: int, own_process: bool = False) -> None:
+def _init_worker(frontend, threads: int, own_process: bool = False) -> None:
     import torch
 
     torch.set_num_threads(threads)
@@ -128,7 +126,7 @@ def _process(task: list[tuple[int, str]], state: dict | None = None):
     import torch
 
     state = _WORKER if state is None else state
-    frontend: MelFrontend = state["frontend"]
+    frontend = state["frontend"]
     reader: ClipReader = state["reader"]
     p = frontend.params
     group = state.setdefault("group", np.empty((_group_files(p), p.channels, p.num_samples),
@@ -171,7 +169,7 @@ def _no_mark(index: int) -> None:
     pass
 
 
-def _group_files(params: MelParams) -> int:
+def _group_files(params: ClipParams) -> int:
     """Files decoded ahead per group: as many as DECODE_AHEAD_BYTES of samples hold (>= 1)."""
     per_file = 4 * params.channels * params.num_samples
     return max(1, min(TASK_FILES, DECODE_AHEAD_BYTES // per_file))
@@ -198,7 +196,7 @@ class FeaturizeReport:
 
 
 def featurize(paths: Sequence[os.PathLike | str], ids: Sequence[str], output: os.PathLike | str,
-              params: MelParams, *, jobs: int | None = None, block_size: int = 64,
+              params: ClipParams, *, jobs: int | None = None, block_size: int = 64,
               on_error: str = "skip", max_fail_frac: float = 0.05,
               shard: tuple[int, int] = (0, 1), command: str = "",
               on_failure: Callable[[str, str], None] | None = None,
@@ -224,12 +222,13 @@ def featurize(paths: Sequence[os.PathLike | str], ids: Sequence[str], output: os
     total = len(work)
     tasks = make_tasks(work, jobs)
     report = FeaturizeReport(total, 0, clip_samples=params.num_samples)
-    check_mel_params(params)  # empty Mel filters: refused before any work
+    params.check()  # e.g. empty Mel filters: refused before any work
     extra = {"num_inputs": len(paths), "inputs_sha256": inputs_fingerprint(paths, ids),
              "shard_index": shard[0], "shard_count": shard[1]}
 
     with atomic_path(output) as tmp:
-        writer = FeatureWriter(tmp, params.to_attrs(), params.clip_shape, command=command,
+        writer = FeatureWriter(tmp, {**params.to_attrs(), "kind": params.kind},
+                               params.clip_shape, command=command,
                                extra_attrs=extra, expected=total)
         try:
             _run(tasks, params, jobs, block_size, policy, writer, report, ids,
@@ -295,7 +294,7 @@ class Featurized(NamedTuple):
     error: str | None
 
 
-def iter_features(paths: Sequence[os.PathLike | str], params: MelParams,
+def iter_features(paths: Sequence[os.PathLike | str], params: ClipParams,
                   jobs: int | None = None, *,
                   stall_timeout: float | None = None) -> Iterator[Featurized]:
     """Decode and featurize ``paths`` in worker processes; yield one :class:`Featurized` per
@@ -311,47 +310,13 @@ def iter_features(paths: Sequence[os.PathLike | str], params: MelParams,
     with one line naming that input. With ``jobs=1`` the work runs in the caller's process
     and has no watchdog.
     """
-    check_mel_params(params)
+    params.check()
     work = [(i, str(p)) for i, p in enumerate(paths)]
     jobs = max(1, int(jobs or available_cpus()))
     yield from _iter_tasks(make_tasks(work, jobs), params, jobs, stall_timeout)
 
 
-STALL_TIMEOUT_ENV = "AEKIT_STALL_TIMEOUT"
-DEFAULT_STALL_TIMEOUT = 600.0  # seconds without progress on one input before a run is failed
-STOP_WAIT = 10.0  # seconds workers get to exit after their last task before they are killed
-
-
-def stall_limit(value: float | str | None = None) -> float:
-    """The watchdog's limit in seconds: ``value``, else $AEKIT_STALL_TIMEOUT, else
-    DEFAULT_STALL_TIMEOUT (10 minutes). Must be a positive number."""
-    if value is None:
-        value = os.environ.get(STALL_TIMEOUT_ENV) or DEFAULT_STALL_TIMEOUT
-    try:
-        t = float(value)
-    except (TypeError, ValueError):
-        t = float("nan")
-    if not (t > 0 and np.isfinite(t)):
-        raise InputError(f"bad stall timeout {value!r} ({STALL_TIMEOUT_ENV}): "
-                         "expected a positive number of seconds")
-    return t
-
-
-def _exit_with_parent(parent: int) -> None:
-    """In a worker (Linux): SIGKILL when the parent dies, even by SIGKILL, so that no orphan
-    keeps working; a parent already gone ends the worker at once."""
-    if sys.platform.startswith("linux"):
-        try:
-            import ctypes
-
-            ctypes.CDLL(None, use_errno=True).prctl(1, 9, 0, 0, 0)  # PR_SET_PDEATHSIG, SIGKILL
-        except (OSError, AttributeError):
-            pass
-    if os.getppid() != parent:
-        os._exit(1)
-
-
-def _worker_main(slot: int, frontend: MelFrontend, tasks, inbox, outbox, progress,
+def _worker_main(slot: int, frontend, tasks, inbox, outbox, progress,
                  parent: int, others: list) -> None:
     """A worker process: take task numbers (or, spawned, tasks) from ``inbox``, one at a
     time, and send back (number, result) or (number, exception) on ``outbox``; stop at None
@@ -366,7 +331,7 @@ def _worker_main(slot: int, frontend: MelFrontend, tasks, inbox, outbox, progres
     for name in ("SIGTERM", "SIGHUP"):
         if hasattr(signal, name):
             signal.signal(getattr(signal, name), signal.SIG_DFL)
-    _exit_with_parent(parent)
+    exit_with_parent(parent)
     for conn in others:  # forked: the parent's ends of the pipes of the workers before this one
         conn.close()
     code = 0
@@ -402,176 +367,14 @@ def _worker_main(slot: int, frontend: MelFrontend, tasks, inbox, outbox, progres
         os._exit(code)  # no atexit or finalizers of the parent's objects in a worker
 
 
-class _Workers:
-    """``n`` worker processes, each with its own task pipe and result pipe (no lock shared
-    between processes), and a watchdog: :meth:`results` fails with one line naming the input
-    when a busy worker makes no progress for ``stall`` seconds. :meth:`stop` ends them: after
-    a complete run, a stop message and a join (killed after STOP_WAIT seconds if need be); on
-    an error, Ctrl-C or an early close, SIGKILL at once (nothing a killed worker held can
-    block anyone) and a join, so that no worker outlives the call."""
+class _Workers(WorkerPool):
+    """The featurizing workers: :class:`aekit.audio.workers.WorkerPool` running
+    :func:`_worker_main` (which calls this module's ``_process``)."""
 
-    def __init__(self, n: int, frontend: MelFrontend, tasks: list | dict, stall: float,
-                 send_tasks: bool = False):
-        from multiprocessing.sharedctypes import RawArray
-
-        # fork is cheapest (workers inherit the imports, the frontend and the task list); on
-        # macOS, where forking a process with threads is unsafe, and elsewhere, spawn.
-        # send_tasks: the tasks are made after the workers start (a stream of paths):
-        # ``tasks`` is then a dict {number: task} the caller fills, and each task is sent.
-        forked = sys.platform.startswith("linux")
-        ctx = mp.get_context("fork" if forked else "spawn")
-        self.tasks, self.stall, self.forked = tasks, stall, forked and not send_tasks
-        self.progress = RawArray("q", 2 * n)  # per worker: input index in work, files started
-        self.procs, self.inboxes, self.outboxes = [], [], []
-        self.busy: list[list[int]] = [[] for _ in range(n)]  # task numbers sent, not returned
-        self.seen = [(0, time.monotonic())] * n  # (progress count, when it last changed)
-        gc.freeze()  # forked workers' collections then leave the parent's objects (pages) alone
-        try:
-            for slot in range(n):
-                task_r, task_w = ctx.Pipe(duplex=False)
-                res_r, res_w = ctx.Pipe(duplex=False)
-                p = ctx.Process(target=_worker_main, daemon=True, name=f"aekit-featurize-{slot}",
-                                args=(slot, frontend, tasks if self.forked else None, task_r,
-                                      res_w, self.progress, os.getpid(),
-                                      [*self.inboxes, *self.outboxes] if forked else []))
-                self.procs.append(p)
-                self.inboxes.append(task_w)
-                self.outboxes.append(res_r)
-                p.start()
-                task_r.close()  # the worker's ends: the parent keeps only its own
-                res_w.close()
-        except BaseException:
-            self.stop(ok=False)
-            raise
-        finally:
-            gc.unfreeze()
-
-    def submit(self, n: int) -> None:
-        """Send task ``n`` to the worker with the fewest tasks outstanding."""
-        slot = min(range(len(self.procs)), key=lambda s: len(self.busy[s]))
-        if not self.busy[slot]:
-            self.seen[slot] = (self.progress[2 * slot + 1], time.monotonic())
-        self.busy[slot].append(n)
-        self.inboxes[slot].send((n, None if self.forked else self.tasks[n]))
-
-    def resume(self) -> None:
-        """The caller had the results meanwhile: time spent there is no worker's stall."""
-        now = time.monotonic()
-        self.seen = [(c, now) for c, _ in self.seen]
-
-    def results(self) -> Iterator[tuple[int, object]]:
-        """(task number, result) as they arrive, until every task sent has come back;
-        DataError when a worker dies or makes no progress for ``stall`` seconds."""
-        from multiprocessing.connection import wait
-
-        while any(self.busy):
-            conns = {c: s for s, c in enumerate(self.outboxes)}
-            ends = {p.sentinel: s for s, p in enumerate(self.procs)}
-            ready = wait([*conns, *ends], timeout=min(1.0, self.stall))
-            for r in ready:  # results first: a worker may have sent one and then died
-                if r in conns:
-                    slot = conns[r]
-                    try:
-                        n, result, exc = r.recv()
-                    except (EOFError, OSError):
-                        self._died(slot)
-                    if exc is not None:
-                        raise exc
-                    self.busy[slot].remove(n)
-                    self.seen[slot] = (self.progress[2 * slot + 1], time.monotonic())
-                    yield n, result
-            for r in ready:
-                if r in ends and not self.outboxes[ends[r]].poll():
-                    self._died(ends[r])
-            self._watch()
-
-    def collect(self, extra: Sequence = (), timeout: float | None = None) -> list:
-        """One round of :meth:`results` that does not wait for every task: the (task number,
-        result) pairs that arrive within ``timeout`` seconds (default min(1, stall)), or at
-        once when one of ``extra`` (file descriptors: an input being read) becomes ready.
-        Same failures as :meth:`results`: a dead worker or the watchdog's stall."""
-        from multiprocessing.connection import wait
-
-        conns = {c: s for s, c in enumerate(self.outboxes)}
-        ends = {p.sentinel: s for s, p in enumerate(self.procs)}
-        ready = wait([*conns, *ends, *extra],
-                     timeout=min(1.0, self.stall) if timeout is None else timeout)
-        got = []
-        for r in ready:  # results first: a worker may have sent one and then died
-            if r in conns:
-                slot = conns[r]
-                try:
-                    n, result, exc = r.recv()
-                except (EOFError, OSError):
-                    self._died(slot)
-                if exc is not None:
-                    raise exc
-                self.busy[slot].remove(n)
-                self.seen[slot] = (self.progress[2 * slot + 1], time.monotonic())
-                got.append((n, result))
-        for r in ready:
-            if r in ends and not self.outboxes[ends[r]].poll():
-                self._died(ends[r])
-        self._watch()
-        return got
-
-    def _watch(self) -> None:
-        now = time.monotonic()
-        for slot, tasks in enumerate(self.busy):
-            if not tasks:
-                continue
-            count, since = self.seen[slot]
-            current = self.progress[2 * slot + 1]
-            if current != count:
-                self.seen[slot] = (current, now)
-            elif now - since > self.stall:
-                index = self.progress[2 * slot]
-                path = next((p for i, p in self.tasks[tasks[0]] if i == index),
-                            self.tasks[tasks[0]][0][1])
-                raise DataError(f"{path}: no progress for {self.stall:g} s on this input (a "
-                                f"stuck decoder?); stopped (${STALL_TIMEOUT_ENV} sets the limit "
-                                "in seconds)")
-
-    def _died(self, slot: int) -> None:
-        import signal
-
-        p = self.procs[slot]
-        p.join(timeout=STOP_WAIT)
-        code = p.exitcode
-        how = (f"killed by {signal.Signals(-code).name}" if code is not None and code < 0
-               and -code in signal.Signals._value2member_map_ else f"exit status {code}")
-        raise DataError(f"a worker process died ({how}; out of memory?); no output written")
-
-    def stop(self, ok: bool) -> None:
-        """End every worker and reap it: see the class docstring."""
-        try:
-            if ok:
-                for inbox in self.inboxes:
-                    try:
-                        inbox.send(None)
-                    except (OSError, ValueError):
-                        pass
-                deadline = time.monotonic() + STOP_WAIT
-                for p in self.procs:
-                    p.join(timeout=max(0.0, deadline - time.monotonic()))
-        finally:  # whatever happened above (a second Ctrl-C), no worker is left running
-            for p in self.procs:
-                if p.exitcode is None:
-                    try:
-                        p.kill()
-                    except (OSError, AttributeError, ValueError):
-                        pass
-            for p in self.procs:
-                try:
-                    p.join(timeout=STOP_WAIT)
-                except (OSError, ValueError, AssertionError):
-                    pass
-            for c in [*self.inboxes, *self.outboxes]:
-                c.close()
-            self.inboxes, self.outboxes = [], []
+    target = staticmethod(_worker_main)
 
 
-def _iter_tasks(tasks: list[list[tuple[int, str]]], params: MelParams,
+def _iter_tasks(tasks: list[list[tuple[int, str]]], params: ClipParams,
                 jobs: int, stall: float | None = None) -> Iterator[Featurized]:
     def items(result) -> list[Featurized]:
         ok, feats, failed = result
@@ -590,7 +393,7 @@ def _iter_tasks(tasks: list[list[tuple[int, str]]], params: MelParams,
     # 72 ms CPU -> 12 ms). The caller's thread count is restored before the first result.
     torch.set_num_threads(1)
     try:
-        frontend = MelFrontend(params)  # built once, here; workers get a copy
+        frontend = params.frontend()  # built once, here; workers get a copy
         frontend.warm_up()  # first-call setup done once, inherited by forked workers
         pool = None if serial else _Workers(min(jobs, len(tasks)), frontend, tasks, stall)
     finally:

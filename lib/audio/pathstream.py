@@ -225,17 +225,16 @@ def iter_features_stream(paths, params, jobs: int | None = None, *,
     import torch
 
     from aekit.audio import featurize as fz
-    from aekit.audio.features import MelFrontend, check_mel_params
 
     source = paths if isinstance(paths, PathSource) else IterSource(paths)
-    check_mel_params(params)
+    params.check()
     jobs = max(1, int(jobs or fz.available_cpus()))
     stall = fz.stall_limit(stall_timeout)
     fz._preload()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as iter_features: no OpenMP pool in the parent beside workers
     try:
-        frontend = MelFrontend(params)
+        frontend = params.frontend()
         frontend.warm_up()
         pool = None if jobs == 1 else fz._Workers(jobs, frontend, {}, stall, send_tasks=True)
     finally:

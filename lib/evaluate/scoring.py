@@ -57,7 +57,7 @@ def model_params(model: "LoadedModel | str | os.PathLike"):
     """The feature parameters (e.g. a MelParams) recorded in a model (a LoadedModel or a model
     file path); InputError when the model records none, or records ones this aekit cannot
     reproduce."""
-    from aekit.audio.features import params_class
+    from aekit.audio.kinds import params_class
     from aekit.data.store import params_mismatch
 
     model = _as_model(model)
@@ -71,7 +71,7 @@ def model_params(model: "LoadedModel | str | os.PathLike"):
         params = cls.from_attrs(fp)
     except (TypeError, ValueError, InputError) as exc:
         raise InputError(f"{name}: bad feature parameters: {exc}") from None
-    diffs = params_mismatch(params.to_attrs(), fp)
+    diffs = params_mismatch({**params.to_attrs(), "kind": params.kind}, fp)
     if diffs:
         raise InputError(f"{name}: feature parameters this aekit does not compute: "
                          f"{', '.join(diffs)}")
@@ -174,9 +174,7 @@ def score_array(model, waves: np.ndarray, sample_rate: int | None = None,
     array scores as the WAV file holding it."""
     import torch
 
-    from aekit.audio.decode import (MAX_DECODE_BYTES, MAX_SAMPLE_RATE, RESAMPLE_MARGIN, fix_channels,
-                        resample)
-    from aekit.audio.features import MelFrontend
+    from aekit.audio.decode import MAX_DECODE_BYTES, MAX_SAMPLE_RATE, RESAMPLE_MARGIN, condition
 
     model = _as_model(model)
     params = model_params(model)
@@ -203,7 +201,7 @@ def score_array(model, waves: np.ndarray, sample_rate: int | None = None,
         sr = int(sample_rate)
     if w.shape[0] == 0:
         return np.zeros(0, dtype=np.float64)
-    frontend = MelFrontend(params)
+    frontend = params.frontend()
     # Only what the clip keeps is resampled, as a file is decoded (aekit.audio.decode): a long or
     # low-rate array never becomes a huge upsampled one.
     need = (params.num_samples if sr == params.sample_rate else
@@ -216,12 +214,9 @@ def score_array(model, waves: np.ndarray, sample_rate: int | None = None,
     feats = []
     with torch.inference_mode():
         for clip in w:
-            y = resample(np.ascontiguousarray(clip[:, :need].T), sr,
-                         params.sample_rate)[:params.num_samples]
-            c, _ = fix_channels(np.ascontiguousarray(y.T), params.channels, params.channel_policy)
-            if c.shape[1] < params.num_samples:
-                c = np.pad(c, ((0, 0), (0, params.num_samples - c.shape[1])))
-            feats.append(frontend(torch.from_numpy(np.ascontiguousarray(c))).numpy())
+            c, _, _ = condition(np.ascontiguousarray(clip[:, :need].T), sr, params.sample_rate,
+                                params.num_samples, params.channels, params.channel_policy)
+            feats.append(frontend(torch.from_numpy(c)).numpy())
     return score_features(model, np.stack(feats), batch_size, score)
 
 
@@ -241,10 +236,12 @@ def featurize_files(paths: Sequence[str | os.PathLike], params=None, jobs: int |
     order, computed in worker processes. ``paths``: a sequence of paths (one str is refused:
     give ``[path]``), or an iterator of paths (a generator, an aekit.audio.pathstream source), read
     as the work needs it, never held; a path that is missing or undecodable gives
-    ``features=None`` and its reason. ``params``: a MelParams, a dict of MelParams fields (an
-    unknown key is an InputError naming the valid ones), a LoadedModel or a model file path
-    (its parameters); None: the defaults."""
-    from aekit.audio.features import MelParams
+    ``features=None`` and its reason. ``params``: the parameters of a feature kind (a
+    MelParams, a LinearParams, ...), a dict of a kind's fields (its ``kind`` key, default
+    logmel; an unknown key is an InputError naming the valid ones), a LoadedModel or a model
+    file path (its parameters); None: the log-Mel defaults."""
+    from aekit.audio.kinds import params_class
+    from aekit.audio.params import ClipParams
     from aekit.audio.featurize import iter_features
 
     stream = _is_stream(paths)
@@ -252,10 +249,10 @@ def featurize_files(paths: Sequence[str | os.PathLike], params=None, jobs: int |
         paths = _path_list(paths)
     _check_jobs(jobs)
     if params is None:
-        params = MelParams()
+        params = params_class(None)()
     elif isinstance(params, dict):
-        params = MelParams.from_dict(params)
-    elif not isinstance(params, MelParams):
+        params = params_class(params.get("kind")).from_dict(params)
+    elif not isinstance(params, ClipParams):
         params = model_params(_as_model(params))
     if stream:
         from aekit.audio.pathstream import IDLE, iter_features_stream
