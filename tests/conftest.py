@@ -40,7 +40,7 @@ def write_features(path, n: int = 40, shape=SHAPE, seed: int = 0, ids=None, para
         x = x.astype(np.float32).reshape(n, c, m, t)
     n, shape = len(x), tuple(x.shape[1:])
     c, m, t = shape
-    ids = ids or [f"clip{i:03d}" for i in range(n)]
+    ids = [f"clip{i:03d}" for i in range(n)] if ids is None else ids
     if params is None:  # the shape attributes agree with the data (store checks them)
         params = {**PARAMS, "channels": c, "n_mels": m,
                   "num_samples": (t - 1) * PARAMS["hop_length"]}
@@ -122,18 +122,23 @@ def invoke(cli, args, **kw):
     from click.testing import CliRunner
 
     if isinstance(cli, str):
+        kw.setdefault("prog_name", f"ae-{cli.removeprefix('ae-')}")
         cli = cli_of(cli)
     kw.setdefault("catch_exceptions", False)
-    return CliRunner().invoke(cli, [str(a) for a in args], **kw)
+    r = CliRunner().invoke(cli, [str(a) for a in args], **kw)
+    r.prog = kw.get("prog_name") or cli.name  # what one_error_line expects the line to start with
+    return r
 
 
 def one_error_line(r, *words, code=2):
     """The one error line of a CliRunner result that exited ``code`` ("ae-NAME: error: ...",
-    no other line naming an error, no traceback), holding each of ``words``."""
+    no other line naming an error, no traceback, nothing on stdout), holding each of ``words``."""
     lines = [ln for ln in r.stderr.splitlines() if "error:" in ln.lower()]
     assert r.exit_code == code, (r.exit_code, r.stdout, r.stderr, r.exception)
     assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
-    assert re.match(r"ae-[a-z]+: error: ", lines[0]), lines[0]
+    assert r.stdout == "", r.stdout
+    prog = getattr(r, "prog", None)  # set by invoke
+    assert re.match(rf"{re.escape(prog) if prog else 'ae-[a-z]+'}: error: ", lines[0]), lines[0]
     for w in words:
         assert w in lines[0], (w, lines[0])
     return lines[0]

@@ -11,19 +11,16 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from click.testing import CliRunner
 from sklearn.metrics import roc_auc_score
 
 from aekit.data import store
 from aekit.cmds.eval import cli
 from aekit.system.fileio import file_sha256
-from aekit.models.modelfile import Normalizer, load_model, save_model
-from aekit.models.registry import AEConfig, build_model
+from aekit.models.modelfile import load_model, save_model
 
-BIN = Path(sys.executable).parent
-SHAPE = (2, 4, 10)
+from conftest import BIN, PARAMS, SHAPE, invoke, one_error_line, write_features, write_model
+
 N = 36
-from conftest import PARAMS  # noqa: E402
 
 
 def make_dataset(d: Path, params=PARAMS, seed=0):
@@ -32,16 +29,10 @@ def make_dataset(d: Path, params=PARAMS, seed=0):
     anomaly = (np.arange(N) % 4 == 0).astype(int)
     x = (-40 + rng.normal(0, 4, (N, *SHAPE)) * np.where(anomaly, 3.0, 1.0)[:, None, None, None])
     x = x.astype(np.float32)
-    ids = [f"clip{i:03d}" for i in range(N)]
-    w = store.FeatureWriter(d / "f.h5", params, SHAPE)
-    w.append(x, ids, [f"{i}.wav" for i in ids], {k: [1] * N for k in store.PER_CLIP})
-    w.close()
-    torch.manual_seed(seed)
-    model = build_model(AEConfig(input_shape=SHAPE, hidden=(32, 16), latent=8)).eval()
+    ids, _ = write_features(d / "f.h5", params=params, x=x)
     hist = [{"epoch": e, "train_loss": 100.0 / e, "val_loss": 110.0 / e, "lr": 1e-3}
             for e in range(1, 6)]
-    save_model(d / "m.safetensors", model, Normalizer("global", dim=x[0].size).fit([x]), PARAMS,
-               history=hist)
+    write_model(d / "m.safetensors", x, seed=seed, history=hist)  # its features: PARAMS
     # 6 test rows (clip000..clip005), then 3 folds over the rest
     split = ["test" if i < 6 else "train" for i in range(N)]
     fold = ["" if i < 6 else (i - 6) % 3 for i in range(N)]
@@ -60,14 +51,7 @@ def data(tmp_path):
 
 
 def run(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args], prog_name="ae-eval",
-                              catch_exceptions=False)
-
-
-def one_error_line(r) -> str:
-    lines = [ln for ln in r.stderr.splitlines() if ": error:" in ln]
-    assert len(lines) == 1 and lines[0].startswith("ae-eval: error: "), r.stderr
-    return lines[0]
+    return invoke(cli, args, prog_name="ae-eval")
 
 
 def test_report_and_scores_csv(data):
