@@ -132,7 +132,10 @@ def invoke(cli, args, **kw):
 
 def one_error_line(r, *words, code=2):
     """The one error line of a CliRunner result that exited ``code`` ("ae-NAME: error: ...",
-    no other line naming an error, no traceback, nothing on stdout), holding each of ``words``."""
+    no other line naming an error, no traceback, nothing on stdout), holding each of ``words``.
+    The exit code may also come first among the words: one_error_line(r, 1)."""
+    if words and isinstance(words[0], int):
+        code, words = words[0], words[1:]
     lines = [ln for ln in r.stderr.splitlines() if "error:" in ln.lower()]
     assert r.exit_code == code, (r.exit_code, r.stdout, r.stderr, r.exception)
     assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
@@ -221,3 +224,31 @@ def tone_frames_model(tones, tmp_path_factory):
     r = invoke("train", [tones["feats"], "-o", model, *TINY_FRAMES])
     assert r.exit_code == 0, r.stderr
     return model
+
+
+# --------------------------------------------------------------------------- figures
+
+#: matplotlib's first default colours (C0 blue, C1 orange) and magma's two ends, as RGB.
+C0, C1 = (31, 119, 180), (255, 127, 14)
+MAGMA_LOW, MAGMA_HIGH = (0, 0, 4), (252, 253, 191)
+
+
+def png_rgb(path, size: tuple[int, int]) -> np.ndarray:
+    """The pixels [H, W, 3] of a PNG file, decoded (Pillow), after checking that it is a PNG of
+    ``size`` = (width, height) pixels that is not blank (many colours, under 95% white)."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        assert (im.format, im.size) == ("PNG", tuple(size)), (path, im.format, im.size)
+        rgb = np.asarray(im.convert("RGB"))
+    packed = rgb.astype(np.int32) @ np.array([1 << 16, 1 << 8, 1], dtype=np.int32)
+    assert np.unique(packed).size > 50, path
+    assert pixels_of(rgb, (255, 255, 255)) < 0.95 * rgb.shape[0] * rgb.shape[1], path
+    return rgb
+
+
+def pixels_of(rgb: np.ndarray, colour, tol: int = 0, alpha: float = 1.0) -> int:
+    """How many pixels are ``colour`` (within ``tol`` per channel), drawn at ``alpha`` over
+    white."""
+    want = np.round(255 - alpha * (255 - np.asarray(colour, dtype=float)))
+    return int((np.abs(rgb.astype(int) - want).max(-1) <= tol).sum())
