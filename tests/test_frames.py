@@ -98,8 +98,8 @@ def test_kind_defaults_sit_under_preset_and_options():
     s = S.make_settings(arch="frames")
     assert (s.hidden, s.latent, s.batch_size, s.lr, s.model_options) == (
         (128, 128, 128, 128), 8, 512, 1e-3, {"context": 5})
-    assert s.epochs == S.ARCHS["frames"].defaults["epochs"]
-    assert S.make_settings(arch="improved").hidden == S.DEFAULT_HIDDEN  # others unchanged
+    assert s.epochs == 20  # the value, not the constant it comes from
+    assert S.make_settings(arch="improved").hidden == (8224, 2056, 1024, 512)  # others unchanged
     t = S.make_settings("tutorial", arch="frames", model_options={"context": 7})
     assert (t.batch_size, t.hidden, t.model_options) == (25, (128,) * 4, {"context": 7})
     assert S.make_settings(arch="frames", batch_size=64, hidden=(32,)).batch_size == 64

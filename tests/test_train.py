@@ -11,10 +11,9 @@ import sys
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 from safetensors.torch import load_file
 
-from conftest import BIN, write_features, write_splits
+from conftest import BIN, invoke, write_features, write_splits
 
 from aekit.train import loop as tr
 from aekit.cmds.train import SIGTERM_AT_STEP_ENV, cli
@@ -26,8 +25,7 @@ SMALL = ["--hidden", "32,16", "--latent", "8"]
 
 
 def run(args, env=None):
-    res = CliRunner().invoke(cli, [str(a) for a in args], env=env, catch_exceptions=False)
-    return res
+    return invoke(cli, args, env=env)
 
 
 @pytest.fixture(autouse=True)
