@@ -132,14 +132,14 @@ def invoke(cli, args, **kw):
 
 def one_error_line(r, *words, code=2):
     """The one error line of a CliRunner result that exited ``code`` ("ae-NAME: error: ...",
-    no other line naming an error, no traceback, nothing on stdout), holding each of ``words``.
-    The exit code may also come first among the words: one_error_line(r, 1)."""
+    no other line naming an error, no traceback; nothing on stdout for a refusal, code 2),
+    holding each of ``words``. The exit code may also come first: one_error_line(r, 1)."""
     if words and isinstance(words[0], int):
         code, words = words[0], words[1:]
     lines = [ln for ln in r.stderr.splitlines() if "error:" in ln.lower()]
     assert r.exit_code == code, (r.exit_code, r.stdout, r.stderr, r.exception)
     assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
-    assert r.stdout == "", r.stdout
+    assert code != 2 or r.stdout == "", r.stdout  # refused before any output
     prog = getattr(r, "prog", None)  # set by invoke
     assert re.match(rf"{re.escape(prog) if prog else 'ae-[a-z]+'}: error: ", lines[0]), lines[0]
     for w in words:
