@@ -12,19 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from conftest import exe, write_tone
+from conftest import exe, invoke, write_tone
 
 MEL = ["--num-samples", "2304", "--n-mels", "4"]  # clips 2 x 4 x 10 (conftest.SHAPE)
 TINY = ["--hidden", "16,8", "--latent", "4", "--epochs", "1", "--batch-size", "8", "-q"]
-
-
-def invoke(module: str, args, **kw):
-    import importlib
-
-    cli = importlib.import_module(f"aekit.cmds.{module}").cli
-    return CliRunner().invoke(cli, [str(a) for a in args], **kw)
 
 
 @pytest.fixture(scope="module")

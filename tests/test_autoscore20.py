@@ -5,56 +5,31 @@ decisions and --submission at the threshold of the score in use."""
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from conftest import invoke, write_tone
+from conftest import cli_of as cmd, invoke, read_csv as rows
 
-MEL = ["--num-samples", "2304", "--n-mels", "4"]  # clips 2 x 4 x 10
 TINY = ["--hidden", "16,8", "--latent", "4", "--epochs", "2", "--batch-size", "4", "-q"]
-N = 24
-
-
-def cmd(name):
-    import importlib
-
-    return importlib.import_module(f"aekit.cmds.{name}").cli
-
-
-def rows(text):
-    return list(csv.DictReader(io.StringIO(text)))
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    """Tones, their features, labels (anomaly: every third clip; one type, one section), a
-    frames model and a baseline model trained on all clips."""
+def setup(tmp_path_factory, tones, tone_frames_model):
+    """The session's tones and their features (conftest.tones), labels (anomaly: every third
+    clip; one type, one section), the frames model (conftest.tone_frames_model) and a baseline
+    model trained on all clips."""
     root = tmp_path_factory.mktemp("auto")
-    audio = root / "a"
-    for i in range(N):
-        write_tone(audio / f"m{i:02d}.wav", sr=16000, seconds=0.2, channels=1,
-                   freq=300 + 40 * i, seed=i)
-    feats = root / "f.h5"
-    r = invoke(cmd("featurize"), [audio, "-o", feats, "-j", "1", "-q", *MEL])
-    assert r.exit_code == 0, r.stderr
-    from aekit.data.store import FeatureFile
-
-    with FeatureFile(feats) as ff:
-        ids, x = list(ff.ids), np.asarray(ff.read(), dtype=np.float32)
+    feats, ids, x = tones["feats"], tones["ids"], tones["x"].copy()
     labels = root / "labels.csv"
     labels.write_text("id,anomaly,machine_type,section\n" + "".join(
         f"{i},{int(k % 3 == 0)},fan,00\n" for k, i in enumerate(ids)))
-    models = {}
-    for arch, extra in (("frames", ["--context", "1"]), ("baseline", [])):
-        models[arch] = root / f"{arch}.safetensors"
-        r = invoke(cmd("train"), [feats, "-o", models[arch], "--arch", arch, *extra, *TINY])
-        assert r.exit_code == 0, r.stderr
-    return {"root": root, "audio": audio, "feats": feats, "ids": ids, "x": x,
+    models = {"frames": tone_frames_model, "baseline": root / "baseline.safetensors"}
+    r = invoke(cmd("train"), [feats, "-o", models["baseline"], "--arch", "baseline", *TINY])
+    assert r.exit_code == 0, r.stderr
+    return {"root": root, "audio": tones["audio"], "feats": feats, "ids": ids, "x": x,
             "labels": labels, **models}
 
 

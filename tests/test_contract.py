@@ -7,7 +7,6 @@
 * the installed executable exists and behaves the same in a real process
 """
 
-import importlib
 import re
 import subprocess
 import sys
@@ -15,7 +14,7 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-from conftest import exe
+from conftest import cli_of, exe
 
 COMMANDS = {
     # name: (module, arguments naming a missing input)
@@ -30,10 +29,6 @@ COMMANDS = {
     "ae-synth": ("synth", None),
     "ae-labels": ("labels", ["missing.h5", "--preset", "dcase2020"]),
 }
-
-
-def cli_of(name):
-    return importlib.import_module(f"aekit.cmds.{COMMANDS[name][0]}").cli
 
 
 @pytest.mark.parametrize("name", sorted(COMMANDS))

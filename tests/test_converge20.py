@@ -9,7 +9,7 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
-from conftest import write_features, write_splits
+from conftest import invoke, write_features, write_splits
 
 from aekit.train import settings as S
 from aekit.train import loop as tr
@@ -37,7 +37,7 @@ def data(tmp_path):
 
 
 def run(args, env=None):
-    return CliRunner().invoke(cli, [str(a) for a in args], env=env, catch_exceptions=False)
+    return invoke(cli, args, env=env)
 
 
 def test_defaults_with_and_without_validation():

@@ -3,43 +3,19 @@
 from __future__ import annotations
 
 import subprocess
-import sys
-from pathlib import Path
 
 import h5py
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from click.testing import CliRunner
 
 from aekit.evaluate import inference
 from aekit.data import store
 from aekit.cmds.encode import cli
 from aekit.system.fileio import file_sha256
-from aekit.models.modelfile import Normalizer, load_model, save_model
-from aekit.models.mlp import AEConfig
-from aekit.models.registry import build_model
-
-BIN = Path(sys.executable).parent
-SHAPE = (2, 4, 10)
-from conftest import PARAMS  # noqa: E402
-
-
-def write_features(path, n=30, params=PARAMS, shape=SHAPE, seed=0):
-    x = np.random.default_rng(seed).normal(-40, 6, (n, *shape)).astype(np.float32)
-    ids = [f"clip{i:03d}" for i in range(n)]
-    w = store.FeatureWriter(path, params, shape)
-    w.append(x, ids, [f"{i}.wav" for i in ids], {k: [1] * n for k in store.PER_CLIP})
-    w.close()
-    return x, ids
-
-
-def write_model(path, x, params=PARAMS, seed=0):
-    torch.manual_seed(seed)
-    model = build_model(AEConfig(input_shape=SHAPE, hidden=(32, 16), latent=8)).eval()
-    save_model(path, model, Normalizer("global", dim=x[0].size).fit([x]), params,
-               history=[{"epoch": 1, "train_loss": 50.0, "val_loss": 60.0, "lr": 1e-3}])
+from aekit.models.modelfile import load_model
+from conftest import BIN, PARAMS, invoke, noise_clips, write_features, write_model
 
 
 def write_splits(path, ids, n_test=6, k=3):
@@ -50,15 +26,14 @@ def write_splits(path, ids, n_test=6, k=3):
 
 @pytest.fixture()
 def data(tmp_path):
-    x, ids = write_features(tmp_path / "f.h5")
+    ids, x = write_features(tmp_path / "f.h5", x=noise_clips(30))
     write_model(tmp_path / "m.safetensors", x)
     write_splits(tmp_path / "splits.csv", ids)
     return tmp_path, x, ids
 
 
 def run(args):
-    return CliRunner().invoke(cli, [str(a) for a in args], prog_name="ae-encode",
-                              catch_exceptions=False)
+    return invoke(cli, args, prog_name="ae-encode")
 
 
 def read_latents(path):
@@ -147,7 +122,7 @@ def test_blocks_bound_memory(data, monkeypatch):
 
 
 def test_refuses_other_feature_params(tmp_path):
-    x, _ = write_features(tmp_path / "f.h5")
+    _, x = write_features(tmp_path / "f.h5", x=noise_clips(30))
     write_model(tmp_path / "m.safetensors", x, params={**PARAMS, "top_db": 60.0})
     r = run([tmp_path / "m.safetensors", tmp_path / "f.h5", "-o", tmp_path / "z.h5"])
     assert r.exit_code == 2
@@ -158,9 +133,10 @@ def test_refuses_other_feature_params(tmp_path):
 
 
 def test_refuses_other_clip_shape(tmp_path):
-    x, _ = write_features(tmp_path / "m.h5")
+    _, x = write_features(tmp_path / "m.h5", x=noise_clips(30))
     write_model(tmp_path / "m.safetensors", x)
-    write_features(tmp_path / "f.h5", params={**PARAMS, "num_samples": 2816}, shape=(2, 4, 12))
+    write_features(tmp_path / "f.h5", params={**PARAMS, "num_samples": 2816},
+                   x=noise_clips(30, (2, 4, 12)))
     r = run([tmp_path / "m.safetensors", tmp_path / "f.h5", "-o", tmp_path / "z.h5"])
     assert r.exit_code == 2
     assert "clip shape differs: 2x4x12 vs 2x4x10" in r.stderr

@@ -5,47 +5,21 @@ clips' combined z-scores."""
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 
 import numpy as np
 import pytest
 
-from conftest import invoke, one_error_line, write_tone
-
-MEL = ["--num-samples", "2304", "--n-mels", "4"]  # clips 2 x 4 x 10
-TINY = ["--arch", "frames", "--context", "1", "--hidden", "16,8", "--latent", "4",
-        "--epochs", "2", "--batch-size", "4", "-q"]
-N = 24
-
-
-def cmd(name):
-    import importlib
-
-    return importlib.import_module(f"aekit.cmds.{name}").cli
-
-
-def read_csv(text):
-    return list(csv.DictReader(io.StringIO(text)))
-
+from conftest import (N_TONES as N, TINY_FRAMES as TINY, cli_of as cmd, invoke, one_error_line,
+                      read_csv)
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    """Tones and their features, labels (every 4th clip anomalous), three frames models of
-    seeds 1-3 trained on the normal clips, and one trained on all clips (other clips)."""
+def setup(tmp_path_factory, tones, tone_frames_model):
+    """The session's tones and their features (conftest.tones), labels (every 4th clip
+    anomalous), three frames models of seeds 1-3 trained on the normal clips, and one trained
+    on all clips (other clips: conftest.tone_frames_model)."""
     root = tmp_path_factory.mktemp("ens")
-    audio = root / "a"
-    for i in range(N):
-        write_tone(audio / f"m{i:02d}.wav", sr=16000, seconds=0.2, channels=1 + i % 2,
-                   freq=300 + 40 * i, seed=i)
-    feats = root / "f.h5"
-    r = invoke(cmd("featurize"), [audio, "-o", feats, "-j", "1", "-q", *MEL])
-    assert r.exit_code == 0, r.stderr
-    from aekit.data.store import FeatureFile
-
-    with FeatureFile(feats) as ff:
-        ids, x = list(ff.ids), np.asarray(ff.read(), dtype=np.float32)
+    audio, feats, ids, x = tones["audio"], tones["feats"], tones["ids"], tones["x"].copy()
     labels = root / "labels.csv"
     labels.write_text("id,anomaly\n" + "".join(f"{i},{int(k % 4 == 3)}\n"
                                                for k, i in enumerate(ids)))
@@ -56,9 +30,7 @@ def setup(tmp_path_factory):
                                   "--seed", seed, *TINY])
         assert r.exit_code == 0, r.stderr
         models.append(m)
-    other = root / "all.safetensors"
-    r = invoke(cmd("train"), [feats, "-o", other, *TINY])
-    assert r.exit_code == 0, r.stderr
+    other = tone_frames_model
     return {"root": root, "audio": audio, "feats": feats, "ids": ids, "x": x,
             "labels": labels, "models": models, "other": other}
 

@@ -13,7 +13,7 @@ from aekit.cmds.featurize import cli as featurize_cli
 from aekit.cmds.merge import cli as merge_cli
 from aekit.audio.features import MelParams, tutorial_features
 from aekit.data.store import FeatureFile
-from conftest import exe, write_tone
+from conftest import exe, invoke, write_tone
 
 SMALL = ["--num-samples", "8000", "--jobs", "1"]
 
@@ -32,7 +32,7 @@ def corpus(tmp_path):
 
 
 def run(args, **kw):
-    return CliRunner().invoke(featurize_cli, args, catch_exceptions=False, **kw)
+    return invoke(featurize_cli, args, **kw)
 
 
 def test_file_layout_and_attributes(corpus, tmp_path):

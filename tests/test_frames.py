@@ -14,8 +14,6 @@ from safetensors.torch import load_file
 
 from aekit.models import frames
 from aekit.models import registry as models
-from aekit.models.mlp import DEFAULT_HIDDEN
-from aekit.models.registry import kind
 from aekit.train import settings as S
 from aekit.train import loop as tr
 from aekit.cmds.encode import cli as encode_cli
@@ -100,8 +98,8 @@ def test_kind_defaults_sit_under_preset_and_options():
     s = S.make_settings(arch="frames")
     assert (s.hidden, s.latent, s.batch_size, s.lr, s.model_options) == (
         (128, 128, 128, 128), 8, 512, 1e-3, {"context": 5})
-    assert s.epochs == kind("frames").defaults["epochs"]
-    assert S.make_settings(arch="improved").hidden == DEFAULT_HIDDEN  # others unchanged
+    assert s.epochs == 20  # the value, not the constant it comes from
+    assert S.make_settings(arch="improved").hidden == (8224, 2056, 1024, 512)  # others unchanged
     t = S.make_settings("tutorial", arch="frames", model_options={"context": 7})
     assert (t.batch_size, t.hidden, t.model_options) == (25, (128,) * 4, {"context": 7})
     assert S.make_settings(arch="frames", batch_size=64, hidden=(32,)).batch_size == 64

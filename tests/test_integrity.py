@@ -24,28 +24,15 @@ from aekit.audio.features import MelParams, empty_mel_filters, max_mel_bands, mi
 from aekit.models.modelfile import Normalizer, load_model, save_model
 from aekit.models.mlp import AEConfig
 from aekit.models.registry import build_model
-from conftest import exe, invoke, one_error_line, write_tone
+from conftest import (PARAMS, SHAPE, exe, invoke, noise_clips, one_error_line, write_features,
+                      write_model as _write_model, write_tone)
 
-SHAPE = (2, 4, 10)
-PARAMS = dict(sample_rate=16000, num_samples=2304, n_fft=1024, hop_length=256, n_mels=4,
-              top_db=80.0, f_min=0.0, f_max=None, window="hann", power=2.0, mel_scale="htk",
-              channels=2, channel_policy="first")
 SMALL = ["--num-samples", "8000", "--jobs", "1"]
 
 
-def write_features(path, n=24, ids=None, x=None):
-    x = np.random.default_rng(0).normal(-40, 6, (n, *SHAPE)).astype(np.float32) if x is None else x
-    ids = ids or [f"clip{i:03d}" for i in range(n)]
-    w = store.FeatureWriter(path, PARAMS, SHAPE)
-    w.append(x, ids, [f"{i}.wav" for i in ids], {k: [1] * n for k in store.PER_CLIP})
-    w.close()
-    return x, ids
-
-
 def write_model(path, x):
-    torch.manual_seed(0)
-    model = build_model(AEConfig(input_shape=SHAPE, hidden=(16, 8), latent=4)).eval()
-    save_model(path, model, Normalizer("global", dim=x[0].size).fit([x]), PARAMS)
+    """conftest.write_model: a 16-8-4 model without a training history."""
+    _write_model(path, x, hidden=(16, 8), latent=4, history=None)
 
 
 
@@ -68,7 +55,7 @@ def test_nan_and_inf_rows_are_refused_by_encode_and_eval(tmp_path):
 
 
 def test_latents_are_checksummed(tmp_path):
-    x, _ = write_features(tmp_path / "f.h5")
+    _, x = write_features(tmp_path / "f.h5", x=noise_clips(24))
     write_model(tmp_path / "m.safetensors", x)
     r = invoke(encode_cli, [tmp_path / "m.safetensors", tmp_path / "f.h5", "-o", tmp_path / "z.h5"])
     assert r.exit_code == 0, r.stderr
@@ -93,7 +80,7 @@ def test_huge_finite_values_are_not_mistaken_for_inf(tmp_path):
 
     x = np.full((3, *SHAPE), 1e6, dtype=np.float32)  # each row's float32 sum is finite
     x[1] = 3e38  # finite but huge (issue 18): refused as values beyond the limit, not as Inf
-    write_features(tmp_path / "f.h5", n=3, x=x)
+    write_features(tmp_path / "f.h5", x=x)
     with store.FeatureFile(tmp_path / "f.h5") as ff:
         np.testing.assert_array_equal(ff.read([0, 2]), x[[0, 2]])  # at the limit: kept
         with pytest.raises(InputError, match=r"1 clip\(s\) contain values beyond \+-1e\+06 "
@@ -144,7 +131,7 @@ def _failed(f):
     (_failed, "/failed/paths and /failed/reasons differ"),
 ])
 def test_inconsistent_files_are_refused_on_open(tmp_path, damage, msg):
-    write_features(tmp_path / "f.h5")
+    write_features(tmp_path / "f.h5", x=noise_clips(24))
     with h5py.File(tmp_path / "f.h5", "a") as f:
         damage(f)
     with pytest.raises(InputError, match=None) as exc:
@@ -153,7 +140,8 @@ def test_inconsistent_files_are_refused_on_open(tmp_path, damage, msg):
 
 
 def test_duplicate_ids_are_one_line_in_eval_with_anomaly_column(tmp_path):
-    x, ids = write_features(tmp_path / "f.h5", ids=[f"c{i % 12}" for i in range(24)])
+    ids, x = write_features(tmp_path / "f.h5", ids=[f"c{i % 12}" for i in range(24)],
+                            x=noise_clips(24))
     write_model(tmp_path / "m.safetensors", x)
     pd.DataFrame({"id": [f"c{i}" for i in range(12)], "anomaly": [0, 1] * 6}).to_csv(
         tmp_path / "labels.csv", index=False)
@@ -163,7 +151,7 @@ def test_duplicate_ids_are_one_line_in_eval_with_anomaly_column(tmp_path):
 
 
 def test_fletcher32_detects_a_flipped_bit(tmp_path):
-    x, _ = write_features(tmp_path / "f.h5")
+    _, x = write_features(tmp_path / "f.h5", x=noise_clips(24))
     with h5py.File(tmp_path / "f.h5") as f:
         assert all(f[name].fletcher32 for name in ("features", *store.PER_CLIP))
         info = f["features"].id.get_chunk_info(5)  # the chunk of clip 5 (one clip per chunk)
@@ -180,7 +168,7 @@ def test_fletcher32_detects_a_flipped_bit(tmp_path):
 
 def test_files_without_truncated_flag_still_read_and_merge(tmp_path):
     """Version-1 files written before /truncated existed."""
-    x, _ = write_features(tmp_path / "f.h5")
+    _, x = write_features(tmp_path / "f.h5", x=noise_clips(24))
     with h5py.File(tmp_path / "f.h5", "a") as f:
         del f["truncated"]
     with store.FeatureFile(tmp_path / "f.h5") as ff:
@@ -338,7 +326,7 @@ def test_dangling_symlink_is_a_failed_input(tmp_path):
 @pytest.fixture()
 def train_data(tmp_path):
     x = -40 + np.random.default_rng(0).normal(0, 5, (20, *SHAPE)).astype(np.float32)
-    _, ids = write_features(tmp_path / "f.h5", n=20, x=x)
+    ids, _ = write_features(tmp_path / "f.h5", x=x)
     return tmp_path / "f.h5", ids
 
 
@@ -380,7 +368,7 @@ def test_nan_at_first_step_leaves_no_empty_checkpoint_dir(tmp_path, train_data, 
 def test_nan_row_met_while_streaming_is_one_line_and_leaves_no_checkpoint_dir(tmp_path):
     x = -40 + np.random.default_rng(0).normal(0, 5, (20, *SHAPE)).astype(np.float32)
     x[1, 0, 0, 0] = np.nan  # a validation row of fold 1: read only at the end of epoch 1
-    _, ids = write_features(tmp_path / "f.h5", n=20, x=x)
+    ids, _ = write_features(tmp_path / "f.h5", x=x)
     pd.DataFrame({"id": ids, "split": "train", "fold": [0, 1] * 10}).to_csv(tmp_path / "s.csv",
                                                                           index=False)
     r = invoke(train_cli, [tmp_path / "f.h5", "--splits", tmp_path / "s.csv", "--fold", "1",

@@ -5,8 +5,6 @@ and Mahalanobis), ae-encode, the stored threshold, bad --context refused."""
 
 from __future__ import annotations
 
-import csv
-import io
 
 import numpy as np
 import pytest
@@ -14,12 +12,11 @@ import torch
 from safetensors.torch import load_file
 from scipy.spatial.distance import mahalanobis as scipy_mahalanobis
 
-from conftest import invoke, one_error_line, write_features, write_splits, write_tone
+from conftest import (N_TONES as N, cli_of as cmd, invoke, one_error_line, read_csv as rows,
+                      write_features, write_splits)
 
 SHAPE = (2, 4, 12)
 TINY = dict(hidden=(16, 8), latent=3)
-MEL = ["--num-samples", "2304", "--n-mels", "4"]  # clips 2 x 4 x 10
-N = 20
 
 
 @pytest.fixture(autouse=True)
@@ -27,21 +24,11 @@ def one_thread():
     torch.set_num_threads(1)
 
 
-def cmd(name):
-    import importlib
-
-    return importlib.import_module(f"aekit.cmds.{name}").cli
-
-
 def build(context=5, seed=0, shape=SHAPE):
     from aekit.models import registry as models
 
     torch.manual_seed(seed)
     return models.build_model(models.make_config("interp", shape, context=context, **TINY))
-
-
-def rows(text):
-    return list(csv.DictReader(io.StringIO(text)))
 
 
 def test_shapes_and_the_input_is_the_window_without_its_centre():
@@ -140,20 +127,11 @@ def test_validation_loss_is_the_mean_centre_frame_score(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    """Tones, their features and an interp model (context 3) trained on them."""
+def setup(tmp_path_factory, tones):
+    """The session's tones and their features (conftest.tones) and an interp model (context 3)
+    trained on them."""
     root = tmp_path_factory.mktemp("interp")
-    audio = root / "a"
-    for i in range(N):
-        write_tone(audio / f"m{i:02d}.wav", sr=16000, seconds=0.2, channels=1 + i % 2,
-                   freq=300 + 40 * i, seed=i)
-    feats = root / "f.h5"
-    r = invoke(cmd("featurize"), [audio, "-o", feats, "-j", "1", "-q", *MEL])
-    assert r.exit_code == 0, r.stderr
-    from aekit.data.store import FeatureFile
-
-    with FeatureFile(feats) as ff:
-        ids, x = list(ff.ids), np.asarray(ff.read(), dtype=np.float32)
+    audio, feats, ids, x = tones["audio"], tones["feats"], tones["ids"], tones["x"].copy()
     model = root / "m.safetensors"
     r = invoke(cmd("train"), [feats, "-o", model, "--arch", "interp", "--context", "3",
                               "--hidden", "16,8", "--latent", "4", "--epochs", "2",

@@ -12,17 +12,16 @@ import subprocess
 import h5py
 import pandas as pd
 import pytest
-from click.testing import CliRunner
 
 from aekit.data import idlabels
 from aekit.data import selection
 from aekit.cmds.labels import cli
 from aekit.errors import InputError
-from conftest import exe
+from conftest import exe, invoke
 
 
 def run(args, input=None):
-    return CliRunner().invoke(cli, args, input=input)
+    return invoke(cli, args, input=input)
 
 
 def csv_of(ids, header="id"):

@@ -4,8 +4,6 @@ model file; ae-eval / ae-score --score mahalanobis, score_features(score="mahala
 
 from __future__ import annotations
 
-import csv
-import io
 from pathlib import Path
 
 import numpy as np
@@ -13,46 +11,26 @@ import pytest
 import torch
 from scipy.spatial.distance import mahalanobis as scipy_mahalanobis
 
-from conftest import invoke, one_error_line, write_tone
+from conftest import (N_TONES as N, TINY_FRAMES as TINY, cli_of as cmd, invoke, one_error_line,
+                      read_csv)
 
-MEL = ["--num-samples", "2304", "--n-mels", "4"]  # clips 2 x 4 x 10
-TINY = ["--arch", "frames", "--context", "1", "--hidden", "16,8", "--latent", "4",
-        "--epochs", "2", "--batch-size", "4", "-q"]
-N = 24
 N_TARGET = 11  # both domains hold more clips than dimensions (8): invertible
 
 
-def cmd(name):
-    import importlib
-
-    return importlib.import_module(f"aekit.cmds.{name}").cli
-
-
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    """Tones, their features, labels with a domain column (10 source, 4 target), a frames
-    model trained with those labels (statistics per domain) and one without (one domain)."""
+def setup(tmp_path_factory, tones, tone_frames_model):
+    """The session's tones and their features (conftest.tones), labels with a domain column
+    (13 source, 11 target), a frames model trained with those labels (statistics per domain)
+    and one without (one domain: conftest.tone_frames_model)."""
     root = tmp_path_factory.mktemp("maha")
-    audio = root / "a"
-    for i in range(N):
-        write_tone(audio / f"m{i:02d}.wav", sr=16000, seconds=0.2, channels=1 + i % 2,
-                   freq=300 + 40 * i, seed=i)
-    feats = root / "f.h5"
-    r = invoke(cmd("featurize"), [audio, "-o", feats, "-j", "1", "-q", *MEL])
-    assert r.exit_code == 0, r.stderr
-    from aekit.data.store import FeatureFile
-
-    with FeatureFile(feats) as ff:
-        ids, x = list(ff.ids), np.asarray(ff.read(), dtype=np.float32)
+    audio, feats, ids, x = tones["audio"], tones["feats"], tones["ids"], tones["x"].copy()
     labels = root / "labels.csv"
     labels.write_text("id,domain\n" + "".join(
         f"{i},{'target' if k >= N - N_TARGET else 'source'}\n" for k, i in enumerate(ids)))
     model = root / "dom.safetensors"
     r = invoke(cmd("train"), [feats, "-o", model, "--labels", labels, *TINY])
     assert r.exit_code == 0, r.stderr
-    plain = root / "plain.safetensors"
-    r = invoke(cmd("train"), [feats, "-o", plain, *TINY])
-    assert r.exit_code == 0, r.stderr
+    plain = tone_frames_model
     return {"root": root, "audio": audio, "feats": feats, "ids": ids, "x": x,
             "labels": labels, "model": model, "plain": plain}
 
@@ -126,10 +104,6 @@ def test_minimum_over_domains():
     np.testing.assert_allclose(got, np.minimum(da, db), rtol=1e-12)
     assert (da < db).any() and (db < da).any()  # both domains win somewhere
     np.testing.assert_allclose(distances(v, {"source": a}), da, rtol=1e-12)
-
-
-def read_csv(text):
-    return list(csv.DictReader(io.StringIO(text)))
 
 
 def test_eval_equals_score(setup):

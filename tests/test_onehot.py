@@ -5,38 +5,26 @@ from __future__ import annotations
 import io
 import json
 import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from click.testing import CliRunner
 from hypothesis import given, settings, strategies as st
 
 from aekit.data import onehot as O
 from aekit.cmds.onehot import cli
 from aekit.errors import InputError
+from conftest import BIN, invoke, one_error_line as one_line_error
 
 FAST = settings(max_examples=60, deadline=None)
-BIN = Path(sys.executable).parent
 
 
 def run(args, input=None):
-    return CliRunner().invoke(cli, args, input=input, prog_name="ae-onehot")
+    return invoke(cli, args, input=input, prog_name="ae-onehot")
 
 
 def frame(text: str) -> pd.DataFrame:
     return pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
-
-
-def one_line_error(r, *words):
-    assert r.exit_code == 2, (r.exit_code, r.stdout, r.stderr)
-    errors = [line for line in r.stderr.splitlines() if "error:" in line.lower()]
-    assert len(errors) == 1, r.stderr
-    assert "Traceback" not in r.stderr and r.stdout == ""
-    for w in words:
-        assert w in errors[0], errors[0]
 
 
 @pytest.fixture

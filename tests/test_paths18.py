@@ -19,43 +19,17 @@ import subprocess
 import sys
 
 import click
-import numpy as np
 import pytest
-import torch
-from click.testing import CliRunner
 
-from conftest import PARAMS, SHAPE, exe, write_features
+from conftest import cli_of as _cli, exe, invoke, only_error_line as one_error_line, write_features
+from conftest import write_model as _write_model
 
 CSV = "id,c\n" + "".join(f"r{i},{i % 2}\n" for i in range(40))
 
 
-def _cli(name: str) -> click.Command:
-    import importlib
-
-    return importlib.import_module(f"aekit.cmds.{name.removeprefix('ae-')}").cli
-
-
-def invoke(name: str, args, **kw):
-    return CliRunner().invoke(_cli(name), [str(a) for a in args], prog_name=name, **kw)
-
-
-def one_error_line(stderr: str, prog: str) -> str:
-    lines = [ln for ln in stderr.splitlines() if ln.strip() and ": INFO:" not in ln]
-    assert len(lines) == 1 and lines[0].startswith(f"{prog}: error: "), stderr
-    assert "Traceback" not in stderr
-    return lines[0]
-
-
 def write_model(path, seed: int = 0):
-    from aekit.models.modelfile import Normalizer, save_model
-    from aekit.models.mlp import AEConfig
-    from aekit.models.registry import build_model
-
-    torch.manual_seed(seed)
-    x = np.random.default_rng(seed).normal(-40, 6, (4, *SHAPE)).astype(np.float32)
-    model = build_model(AEConfig(input_shape=SHAPE, hidden=(16,), latent=4)).eval()
-    save_model(path, model, Normalizer("global", dim=x[0].size).fit([x]), PARAMS,
-               history=[{"epoch": 1, "train_loss": 50.0, "val_loss": 60.0, "lr": 1e-3}])
+    """conftest.write_model: a 16-4 model."""
+    _write_model(path, hidden=(16,), latent=4, seed=seed)
 
 
 def dead_pid() -> int:

@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import errno
-import importlib
 import os
 import signal
 import subprocess
@@ -25,22 +24,10 @@ import pytest
 from click.testing import CliRunner
 
 from aekit import __version__
-from conftest import exe
+from conftest import cli_of as cli, exe, only_error_line as one_error_line
 
 CMDS = ["ae-featurize", "ae-merge", "ae-split", "ae-onehot", "ae-train", "ae-encode", "ae-eval",
         "ae-synth"]
-
-
-def cli(name):
-    return importlib.import_module(f"aekit.cmds.{name[3:]}").cli
-
-
-def one_error_line(stderr: str, prog: str) -> str:
-    lines = [ln for ln in stderr.splitlines() if ln.strip() and f"{prog}: INFO: " not in ln]
-    assert len(lines) == 1, stderr
-    assert lines[0].startswith(f"{prog}: error: "), stderr
-    assert "Traceback" not in stderr
-    return lines[0]
 
 
 def snapshot(d: Path) -> dict:

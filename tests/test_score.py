@@ -6,7 +6,6 @@ same files and model (ae-eval writes %.6g, ae-score %.9g: they agree to rel 1e-5
 
 from __future__ import annotations
 
-import csv
 import io
 import re
 import subprocess
@@ -15,25 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from conftest import exe, write_tone
+from conftest import exe, invoke, read_csv, write_tone
 
 MEL = ["--num-samples", "2304", "--n-mels", "4"]  # clips 2 x 4 x 10 (conftest.SHAPE)
 TINY = ["--hidden", "16,8", "--latent", "4", "--epochs", "2", "--batch-size", "4", "-q"]
 N_GOOD = 11  # two tasks of the featurize workers (8 files each)
 RTOL = 1e-5  # ae-eval's %.6g rounding (5e-6 relative) plus float32 rounding of the forward pass
-
-
-def invoke(module: str, args, **kw):
-    import importlib
-
-    cli = importlib.import_module(f"aekit.cmds.{module}").cli
-    return CliRunner().invoke(cli, [str(a) for a in args], **kw)
-
-
-def read_csv(text: str) -> list[dict]:
-    return list(csv.DictReader(io.StringIO(text)))
 
 
 @pytest.fixture(scope="module")

@@ -5,38 +5,31 @@ from __future__ import annotations
 import io
 import math
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from click.testing import CliRunner
 from hypothesis import example, given, settings, strategies as st
 
 from aekit.data import split as S
 from aekit.cmds.split import cli
 from aekit.errors import InputError
-from aekit.data.store import PER_CLIP, FeatureWriter
+from conftest import BIN, invoke, one_error_line as one_line_error, write_features
 
 FAST = settings(max_examples=60, deadline=None)
-BIN = Path(sys.executable).parent
 
 
 # --------------------------------------------------------------------------- helpers
 
 def make_features(path: Path, ids: list[str]) -> Path:
-    """A tiny features file (clips of shape 1x2x3) holding ``ids``."""
-    w = FeatureWriter(path, params={}, shape=(1, 2, 3))
-    n = len(ids)
-    w.append(np.zeros((n, 1, 2, 3), np.float32), ids, [f"{i}.wav" for i in ids],
-             {k: [0] * n for k in PER_CLIP})
-    w.close()
+    """A tiny features file (clips of shape 1x2x3, zeros) holding ``ids``."""
+    write_features(path, ids=ids, params={}, x=np.zeros((len(ids), 1, 2, 3), np.float32))
     return path
 
 
 def run(args, input=None):
-    return CliRunner().invoke(cli, args, input=input, prog_name="ae-split")
+    return invoke(cli, args, input=input, prog_name="ae-split")
 
 
 def read_out(text: str) -> pd.DataFrame:
@@ -263,16 +256,6 @@ def test_hdf5_without_labels_cannot_stratify(tmp_path):
     r = run([str(feats), "--stratify", "label"])
     assert r.exit_code == 2
     assert "--stratify: column 'label' not found" in r.stderr and "label CSV" in r.stderr
-
-
-def one_line_error(r, *words):
-    assert r.exit_code == 2, (r.exit_code, r.stdout, r.stderr)
-    errors = [line for line in r.stderr.splitlines() if "error:" in line]
-    # The program name comes from sys.argv[0] under CliRunner; the real one is in the pipe test.
-    assert len(errors) == 1 and ": error: " in errors[0]
-    assert "Traceback" not in r.stderr
-    for w in words:
-        assert w in errors[0]
 
 
 @pytest.mark.parametrize("args,content,words", [

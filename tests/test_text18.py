@@ -17,28 +17,11 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
-from click.testing import CliRunner
 
-from conftest import PARAMS, exe, write_features, write_tone
+from conftest import PARAMS, exe, invoke, one_error_line, write_features, write_tone
 
 TINY = ["--hidden", "16,8", "--latent", "4", "--epochs", "1", "--batch-size", "12", "-q"]
 MEL = ["--num-samples", "2304", "--n-mels", "4", "-j", "1", "-q"]
-
-
-def invoke(module: str, args, **kw):
-    import importlib
-
-    cli = importlib.import_module(f"aekit.cmds.{module}").cli
-    return CliRunner().invoke(cli, [str(a) for a in args], **kw)
-
-
-def one_error_line(r, *words) -> str:
-    assert r.exit_code == 2, (r.exit_code, r.stdout, r.stderr, r.exception)
-    errors = [ln for ln in r.stderr.splitlines() if "error:" in ln]
-    assert len(errors) == 1 and "Traceback" not in r.stderr, r.stderr
-    for w in words:
-        assert w in errors[0], errors[0]
-    return errors[0]
 
 
 # --------------------------------------------------------------------------- text stays text
