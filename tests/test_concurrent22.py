@@ -120,5 +120,5 @@ def test_apply_threads_stays_within_torchs_default(monkeypatch, threads_restored
     torch.set_num_threads(1)
     monkeypatch.setenv("AEKIT_THREADS", "2")
     assert threads.apply_threads() == (2, "AEKIT_THREADS") and torch.get_num_threads() == 2
-    with pytest.raises(InputError, match="--threads 0"):
+    with pytest.raises(InputError, match="^threads: must be at least 1, not 0$"):
         threads.apply_threads(0)

@@ -117,7 +117,7 @@ def apply_threads(threads: int | None = None) -> tuple[int, str]:
         _TORCH_DEFAULT.append(physical_cores() or torch.get_num_threads())
     if threads is not None:
         if threads < 1:
-            raise InputError(f"--threads {threads}: must be at least 1")
+            raise InputError(f"must be at least 1, not {threads}", param="threads")
         n, why = threads, "--threads"
     else:
         n, why = auto_threads()
