@@ -39,7 +39,7 @@ import torch
 from aekit.data.store import FeatureFile
 from aekit.errors import AekitError, DataError, InputError
 from aekit.models.modelfile import make_normalizer, save_model
-from aekit.models.registry import (build_model, config_to_dict, count_parameters, make_config,
+from aekit.models.registry import (ClipModel, build_model, config_to_dict, count_parameters, make_config,
                                    unit_target)
 from aekit.system.device import resolve_device
 from aekit.system.fileio import LOG_STAMP, elapsed_text
@@ -57,7 +57,7 @@ from aekit.train.losses import _loss_weight, evaluate  # noqa: F401 (_loss_weigh
 from aekit.train.schedule import lr_at
 from aekit.train.settings import (ARCHS, EXIT_PREEMPTED, KEEP, PRECISIONS, PRESETS,  # noqa: F401
                                   RESUME_MUST_MATCH, SCHEDULES, TrainSettings, make_settings)
-from aekit.train.state import Run, TrainJob, TrainResult, TrainState, write_log
+from aekit.train.state import Run, TrainData, TrainJob, TrainResult, TrainState, write_log
 
 LOG = logging.getLogger("aekit")
 
@@ -124,80 +124,25 @@ def train(features, output, settings: TrainSettings, **job) -> TrainResult:
 
 
 def setup(job: TrainJob, s: TrainSettings) -> tuple[Run, TrainState, object, dict]:
-    """Checks -> checkpoint directory -> rows -> config -> model -> data -> normalizer ->
-    optimizer and its step -> (resume) -> DDP. ``job.device`` and ``job.dist`` are set.
+    """Checkpoint directory -> rows -> model -> data -> normalizer -> optimizer -> (resume)
+    -> DDP -> the step (fast or plain). ``job.device`` and ``job.dist`` are set.
 
     Returns (run, state, the selected rows, the features' parameters).
     """
     device, dist = job.device, job.dist
-    ckdir = Path(job.checkpoint_dir) if job.checkpoint_dir else checkpoint_dir_for(job.output)
-    if s.early_stop is not None and job.fold is None:
-        raise InputError("needs a validation set: give the splits and a fold",
-                         param="early_stop")
-    if job.checkpoint_every < 1:
-        raise InputError("must be at least 1", param="checkpoint_every")
-    if dist.is_main:  # the run owns its checkpoint directory (rank 0 alone writes it)
-        make_checkpoint_dir(ckdir)
-        lock_checkpoint_dir(ckdir)
-    ck = _read_resume_checkpoint(ckdir / "last.pt") if job.resume else None
-    if not job.resume and (ckdir / "last.pt").exists() and dist.is_main:
-        LOG.warning("%s exists; starting afresh (resume to continue it)", ckdir / "last.pt")
+    ckdir, ck = _claim_checkpoint_dir(job, s)
     amp = autocast_for(device, s.precision)  # checked before any work
     faststep.before_allocation(device)  # before the data and the model are allocated
-
-    # -- rows, model config and data identity
-    with FeatureFile(job.features) as ff:
-        rows = select_training_rows(ff.ids, job.splits, job.fold, job.labels, job.where)
-        warn_empty_validation(rows.n_val, job.fold, job.where)
-        config = make_config(s.arch, ff.clip_shape, hidden=s.hidden, latent=s.latent,
-                             **s.model_options)
-        feature_params = ff.params
-        data_id = {"input_shape": list(ff.clip_shape), "fold": job.fold, "where": job.where,
-                   "n_train": rows.n_train, "n_val": rows.n_val, "rows": rows.ids_digest,
-                   "world_size": dist.world, "feature_params": ff.params,
-                   CONTENT_KEY: data_content_id(ff, verify=ck is not None)}
-        if ck is not None and (diffs := resume_mismatch(ck, s, data_id)):
-            raise InputError(f"settings differ from the checkpoint {ckdir / 'last.pt'}: "
-                             + "; ".join(diffs), param="resume")
-
-        # -- the model, seeded here (the weights depend on the seed alone); it decides the
-        # training units and the normalizer's statistics
-        torch.manual_seed(s.seed)
-        np.random.seed(s.seed % 2**32)
-        model = build_model(config, device)
-        norm = make_normalizer(model, s.normalize)
-        train_src = open_source(ff, rows.train, norm, device, job.data_mode, job.workers,
-                                dist.local_world, model=model)
-        val_src = (open_source(ff, rows.val, norm, device, job.data_mode, job.workers,
-                               dist.local_world, model=model) if rows.n_val else None)
-
-    # -- normalizer: fitted on training clips only (or restored), then the data normalized once
-    if ck is not None:
-        norm.load(ck["normalizer"]["mean"], ck["normalizer"]["std"])
-    else:
-        norm.fit(train_src.fit_blocks())
-    norm.to(device)
-    for src in (train_src, val_src):
-        if src is not None:
-            src.prepare()
-
-    # -- optimizer, state, resume
-    state = TrainState(model, make_optimizer(model.parameters(), s.lr), norm)
-    sizes = _epoch_batches(len(train_src), s, dist)
+    model, data = _model_and_data(job, s, ck, ckdir)
+    state = TrainState(model, make_optimizer(model.parameters(), s.lr), data.normalizer)
+    sizes = _epoch_batches(len(data.train), s, dist)
     LOG.info("%s model: %d parameters, input %s; %d training clips (%d units), %d validation "
              "clips; device %s%s", s.arch, count_parameters(model),
-             "x".join(map(str, config.input_shape)), rows.n_train, len(train_src), rows.n_val,
-             device, f" x {dist.world} processes ({dist.backend})" if dist.enabled else "")
+             "x".join(map(str, data.config.input_shape)), data.rows.n_train, len(data.train),
+             data.rows.n_val, device,
+             f" x {dist.world} processes ({dist.backend})" if dist.enabled else "")
     if ck is not None:
-        try:
-            state.load_checkpoint(ck)
-        except RuntimeError:  # the weights' names or shapes differ from the model built now
-            from aekit.models.modelfile import state_mismatch
-
-            raise InputError(f"{ckdir / 'last.pt'}: checkpoint does not match the model being "
-                             f"trained: {state_mismatch(model, ck['model'])}") from None
-        LOG.info("resuming from %s at epoch %d step %d", ckdir / "last.pt", state.epoch + 1,
-                 state.step)
+        _resume(state, ck, ckdir / "last.pt")
     net = model
     if dist.enabled:
         from torch.nn.parallel import DistributedDataParallel as DDP
@@ -206,21 +151,87 @@ def setup(job: TrainJob, s: TrainSettings) -> tuple[Run, TrainState, object, dic
         net = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
     if dist.is_main:
         make_checkpoint_dir(ckdir)
-    identity = {"settings": s.to_dict(), "data": data_id, "config": config_to_dict(config),
-                "args": job.args(), "feature_params": feature_params}
-    run = Run(s, dist, device, net, train_src, val_src, _loss_weight(norm, model), amp, sizes,
-              ckdir / "last.pt", ckdir / "best.pt", identity, job.checkpoint_every, job.log,
-              job.stop_requested, job.on_step, job.progress, torch.zeros(2, device=device),
-              "clips" if model.units_per_clip(config.input_shape[-1]) == 1 else "windows")
+    identity = {"settings": s.to_dict(), "data": data.identity,
+                "config": config_to_dict(data.config), "args": job.args(),
+                "feature_params": data.feature_params}
+    run = Run(s, dist, device, net, data.train, data.val, _loss_weight(data.normalizer, model),
+              amp, sizes, ckdir / "last.pt", ckdir / "best.pt", identity, job.checkpoint_every,
+              job.log, job.stop_requested, job.on_step, job.progress,
+              torch.zeros(2, device=device),
+              "clips" if model.units_per_clip(data.config.input_shape[-1]) == 1 else "windows")
     # The one switch between the fast step and the plain one (aekit.train.faststep).
     faststep.attach(model, state.optimizer, faststep.applies(dist.enabled))
-    return run, state, rows, feature_params
+    return run, state, data.rows, data.feature_params
 
 
-def _read_resume_checkpoint(path: Path) -> dict:
-    if not path.exists():
-        raise InputError(f"no checkpoint at {path}; start without resuming", param="resume")
-    return load_checkpoint(path)
+def _claim_checkpoint_dir(job: TrainJob, s: TrainSettings) -> tuple[Path, dict | None]:
+    """Check the job, take the checkpoint directory (rank 0), read last.pt when resuming."""
+    ckdir = Path(job.checkpoint_dir) if job.checkpoint_dir else checkpoint_dir_for(job.output)
+    if s.early_stop is not None and job.fold is None:
+        raise InputError("needs a validation set: give the splits and a fold",
+                         param="early_stop")
+    if job.checkpoint_every < 1:
+        raise InputError("must be at least 1", param="checkpoint_every")
+    if job.dist.is_main:  # the run owns its checkpoint directory (rank 0 alone writes it)
+        make_checkpoint_dir(ckdir)
+        lock_checkpoint_dir(ckdir)
+    last = ckdir / "last.pt"
+    if job.resume:
+        if not last.exists():
+            raise InputError(f"no checkpoint at {last}; start without resuming", param="resume")
+        return ckdir, load_checkpoint(last)
+    if last.exists() and job.dist.is_main:
+        LOG.warning("%s exists; starting afresh (resume to continue it)", last)
+    return ckdir, None
+
+
+def _model_and_data(job: TrainJob, s: TrainSettings, ck: dict | None,
+                    ckdir: Path) -> tuple[ClipModel, TrainData]:
+    """Rows -> model config -> the model, built once and seeded here (the weights depend on
+    the seed alone; it decides the training units and the statistics' shape) -> the data
+    sources -> the normalizer fitted on the training clips (or restored) -> the data
+    normalized once."""
+    dist, device = job.dist, job.device
+    with FeatureFile(job.features) as ff:
+        rows = select_training_rows(ff.ids, job.splits, job.fold, job.labels, job.where)
+        warn_empty_validation(rows.n_val, job.fold, job.where)
+        config = make_config(s.arch, ff.clip_shape, hidden=s.hidden, latent=s.latent,
+                             **s.model_options)
+        data_id = {"input_shape": list(ff.clip_shape), "fold": job.fold, "where": job.where,
+                   "n_train": rows.n_train, "n_val": rows.n_val, "rows": rows.ids_digest,
+                   "world_size": dist.world, "feature_params": ff.params,
+                   CONTENT_KEY: data_content_id(ff, verify=ck is not None)}
+        if ck is not None and (diffs := resume_mismatch(ck, s, data_id)):
+            raise InputError(f"settings differ from the checkpoint {ckdir / 'last.pt'}: "
+                             + "; ".join(diffs), param="resume")
+        torch.manual_seed(s.seed)
+        np.random.seed(s.seed % 2**32)
+        model = build_model(config, device)
+        norm = make_normalizer(model, s.normalize)
+        train_src, val_src = (
+            open_source(ff, r, norm, device, job.data_mode, job.workers, dist.local_world,
+                        model=model) if len(r) else None for r in (rows.train, rows.val))
+        data = TrainData(rows, config, ff.params, data_id, norm, train_src, val_src)
+    if ck is not None:
+        norm.load(ck["normalizer"]["mean"], ck["normalizer"]["std"])
+    else:
+        norm.fit(train_src.fit_blocks())
+    norm.to(device)
+    for src in (train_src, val_src):
+        if src is not None:
+            src.prepare()
+    return model, data
+
+
+def _resume(state: TrainState, ck: dict, path: Path) -> None:
+    try:
+        state.load_checkpoint(ck)
+    except RuntimeError:  # the weights' names or shapes differ from the model built now
+        from aekit.models.modelfile import state_mismatch
+
+        raise InputError(f"{path}: checkpoint does not match the model being trained: "
+                         f"{state_mismatch(state.model, ck['model'])}") from None
+    LOG.info("resuming from %s at epoch %d step %d", path, state.epoch + 1, state.step)
 
 
 def _epoch_batches(n_units: int, s: TrainSettings, dist: Dist) -> list[int]:

@@ -61,6 +61,20 @@ def _str(path) -> str | None:
 
 
 @dataclass
+class TrainData:
+    """What a run trains on: the rows selected, the model config, the features' parameters
+    and identity (stored in checkpoints), the normalizer and the sources of units."""
+
+    rows: object  # aekit.train.batches.RowSelection
+    config: object  # the model's config (aekit.models.registry)
+    feature_params: dict
+    identity: dict  # shape, selection, ids digest, feature parameters, values' SHA-256
+    normalizer: Normalizer
+    train: object  # a source of training units (aekit.train.batches.open_source)
+    val: object | None  # the validation units' source; None without a validation set
+
+
+@dataclass
 class Run:
     """What stays fixed during a run: settings, data, the network as called, paths, hooks."""
 
