@@ -376,11 +376,13 @@ def _training_fit(job: TrainJob, state: TrainState, rows) -> tuple:
     """The suggested decision threshold, the Mahalanobis statistics (per domain when the
     labels name source/target) and the training clips' score statistics (for ensembles),
     from all training clips scored with the weights kept (rank 0 scores them all):
-    (threshold, mahalanobis, training_scores), None where it cannot be fitted (said why)."""
+    (threshold, mahalanobis, training_scores); no threshold where one cannot be fitted (the
+    log says why)."""
     from aekit.evaluate.ensemble import training_stats
     from aekit.evaluate.mahalanobis import train_domains
     from aekit.evaluate.scoring import training_fit
 
+    mahalanobis = training_scores = None
     try:
         try:
             with FeatureFile(job.features) as ff:
@@ -392,10 +394,11 @@ def _training_fit(job: TrainJob, state: TrainState, rows) -> tuple:
         threshold, mahalanobis = training_fit(state.model, state.normalizer, job.features,
                                               rows.train, domains, job.device,
                                               scores_out=fitted)
-        return threshold, mahalanobis, training_stats(fitted["ids"], fitted)
+        training_scores = training_stats(fitted["ids"], fitted)
     except AekitError as exc:  # the model is still worth writing: say why none is stored
         LOG.warning("no decision threshold stored in the model: %s", exc)
-        return None, None, None
+        threshold = None
+    return threshold, mahalanobis, training_scores
 
 
 # --------------------------------------------------------------------------- one step
