@@ -1,10 +1,10 @@
 """The learning rate: ``lr_at``, a pure function of the step, and the state the plateau
 schedule keeps between epochs (no torch).
 
-After the warm-up, the learning rate is the peak (the settings' ``lr``) times a scale that starts at 1
-and is halved (``PLATEAU_FACTOR``) each time the monitored loss (the validation loss, or the
-training loss when there is no validation set) has not reached a new best for
-``PLATEAU_PATIENCE`` epochs in a row, down to ``min_lr_ratio`` x the peak. Unlike a cosine
+After the warm-up, the plateau schedule's learning rate is the peak (the settings' ``lr``)
+times a scale that starts at 1 and is halved (``PLATEAU_FACTOR``) each time the monitored
+loss (the validation loss, or the training loss when there is no validation set) has not
+reached a new best for ``PLATEAU_PATIENCE`` epochs in a row, down to ``min_lr_ratio`` x the peak. Unlike a cosine
 decay to a fixed number of epochs, it needs no horizon, so it ends where early stopping
 ends the run. The state (scale, best, epochs since the best) is saved in every checkpoint,
 so a resumed run continues bit for bit.
