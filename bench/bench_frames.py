@@ -116,6 +116,7 @@ def _epochs(dev, epochs: int, one_epoch) -> list[float]:
 def row_floor(path: str, cfg: dict, dev) -> list[float]:
     import torch
 
+    from aekit.train import faststep
     from aekit.train import loop as tr
     from aekit.models.frames import FramesConfig
     from aekit.models.registry import build_model
@@ -128,7 +129,7 @@ def row_floor(path: str, cfg: dict, dev) -> list[float]:
                                      hidden=cfg["hidden"], latent=cfg["latent"],
                                      context=CONTEXT), dev)
     opt = tr.make_optimizer(model.parameters(), 1e-3)
-    tr.StepInBackward(model, opt)
+    faststep.attach(model, opt, faststep.applies(distributed=False))
     amp = tr.autocast_for(dev, "fp32")
     model.train()
     n, batch = x.shape[0], 512

@@ -15,7 +15,7 @@ a matmul peak measured in the same run, and peak RSS.
                  backward; step
   ae-train       aekit.train.loop.train_step as ae-train runs it: rows pre-loaded as one tensor
                  indexed by the epoch's permutation (no DataLoader), fused Adam run per
-                 parameter inside backward (StepInBackward: each Linear's weight gradient
+                 parameter inside backward (aekit.train.faststep, StepInBackward: each Linear's weight gradient
                  computed into one scratch buffer reused by every layer and step, so no
                  gradient is allocated), 2 MiB pages (aekit.system.hostmem), no per-step host sync
   ae-train/plain-step  the same with zero_grad + backward + opt.step() (ablation; as ae-train
@@ -184,6 +184,7 @@ def run_one(name: str, cfg, warmup: int, steps: int, n: int, device: str = "cpu"
             opt.step()
             return xb.size(0)
     else:
+        from aekit.train import faststep
         from aekit.train import loop as tr
         from aekit.train.batches import MemorySource, batch_sizes, epoch_order
         from aekit.models.modelfile import Normalizer
@@ -199,8 +200,7 @@ def run_one(name: str, cfg, warmup: int, steps: int, n: int, device: str = "cpu"
         else:
             opt = tr.make_optimizer(model.parameters(), 1e-3)
         in_backward = name in ("ae-train", "ae-train/bf16", "ae-train/4k-pages")
-        if in_backward:
-            tr.StepInBackward(model, opt)
+        faststep.attach(model, opt, in_backward)  # ae-train's switch (aekit.train.faststep)
         norm = Normalizer("none")
         src = MemorySource.from_tensor(x, norm, dev)
         src.prepare()

@@ -286,7 +286,8 @@ def cli(features, output, preset, arch, hidden, latent, epochs, batch_size, lr, 
             # process group's teardown, the interpreter's exit) is reported, exit status 0.
             common.output_complete()
         except tr.Preempted as exc:
-            common.LOG.warning("%s", exc)
+            common.LOG.warning("stopped at epoch %d step %d; checkpoint %s; run again with "
+                               "--resume to continue", exc.epoch, exc.step, exc.checkpoint)
             sys.stdout.flush()
             raise SystemExit(S.EXIT_PREEMPTED) from None
     if stop_requested():  # after the last epoch's stop check: the model was completed

@@ -351,8 +351,8 @@ def test_train_run_owns_its_checkpoint_directory(tmp_path):
         assert r.exit_code == 1
         assert one_error_line(r.stderr, "ae-train") == (
             f"ae-train: error: checkpoint directory {ckdir} is in use by another ae-train run "
-            f"(it holds {ckdir / LOCK_NAME}); wait for it to end, or give this run its own -o "
-            "or --checkpoint-dir")
+            f"(it holds {ckdir / LOCK_NAME}); wait for it to end, or give this run its own output "
+            "or checkpoint directory")
         assert sorted(p.name for p in ckdir.iterdir()) == [LOCK_NAME] and not out.exists()
     r = invoke("ae-train", [feats, "-o", out, *TRAIN])
     assert r.exit_code == 0, r.stderr

@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 
 from conftest import BIN, invoke, write_features, write_splits
 
+from aekit.train import faststep as fs
 from aekit.train import loop as tr
 from aekit.cmds.train import SIGTERM_AT_STEP_ENV, cli
 from aekit.train.batches import batch_sizes, epoch_order
@@ -365,10 +366,10 @@ def test_bad_inputs_exit_2(tmp_path, feats):
         (["--splits", sp, "--fold", "5"], "out of range"),
         (["--labels", lab, "--where", "anomaly == 0"], "empty training set"),
         (["--labels", lab, "--where", "nonsense ==="], "--where: bad expression"),
-        (["--where", "anomaly == 0"], "--where needs --labels"),
+        (["--where", "anomaly == 0"], "--where: needs a labels file"),
         (["--fold", "0"], "--fold needs --splits"),
-        (["--early-stop", "2"], "--early-stop needs"),
-        (["--resume"], "no checkpoint"),
+        (["--early-stop", "2"], "--early-stop: needs a validation set"),
+        (["--resume"], "--resume: no checkpoint at"),
         (["--hidden", "3,x"], "comma-separated"),
     ]
     for extra, msg in cases:
@@ -567,10 +568,10 @@ def test_skinny_linear_blocks_equal_one_product():
     """A large layer at a small batch runs by row blocks on the CPU: the same outputs as
     F.linear to float32 rounding, the ragged last block included; large batches untouched."""
     torch.manual_seed(0)
-    w, b = torch.randn(tr.SKINNY_MIN_OUT + 37, 96), torch.randn(tr.SKINNY_MIN_OUT + 37)
+    w, b = torch.randn(fs.SKINNY_MIN_OUT + 37, 96), torch.randn(fs.SKINNY_MIN_OUT + 37)
     x = torch.randn(5, 96)
-    got, want = tr._skinny_linear(x, w, b), torch.nn.functional.linear(x, w, b)
+    got, want = fs._skinny_linear(x, w, b), torch.nn.functional.linear(x, w, b)
     assert got.shape == want.shape and torch.allclose(got, want, rtol=1e-5, atol=1e-5)
-    assert torch.equal(tr._skinny_linear(x, w, None), tr._skinny_linear(x, w, None))
-    big = torch.randn(tr.SKINNY_ROWS + 1, 96)
-    assert torch.equal(tr._skinny_linear(big, w, b), torch.nn.functional.linear(big, w, b))
+    assert torch.equal(fs._skinny_linear(x, w, None), fs._skinny_linear(x, w, None))
+    big = torch.randn(fs.SKINNY_ROWS + 1, 96)
+    assert torch.equal(fs._skinny_linear(big, w, b), torch.nn.functional.linear(big, w, b))

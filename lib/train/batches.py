@@ -1,7 +1,7 @@
 """Training data for ae-train: which rows, and how batches reach the model.
 
 Rows: ``select_training_rows`` applies a split CSV (validation = fold K, training = the
-other train folds, test rows never touched) and a ``--where`` query on a labels CSV.
+other train folds, test rows never touched) and a ``where`` query on a labels CSV.
 
 Units: a training example is a *unit*, ``model.units_per_clip(T)`` of them per clip
 (1 for a whole-clip model; one per window for a model of frame windows). Unit u is
@@ -79,7 +79,7 @@ def select_training_rows(ids: Sequence[str], splits_path: str | None = None,
     trains and there is no validation. ``where`` keeps only rows whose labels match.
     """
     if where is not None and labels_path is None:
-        raise InputError("--where needs --labels")
+        raise InputError("needs a labels file", param="where")
     if splits_path is not None:
         splits = load_splits(splits_path, ids)
         train = select_rows(ids, splits, "train", fold)
@@ -93,8 +93,8 @@ def select_training_rows(ids: Sequence[str], splits_path: str | None = None,
         n_before = train.size
         train, val = train[keep[train]], val[keep[val]]
         if train.size == 0:
-            raise InputError(f"empty training set: no training row matches --where {where!r} "
-                             f"(of {n_before})")
+            raise InputError(f"empty training set: no training row matches {where!r} "
+                             f"(of {n_before})", param="where")
     if train.size == 0:
         raise InputError("empty training set: no rows to train on"
                          + (f" (fold {fold} of the split file leaves none)" if splits_path else ""))

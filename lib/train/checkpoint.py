@@ -19,6 +19,7 @@ with ``torch.load(weights_only=True)``: loading one runs no code.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 from pathlib import Path
@@ -69,7 +70,7 @@ def lock_checkpoint_dir(ckdir: str | os.PathLike) -> None:
             os.close(fd)
             raise CheckpointBusy(f"checkpoint directory {ckdir} is in use by another ae-train "
                                  f"run (it holds {path}); wait for it to end, or give this run "
-                                 "its own -o or --checkpoint-dir") from None
+                                 "its own output or checkpoint directory") from None
         try:  # the file locked must still be the one in the directory (not one just removed)
             same = os.path.samestat(os.fstat(fd), os.stat(path))
         except OSError:
@@ -122,7 +123,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     """Read a checkpoint safely (weights_only: tensors and primitives, no code)."""
     p = Path(path)
     if not p.exists():
-        raise InputError(f"--resume: no checkpoint at {p}; start without --resume")
+        raise InputError(f"no checkpoint at {p}")
     try:
         ck = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:
@@ -138,6 +139,8 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
 
 
 def save_checkpoint(path: Path, ck: dict) -> None:
+    """Write a checkpoint atomically (the training loop writes through
+    ``aekit.train.loop.write_checkpoint``, its one place)."""
     with atomic_path(path) as tmp:
         torch.save(ck, tmp)
 
@@ -187,3 +190,44 @@ def data_content_id(ff, verify: bool) -> str:
     why = "to compare them with the checkpoint" if verify else "features format 1: no stored hash"
     LOG.info("hashing the values of %s (%s)", ff.path, why)
     return content_sha256(ff)
+
+
+# --------------------------------------------------------------------------- the directory
+
+_CREATED_DIRS: set[Path] = set()  # checkpoint directories this process made (removed if left empty)
+
+
+def make_checkpoint_dir(ckdir: Path) -> None:
+    """mkdir -p, remembering whether we made it, so a run that dies before its first
+    checkpoint leaves no empty MODEL.ckpt/ behind."""
+    if not ckdir.exists():
+        ckdir.mkdir(parents=True, exist_ok=True)
+        _CREATED_DIRS.add(ckdir.resolve())
+
+
+def remove_if_empty(ckdir: Path) -> None:
+    """Remove a checkpoint directory this process made and never wrote to."""
+    d = ckdir.resolve()
+    if d in _CREATED_DIRS and d.is_dir() and not any(d.iterdir()):
+        d.rmdir()
+        _CREATED_DIRS.discard(d)
+
+
+def removes_empty_checkpoint_dir(fn):
+    """On any error (NaN at the first step, a bad row found while streaming...), remove the
+    checkpoint directories this process made and left empty; release the run's lock on its
+    checkpoint directory however it ends."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except BaseException:
+            unlock_checkpoint_dirs()
+            for d in list(_CREATED_DIRS):
+                remove_if_empty(d)
+            raise
+        finally:
+            unlock_checkpoint_dirs()
+
+    return wrapper

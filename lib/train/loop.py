@@ -1,13 +1,14 @@
-"""Training an autoencoder: the loop, one epoch, the training state.
+"""Training an autoencoder: the loop, top to bottom.
 
-The loop reads top to bottom (``train``): settings -> rows -> data -> normalizer ->
-model -> optimizer -> (resume) -> epochs (``run_epoch``) -> checkpoints -> model file.
-Everything that changes while training is one ``TrainState`` (model, optimizer,
-normalizer, epoch, step and the epoch's order of units, running sums, history, best
-score), which ``to_checkpoint``/``from_checkpoint`` turn into a checkpoint and back; the
-learning rate schedule is a pure function of the step (``lr_at``), and the RNG states
-are saved with it. Settings and their defaults live in ``aekit.train.settings`` (no torch),
-checkpoint files in ``aekit.train.checkpoint``, process groups in ``aekit.train.distributed``.
+``train`` reads in order: ``setup`` (checks -> checkpoint directory -> rows -> model config
+-> the model, built once -> data -> normalizer -> optimizer and its step -> resume) ->
+epochs (``run_epoch``, ``end_epoch``) -> the model file. Everything that changes while
+training is one ``TrainState`` (aekit.train.state), which a checkpoint holds; checkpoints
+are written in one place (``write_checkpoint``). The learning rate is a pure function of
+the step (aekit.train.schedule.lr_at). Settings and their defaults live in
+aekit.train.settings (no torch), checkpoint files in aekit.train.checkpoint, process
+groups in aekit.train.distributed, the fast step (optimizer in backward, blocked GEMM,
+host memory) in aekit.train.faststep: the loop calls ``train_step`` either way.
 
 Training counts *units*, not clips: a model declares how many training examples a clip
 holds (``ClipModel.units_per_clip``); for the whole-clip models a unit is a clip.
@@ -26,39 +27,43 @@ is the tutorial's 25 anyway. Rank 0 alone writes logs, checkpoints and the model
 from __future__ import annotations
 
 import contextlib
-import csv
-import functools
 import logging
 import math
-import os
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, ContextManager
+from typing import ContextManager
 
 import numpy as np
 import torch
 
-from aekit.system import hostmem
-from aekit.train.checkpoint import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, checkpoint_dir_for,  # noqa: F401
-                         lock_checkpoint_dir, unlock_checkpoint_dirs,
-                         load_checkpoint, resume_mismatch, rng_state, save_checkpoint,
-                         set_rng_state)
-from aekit.train.checkpoint import CONTENT_KEY, data_content_id
-from aekit.train.batches import STREAM_BLOCK_ROWS, batch_sizes, epoch_order, open_source, select_training_rows
-from aekit.system.device import resolve_device
-from aekit.train.distributed import Dist, distributed, distributed_env  # noqa: F401 (public here too)
-from aekit.errors import AekitError, DataError, InputError
-from aekit.system.fileio import LOG_STAMP, atomic_path, elapsed_text, null_progress
-from aekit.models.modelfile import Normalizer, make_normalizer, save_model
-from aekit.models.registry import (ClipModel, build_model, config_to_dict, count_parameters, make_config,
-                     kind, unit_target)
-from aekit.train.settings import (EXIT_PREEMPTED, KEEP, PRECISIONS, PRESETS,  # noqa: F401
-                       RESUME_MUST_MATCH, SCHEDULES, TrainSettings, make_settings)
-from aekit.train.schedule import Plateau
 from aekit.data.store import FeatureFile
+from aekit.errors import AekitError, DataError, InputError
+from aekit.models.modelfile import make_normalizer, save_model
+from aekit.models.registry import (ClipModel, build_model, config_to_dict, count_parameters,
+                                   kind, make_config, unit_target)
+from aekit.system.device import resolve_device
+from aekit.system.fileio import LOG_STAMP, elapsed_text
+from aekit.train import faststep
+from aekit.train.batches import (STREAM_BLOCK_ROWS, batch_sizes, epoch_order, open_source,
+                                 select_training_rows)
+from aekit.train.checkpoint import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION,  # noqa: F401
+                                    CONTENT_KEY, checkpoint_dir_for, data_content_id,
+                                    load_checkpoint, lock_checkpoint_dir, make_checkpoint_dir,
+                                    removes_empty_checkpoint_dir, resume_mismatch,
+                                    save_checkpoint)
+from aekit.train.distributed import Dist, distributed, distributed_env  # noqa: F401 (public here too)
+from aekit.train.faststep import StepInBackward  # noqa: F401 (public here too)
+from aekit.train.losses import _loss_weight, evaluate  # noqa: F401 (_loss_weight: public here too)
+from aekit.train.schedule import lr_at
+from aekit.train.settings import (EXIT_PREEMPTED, KEEP, PRECISIONS, PRESETS,  # noqa: F401
+                                  RESUME_MUST_MATCH, SCHEDULES, TrainSettings, make_settings)
+from aekit.train.state import Run, TrainData, TrainJob, TrainResult, TrainState, write_log
 
 LOG = logging.getLogger("aekit")
+
+#: A loss (MSE in dB squared) above this is no training: dB features span ~100 dB, so even a
+#: model that outputs garbage stays near 1e4; anything this large is numeric blow-up.
+IMPLAUSIBLE_LOSS = 1e10
 
 
 class Preempted(AekitError):
@@ -68,575 +73,76 @@ class Preempted(AekitError):
 
     def __init__(self, checkpoint: Path, epoch: int, step: int):
         super().__init__(f"stopped at epoch {epoch} step {step}; checkpoint {checkpoint}; "
-                         "run again with --resume to continue")
-        self.checkpoint = checkpoint
-
-
-# --------------------------------------------------------------------------- pieces
-
-def lr_at(step: int, total: int, steps_per_epoch: int, s: TrainSettings,
-          scale: float = 1.0) -> float:
-    """Learning rate for optimizer step ``step`` (0-based) of ``total``: a pure function (of
-    the step and, for ``plateau``, of the scale that aekit.train.schedule.Plateau keeps)."""
-    if s.schedule == "constant":
-        return s.lr
-    warm = int(round(s.warmup * steps_per_epoch))
-    if step < warm:
-        return s.lr * (step + 1) / warm * (scale if s.schedule == "plateau" else 1.0)
-    if s.schedule == "plateau":
-        return s.lr * scale
-    span = max(1, total - warm)
-    t = min(1.0, (step - warm) / span)
-    lo = s.lr * s.min_lr_ratio
-    return lo + (s.lr - lo) * 0.5 * (1.0 + math.cos(math.pi * t))
-
-
-def make_optimizer(params, lr: float) -> torch.optim.Optimizer:
-    """Adam as in the tutorial, with the fused kernel where this torch has one (measured
-    fastest on CPU in bench/bench_train.py), else the multi-tensor one."""
-    params = list(params)
-    with contextlib.suppress(RuntimeError, TypeError, ValueError):
-        return torch.optim.Adam(params, lr=lr, fused=True)
-    return torch.optim.Adam(params, lr=lr, foreach=True)
-
-
-@functools.lru_cache(maxsize=1)
-def _adam_keywords() -> frozenset:
-    import inspect
-
-    from torch.optim.adam import adam
-
-    return frozenset(inspect.signature(adam).parameters)
-
-
-class StepInBackward:
-    """Adam's step for each parameter run inside backward, as soon as that parameter's
-    gradient is complete, its gradient dropped at once: the whole model's gradients are
-    never held together (measured at full widths, batch 25, on a 2-core CPU: 0.9 GB less
-    peak memory than a full backward then ``opt.step()``).
-
-    Two ways in, one update. A ``nn.Linear`` called on a batch of rows [B, D] in float32
-    outside autocast goes through ``_LinearStep``: its backward computes the input's
-    gradient, then the weight's gradient into one scratch buffer the size of the largest
-    weight (allocated once, reused by every layer and step: no gradient is allocated, so
-    none is faulted in and zeroed by the kernel, 1.8 GB a step at full widths), and steps
-    weight and bias there. Every other parameter (BatchNorm's, any other module's, any
-    Linear under bf16 autocast) is stepped by a ``register_post_accumulate_grad_hook``.
-
-    The state is the optimizer's own (``opt.state``, ``opt.param_groups``, looked up at
-    each call, so load_state_dict and the lr schedule work as before) and the update is
-    the same per-tensor kernel on the same gradient (the same matrix products autograd
-    runs for F.linear): the weights and the optimizer state are bit-identical to
-    ``opt.step()`` after a full backward (tests/test_train.py checks it), except that on
-    the CPU the forward of a large layer at a small batch runs by row blocks
-    (``_skinny_linear``: 1.25x faster steps at full widths), which may round an output
-    differently in the last bit; a run is as deterministic as before. Not for DDP: the
-    step would run before the gradient is all-reduced. A parameter used twice in one
-    forward (tied weights) would be updated between its uses: refused with an error.
-    """
-
-    def __init__(self, model: torch.nn.Module, opt: torch.optim.Optimizer):
-        self.opt = opt
-        self.group_of = {p: gi for gi, g in enumerate(opt.param_groups) for p in g["params"]}
-        self.handles = [p.register_post_accumulate_grad_hook(self._step)
-                        for p in model.parameters() if p.requires_grad]
-        self.linears = [m for m in model.modules() if type(m) is torch.nn.Linear
-                        and m.weight.requires_grad and m.weight in self.group_of
-                        and (m.bias is None or (m.bias.requires_grad
-                                                and m.bias in self.group_of))]
-        for m in self.linears:
-            m.forward = functools.partial(_linear_forward, m, self)  # this instance only
-        self._scratch: torch.Tensor | None = None
-        self.steps: dict[torch.Tensor, int] = {}  # steps made by _LinearStep, per weight
-        opt.aekit_step_in_backward = True  # train_step then skips zero_grad and step
-
-    def grad_buffer(self, p: torch.Tensor) -> torch.Tensor:
-        """A [p.shape] view of the scratch buffer, for p's gradient until its step."""
-        buf = self._scratch
-        if buf is None or buf.device != p.device or buf.dtype != p.dtype:
-            n = max(m.weight.numel() for m in self.linears)
-            buf = self._scratch = torch.empty(n, device=p.device, dtype=p.dtype)
-        return buf[:p.numel()].view(p.shape)
-
-    def step_with(self, p: torch.Tensor, grad: torch.Tensor) -> None:
-        p.grad = grad
-        self._step(p)
-
-    @torch.no_grad()
-    def _step(self, p: torch.Tensor) -> None:
-        from torch.optim.adam import adam
-
-        group = self.opt.param_groups[self.group_of[p]]
-        one = {**group, "params": [p]}
-        params, grads, avgs, sqs, maxs, steps = [], [], [], [], [], []
-        has_complex = self.opt._init_group(one, params, grads, avgs, sqs, maxs, steps)
-        beta1, beta2 = group["betas"]
-        options = dict(amsgrad=group["amsgrad"], has_complex=has_complex, beta1=beta1,
-                       beta2=beta2, lr=group["lr"], weight_decay=group["weight_decay"],
-                       eps=group["eps"], maximize=group["maximize"], foreach=group["foreach"],
-                       capturable=group["capturable"], differentiable=group["differentiable"],
-                       fused=group["fused"],
-                       decoupled_weight_decay=group.get("decoupled_weight_decay", False))
-        # Only what this torch's functional Adam takes (decoupled_weight_decay is 2.7+;
-        # it is False for Adam, as the weight_decay of the older versions was).
-        adam(params, grads, avgs, sqs, maxs, steps,
-             **{k: v for k, v in options.items() if k in _adam_keywords()})
-        p.grad = None
-
-    def remove(self) -> None:
-        for h in self.handles:
-            h.remove()
-        self.handles = []
-        for m in self.linears:
-            del m.forward  # the class's forward again
-        self.linears, self._scratch, self.steps = [], None, {}
-        self.opt.aekit_step_in_backward = False
-
-
-def _linear_forward(m: torch.nn.Linear, stepper: StepInBackward, x: torch.Tensor) -> torch.Tensor:
-    w = m.weight
-    if (x.dim() == 2 and x.dtype == w.dtype == torch.float32 and torch.is_grad_enabled()
-            and not torch.is_autocast_enabled(x.device.type)):
-        return _LinearStep.apply(x, w, m.bias, stepper)
-    return torch.nn.functional.linear(x, w, m.bias)  # hooks step it, if it is trained here
-
-
-#: On the CPU, x [B, K] @ W.T with few rows B and a large W runs as products of row blocks
-#: of W (MKL's kernel for the whole skinny product reaches a fraction of what the blocks do).
-SKINNY_ROWS, SKINNY_BLOCK, SKINNY_MIN_OUT = 64, 512, 2048
-
-
-def _skinny_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """F.linear, computed by blocks of SKINNY_BLOCK output features when the batch is small
-    and the layer large, on the CPU. Measured at full widths (451 M parameters, batch 25, 2
-    cores): the 25024 -> 8224 product 1.8x faster, a whole training step 1.25x (six
-    interleaved pairs of steps: 1.55 s against 1.94 s on average). Each output is the same
-    dot product; it may round differently in the last bit than the one large call."""
-    n = weight.shape[0]
-    if x.device.type != "cpu" or x.shape[0] > SKINNY_ROWS or n < SKINNY_MIN_OUT:
-        return torch.nn.functional.linear(x, weight, bias)
-    return torch.cat([torch.nn.functional.linear(x, weight[i:i + SKINNY_BLOCK],
-                                                 None if bias is None else bias[i:i + SKINNY_BLOCK])
-                      for i in range(0, n, SKINNY_BLOCK)], dim=1)
-
-
-class _LinearStep(torch.autograd.Function):
-    """F.linear whose backward steps its weight and bias (see StepInBackward)."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, stepper):
-        ctx.save_for_backward(x)
-        ctx.params = (weight, bias, stepper, stepper.steps.get(weight, 0))
-        return _skinny_linear(x, weight, bias)
-
-    @staticmethod
-    def backward(ctx, g):
-        (x,) = ctx.saved_tensors
-        weight, bias, stepper, steps = ctx.params
-        if stepper.steps.get(weight, 0) != steps:
-            raise RuntimeError("a Linear layer was used twice in one forward pass: its weight "
-                               "was stepped before its first use was differentiated")
-        # The products autograd runs for F.linear (addmm's backward), in the same layouts.
-        gx = g.mm(weight) if ctx.needs_input_grad[0] else None  # before the step moves it
-        with torch.no_grad():
-            stepper.step_with(weight, torch.mm(g.t(), x, out=stepper.grad_buffer(weight)))
-            stepper.steps[weight] = steps + 1
-            if bias is not None:
-                stepper.step_with(bias, g.sum(0))
-        return gx, None, None, None
-
-
-def autocast_for(device: torch.device, precision: str) -> ContextManager:
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise InputError("--precision bf16: this CUDA device has no bfloat16 support")
-    if device.type not in ("cpu", "cuda", "mps"):
-        raise InputError(f"--precision bf16 is not supported on {device.type}")
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-
-
-def _loss_weight(norm: Normalizer, model: ClipModel) -> torch.Tensor | None:
-    """Per-feature weight (in the model's unit layout) turning squared error in normalized
-    units into dB squared."""
-    return None if norm.mode == "none" else model.target_stats(norm.loss_scale())
-
-
-def _mse_db(out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
-    out = out.float()
-    if weight is None:
-        return torch.nn.functional.mse_loss(out, x)
-    err = out - x
-    return (err * err * weight).mean()
-
-
-def train_step(net: torch.nn.Module, opt: torch.optim.Optimizer, xb: torch.Tensor,
-               weight: torch.Tensor | None, amp: ContextManager) -> torch.Tensor:
-    """One optimizer step on a normalized batch of units xb [B, D]; returns the loss (dB^2), unsynced.
-
-    With a ``StepInBackward`` attached to ``opt``, backward is the step."""
-    with amp:
-        out, _ = net(xb)  # [B, D'] (D' = D but for a model predicting part of its unit)
-    loss = _mse_db(out, unit_target(net, xb), weight)
-    if getattr(opt, "aekit_step_in_backward", False):
-        loss.backward()  # each parameter stepped as its gradient completes
-        return loss
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
-    return loss
-
-
-def _write_log(path: str, history: list[dict], final: bool = False) -> None:
-    """Write the whole log; a regular file is replaced atomically after every epoch, an output
-    written in place (a device, a FIFO, /dev/stdout) only once, at the end (``final``): it
-    cannot be rewritten, and appending every epoch would repeat the header and rows."""
-    from aekit.system.fileio import output_target
-
-    if not final and output_target(path)[1]:
-        return
-    cols = ["epoch", "train_loss", "val_loss", "lr", "seconds", "samples_per_s"]
-    with atomic_path(path, special_ok=True) as tmp, \
-            open(tmp, "a" if tmp == Path(path) else "w", encoding="utf-8", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(cols)
-        for h in history:
-            w.writerow(["" if h.get(c) is None
-                        else (f"{h[c]:.6g}" if isinstance(h[c], float) else h[c]) for c in cols])
-
-
-
-# --------------------------------------------------------------------------- state
-
-@dataclass
-class TrainState:
-    """Everything that changes while training. A checkpoint is this state plus the run's
-    identity (settings, data, config), so resuming restores it and nothing else."""
-
-    model: ClipModel
-    optimizer: torch.optim.Optimizer
-    normalizer: Normalizer
-    epoch: int = 0  # epochs completed
-    step: int = 0  # steps done in epoch ``epoch`` (0 at an epoch boundary)
-    perm: torch.Tensor | None = None  # this rank's order of units in that epoch, mid-epoch only
-    loss_sum: float = 0.0  # of that epoch so far, all ranks: sum of dB^2 x units
-    units: int = 0  # units seen in that epoch so far, all ranks
-    seconds: float = 0.0  # time spent in that epoch so far
-    history: list[dict] = field(default_factory=list)
-    best_val: float | None = None
-    best_epoch: int | None = None
-    bad_epochs: int = 0  # epochs since the best validation loss
-    stopped_early: bool = False
-    plateau: Plateau = field(default_factory=Plateau)  # --schedule plateau's state
-
-    def to_checkpoint(self, run: "Run") -> dict:
-        s, n, spe = run.settings, self.normalizer, run.steps_per_epoch
-        done = self.epoch * spe + self.step
-        return {
-            "format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION,
-            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "schedule": {"name": s.schedule, "step": done, "total": run.total_steps,
-                         "lr": lr_at(min(done, run.total_steps - 1), run.total_steps, spe, s,
-                                     self.plateau.scale)},
-            "plateau": self.plateau.state_dict(),
-            "normalizer": {"mode": n.mode, "mean": n.mean.cpu().reshape(-1),
-                           "std": n.std.cpu().reshape(-1)},
-            "epoch": self.epoch, "step": self.step,
-            "perm": self.perm if self.perm is not None else torch.zeros(0, dtype=torch.int64),
-            "epoch_loss_sum": self.loss_sum, "epoch_rows": self.units,
-            "epoch_seconds": self.seconds, "rng": rng_state(), "history": self.history,
-            "best_val": self.best_val, "best_epoch": self.best_epoch,
-            "bad_epochs": self.bad_epochs, "stopped_early": self.stopped_early,
-            **run.identity,
-        }
-
-    def load_checkpoint(self, ck: dict) -> None:
-        """Restore from ``to_checkpoint``'s dict (the normalizer was restored before the
-        data were prepared; the RNG states last, as they were saved)."""
-        self.model.load_state_dict(ck["model"])
-        self.optimizer.load_state_dict(ck["optimizer"])
-        self.history = list(ck["history"])
-        self.best_val, self.best_epoch, self.bad_epochs = (ck["best_val"], ck["best_epoch"],
-                                                           ck["bad_epochs"])
-        self.epoch, self.step = int(ck["epoch"]), int(ck["step"])
-        self.stopped_early = bool(ck.get("stopped_early", False))
-        self.plateau = Plateau.from_state(ck.get("plateau"))
-        self.loss_sum, self.units = float(ck["epoch_loss_sum"]), int(ck["epoch_rows"])
-        self.seconds = float(ck["epoch_seconds"])
-        self.perm = ck["perm"] if self.step else None
-        set_rng_state(ck["rng"])
-
-    @classmethod
-    def from_checkpoint(cls, ck: dict, model: ClipModel, optimizer: torch.optim.Optimizer,
-                        normalizer: Normalizer) -> "TrainState":
-        state = cls(model, optimizer, normalizer)
-        state.load_checkpoint(ck)
-        return state
-
-
-@dataclass
-class Run:
-    """What stays fixed during a run: settings, data, the network as called, paths, hooks."""
-
-    settings: TrainSettings
-    dist: Dist
-    device: torch.device
-    net: torch.nn.Module  # the model, or its DDP wrapper
-    train_src: object
-    val_src: object | None
-    weight: torch.Tensor | None  # loss weight in the model's unit layout
-    amp: ContextManager
-    sizes: list[int]  # batch sizes of one epoch on this rank
-    last_path: Path
-    best_path: Path
-    identity: dict  # settings, data, config, args, feature_params: stored in checkpoints
-    checkpoint_every: int = 1
-    log: str | None = None
-    stop_requested: Callable[[], bool] | None = None
-    on_step: Callable[[int], None] | None = None
-    progress: Callable = null_progress
-    flags: torch.Tensor | None = None  # [stop, non-finite], max-reduced over ranks
-    unit: str = "units"  # what a training unit is, for the epoch lines ('clips', 'windows')
-    started: float = field(default_factory=time.monotonic)  # for the epoch lines' elapsed time
-
-    @property
-    def steps_per_epoch(self) -> int:
-        return len(self.sizes)
-
-    @property
-    def total_steps(self) -> int:
-        return len(self.sizes) * self.settings.epochs
-
-    def stop(self) -> bool:
-        return bool(self.stop_requested()) if self.stop_requested is not None else False
-
-
-@dataclass
-class TrainResult:
-    history: list[dict] = field(default_factory=list)
-    best_epoch: int | None = None
-    best_val_loss: float | None = None
-    stopped_early: bool = False
-    weights: str = "last"
-    n_train: int = 0
-    n_val: int = 0
-
-
-#: A loss (MSE in dB squared) above this is no training: dB features span ~100 dB, so even a
-#: model that outputs garbage stays near 1e4; anything this large is numeric blow-up.
-IMPLAUSIBLE_LOSS = 1e10
-
-_CREATED_DIRS: set[Path] = set()  # checkpoint directories this process made (removed if left empty)
-
-
-def warn_empty_validation(n_val: int, fold: int | None, where: str | None = None) -> None:
-    """A --fold whose validation set is empty trains with nothing to validate on: say so."""
-    if fold is not None and n_val == 0:
-        LOG.warning("--fold %d selects no validation rows%s: training without validation "
-                    "(no val loss; --keep best keeps the last epoch; no early stop: every "
-                    "one of --epochs runs)", fold,
-                    f" (after --where {where!r})" if where else "")
-
-
-def warn_implausible_loss(epoch: int, train_loss: float, val_loss: float | None) -> None:
-    """A finite loss beyond any plausible value (numeric blow-up) is written, but not silently."""
-    for what, v in (("train", train_loss), ("validation", val_loss)):
-        if v is not None and math.isfinite(v) and v > IMPLAUSIBLE_LOSS:
-            LOG.warning("epoch %d: %s loss %.3g dB^2 is above any plausible value (> %.0e): the "
-                        "training has diverged; try a smaller --lr or --normalize global",
-                        epoch, what, v, IMPLAUSIBLE_LOSS)
-
-
-def make_checkpoint_dir(ckdir: Path) -> None:
-    """mkdir -p, remembering whether we made it, so a run that dies before its first
-    checkpoint leaves no empty MODEL.ckpt/ behind."""
-    if not ckdir.exists():
-        ckdir.mkdir(parents=True, exist_ok=True)
-        _CREATED_DIRS.add(ckdir.resolve())
-
-
-def remove_if_empty(ckdir: Path) -> None:
-    """Remove a checkpoint directory this process made and never wrote to."""
-    d = ckdir.resolve()
-    if d in _CREATED_DIRS and d.is_dir() and not any(d.iterdir()):
-        d.rmdir()
-        _CREATED_DIRS.discard(d)
-
-
-def removes_empty_checkpoint_dir(fn: Callable) -> Callable:
-    """On any error (NaN at the first step, a bad row found while streaming...), remove the
-    checkpoint directories this process made and left empty."""
-    import functools
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except BaseException:
-            unlock_checkpoint_dirs()
-            for d in list(_CREATED_DIRS):
-                remove_if_empty(d)
-            raise
-        finally:
-            unlock_checkpoint_dirs()  # the run's lock on its checkpoint directory
-
-    return wrapper
+                         "train again with resume=True to continue")
+        self.checkpoint, self.epoch, self.step = checkpoint, epoch, step
 
 
 # --------------------------------------------------------------------------- the loop
 
 @removes_empty_checkpoint_dir
-def train(features: str | os.PathLike, output: str | os.PathLike, settings: TrainSettings, *,
-          splits: str | None = None, fold: int | None = None, labels: str | None = None,
-          where: str | None = None, device: torch.device | None = None, dist: Dist | None = None,
-          resume: bool = False, log: str | None = None,
-          checkpoint_dir: str | os.PathLike | None = None, checkpoint_every: int = 1,
-          data_mode: str = "auto", workers: int = 2,
-          stop_requested: Callable[[], bool] | None = None,
-          on_step: Callable[[int], None] | None = None,
-          progress: Callable = null_progress, meta: dict | None = None) -> TrainResult:
+def train(features, output, settings: TrainSettings, **job) -> TrainResult:
     """Train an autoencoder on a features file and write the model file ``output``.
 
-    Raises InputError (bad input, resume mismatch), DataError (NaN/Inf loss) or Preempted
-    (stop requested: a checkpoint was written; run again with resume=True).
+    ``job``: the keyword fields of :class:`aekit.train.state.TrainJob` (splits, fold,
+    labels, where, device, dist, resume, log, checkpoint_dir, checkpoint_every, data_mode,
+    workers, stop_requested, on_step, progress, meta). Raises InputError (bad input, resume
+    mismatch), DataError (NaN/Inf loss) or Preempted (stop requested: a checkpoint was
+    written; train again with resume=True).
     """
-    s, dist = settings, dist or Dist()
-    run, state, rows, feature_params = setup(
-        features, output, s, splits=splits, fold=fold, labels=labels, where=where,
-        device=device or resolve_device("auto"), dist=dist, resume=resume, log=log,
-        checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, data_mode=data_mode,
-        workers=workers, stop_requested=stop_requested, on_step=on_step, progress=progress)
-    model, norm, device = state.model, state.normalizer, run.device
+    job = TrainJob(features, output, **job)
+    job.device = job.device or resolve_device("auto")
+    job.dist = job.dist or Dist()
+    s, dist = settings, job.dist
+    run, state, rows, feature_params = setup(job, s)
 
-    # -- epochs
     while state.epoch < s.epochs and not state.stopped_early:
         train_loss, units, seconds = run_epoch(run, state)
         end_epoch(run, state, train_loss, units, seconds)
         _stop_between_epochs(run, state)
 
-    # -- the model file
     weights = "best" if s.keep == "best" and state.best_epoch is not None else "last"
     if dist.is_main:
         if weights == "best" and state.best_epoch != len(state.history):
-            model.load_state_dict(load_checkpoint(run.best_path)["model"])
-        # The suggested decision threshold, from all training clips' scores (rank 0 scores
-        # them all) with the weights kept: aekit.evaluate.scoring.fit_threshold.
-        # In the same pass: the Mahalanobis statistics of the training clips' error vectors,
-        # per domain when the labels name source/target (aekit.evaluate.mahalanobis).
-        from aekit.evaluate.mahalanobis import train_domains
-        from aekit.evaluate.scoring import training_fit
-
-        mahalanobis = training_scores = None
-        try:
-            try:
-                with FeatureFile(features) as ff:
-                    domains = train_domains(ff.ids, rows.train, labels)
-            except AekitError as exc:
-                LOG.warning("Mahalanobis statistics fitted as one domain: %s", exc)
-                domains = None
-            fitted: dict = {}  # the training clips' scores, for ensembles (aekit.evaluate.ensemble)
-            threshold, mahalanobis = training_fit(model, norm, features, rows.train, domains,
-                                                  device, scores_out=fitted)
-            from aekit.evaluate.ensemble import training_stats
-
-            training_scores = training_stats(fitted["ids"], fitted)
-        except AekitError as exc:  # the model is still worth writing: say why none is stored
-            LOG.warning("no decision threshold stored in the model: %s", exc)
-            threshold = None
-        if log and state.history:
-            _write_log(log, state.history, final=True)
-        save_model(output, model, norm, feature_params, state.history,
-                   seed=s.seed, preset=s.preset, settings=s.to_dict(), fold=fold,
-                   splits=_str(splits), where=where, n_train=rows.n_train, n_val=rows.n_val,
-                   best_epoch=state.best_epoch, best_val_loss=state.best_val, weights=weights,
-                   epochs_run=len(state.history), stopped_early=state.stopped_early,
-                   world_size=dist.world, device=str(device), loss_units="dB^2",
-                   threshold=threshold, mahalanobis_stats=mahalanobis,
+            state.model.load_state_dict(load_checkpoint(run.best_path)["model"])
+        threshold, mahalanobis, training_scores = _training_fit(job, state, rows)
+        if job.log and state.history:
+            write_log(job.log, state.history, final=True)
+        save_model(output, state.model, state.normalizer, feature_params, state.history,
+                   seed=s.seed, preset=s.preset, settings=s.to_dict(), fold=job.fold,
+                   splits=job.args()["splits"], where=job.where, n_train=rows.n_train,
+                   n_val=rows.n_val, best_epoch=state.best_epoch, best_val_loss=state.best_val,
+                   weights=weights, epochs_run=len(state.history),
+                   stopped_early=state.stopped_early, world_size=dist.world,
+                   device=str(job.device), loss_units="dB^2", threshold=threshold,
+                   mahalanobis_stats=mahalanobis,
                    **({"training_scores": training_scores} if training_scores else {}),
-                   **(meta or {}))
+                   **(job.meta or {}))
     dist.barrier()
     return TrainResult(history=state.history, best_epoch=state.best_epoch,
                        best_val_loss=state.best_val, stopped_early=state.stopped_early,
                        weights=weights, n_train=rows.n_train, n_val=rows.n_val)
 
 
-def setup(features, output, s: TrainSettings, *, splits, fold, labels, where,
-          device: torch.device, dist: Dist, resume: bool, log, checkpoint_dir,
-          checkpoint_every: int, data_mode: str, workers: int, stop_requested, on_step,
-          progress) -> tuple[Run, TrainState, object, dict]:
-    """Rows -> model config -> data -> normalizer -> model -> optimizer -> (resume) -> DDP.
+def setup(job: TrainJob, s: TrainSettings) -> tuple[Run, TrainState, object, dict]:
+    """Checkpoint directory -> rows -> model -> data -> normalizer -> optimizer -> (resume)
+    -> DDP -> the step (fast or plain). ``job.device`` and ``job.dist`` are set.
 
     Returns (run, state, the selected rows, the features' parameters).
     """
-    ckdir = Path(checkpoint_dir) if checkpoint_dir else checkpoint_dir_for(output)
-    if s.early_stop is not None and fold is None:
-        raise InputError("--early-stop needs a validation set: give --splits and --fold")
-    if checkpoint_every < 1:
-        raise InputError("--checkpoint-every must be at least 1")
-    if dist.is_main:  # the run owns its checkpoint directory (rank 0 alone writes it)
-        make_checkpoint_dir(ckdir)
-        lock_checkpoint_dir(ckdir)
-    ck = load_checkpoint(ckdir / "last.pt") if resume else None
-    if not resume and (ckdir / "last.pt").exists() and dist.is_main:
-        LOG.warning("%s exists; starting afresh (use --resume to continue it)", ckdir / "last.pt")
+    device, dist = job.device, job.dist
+    ckdir, ck = _claim_checkpoint_dir(job, s)
     amp = autocast_for(device, s.precision)  # checked before any work
-    if device.type == "cpu":  # before the data and the model are allocated
-        hostmem.for_cpu_training()
-
-    # -- rows, model config, data (the model decides the training units and the statistics)
-    with FeatureFile(features) as ff:
-        rows = select_training_rows(ff.ids, splits, fold, labels, where)
-        warn_empty_validation(rows.n_val, fold, where)
-        config = make_config(s.arch, ff.clip_shape, hidden=s.hidden, latent=s.latent,
-                             **s.model_options)
-        shape_model = build_model(config, "meta")  # units and statistics' shape, no memory
-        data_id = {"input_shape": list(ff.clip_shape), "fold": fold, "where": where,
-                   "n_train": rows.n_train, "n_val": rows.n_val, "rows": rows.ids_digest,
-                   "world_size": dist.world, "feature_params": ff.params,
-                   CONTENT_KEY: data_content_id(ff, verify=ck is not None)}
-        if ck is not None and (diffs := resume_mismatch(ck, s, data_id)):
-            raise InputError(f"--resume: settings differ from the checkpoint "
-                             f"{ckdir / 'last.pt'}: " + "; ".join(diffs))
-        norm = make_normalizer(shape_model, s.normalize)
-        open_ = lambda r: open_source(ff, r, norm, device, data_mode, workers,  # noqa: E731
-                                      dist.local_world, model=shape_model)
-        train_src = open_(rows.train)
-        val_src = open_(rows.val) if rows.n_val else None
-        feature_params = ff.params
-
-    # -- normalizer: fitted on training clips only (or restored), then the data normalized once
-    if ck is not None:
-        norm.load(ck["normalizer"]["mean"], ck["normalizer"]["std"])
-    else:
-        norm.fit(train_src.fit_blocks())
-    norm.to(device)
-    for src in (train_src, val_src):
-        if src is not None:
-            src.prepare()
-
-    # -- model and optimizer (seeded here: the weights depend on the seed alone)
-    torch.manual_seed(s.seed)
-    np.random.seed(s.seed % 2**32)
-    model = build_model(config, device)
-    for src in (train_src, val_src):
-        if src is not None:
-            src.model = model
-    state = TrainState(model, make_optimizer(model.parameters(), s.lr), norm)
-    sizes = _epoch_batches(len(train_src), s, dist)
+    faststep.before_allocation(device)  # before the data and the model are allocated
+    model, data = _model_and_data(job, s, ck, ckdir)
+    state = TrainState(model, make_optimizer(model.parameters(), s.lr), data.normalizer)
+    sizes = _epoch_batches(len(data.train), s, dist)
     LOG.info("%s model: %d parameters, input %s; %d training clips (%d units), %d validation "
              "clips; device %s%s", s.arch, count_parameters(model),
-             "x".join(map(str, config.input_shape)), rows.n_train, len(train_src), rows.n_val,
-             device, f" x {dist.world} processes ({dist.backend})" if dist.enabled else "")
+             "x".join(map(str, data.config.input_shape)), data.rows.n_train, len(data.train),
+             data.rows.n_val, device,
+             f" x {dist.world} processes ({dist.backend})" if dist.enabled else "")
     if ck is not None:
-        try:
-            state.load_checkpoint(ck)
-        except RuntimeError:  # the weights' names or shapes differ from the model built now
-            from aekit.models.modelfile import state_mismatch
-
-            raise InputError(f"{ckdir / 'last.pt'}: checkpoint does not match the model being "
-                             f"trained: {state_mismatch(model, ck['model'])}") from None
-        LOG.info("resuming from %s at epoch %d step %d", ckdir / "last.pt", state.epoch + 1,
-                 state.step)
+        _resume(state, ck, ckdir / "last.pt")
     net = model
     if dist.enabled:
         from torch.nn.parallel import DistributedDataParallel as DDP
@@ -645,20 +151,87 @@ def setup(features, output, s: TrainSettings, *, splits, fold, labels, where,
         net = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
     if dist.is_main:
         make_checkpoint_dir(ckdir)
-    identity = {"settings": s.to_dict(), "data": data_id, "config": config_to_dict(config),
-                "args": {"features": str(features), "output": str(output),
-                         "splits": _str(splits), "fold": fold, "labels": _str(labels),
-                         "where": where, "checkpoint_every": checkpoint_every,
-                         "data_mode": data_mode},
-                "feature_params": feature_params}
-    run = Run(s, dist, device, net, train_src, val_src, _loss_weight(norm, model), amp, sizes,
-              ckdir / "last.pt", ckdir / "best.pt", identity, checkpoint_every, log,
-              stop_requested, on_step, progress, torch.zeros(2, device=device),
-              "clips" if model.units_per_clip(config.input_shape[-1]) == 1 else "windows")
-    if not dist.enabled:  # under DDP a gradient is final only after its all-reduce
-        StepInBackward(model, state.optimizer)
+    identity = {"settings": s.to_dict(), "data": data.identity,
+                "config": config_to_dict(data.config), "args": job.args(),
+                "feature_params": data.feature_params}
+    run = Run(s, dist, device, net, data.train, data.val, _loss_weight(data.normalizer, model),
+              amp, sizes, ckdir / "last.pt", ckdir / "best.pt", identity, job.checkpoint_every,
+              job.log, job.stop_requested, job.on_step, job.progress,
+              torch.zeros(2, device=device),
+              "clips" if model.units_per_clip(data.config.input_shape[-1]) == 1 else "windows")
+    # The one switch between the fast step and the plain one (aekit.train.faststep).
+    faststep.attach(model, state.optimizer, faststep.applies(dist.enabled))
+    return run, state, data.rows, data.feature_params
 
-    return run, state, rows, feature_params
+
+def _claim_checkpoint_dir(job: TrainJob, s: TrainSettings) -> tuple[Path, dict | None]:
+    """Check the job, take the checkpoint directory (rank 0), read last.pt when resuming."""
+    ckdir = Path(job.checkpoint_dir) if job.checkpoint_dir else checkpoint_dir_for(job.output)
+    if s.early_stop is not None and job.fold is None:
+        raise InputError("needs a validation set: give the splits and a fold",
+                         param="early_stop")
+    if job.checkpoint_every < 1:
+        raise InputError("must be at least 1", param="checkpoint_every")
+    if job.dist.is_main:  # the run owns its checkpoint directory (rank 0 alone writes it)
+        make_checkpoint_dir(ckdir)
+        lock_checkpoint_dir(ckdir)
+    last = ckdir / "last.pt"
+    if job.resume:
+        if not last.exists():
+            raise InputError(f"no checkpoint at {last}; start without resuming", param="resume")
+        return ckdir, load_checkpoint(last)
+    if last.exists() and job.dist.is_main:
+        LOG.warning("%s exists; starting afresh (resume to continue it)", last)
+    return ckdir, None
+
+
+def _model_and_data(job: TrainJob, s: TrainSettings, ck: dict | None,
+                    ckdir: Path) -> tuple[ClipModel, TrainData]:
+    """Rows -> model config -> the model, built once and seeded here (the weights depend on
+    the seed alone; it decides the training units and the statistics' shape) -> the data
+    sources -> the normalizer fitted on the training clips (or restored) -> the data
+    normalized once."""
+    dist, device = job.dist, job.device
+    with FeatureFile(job.features) as ff:
+        rows = select_training_rows(ff.ids, job.splits, job.fold, job.labels, job.where)
+        warn_empty_validation(rows.n_val, job.fold, job.where)
+        config = make_config(s.arch, ff.clip_shape, hidden=s.hidden, latent=s.latent,
+                             **s.model_options)
+        data_id = {"input_shape": list(ff.clip_shape), "fold": job.fold, "where": job.where,
+                   "n_train": rows.n_train, "n_val": rows.n_val, "rows": rows.ids_digest,
+                   "world_size": dist.world, "feature_params": ff.params,
+                   CONTENT_KEY: data_content_id(ff, verify=ck is not None)}
+        if ck is not None and (diffs := resume_mismatch(ck, s, data_id)):
+            raise InputError(f"settings differ from the checkpoint {ckdir / 'last.pt'}: "
+                             + "; ".join(diffs), param="resume")
+        torch.manual_seed(s.seed)
+        np.random.seed(s.seed % 2**32)
+        model = build_model(config, device)
+        norm = make_normalizer(model, s.normalize)
+        train_src, val_src = (
+            open_source(ff, r, norm, device, job.data_mode, job.workers, dist.local_world,
+                        model=model) if len(r) else None for r in (rows.train, rows.val))
+        data = TrainData(rows, config, ff.params, data_id, norm, train_src, val_src)
+    if ck is not None:
+        norm.load(ck["normalizer"]["mean"], ck["normalizer"]["std"])
+    else:
+        norm.fit(train_src.fit_blocks())
+    norm.to(device)
+    for src in (train_src, val_src):
+        if src is not None:
+            src.prepare()
+    return model, data
+
+
+def _resume(state: TrainState, ck: dict, path: Path) -> None:
+    try:
+        state.load_checkpoint(ck)
+    except RuntimeError:  # the weights' names or shapes differ from the model built now
+        from aekit.models.modelfile import state_mismatch
+
+        raise InputError(f"{path}: checkpoint does not match the model being trained: "
+                         f"{state_mismatch(state.model, ck['model'])}") from None
+    LOG.info("resuming from %s at epoch %d step %d", path, state.epoch + 1, state.step)
 
 
 def _epoch_batches(n_units: int, s: TrainSettings, dist: Dist) -> list[int]:
@@ -668,7 +241,7 @@ def _epoch_batches(n_units: int, s: TrainSettings, dist: Dist) -> list[int]:
     if kind(s.arch).batch_norm and len(sizes) and sizes[-1] == 1:
         # BatchNorm cannot normalize a batch of one row in training mode.
         LOG.warning("dropping the last batch of each epoch: 1 row cannot go through BatchNorm "
-                    "(choose another --batch-size to use it)")
+                    "(choose another batch size to use it)")
         sizes = sizes[:-1]
         if not sizes:
             raise InputError("empty training set: a single training row cannot train "
@@ -721,9 +294,7 @@ def run_epoch(run: Run, state: TrainState) -> tuple[float, int, float]:
                 state.loss_sum += total
                 state.units += n
                 state.seconds += time.monotonic() - t0
-                if dist.is_main:
-                    save_checkpoint(run.last_path, state.to_checkpoint(run))
-                dist.barrier()
+                write_checkpoint(run, state, "last")
                 raise Preempted(run.last_path, epoch + 1, step)
     total, n = _reduced_sums(loss_sum, seen, dist)
     train_loss = (state.loss_sum + total) / max(1, state.units + n)
@@ -764,16 +335,12 @@ def end_epoch(run: Run, state: TrainState, train_loss: float, units: int, second
              elapsed_text(time.monotonic() - run.started), " *" if improved else "",
              extra=LOG_STAMP)
     state.epoch = epoch = epoch + 1
-    if dist.is_main:
-        if improved:
-            save_checkpoint(run.best_path, {
-                "format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION,
-                "kind": "best", "model": state.model.state_dict(), "epoch": epoch,
-                "val_loss": val_loss})
-        if epoch % run.checkpoint_every == 0 or epoch == s.epochs or state.stopped_early:
-            save_checkpoint(run.last_path, state.to_checkpoint(run))
-        if run.log:
-            _write_log(run.log, state.history)
+    if improved:
+        write_checkpoint(run, state, "best", barrier=False)
+    if epoch % run.checkpoint_every == 0 or epoch == s.epochs or state.stopped_early:
+        write_checkpoint(run, state, "last", barrier=False)
+    if dist.is_main and run.log:
+        write_log(run.log, state.history)
     if state.stopped_early:
         LOG.info("early stop: no better validation loss for %d epochs (best %.4g at epoch %d)",
                  state.bad_epochs, state.best_val, state.best_epoch)
@@ -786,14 +353,112 @@ def _stop_between_epochs(run: Run, state: TrainState) -> None:
         run.flags[0], run.flags[1] = float(stop), 0.0
         stop = bool(dist.all_reduce(run.flags, "max")[0].item())
     if stop and state.epoch < run.settings.epochs and not state.stopped_early:
-        if dist.is_main and state.epoch % run.checkpoint_every != 0:
-            save_checkpoint(run.last_path, state.to_checkpoint(run))
+        if state.epoch % run.checkpoint_every != 0:
+            write_checkpoint(run, state, "last", barrier=False)
         dist.barrier()
         raise Preempted(run.last_path, state.epoch, 0)
 
 
-def _str(path) -> str | None:
-    return None if path is None else str(path)
+def write_checkpoint(run: Run, state: TrainState, kind: str, barrier: bool = True) -> None:
+    """The one place a training checkpoint is written (rank 0 alone): ``last`` (to continue
+    bit for bit: ``TrainState.to_checkpoint``) or ``best`` (the model of the best validation
+    epoch, the one just completed). ``barrier``: the other ranks wait for the write."""
+    if run.dist.is_main:
+        if kind == "last":
+            save_checkpoint(run.last_path, state.to_checkpoint(run))
+        else:
+            save_checkpoint(run.best_path, state.to_best_checkpoint())
+    if barrier:
+        run.dist.barrier()
+
+
+def _training_fit(job: TrainJob, state: TrainState, rows) -> tuple:
+    """The suggested decision threshold, the Mahalanobis statistics (per domain when the
+    labels name source/target) and the training clips' score statistics (for ensembles),
+    from all training clips scored with the weights kept (rank 0 scores them all):
+    (threshold, mahalanobis, training_scores); no threshold where one cannot be fitted (the
+    log says why)."""
+    from aekit.evaluate.ensemble import training_stats
+    from aekit.evaluate.mahalanobis import train_domains
+    from aekit.evaluate.scoring import training_fit
+
+    mahalanobis = training_scores = None
+    try:
+        try:
+            with FeatureFile(job.features) as ff:
+                domains = train_domains(ff.ids, rows.train, job.labels)
+        except AekitError as exc:
+            LOG.warning("Mahalanobis statistics fitted as one domain: %s", exc)
+            domains = None
+        fitted: dict = {}  # the training clips' scores, for ensembles (aekit.evaluate.ensemble)
+        threshold, mahalanobis = training_fit(state.model, state.normalizer, job.features,
+                                              rows.train, domains, job.device,
+                                              scores_out=fitted)
+        training_scores = training_stats(fitted["ids"], fitted)
+    except AekitError as exc:  # the model is still worth writing: say why none is stored
+        LOG.warning("no decision threshold stored in the model: %s", exc)
+        threshold = None
+    return threshold, mahalanobis, training_scores
+
+
+# --------------------------------------------------------------------------- one step
+
+def make_optimizer(params, lr: float) -> torch.optim.Optimizer:
+    """Adam as in the tutorial, with the fused kernel where this torch has one (measured
+    fastest on CPU in bench/bench_train.py), else the multi-tensor one."""
+    params = list(params)
+    with contextlib.suppress(RuntimeError, TypeError, ValueError):
+        return torch.optim.Adam(params, lr=lr, fused=True)
+    return torch.optim.Adam(params, lr=lr, foreach=True)
+
+
+def autocast_for(device: torch.device, precision: str) -> ContextManager:
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise InputError("bf16: this CUDA device has no bfloat16 support", param="precision")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise InputError(f"bf16 is not supported on {device.type}", param="precision")
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def _mse_db(out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    out = out.float()
+    if weight is None:
+        return torch.nn.functional.mse_loss(out, x)
+    err = out - x
+    return (err * err * weight).mean()
+
+
+def train_step(net: torch.nn.Module, opt: torch.optim.Optimizer, xb: torch.Tensor,
+               weight: torch.Tensor | None, amp: ContextManager) -> torch.Tensor:
+    """One optimizer step on a normalized batch of units xb [B, D]; returns the loss (dB^2),
+    unsynced. The step itself is aekit.train.faststep's (fast or plain, as attached)."""
+    with amp:
+        out, _ = net(xb)  # [B, D'] (D' = D but for a model predicting part of its unit)
+    loss = _mse_db(out, unit_target(net, xb), weight)
+    faststep.backward_and_step(opt, loss)
+    return loss
+
+
+# --------------------------------------------------------------------------- checks, sums
+
+def warn_empty_validation(n_val: int, fold: int | None, where: str | None = None) -> None:
+    """A validation fold that is empty trains with nothing to validate on: say so."""
+    if fold is not None and n_val == 0:
+        LOG.warning("fold %d selects no validation rows%s: training without validation "
+                    "(no val loss; keeping the best weights keeps the last epoch; no early "
+                    "stop: every epoch runs)", fold,
+                    f" (after the query {where!r})" if where else "")
+
+
+def warn_implausible_loss(epoch: int, train_loss: float, val_loss: float | None) -> None:
+    """A finite loss beyond any plausible value (numeric blow-up) is written, but not silently."""
+    for what, v in (("train", train_loss), ("validation", val_loss)):
+        if v is not None and math.isfinite(v) and v > IMPLAUSIBLE_LOSS:
+            LOG.warning("epoch %d: %s loss %.3g dB^2 is above any plausible value (> %.0e): the "
+                        "training has diverged; try a smaller learning rate or global "
+                        "normalization", epoch, what, v, IMPLAUSIBLE_LOSS)
 
 
 def _reduced_sums(loss_sum: torch.Tensor, rows_seen: int, dist: Dist) -> tuple[float, int]:
@@ -808,38 +473,5 @@ def _raise_nonfinite(epoch: int, step: int, last_path: Path, dist: Dist, what: s
     keep = (f"the last good checkpoint {last_path} is kept" if last_path.exists()
             else "no checkpoint was written yet")
     raise DataError(f"{what} became NaN or Inf at epoch {epoch + 1} step {step}; stopped; {keep}. "
-                    "Try a smaller --lr, --normalize global, or check the features for "
-                    "extreme values")
-
-
-@torch.no_grad()
-def evaluate(model: torch.nn.Module, source, weight: torch.Tensor | None, amp: ContextManager,
-             dist: Dist | None = None, block: int = 256) -> float:
-    """MSE in dB squared over a source's units (eval mode; shards across ranks under DDP)."""
-    dist = dist or Dist()
-    if dist.enabled:
-        # Running BatchNorm statistics drift apart per rank between DDP's broadcasts:
-        # evaluate (and save) with rank 0's everywhere.
-        for b in model.buffers():
-            torch.distributed.broadcast(b, 0)
-    was_training = model.training
-    model.eval()
-    total = None
-    n = 0
-    for i, xb in enumerate(source.blocks(block)):
-        if i % dist.world != dist.rank:
-            continue
-        with amp:
-            out, _ = model(xb)
-        err = out.float() - unit_target(model, xb)
-        sq = err * err if weight is None else err * err * weight
-        part = sq.sum(dtype=torch.float64)
-        total = part if total is None else total + part
-        n += err.numel()
-    model.train(was_training)
-    dev = next(model.parameters()).device
-    if total is None:
-        total = torch.zeros((), dtype=torch.float64, device=dev)
-    t = torch.stack([total.to(dev), torch.tensor(float(n), dtype=torch.float64, device=dev)])
-    dist.all_reduce(t)
-    return float(t[0].item() / max(1.0, t[1].item()))
+                    "Try a smaller learning rate, global normalization, or check the features "
+                    "for extreme values")

@@ -142,7 +142,7 @@ def make_settings(preset: str = "default", validation: bool = False, **overrides
     dropped) holds the kind's own options.
     """
     if preset not in PRESETS:
-        raise InputError(f"unknown --preset {preset!r}: use {', '.join(PRESETS)}")
+        raise InputError(f"unknown preset {preset!r}: use {', '.join(PRESETS)}", param="preset")
     explicit = {k: v for k, v in overrides.items() if v is not None}
     if "model_options" in explicit:
         explicit["model_options"] = {k: v for k, v in explicit["model_options"].items()
