@@ -9,12 +9,11 @@ import textwrap
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from aekit.cmds.eval import cli
 from aekit.cmds.table import cli as table_cli
 from aekit.evaluate import sections
-from conftest import PARAMS, SHAPE, invoke, one_error_line
+from conftest import PARAMS, SHAPE, invoke, one_error_line, write_features, write_model
 
 N = 24
 
@@ -58,21 +57,12 @@ SECTION = MetricSection(name="gap", compute=compute, check=check, needs=("anomal
 
 
 def _dataset(d, seed=0):
-    from aekit.data import store
-    from aekit.models.modelfile import Normalizer, save_model
-    from aekit.models.registry import AEConfig, build_model
-
     rng = np.random.default_rng(seed)
     anomaly = (np.arange(N) % 3 == 0).astype(int)
     x = (-40 + rng.normal(0, 4, (N, *SHAPE)) * np.where(anomaly, 3.0, 1.0)[:, None, None, None])
     x = x.astype(np.float32)
-    ids = [f"clip{i:03d}" for i in range(N)]
-    w = store.FeatureWriter(d / "f.h5", {**PARAMS, "n_mels": SHAPE[1]}, SHAPE)
-    w.append(x, ids, [f"{i}.wav" for i in ids], {k: [1] * N for k in store.PER_CLIP})
-    w.close()
-    torch.manual_seed(seed)
-    model = build_model(AEConfig(input_shape=SHAPE, hidden=(16,), latent=4)).eval()
-    save_model(d / "m.safetensors", model, Normalizer("global", dim=x[0].size).fit([x]), PARAMS)
+    ids, _ = write_features(d / "f.h5", params={**PARAMS, "n_mels": SHAPE[1]}, x=x)
+    write_model(d / "m.safetensors", x, hidden=(16,), latent=4, seed=seed, history=None)
     machine = np.array(["fan", "pump"])[np.arange(N) % 2]
     pd.DataFrame({"id": ids, "anomaly": anomaly, "machine": machine}).to_csv(
         d / "labels.csv", index=False)
