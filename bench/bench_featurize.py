@@ -170,7 +170,7 @@ def time_aekit(paths: list[Path], out: Path, repeat: int = 2, ids=None, rss_trac
     """ae-featurize's library call: best wall time and least CPU (parent + its workers)."""
     from aekit.audio.decode import make_ids
     from aekit.audio.features import MelParams
-    from aekit.audio.featurize import featurize
+    from aekit.data.ingest import featurize
 
     ids = ids or make_ids(paths)
     progress = None if rss_trace is None else (lambda _k: rss_trace.append(current_rss_mib()))

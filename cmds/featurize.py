@@ -50,7 +50,8 @@ See also: ae-merge, ae-split, ae-train, ae-encode, ae-eval.
 @common.verbosity_options
 def cli(inputs, output, jobs, block_size, on_error, max_fail_frac, root, shard, **kwargs):
     from aekit.audio.decode import common_root, discover, make_ids
-    from aekit.audio.featurize import available_cpus, featurize, parse_shard, shard_indices
+    from aekit.audio.featurize import available_cpus, parse_shard, shard_indices
+    from aekit.data.ingest import featurize
 
     params = common.feature_params_from(kwargs)
     shard_ix = parse_shard(shard)

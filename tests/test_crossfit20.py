@@ -1,5 +1,5 @@
 """The training clips' Mahalanobis distances stored for the threshold and for ensembles are
-out of sample (aekit.evaluate.mahalanobis.crossfit_distances): measured in sample, with fewer clips
+out of sample (aekit.models.mahalanobis.crossfit_distances): measured in sample, with fewer clips
 than dimensions, they were far below any new clip's, and the Mahalanobis threshold flagged
 every new clip (measured: 36 of 36 normal test clips of a type)."""
 
@@ -23,7 +23,7 @@ def _dist(v, mean, icov):
 
 
 def test_crossfit_distances_are_each_clip_against_the_other_groups():
-    from aekit.evaluate import mahalanobis as mh
+    from aekit.models import mahalanobis as mh
 
     rng = np.random.default_rng(0)
     n, dim = 23, 40  # fewer clips than dimensions

@@ -65,7 +65,7 @@ def test_stored_training_scores(setup):
     assert sorted(ts["scorers"]) == ["mae", "mahalanobis", "mse"]
     import torch
 
-    from aekit.evaluate import mahalanobis as mh
+    from aekit.models import mahalanobis as mh
 
     for name in ("mse", "mahalanobis"):
         e = ts["scorers"][name]

@@ -47,7 +47,7 @@ def test_fail_policy_fail_stops_at_first_and_checks_its_settings():
 
 
 def test_featurize_uses_the_policy(tmp_path):
-    from aekit.audio.featurize import featurize
+    from aekit.data.ingest import featurize
     from aekit.audio.features import MelParams
 
     with pytest.raises(InputError) as e:

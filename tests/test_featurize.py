@@ -249,7 +249,7 @@ def test_worker_pool_writes_the_same_bytes_as_one_process(corpus, tmp_path):
     """Workers (buffers reused, many small tasks, blocks of 3) against the single-process path:
     features, ids, per-clip columns, /truncated, failures and attributes, bit for bit."""
     from aekit.audio.decode import discover, make_ids
-    from aekit.audio.featurize import featurize
+    from aekit.data.ingest import featurize
 
     (corpus / "fan" / "broken.wav").write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt ")
     (corpus / "pump" / "empty.flac").write_bytes(b"")
@@ -292,6 +292,7 @@ def test_a_dead_worker_is_an_error_not_a_hang(corpus, tmp_path, monkeypatch):
 
     from aekit.audio import featurize as fz
     from aekit.audio.decode import discover, make_ids
+    from aekit.data.ingest import featurize
     from aekit.errors import DataError
 
     real = fz._process
@@ -308,7 +309,7 @@ def test_a_dead_worker_is_an_error_not_a_hang(corpus, tmp_path, monkeypatch):
 
     def call():
         try:
-            fz.featurize(paths, make_ids(paths), out, MelParams(num_samples=8000), jobs=2)
+            featurize(paths, make_ids(paths), out, MelParams(num_samples=8000), jobs=2)
         except DataError as exc:
             got.append(str(exc))
 
@@ -324,7 +325,7 @@ def test_overflowing_samples_are_a_failed_input(corpus, tmp_path):
     """Finite float samples whose power overflows float32 give Inf features: a failure of
     that file, never Inf values in the output."""
     from aekit.audio.decode import discover, make_ids
-    from aekit.audio.featurize import featurize
+    from aekit.data.ingest import featurize
 
     sf.write(str(corpus / "fan" / "huge.wav"), np.full((8000, 2), 1e30, np.float32), 16000,
              subtype="FLOAT")

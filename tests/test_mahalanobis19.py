@@ -57,7 +57,7 @@ def independent_vectors(lm, x: np.ndarray) -> np.ndarray:
 
 def test_stored_statistics_and_distance_equal_scipy(setup):
     import aekit
-    from aekit.evaluate.mahalanobis import RIDGE
+    from aekit.models.mahalanobis import RIDGE
     from aekit.models.modelfile import load_model
 
     lm = load_model(setup["model"])
@@ -92,7 +92,7 @@ def test_stored_statistics_and_distance_equal_scipy(setup):
 
 
 def test_minimum_over_domains():
-    from aekit.evaluate.mahalanobis import distances
+    from aekit.models.mahalanobis import distances
 
     rng = np.random.default_rng(0)
     v = rng.normal(size=(50, 3))
@@ -137,7 +137,7 @@ def test_one_domain_without_domain_labels(setup):
 
 def test_model_without_statistics_refused(setup, monkeypatch):
     import aekit
-    from aekit.evaluate import mahalanobis
+    from aekit.models import mahalanobis
     from aekit.errors import InputError
 
     monkeypatch.setattr(mahalanobis, "MAX_DIM", 1)  # statistics too long: none stored

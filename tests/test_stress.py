@@ -83,7 +83,7 @@ def test_a_worker_making_no_progress_fails_the_run_naming_its_input(clips, tmp_p
     from aekit.audio.decode import make_ids
     from aekit.errors import DataError
     from aekit.audio.features import MelParams
-    from aekit.audio.featurize import featurize
+    from aekit.data.ingest import featurize
 
     stuck = clips[6]
     real = audio.ClipReader.read

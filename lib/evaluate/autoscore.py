@@ -5,7 +5,7 @@ One rule for every model kind: a kind declares its preferred score at registrati
 the frame-window kinds (frames, interp), 'mse' for the whole-clip ones. ``auto`` is that
 score when it is 'mse', or when the model file stores Mahalanobis statistics; otherwise
 (a model written before ae-train stored them, or one whose error vectors are longer than
-``aekit.evaluate.mahalanobis.MAX_DIM``) 'mse'. An ensemble resolves to one score for all members:
+``aekit.models.mahalanobis.MAX_DIM``) 'mse'. An ensemble resolves to one score for all members:
 'mahalanobis' only when every member's own ``auto`` is 'mahalanobis', else 'mse'.
 
 Why Mahalanobis for the window models: on held-out synthetic data (ae-synth, validation from

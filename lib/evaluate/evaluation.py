@@ -34,7 +34,7 @@ from aekit.data.store import FeatureFile
 LOG = logging.getLogger("aekit")
 
 SCORES = ("auto", "mse", "mae", "mahalanobis")  # per-clip MSE (dB^2), MAE (dB), or the Mahalanobis
-# distance of the error vector to the model's stored statistics (aekit.evaluate.mahalanobis)
+# distance of the error vector to the model's stored statistics (aekit.models.mahalanobis)
 
 
 def row_split_names(ids: Sequence[str], rows: np.ndarray, splits, fold: int | None) -> np.ndarray:
@@ -99,7 +99,7 @@ def evaluate(model: LoadedModel, ff: FeatureFile, rows: np.ndarray, split_names:
 
         opts = replace(opts, score=resolve_logged(opts.ensemble or model, "auto"))
     if opts.score == "mahalanobis":
-        from aekit.evaluate.mahalanobis import model_stats
+        from aekit.models.mahalanobis import model_stats
 
         model_stats(model)  # refused before any forward pass
     ens = opts.ensemble

@@ -61,7 +61,7 @@ class Scores:
     mse: np.ndarray  # float64 [N]  mean squared error, dB^2
     mae: np.ndarray  # float64 [N]  mean absolute error, dB
     latents: np.ndarray | None = None  # float32 [N, latent] when asked for
-    mahalanobis: np.ndarray | None = None  # float64 [N] when asked for (aekit.evaluate.mahalanobis)
+    mahalanobis: np.ndarray | None = None  # float64 [N] when asked for (aekit.models.mahalanobis)
 
 
 def score_rows(model: LoadedModel, ff: FeatureFile, rows: np.ndarray | None = None,
@@ -71,7 +71,7 @@ def score_rows(model: LoadedModel, ff: FeatureFile, rows: np.ndarray | None = No
     """Reconstruction MSE and MAE of each row (all rows when None), batched, no gradients;
     with ``mahalanobis`` also the Mahalanobis score (the model must store statistics)."""
     if mahalanobis:
-        from aekit.evaluate.mahalanobis import distances, error_vectors, model_stats
+        from aekit.models.mahalanobis import distances, error_vectors, model_stats
 
         stats = model_stats(model)
     rows = np.arange(len(ff), dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)

@@ -123,7 +123,7 @@ def check_score(model, score: str) -> None:
     if getattr(model, "is_ensemble", False):  # aekit.evaluate.ensemble: every member, its statistics
         return model.check(score)
     if score == "mahalanobis":
-        from aekit.evaluate.mahalanobis import model_stats
+        from aekit.models.mahalanobis import model_stats
 
         model_stats(model)
 
@@ -132,7 +132,7 @@ def score_features(model, x: np.ndarray, batch_size: int = DEFAULT_BATCH,
                    score: str = DEFAULT_SCORE) -> np.ndarray:
     """Raw log-Mel dB clips float32 [N, C, M, T] (or one clip [C, M, T]) -> scores [N]:
     MSE dB^2 (``score="mse"``) or the Mahalanobis distance of the clips' error vectors, the
-    minimum over the domains the model stores (``score="mahalanobis"``, aekit.evaluate.mahalanobis);
+    minimum over the domains the model stores (``score="mahalanobis"``, aekit.models.mahalanobis);
     ``"auto"`` (the default): the model's own choice (``resolve_score``, aekit.evaluate.autoscore).
 
     ``model`` is a LoadedModel or a model file path; an ``aekit.evaluate.ensemble.Ensemble`` gives
@@ -152,7 +152,7 @@ def score_features(model, x: np.ndarray, batch_size: int = DEFAULT_BATCH,
         for s in range(0, x.shape[0], batch_size):
             xb = torch.from_numpy(x[s:s + batch_size]).to(device)
             if score == "mahalanobis":
-                from aekit.evaluate.mahalanobis import distances, error_vectors
+                from aekit.models.mahalanobis import distances, error_vectors
 
                 v = error_vectors(model.model, model.normalizer, xb).cpu().numpy()
                 out[s:s + batch_size] = distances(v, model.mahalanobis)

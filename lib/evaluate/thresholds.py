@@ -100,13 +100,13 @@ def training_fit(model, normalizer, features: str | os.PathLike, rows: np.ndarra
     {domain: (mean, icov, n)} or None), from one pass over ``rows`` of a features file with
     the model in eval mode: what ``ae-train`` stores with the kept weights. ``domains``: the
     domain of each row (None: one domain 'all'). No statistics (None, logged) when the
-    error vectors are longer than ``aekit.evaluate.mahalanobis.MAX_DIM`` or no domain has 2 clips.
+    error vectors are longer than ``aekit.models.mahalanobis.MAX_DIM`` or no domain has 2 clips.
     ``scores_out`` (a dict), when given, receives the training clips' ids ("ids") and their
     scores {"mse", "mae", "mahalanobis" (None without statistics)}: float64 [N] in row order
     (``aekit.evaluate.ensemble.training_stats``)."""
     import torch
 
-    from aekit.evaluate import mahalanobis as mh
+    from aekit.models import mahalanobis as mh
     from aekit.evaluate.inference import DEFAULT_BATCH as EVAL_BATCH  # as training_threshold: same numbers
     from aekit.models.modelfile import LoadedModel
     from aekit.data.store import FeatureFile

@@ -18,7 +18,7 @@ KEY = "training_scores"  # the model file metadata key
 SCORERS = ("mse", "mae", "mahalanobis")  # scorers whose training statistics are stored
 MAX_VALUES = 100_000  # per-clip training scores are stored up to this many clips
 #: How the training clips' Mahalanobis distances are measured (``sample`` of that scorer's
-#: entry): each against statistics fitted without it (aekit.evaluate.mahalanobis.crossfit_distances).
+#: entry): each against statistics fitted without it (aekit.models.mahalanobis.crossfit_distances).
 #: Entries without it (in-sample distances, biased far low) are refused.
 OUT_OF_SAMPLE = "crossfit-5"
 
@@ -45,7 +45,7 @@ def training_stats(ids: Sequence[str], scores: dict) -> dict:
         if s.shape != (n,) or not n or not np.isfinite(s).all():
             continue
         entry = {"mean": float(s.mean()), "std": float(s.std())}
-        if name == "mahalanobis":  # aekit.evaluate.mahalanobis.crossfit_distances: as a new clip's
+        if name == "mahalanobis":  # aekit.models.mahalanobis.crossfit_distances: as a new clip's
             entry["sample"] = OUT_OF_SAMPLE
         if n <= MAX_VALUES:
             entry["values"] = [float(v) for v in s]

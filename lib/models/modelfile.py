@@ -150,7 +150,7 @@ def save_model(path: str | os.PathLike, model: ClipModel, normalizer: Normalizer
     meta.pop("mahalanobis", None)
     mahalanobis = mahalanobis_stats
     if mahalanobis:
-        from aekit.evaluate.mahalanobis import RIDGE, VECTOR
+        from aekit.models.mahalanobis import RIDGE, VECTOR
 
         for d, (mean, icov, _n) in mahalanobis.items():
             tensors[f"mahalanobis.{d}.mean"] = torch.as_tensor(mean, dtype=torch.float64).contiguous()
@@ -256,7 +256,7 @@ def check_stored_shapes(path, model: ClipModel, normalize: str, info: dict | Non
     want.update({"norm.mean": ("F32", [n_norm]), "norm.std": ("F32", [n_norm])})
     doms = _mahalanobis_domains(path, info)
     if doms:
-        from aekit.evaluate.mahalanobis import vector_dim
+        from aekit.models.mahalanobis import vector_dim
 
         dim = vector_dim(model)
         for d in doms:
@@ -333,7 +333,7 @@ class LoadedModel:
     info: dict = field(default_factory=dict)
     path: Path | None = None
     #: {domain: (mean float64 [D], inverse covariance float64 [D, D])} fitted by ae-train on
-    #: the training clips' error vectors (aekit.evaluate.mahalanobis); None in older files
+    #: the training clips' error vectors (aekit.models.mahalanobis); None in older files
     mahalanobis: dict | None = None
 
     @property

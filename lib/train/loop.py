@@ -379,7 +379,7 @@ def _training_fit(job: TrainJob, state: TrainState, rows) -> tuple:
     (threshold, mahalanobis, training_scores); no threshold where one cannot be fitted (the
     log says why)."""
     from aekit.evaluate.ensemble import training_stats
-    from aekit.evaluate.mahalanobis import train_domains
+    from aekit.models.mahalanobis import train_domains
     from aekit.evaluate.scoring import training_fit
 
     mahalanobis = training_scores = None
