@@ -53,22 +53,22 @@ class TrainSettings:
             self.early_stop = None
         entry = self._resolve_kind()
         checks = [
-            (self.normalize in NORM_MODES,
-             f"unknown --normalize {self.normalize!r}: use {', '.join(NORM_MODES)}"),
-            (self.schedule in SCHEDULES,
-             f"unknown --schedule {self.schedule!r}: use {', '.join(SCHEDULES)}"),
-            (self.precision in PRECISIONS,
-             f"unknown --precision {self.precision!r}: use {', '.join(PRECISIONS)}"),
-            (self.keep in KEEP, f"unknown --keep {self.keep!r}: use best or last"),
-            (self.epochs >= 1, "--epochs must be at least 1"),
-            (self.batch_size >= 1, "--batch-size must be at least 1"),
-            (self.lr > 0 and math.isfinite(self.lr), "--lr must be a positive number"),
-            (self.warmup >= 0, "--warmup must be >= 0"),
-            (self.early_stop is None or self.early_stop >= 1, "--early-stop must be at least 1"),
+            ("normalize", self.normalize in NORM_MODES,
+             f"unknown {self.normalize!r}: use {', '.join(NORM_MODES)}"),
+            ("schedule", self.schedule in SCHEDULES,
+             f"unknown {self.schedule!r}: use {', '.join(SCHEDULES)}"),
+            ("precision", self.precision in PRECISIONS,
+             f"unknown {self.precision!r}: use {', '.join(PRECISIONS)}"),
+            ("keep", self.keep in KEEP, f"unknown {self.keep!r}: use best or last"),
+            ("epochs", self.epochs >= 1, "must be at least 1"),
+            ("batch_size", self.batch_size >= 1, "must be at least 1"),
+            ("lr", self.lr > 0 and math.isfinite(self.lr), "must be a positive number"),
+            ("warmup", self.warmup >= 0, "must be >= 0"),
+            ("early_stop", self.early_stop is None or self.early_stop >= 1, "must be at least 1"),
         ]
-        for ok, msg in checks:
+        for param, ok, msg in checks:
             if not ok:
-                raise InputError(msg)
+                raise InputError(msg, param=param)
         self._check_kind(entry)
 
     def _resolve_kind(self) -> registry.ModelKind:
