@@ -745,7 +745,7 @@ def setup_logging(quiet: bool = False, verbose: bool = False) -> None:
 def command_line() -> str:
     """The command line as typed (program basename + arguments), for logs and provenance."""
     ctx = click.get_current_context(silent=True)
-    from aekit.system.fileio import text_name
+    from aekit.system.textinput import text_name
 
     if ctx is not None and "aekit.command_line" in ctx.meta:
         return text_name(ctx.meta["aekit.command_line"])
@@ -930,7 +930,7 @@ class _FeatureParam(click.ParamType):
         return inner + ("|none" if self.none_ok else "")
 
     def convert(self, value, param, ctx):
-        from aekit.audio.features import UNSET
+        from aekit.audio.params import UNSET
 
         if value is UNSET:
             return value
@@ -1059,15 +1059,19 @@ def feature_params_from(kwargs: dict):
 
 
 def audio_input_options(on_error_help: str):
-    """--on-error, --max-fail-frac and --root: the options of commands that decode audio files."""
+    """--on-error, --max-fail-frac and --root: the options of commands that decode audio files
+    (the values and defaults of aekit.system.failpolicy)."""
+    from aekit.system.failpolicy import DEFAULT_MAX_FAIL_FRAC, ON_ERROR
+
     def deco(f: Callable) -> Callable:
         f = click.option("--root", type=InputPath(file_okay=False), default=None,
                          help="Make ids relative to this directory "
                               "[default: the inputs' common root].")(f)
-        f = click.option("--max-fail-frac", type=FiniteFloatRange(0, 1), default=0.05,
+        f = click.option("--max-fail-frac", type=FiniteFloatRange(0, 1),
+                         default=DEFAULT_MAX_FAIL_FRAC,
                          show_default=True,
                          help="Fail the run when more than this fraction of inputs failed.")(f)
-        return click.option("--on-error", type=click.Choice(["skip", "fail"]), default="skip",
+        return click.option("--on-error", type=click.Choice(list(ON_ERROR)), default=ON_ERROR[0],
                             show_default=True, help=on_error_help)(f)
     return deco
 

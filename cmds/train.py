@@ -236,6 +236,7 @@ def cli(features, output, preset, arch, hidden, latent, epochs, batch_size, lr, 
         threads, seed, device, **kind_options):
     from aekit.system import hostmem
     from aekit.train import loop as tr  # torch is imported here, not at --help
+    from aekit.train.distributed import distributed
     from aekit.system.device import resolve_device
     from aekit.system.fileio import null_progress
 
@@ -267,8 +268,8 @@ def cli(features, output, preset, arch, hidden, latent, epochs, batch_size, lr, 
 
     # N processes trained at once share the cores (AEKIT_THREADS, affinity, make -jN).
     n_threads, why = apply_threads(threads)
-    common.LOG.info("%d torch thread(s) (%s)", n_threads, why)
-    with stop_signals() as stop_requested, tr.distributed(device) as (dist, dev):
+    common.LOG.info("%d torch thread(s) (%s)", n_threads, "--threads" if why == "given" else why)
+    with stop_signals() as stop_requested, distributed(device) as (dist, dev):
         if not dist.is_main:
             common.LOG.setLevel("WARNING")  # one process reports
         try:

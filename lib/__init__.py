@@ -24,10 +24,10 @@ _API = {
     "score_features": "evaluate.scoring",  # clips [N, C, M, T] dB -> scores [N]
     "score_array": "evaluate.scoring",  # waveforms [N, channels, samples] -> scores [N]
     "ScoreRecord": "evaluate.scoring",
-    "stored_threshold": "evaluate.scoring",  # the threshold ae-train stored in a model
+    "stored_threshold": "evaluate.thresholds",  # the threshold ae-train stored in a model
     "resolve_score": "evaluate.scoring",  # 'auto' -> the score a model uses ('mse' or 'mahalanobis')
     "model_threshold": "evaluate.autoscore",  # a model's decision threshold of a score (auto: its own)
-    "fit_threshold": "evaluate.scoring",  # scores -> a threshold (gamma fit, DCASE style)
+    "fit_threshold": "evaluate.thresholds",  # scores -> a threshold (gamma fit, DCASE style)
     "open_features": "data.store",  # a features file (HDF5) for reading
     "MelParams": "audio.features",
 }

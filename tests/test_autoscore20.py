@@ -34,7 +34,7 @@ def setup(tmp_path_factory, tones, tone_frames_model):
 
 
 def maha_threshold(lm) -> float:
-    from aekit.evaluate.scoring import fit_threshold
+    from aekit.evaluate.thresholds import fit_threshold
 
     return fit_threshold(lm.info["training_scores"]["scorers"]["mahalanobis"]["values"])["value"]
 
@@ -77,7 +77,7 @@ def test_ae_score_auto_scorer_column_log_and_model_threshold(setup):
     r = invoke(cmd("score"), [setup["frames"], setup["audio"], "-j", "1", "--batch-size", "5",
                               "--threshold", "model"])
     assert r.exit_code == 0, r.stderr
-    assert "score: mahalanobis (--score auto: --arch frames prefers mahalanobis" in r.stderr
+    assert "score: mahalanobis (auto: model kind frames prefers mahalanobis" in r.stderr
     out = rows(r.stdout)
     assert list(out[0]) == ["id", "path", "score", "decision", "scorer"]
     assert [o["id"] for o in out] == setup["ids"] and {o["scorer"] for o in out} == \
@@ -102,7 +102,7 @@ def test_ae_score_auto_scorer_column_log_and_model_threshold(setup):
     assert {o["scorer"] for o in out} == {"mse"} and "--score auto" not in r.stderr
     # a whole-clip model: auto is mse
     r = invoke(cmd("score"), [setup["baseline"], setup["audio"], "-j", "1"])
-    assert r.exit_code == 0 and "score: mse (--score auto: --arch baseline prefers mse)" \
+    assert r.exit_code == 0 and "score: mse (auto: model kind baseline prefers mse)" \
         in r.stderr
     assert {o["scorer"] for o in rows(r.stdout)} == {"mse"}
 

@@ -116,7 +116,7 @@ def test_apply_threads_stays_within_torchs_default(monkeypatch, threads_restored
     assert threads.apply_threads() == (1, "one per physical core, at most 4 available cores")
     monkeypatch.setenv("MAKEFLAGS", " -j4")
     assert threads.apply_threads() == (1, "4 available cores / 4 jobs (make -j)")
-    assert threads.apply_threads(3) == (3, "--threads") and torch.get_num_threads() == 3
+    assert threads.apply_threads(3) == (3, "given") and torch.get_num_threads() == 3
     torch.set_num_threads(1)
     monkeypatch.setenv("AEKIT_THREADS", "2")
     assert threads.apply_threads() == (2, "AEKIT_THREADS") and torch.get_num_threads() == 2

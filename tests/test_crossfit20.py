@@ -52,7 +52,8 @@ def test_crossfit_distances_are_each_clip_against_the_other_groups():
 
 
 def test_in_sample_training_distances_are_refused(tmp_path):
-    from aekit.evaluate.ensemble import OUT_OF_SAMPLE, member_stats, training_stats
+    from aekit.evaluate.ensemble import member_stats
+    from aekit.evaluate.trainingscores import OUT_OF_SAMPLE, training_stats
     from aekit.errors import InputError
     from types import SimpleNamespace
 

@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 
 from aekit.data import split as S
+from aekit.data.groupfolds import fold_quality
 from aekit.data.expr import parse_where
 from aekit.data.onehot import fit
 from aekit.data.selection import restrict_rows, select_rows
@@ -31,11 +32,11 @@ OURS = sorted(p for p in [*(LIB / "data").glob("*.py"), *(LIB / "system").glob("
 def test_an_empty_fold_has_an_infinite_class_error():
     classes = ["a", "b"] * 3
     # Fold 2 of 4 empty (in the middle, or the last one: seen only with `folds`).
-    assert S.fold_quality(np.array([0, 0, 1, 1, 3, 3]), classes) == (2, math.inf)
-    assert S.fold_quality(np.array([0, 0, 1, 1, 2, 2]), classes, folds=4) == (2, math.inf)
-    assert S.fold_quality(np.array([0, 0, 1, 1, 2, 2]), classes) == (0, 0.0)
+    assert fold_quality(np.array([0, 0, 1, 1, 3, 3]), classes) == (2, math.inf)
+    assert fold_quality(np.array([0, 0, 1, 1, 2, 2]), classes, folds=4) == (2, math.inf)
+    assert fold_quality(np.array([0, 0, 1, 1, 2, 2]), classes) == (0, 0.0)
     # Test rows (-1) are no fold.
-    assert S.fold_quality(np.array([-1, -1, 0, 0, 1, 1]), classes, folds=2) == (0, 0.0)
+    assert fold_quality(np.array([-1, -1, 0, 0, 1, 1]), classes, folds=2) == (0, 0.0)
 
 
 def test_one_group_per_fold_is_the_only_split_and_never_worse_than_sklearn():
@@ -48,7 +49,7 @@ def test_one_group_per_fold_is_the_only_split_and_never_worse_than_sklearn():
     is_test, fold = S.assign(len(groups), 0.2, 6, 0, classes=classes, groups=groups)
     train_groups = pd.Series(np.asarray(groups)[~is_test]).groupby(fold[~is_test]).nunique()
     assert train_groups.tolist() == [1] * 6
-    assert S.fold_quality(fold, classes)[1] == pytest.approx(0.3877761859247811, abs=1e-12)
+    assert fold_quality(fold, classes)[1] == pytest.approx(0.3877761859247811, abs=1e-12)
     from sklearn.model_selection import StratifiedGroupKFold
 
     train = np.flatnonzero(~is_test)
@@ -60,7 +61,7 @@ def test_one_group_per_fold_is_the_only_split_and_never_worse_than_sklearn():
                                                     np.asarray(groups)[train])):
             ref[train[val]] = k
     assert np.bincount(ref[ref >= 0], minlength=6).tolist() == [2, 2, 1, 0, 6, 4]
-    assert S.fold_quality(ref, classes, folds=6) == (6, math.inf)
+    assert fold_quality(ref, classes, folds=6) == (6, math.inf)
 
 
 # --------------------------------------------------------------------------- param=

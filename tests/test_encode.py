@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from aekit.evaluate import inference
-from aekit.data import store
+from aekit.data import latents, store
 from aekit.cmds.encode import cli
 from aekit.system.fileio import file_sha256
 from aekit.models.modelfile import load_model
@@ -58,7 +58,7 @@ def test_latents_shape_ids_and_provenance(data):
     with torch.no_grad():
         ref = lm.encode(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(z, ref, rtol=1e-5, atol=1e-5)
-    lf = inference.LatentsFile(d / "z.h5")
+    lf = latents.LatentsFile(d / "z.h5")
     assert lf.ids == ids and lf.attrs["latent"] == 8
 
 

@@ -53,7 +53,7 @@ def rewrite_info(src, dst, edit):
 
 
 def test_stored_training_scores(setup):
-    from aekit.evaluate import ensemble
+    from aekit.evaluate import trainingscores
     from aekit.models.modelfile import load_model
     from aekit.evaluate.scoring import score_features
 
@@ -61,7 +61,7 @@ def test_stored_training_scores(setup):
     lm = load_model(setup["models"][0])
     ts = lm.info["training_scores"]
     assert ts["n"] == len(normal) == 18 and ts["ddof"] == 0
-    assert ts["ids_sha256"] == ensemble.ids_sha256([setup["ids"][k] for k in normal])
+    assert ts["ids_sha256"] == trainingscores.ids_sha256([setup["ids"][k] for k in normal])
     assert sorted(ts["scorers"]) == ["mae", "mahalanobis", "mse"]
     import torch
 

@@ -14,6 +14,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from aekit.data import store
+from aekit.evaluate import evaluation
 from aekit.cmds.eval import cli
 from aekit.system.fileio import file_sha256
 from aekit.models.modelfile import load_model, save_model
@@ -337,12 +338,10 @@ def test_installed_executable_in_a_pipe(data):
 
 
 def test_library_entry_point(data):
-    """The notebook path: aekit.evaluate.inference.evaluate_file gives the same report as the command."""
-    from aekit.evaluate import inference
-
+    """The notebook path: aekit.evaluate.evaluation.evaluate_file gives the same report as the command."""
     d, *_ = data
-    opts = inference.EvalOptions(labels_path=str(d / "labels.csv"), anomaly_column="anomaly")
-    report, per_clip = inference.evaluate_file(d / "m.safetensors", d / "f.h5", opts)
+    opts = evaluation.EvalOptions(labels_path=str(d / "labels.csv"), anomaly_column="anomaly")
+    report, per_clip = evaluation.evaluate_file(d / "m.safetensors", d / "f.h5", opts)
     r = run(d / "m.safetensors", d / "f.h5", "--labels", d / "labels.csv", *ANOMALY)
     assert report["anomaly"] == json.loads(r.stdout)["anomaly"]
     assert len(per_clip) == N and {"id", "split", "mse", "mae", "anomaly"} <= set(per_clip.columns)

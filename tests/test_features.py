@@ -82,7 +82,7 @@ def test_parameter_dataclass_is_the_one_list():
     names = [f.name for f in fields(MelParams)]
     assert set(store.FEATURE_PARAM_KEYS) == {*names, *MelParams.FIXED}
     from aekit.cmds.common import feature_params_from
-    from aekit.audio.features import UNSET
+    from aekit.audio.params import UNSET
 
     opts = {p.name: p for p in cli.params}
     for f in fields(MelParams):  # every parameter is an option showing the dataclass default

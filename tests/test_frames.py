@@ -19,7 +19,7 @@ from aekit.train import loop as tr
 from aekit.cmds.encode import cli as encode_cli
 from aekit.cmds.eval import cli as eval_cli
 from aekit.cmds.train import cli as train_cli
-from aekit.evaluate.inference import LatentsFile
+from aekit.data.latents import LatentsFile
 from aekit.models.modelfile import Normalizer, load_model
 
 SHAPE = (2, 4, 12)

@@ -17,7 +17,7 @@ from conftest import invoke, one_error_line, write_features
 from safetensors.torch import load_file, save_file
 
 from aekit.models import modelfile
-from aekit.data import merge, store
+from aekit.data import integrity, latents, merge, store
 from aekit.cmds.merge import cli as merge_cli
 from aekit.cmds.train import SIGTERM_AT_STEP_ENV
 from aekit.cmds.train import cli as train_cli
@@ -206,12 +206,12 @@ def test_merge_verifies_the_values_and_writes_their_hash(tmp_path):
     _, x = write_features(p, n=6)
     assert merge.merge_shards([p], tmp_path / "m.h5") == 6
     with store.FeatureFile(p) as a, store.FeatureFile(tmp_path / "m.h5") as b:
-        assert a.content_sha256 == b.content_sha256 == store.content_sha256(b)
+        assert a.content_sha256 == b.content_sha256 == integrity.content_sha256(b)
     with h5py.File(p, "r+") as f:  # rows rewritten in place: Fletcher-32 is recomputed
         f["features"][:] = x[::-1]
     with store.FeatureFile(p) as ff:  # opening stays cheap: the values are not read
         with pytest.raises(InputError, match="data checksum mismatch"):
-            store.content_sha256(ff)
+            integrity.content_sha256(ff)
     line = one_error_line(invoke(merge_cli, [p, "-o", tmp_path / "n.h5"]))
     assert "data checksum mismatch" in line
     assert not (tmp_path / "n.h5").exists()
@@ -220,14 +220,14 @@ def test_merge_verifies_the_values_and_writes_their_hash(tmp_path):
 def test_latents_ids_and_attributes_are_hashed(tmp_path):
     p = tmp_path / "z.h5"
     z = np.arange(12, dtype=np.float32).reshape(6, 2)
-    with store.LatentsWriter(p, 2, {"model": "m.safetensors", "latent": 2}, chunk=2) as w:
+    with latents.LatentsWriter(p, 2, {"model": "m.safetensors", "latent": 2}, chunk=2) as w:
         w.append(z, [f"clip{i:03d}" for i in range(6)])
-    lf = store.LatentsFile(p)
+    lf = latents.LatentsFile(p)
     np.testing.assert_array_equal(lf.latents, z)
     assert lf.attrs["format_version"] == 2 and len(lf.attrs["meta_sha256"]) == 64
     flip(p, find_once(p, b"clip004\x00") + 6, 0x40)  # an id renamed in the string heap
     with pytest.raises(InputError, match="metadata checksum mismatch"):
-        store.LatentsFile(p)
+        latents.LatentsFile(p)
 
 
 # --------------------------------------------------------------------------- model files
@@ -356,7 +356,7 @@ def test_resume_refuses_other_values_under_the_same_ids(tmp_path, monkeypatch):
     def no_hashing(ff, block=256):
         raise AssertionError("a fresh run read the values to hash them")
 
-    monkeypatch.setattr(store, "content_sha256", no_hashing)  # a fresh run uses the stored hash
+    monkeypatch.setattr("aekit.data.integrity.content_sha256", no_hashing)  # the stored hash is used
     monkeypatch.setenv(SIGTERM_AT_STEP_ENV, "1")
     assert invoke(train_cli, args).exit_code == 3
     monkeypatch.undo()

@@ -162,9 +162,9 @@ def oracle(lm, x):
 
 
 def test_eval_score_encode_and_threshold(setup):
-    from aekit.evaluate.inference import LatentsFile
+    from aekit.data.latents import LatentsFile
     from aekit.models.modelfile import load_model
-    from aekit.evaluate.scoring import fit_threshold
+    from aekit.evaluate.thresholds import fit_threshold
 
     root, lm = setup["root"], load_model(setup["model"])
     x = setup["x"]

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import invoke, one_error_line, write_tone
+from conftest import exe, invoke, one_error_line, write_tone
 
 # linear kind on 2304-sample mono clips: n_fft 256 at 16 kHz is 62.5 Hz per bin; 500..2000 Hz
 # keeps bins 8..32 (25 rows); 2304 // 128 + 1 = 19 frames
@@ -205,7 +205,7 @@ from typing import ClassVar
 from aekit.audio.params import ClipParams, param
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SliceParams(ClipParams):
     kind: ClassVar[str] = "throwaway"
 
@@ -303,3 +303,31 @@ def test_a_linear_file_whose_parameters_disagree_with_its_data_is_refused(linear
     with pytest.raises(InputError, match=r"bad.h5: its linear parameters give clips 1x23x19 but "
                                          r"the data has 1x25x19; the file is damaged"):
         FeatureFile(p)
+
+
+def test_an_installed_package_adds_a_kind_by_entry_point(audio, tmp_path):
+    """The registration of a kind in another package is one entry point: the installed
+    ae-featurize finds it (and logs, not fails on, a broken one)."""
+    import os
+    import subprocess
+
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "throwaway_ep21.py").write_text(textwrap.dedent(THROWAWAY))
+    dist = site / "throwaway_ep21-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: throwaway-ep21\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text(
+        "[aekit.feature_kinds]\nthrowaway = throwaway_ep21:SliceParams\n"
+        "broken = no_such_module_21:Nothing\n")
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    feats = tmp_path / "t.h5"
+    p = subprocess.run([exe("ae-featurize"), str(audio), "-o", str(feats), "-j", "1",
+                        "--kind", "throwaway", "--num-samples", "2400", "--slices", "3",
+                        "--channels", "1"], capture_output=True, text=True, env=env, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert "entry point broken = no_such_module_21:Nothing not loaded" in p.stderr
+    from aekit.data.store import FeatureFile
+
+    with FeatureFile(feats) as ff:
+        assert (ff.kind, ff.clip_shape) == ("throwaway", (1, 1, 3))

@@ -234,3 +234,29 @@ def test_a_kind_option_named_like_a_command_option_is_one_error_line(tmp_path):
         registry._REGISTRY.pop("clash21", None)
     r = invoke(train_cli, ["--help"])  # the command works again without it
     assert r.exit_code == 0 and "--seed" in r.stdout
+
+
+def test_register_refuses_a_config_no_model_file_could_hold():
+    """A kind whose defaults the model file's check would refuse (an integer field below 1, a
+    field without a default) is refused when registered, not after training."""
+    from dataclasses import dataclass
+
+    @dataclass
+    class Offset:
+        arch: str = "x21"
+        input_shape: tuple = (1, 1, 1)
+        latent: int = 2
+        offset: int = 0
+
+    @dataclass
+    class NoDefault:
+        width: int
+        arch: str = "x21"
+        input_shape: tuple = (1, 1, 1)
+        latent: int = 2
+
+    with pytest.raises(ValueError, match="config field offset defaults to 0"):
+        registry.register("x21", Offset, Offset)
+    with pytest.raises(ValueError, match="config field width needs a default"):
+        registry.register("x21", NoDefault, NoDefault)
+    assert "x21" not in registry.kinds()

@@ -18,10 +18,11 @@ from torch import nn
 
 from aekit.models import registry as models
 from aekit.train import loop as tr
+from aekit.train.settings import make_settings
 from aekit.cmds.encode import cli as encode_cli
 from aekit.cmds.eval import cli as eval_cli
 from aekit.cmds.train import cli as train_cli
-from aekit.evaluate.inference import LatentsFile
+from aekit.data.latents import LatentsFile
 from aekit.models.modelfile import load_model
 
 KIND = "test-halves"
@@ -119,7 +120,7 @@ def test_trains_on_every_unit_once_per_epoch(tmp_path, monkeypatch, data):
 
 def test_scores_and_codes_are_means_over_units(tmp_path):
     ids, x = write_features(tmp_path / "f.h5", n=12)
-    settings = tr.make_settings(arch=KIND, hidden=(8,), latent=4, epochs=2, batch_size=4,
+    settings = make_settings(arch=KIND, hidden=(8,), latent=4, epochs=2, batch_size=4,
                                 normalize="per-feature", seed=1)
     tr.train(tmp_path / "f.h5", tmp_path / "m.safetensors", settings, data_mode="memory")
     r = CliRunner().invoke(eval_cli, [str(tmp_path / "m.safetensors"), str(tmp_path / "f.h5"),
@@ -153,7 +154,7 @@ def test_scores_and_codes_are_means_over_units(tmp_path):
 @pytest.mark.parametrize("data", ["memory", "stream"])
 def test_resume_mid_epoch_counts_units(tmp_path, data):
     ids, x = write_features(tmp_path / "f.h5", n=15)
-    s = tr.make_settings(arch=KIND, hidden=(8,), latent=4, epochs=2, batch_size=4, seed=5)
+    s = make_settings(arch=KIND, hidden=(8,), latent=4, epochs=2, batch_size=4, seed=5)
     kw = dict(data_mode=data, workers=0)
     tr.train(tmp_path / "f.h5", tmp_path / "a.safetensors", s, **kw)
     steps = []

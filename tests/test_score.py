@@ -145,7 +145,7 @@ def test_threshold_stored_by_train(features):
 def test_fit_threshold_recovers_a_gamma_quantile():
     from scipy import stats
 
-    from aekit.evaluate.scoring import fit_threshold
+    from aekit.evaluate.thresholds import fit_threshold
 
     rng = np.random.default_rng(0)
     s = stats.gamma.rvs(3.0, loc=50.0, scale=10.0, size=4000, random_state=rng)
@@ -345,7 +345,7 @@ def test_stored_threshold_refuses_a_damaged_value():
     from types import SimpleNamespace
 
     from aekit.errors import InputError
-    from aekit.evaluate.scoring import stored_threshold
+    from aekit.evaluate.thresholds import stored_threshold
 
     def model(t):
         return SimpleNamespace(info={"threshold": t}, path="m.safetensors")

@@ -13,6 +13,7 @@ import pytest
 from hypothesis import example, given, settings, strategies as st
 
 from aekit.data import split as S
+from aekit.data.groupfolds import fold_quality
 from aekit.cmds.split import cli
 from aekit.errors import InputError
 from conftest import BIN, invoke, one_error_line as one_line_error, write_features
@@ -399,10 +400,10 @@ def test_grouped_folds_balanced_and_never_worse_than_sklearn(struct, folds, seed
     largest = pd.Series(g[~is_test]).value_counts().max()
     assert np.abs(sizes - sizes.mean()).max() <= max(largest, 0.1 * sizes.mean()) + 1e-9
     # Never worse than StratifiedGroupKFold on the same rows, in spread or class error.
-    mine = S.fold_quality(fold, classes)
+    mine = fold_quality(fold, classes)
     try:
         ref = sklearn_folds(groups, classes, fold, folds, seed)
-        theirs = S.fold_quality(ref, classes, folds)
+        theirs = fold_quality(ref, classes, folds)
         ref_sizes = np.bincount(ref[ref >= 0], minlength=folds)
         # fold sizes come first (lib/data/groupfolds.py fold_groups): the class error is only held
         # to StratifiedGroupKFold's where its folds meet the size bound themselves
@@ -446,8 +447,8 @@ def test_ten_classes_of_four_groups(seed):
     c = np.asarray(classes)
     for cls in set(classes):  # 3 train groups each: in 3 different folds
         assert len(set(fold[(c == cls) & ~is_test])) == 3
-    mine = S.fold_quality(fold, classes)
-    theirs = S.fold_quality(sklearn_folds(groups, classes, fold, 5, seed), classes)
+    mine = fold_quality(fold, classes)
+    theirs = fold_quality(sklearn_folds(groups, classes, fold, 5, seed), classes)
     assert mine[0] <= theirs[0] and mine[1] <= theirs[1] + 1e-9
 
 

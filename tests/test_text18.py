@@ -218,7 +218,7 @@ def test_a_name_that_is_not_utf8_is_a_failed_input_written_escaped(text_data, tm
 
 
 def test_a_bom_before_a_csv_header_is_dropped(tmp_path):
-    from aekit.system.fileio import read_csv
+    from aekit.system.textinput import read_csv
 
     (tmp_path / "b.csv").write_bytes(b"\xef\xbb\xbfid,a\nx,01\n")
     df = read_csv(tmp_path / "b.csv")

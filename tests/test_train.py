@@ -17,6 +17,10 @@ from conftest import BIN, invoke, write_features, write_splits
 
 from aekit.train import faststep as fs
 from aekit.train import loop as tr
+from aekit.train.distributed import distributed_env
+from aekit.train.faststep import StepInBackward
+from aekit.train.schedule import lr_at
+from aekit.train.settings import make_settings
 from aekit.cmds.train import SIGTERM_AT_STEP_ENV, cli
 from aekit.train.batches import batch_sizes, epoch_order
 from aekit.models.modelfile import load_model, read_info
@@ -77,12 +81,12 @@ def test_layer_lists_and_parameter_counts_at_default_widths():
 
 
 def test_presets():
-    tut = tr.make_settings("tutorial")
+    tut = make_settings("tutorial")
     assert (tut.normalize, tut.schedule, tut.balanced_batches, tut.lr, tut.batch_size, tut.epochs,
             tut.keep, tut.precision) == ("none", "constant", False, 1e-3, 25, 20, "last", "fp32")
-    d = tr.make_settings("default")
+    d = make_settings("default")
     assert (d.normalize, d.schedule, d.balanced_batches) == ("global", "cosine", True)
-    assert tr.make_settings("tutorial", normalize="global").normalize == "global"  # explicit wins
+    assert make_settings("tutorial", normalize="global").normalize == "global"  # explicit wins
 
 
 def test_batches_and_order():
@@ -102,12 +106,12 @@ def test_batches_and_order():
 
 
 def test_lr_schedule():
-    s = tr.make_settings("default", epochs=10)
-    lrs = [tr.lr_at(i, 100, 10, s) for i in range(100)]
+    s = make_settings("default", epochs=10)
+    lrs = [lr_at(i, 100, 10, s) for i in range(100)]
     assert lrs[9] == pytest.approx(1e-3) and lrs[0] == pytest.approx(1e-4)
     assert lrs[-1] == pytest.approx(1e-5, rel=0.05)
     assert all(a >= b for a, b in zip(lrs[9:], lrs[10:]))
-    assert tr.lr_at(57, 100, 10, tr.make_settings("tutorial")) == 1e-3
+    assert lr_at(57, 100, 10, make_settings("tutorial")) == 1e-3
 
 
 # --------------------------------------------------------------------------- training
@@ -288,17 +292,17 @@ def test_sigusr1_stops_too_and_resume_after_finish_rewrites(tmp_path, feats, mon
 
 
 def test_distributed_env():
-    assert not tr.distributed_env({}).enabled
-    d = tr.distributed_env({"RANK": "1", "WORLD_SIZE": "4", "LOCAL_RANK": "1",
+    assert not distributed_env({}).enabled
+    d = distributed_env({"RANK": "1", "WORLD_SIZE": "4", "LOCAL_RANK": "1",
                             "LOCAL_WORLD_SIZE": "2"})
     assert (d.rank, d.world, d.local_rank, d.local_world) == (1, 4, 1, 2)
     slurm = {"SLURM_PROCID": "3", "SLURM_NTASKS": "4", "SLURM_LOCALID": "1",
              "SLURM_NTASKS_PER_NODE": "2(x2)", "MASTER_ADDR": "node1", "MASTER_PORT": "29500"}
-    d = tr.distributed_env(slurm)
+    d = distributed_env(slurm)
     assert (d.rank, d.world, d.local_rank, d.local_world) == (3, 4, 1, 2)
-    assert not tr.distributed_env({"SLURM_PROCID": "0", "SLURM_NTASKS": "1"}).enabled
+    assert not distributed_env({"SLURM_PROCID": "0", "SLURM_NTASKS": "1"}).enabled
     with pytest.raises(tr.InputError, match="MASTER_ADDR"):
-        tr.distributed_env({k: v for k, v in slurm.items() if not k.startswith("MASTER")})
+        distributed_env({k: v for k, v in slurm.items() if not k.startswith("MASTER")})
 
 
 def test_sigterm_subprocess_then_resume(tmp_path, feats):
@@ -473,7 +477,7 @@ def test_step_in_backward_is_bit_identical_to_opt_step(arch):
     width = next(m for m in a.modules() if isinstance(m, torch.nn.Linear)).in_features
     init = copy.deepcopy(a.state_dict())
     oa, ob = tr.make_optimizer(a.parameters(), 1e-3), tr.make_optimizer(b.parameters(), 1e-3)
-    stepper = tr.StepInBackward(b, ob)
+    stepper = StepInBackward(b, ob)
     assert stepper.linears  # the Linear layers step inside their own backward
     amp = contextlib.nullcontext()
     for i in range(6):
@@ -513,14 +517,14 @@ def test_step_in_backward_refuses_a_linear_used_twice_and_can_be_removed():
     torch.manual_seed(0)
     net = Twice()
     opt = tr.make_optimizer(net.parameters(), 1e-3)
-    stepper = tr.StepInBackward(net, opt)
+    stepper = StepInBackward(net, opt)
     with pytest.raises(RuntimeError, match="used twice in one forward"):
         tr.train_step(net, opt, torch.randn(4, 6), None, contextlib.nullcontext())
     stepper.remove()
     assert "forward" not in vars(net.lin) and not getattr(opt, "aekit_step_in_backward")
     frozen = torch.nn.Linear(3, 3)
     frozen.bias.requires_grad_(False)  # a frozen bias is never stepped: left to the hooks path
-    assert tr.StepInBackward(frozen, tr.make_optimizer([frozen.weight], 1e-3)).linears == []
+    assert StepInBackward(frozen, tr.make_optimizer([frozen.weight], 1e-3)).linears == []
     tr.train_step(net, opt, torch.randn(4, 6), None, contextlib.nullcontext())  # plain step
 
 

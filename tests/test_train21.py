@@ -12,6 +12,7 @@ from conftest import write_features, write_splits
 from aekit.errors import InputError
 from aekit.train import faststep
 from aekit.train import loop as tr
+from aekit.train.settings import make_settings
 
 SMALL = dict(hidden=(16, 8), latent=4, epochs=2, batch_size=8, seed=3)
 
@@ -33,7 +34,7 @@ def feats(tmp_path):
 
 
 def _train(feats, out, **job):
-    return tr.train(feats, out, tr.make_settings(**SMALL), device=torch.device("cpu"), **job)
+    return tr.train(feats, out, make_settings(**SMALL), device=torch.device("cpu"), **job)
 
 
 def test_the_switch_decides_fast_or_plain_and_both_train_the_same_weights(feats, tmp_path,
@@ -117,7 +118,7 @@ def test_a_notebook_user_is_told_parameters_not_flags(feats, tmp_path):
     assert str(e.value) == (f"resume: no checkpoint at {tmp_path / 'm.safetensors.ckpt' / 'last.pt'}"
                             "; start without resuming")
     with pytest.raises(InputError) as e:
-        tr.train(feats, tmp_path / "m.safetensors", tr.make_settings(**SMALL, early_stop=2))
+        tr.train(feats, tmp_path / "m.safetensors", make_settings(**SMALL, early_stop=2))
     assert str(e.value) == "early_stop: needs a validation set: give the splits and a fold"
     with pytest.raises(InputError) as e:
         _train(feats, tmp_path / "m.safetensors", checkpoint_every=0)
@@ -134,3 +135,14 @@ def test_a_stop_names_no_flag(feats, tmp_path):
     assert (e.value.epoch, e.value.step, e.value.checkpoint) == (1, 1, ck)
     assert str(e.value) == (f"stopped at epoch 1 step 1; checkpoint {ck}; "
                             "train again with resume=True to continue")
+
+
+def test_the_training_log_is_csv_in_the_one_dialect(tmp_path):
+    """--log: '\\n' line ends (the dialect of aekit.system.csvout), not the csv module's CRLF."""
+    from aekit.train.state import write_log
+
+    path = tmp_path / "log.csv"
+    write_log(str(path), [{"epoch": 1, "train_loss": 0.5, "val_loss": None, "lr": 1e-3,
+                           "seconds": 2.0, "samples_per_s": 10.0}])
+    assert path.read_bytes() == (b"epoch,train_loss,val_loss,lr,seconds,samples_per_s\n"
+                                 b"1,0.5,,0.001,2,10\n")

@@ -15,9 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
-from aekit.audio.params import (  # noqa: F401 - AMIN, UNSET, ... importable from here too
-    AMIN, AMIN_MODES, FLOAT32_TINY, MAX_CLIP_BYTES, MAX_N_FFT, PAD_MODES, UNSET, StftParams,
-    builtins_type, param)
+from aekit.audio.params import AMIN, MAX_CLIP_BYTES, StftParams, param
 from aekit.errors import InputError
 
 if TYPE_CHECKING:  # torch is imported where it is used, so option parsing stays instant
@@ -30,7 +28,7 @@ MEL_NORMS = ("slaney",)  # or None: no normalization
 MAX_N_MELS = 1 << 14  # far above any front end's (32 to 512); check_mel_params says what works
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class MelParams(StftParams):
     """Log-Mel feature parameters; the defaults are the tutorial's (plus one sample rate for all).
 

@@ -21,8 +21,7 @@ from aekit.system import hostmem
 from aekit.audio.decode import AudioError, ClipReader
 from aekit.errors import InputError
 from aekit.audio.params import ClipParams
-from aekit.audio.workers import (DEFAULT_STALL_TIMEOUT, STALL_TIMEOUT_ENV, STOP_WAIT,  # noqa: F401
-                                 WorkerPool, exit_with_parent, stall_limit)
+from aekit.audio.workers import WorkerPool, exit_with_parent, stall_limit
 
 LOG = logging.getLogger("aekit")
 

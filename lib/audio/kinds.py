@@ -11,12 +11,17 @@ a kind.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import fields
 
 from aekit.audio.features import MelParams
 from aekit.audio.linear import LinearParams
 from aekit.audio.params import ClipParams
 from aekit.errors import InputError
+
+LOG = logging.getLogger("aekit")
+#: The entry-point group of feature kinds in other packages: ``NAME = "module:Class"``.
+ENTRY_POINTS = "aekit.feature_kinds"
 
 #: Feature kinds by name. A file without a ``kind`` attribute is 'logmel' (written before
 #: kinds existed).
@@ -78,5 +83,22 @@ def mismatch(a: dict, b: dict) -> list[str]:
                                     if k != "kind" and a.get(k) != b.get(k))]
 
 
+def _load_entry_points() -> None:
+    """Register the kinds other installed packages declare (group ``aekit.feature_kinds``); a
+    broken one is logged and skipped, never taking the built-in kinds down."""
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=ENTRY_POINTS):
+        try:
+            cls = ep.load()
+            if FEATURE_KINDS.get(getattr(cls, "kind", None)) is not cls:
+                register(cls)
+        except Exception as exc:
+            LOG.warning("feature kinds: entry point %s = %s not loaded: %s", ep.name, ep.value,
+                        exc)
+
+
+# The built-in kinds (a kind inside aekit: one line here), then those of other packages.
 for _cls in (MelParams, LinearParams):
     register(_cls)
+_load_entry_points()

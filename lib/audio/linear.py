@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     import torch
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class LinearParams(StftParams):
     """Linear-frequency log-power spectrogram parameters (kind 'linear'): the clip and STFT
     fields of ``StftParams``; ``f_min`` and ``f_max`` select the bins kept."""

@@ -47,7 +47,7 @@ def builtins_type(value):
     return {bool: bool, int: int, float: float, str: str}[type(value)]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ClipParams:
     """The clip every kind is computed from: ``channels`` x ``num_samples`` at ``sample_rate``.
 
@@ -205,7 +205,7 @@ class ClipParams:
         return diffs
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class StftParams(ClipParams):
     """A centred STFT of each clip (periodic Hann window of ``n_fft``) and the dB conversion of
     a power spectrum, with a ``top_db`` floor per clip; ``f_min``/``f_max`` bound the

@@ -261,10 +261,10 @@ def fold_groups(sizes: np.ndarray, folds: int, seed: int, rank: np.ndarray,
     order = _hard_first(sizes, rank, np.arange(n_g))
     start = _place(order, sizes, np.full(folds, 1.0 / folds), bin_rank, allowed)
     ref = _sklearn_folds(sizes, folds, seed)
-    if ref is None:
+    ref_spread, ref_err, _ = _quality(ref, sizes, folds) if ref is not None else (0.0, np.inf, 0.0)
+    if not np.isfinite(ref_err):  # none, or a fold left empty: no reference to hold to
         return _refine(start, sizes, folds, rank,
                        lambda spread, err, dev: (np.maximum(dev - tol, 0.0), err, spread))
-    ref_spread, ref_err, _ = _quality(ref, sizes, folds)
     ref_err = round(ref_err, 12)
 
     def key(spread, err, dev):  # sizes first, then error over StratifiedGroupKFold's, error

@@ -284,7 +284,7 @@ def read_ids(path: str | os.PathLike) -> list[str]:
     """The ids of a features file (HDF5, by its signature) or of a CSV's ``id`` column
     (``-`` is stdin). Raises InputError for a missing, empty or malformed input, empty ids
     and repeated ids."""
-    from aekit.system.fileio import display_name, read_csv
+    from aekit.system.textinput import display_name, read_csv
 
     name = display_name(path)
     p = Path(path)

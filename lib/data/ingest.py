@@ -18,9 +18,10 @@ import numpy as np
 from aekit.audio.featurize import available_cpus, iter_tasks, make_tasks, shard_indices
 from aekit.audio.params import ClipParams
 from aekit.audio.workers import stall_limit
-from aekit.data.store import PER_CLIP, FeatureWriter, inputs_fingerprint
+from aekit.data.store import PER_CLIP, FeatureWriter
+from aekit.data.integrity import inputs_fingerprint
 from aekit.errors import DataError, InputError
-from aekit.system.failpolicy import FailPolicy
+from aekit.system.failpolicy import DEFAULT_MAX_FAIL_FRAC, ON_ERROR, FailPolicy
 from aekit.system.fileio import atomic_path
 
 
@@ -44,7 +45,7 @@ class FeaturizeReport:
 
 def featurize(paths: Sequence[os.PathLike | str], ids: Sequence[str], output: os.PathLike | str,
               params: ClipParams, *, jobs: int | None = None, block_size: int = 64,
-              on_error: str = "skip", max_fail_frac: float = 0.05,
+              on_error: str = ON_ERROR[0], max_fail_frac: float = DEFAULT_MAX_FAIL_FRAC,
               shard: tuple[int, int] = (0, 1), command: str = "",
               on_failure: Callable[[str, str], None] | None = None,
               progress: Callable[[int], None] | None = None,

@@ -54,7 +54,7 @@ READABLE_VERSIONS = (1, 2)
 def _text_attr(value):
     """An attribute value to store: text is stored as valid UTF-8 (a file name that is not
     UTF-8, in the command line or a provenance path, has those bytes as ``\\xNN``)."""
-    from aekit.system.fileio import text_name
+    from aekit.system.textinput import text_name
 
     return text_name(value) if isinstance(value, str) else value
 

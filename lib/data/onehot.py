@@ -73,7 +73,7 @@ Categories = dict  # column name -> ColumnCategories, in output order
 
 def read_table(path: str | os.PathLike) -> pd.DataFrame:
     """A CSV (or '-') with every cell as text and only empty cells missing."""
-    from aekit.system.fileio import read_csv
+    from aekit.system.textinput import read_csv
 
     return read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
 
@@ -256,7 +256,7 @@ def from_json(doc, name: str = "categories") -> Categories:
 
 
 def load_categories(path: str | os.PathLike) -> Categories:
-    from aekit.system.fileio import display_name, read_text_input
+    from aekit.system.textinput import display_name, read_text_input
 
     name = display_name(path)
     text = read_text_input(path)

@@ -16,7 +16,7 @@ import pandas as pd
 
 from aekit.errors import InputError, preview
 from aekit.data.expr import parse_where
-from aekit.system.fileio import display_name, read_csv
+from aekit.system.textinput import display_name, read_csv
 
 
 

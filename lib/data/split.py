@@ -36,7 +36,6 @@ import numpy as np
 import pandas as pd
 
 from aekit.data.groupfolds import assign_grouped, fold_groups
-from aekit.data.groupfolds import fold_quality  # noqa: F401 (re-exported)
 from aekit.errors import InputError, preview
 from aekit.system.textinput import display_name
 
@@ -81,7 +80,7 @@ def load_split_input(path: str | os.PathLike, id_column: str = "id",
     --split-column: e.g. ae-labels' ``split``, which holds the data set's own folders).
     """
     dropped = tuple(c for c in ("split", "fold") if c != keep)
-    from aekit.system.fileio import read_csv
+    from aekit.system.textinput import read_csv
 
     name = display_name(path)
     if str(path) == "-" and labels_path is not None and str(labels_path) == "-":

@@ -57,16 +57,13 @@ import numpy as np
 from aekit import __version__
 from aekit.audio.features import MelParams
 from aekit.audio.kinds import DEFAULT_KIND, mismatch, params_class
-from aekit.data.integrity import (  # noqa: F401 - the file's checks, importable from here too
-    CONTENT_HASH, FEATURE_LIMIT, FORMAT, FORMAT_VERSION, META_HASH, OPTIONAL_PER_CLIP, PER_CLIP,
-    READABLE_VERSIONS, STR, ZERO_CLIPS, RowIndexError, _attr, _content_hasher, _failed_digest,
-    _feed_rows, _first_line, _read_error, _strings, _StringsHash, _text_attr, check_chunks,
-    check_finite, check_integrity, check_rows, check_same_inputs, content_sha256,
-    inputs_fingerprint, meta_sha256)
-from aekit.data.latents import (  # noqa: F401 - latents files, importable from here too
-    LATENTS_FORMAT, LATENTS_FORMAT_VERSION, LATENTS_READABLE_VERSIONS, LatentsFile, LatentsWriter)
+from aekit.data.integrity import (CONTENT_HASH, FORMAT, FORMAT_VERSION, META_HASH,
+                                  OPTIONAL_PER_CLIP, PER_CLIP, STR, ZERO_CLIPS, _attr,
+                                  _content_hasher, _failed_digest, _feed_rows, _first_line,
+                                  _read_error, _strings, _StringsHash, _text_attr, check_finite,
+                                  check_integrity, check_rows, meta_sha256)
 from aekit.errors import InputError
-from aekit.system.fileio import text_name
+from aekit.system.textinput import text_name
 
 LOG = logging.getLogger("aekit")
 

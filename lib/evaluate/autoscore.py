@@ -14,8 +14,8 @@ the Mahalanobis distance; the DCASE 2023 baseline on real held-out recordings (i
 0.78 (MSE) and 0.83 (Mahalanobis), per-id models.
 
 The threshold of a score (``--threshold model``, ae-eval's decisions, --submission):
-'mse' the one ae-train stored (``aekit.evaluate.scoring.stored_threshold``); 'mahalanobis'
-``aekit.evaluate.scoring.fit_threshold`` (the same 90th percentile rule) of the training clips'
+'mse' the one ae-train stored (``aekit.evaluate.thresholds.stored_threshold``); 'mahalanobis'
+``aekit.evaluate.thresholds.fit_threshold`` (the same 90th percentile rule) of the training clips'
 Mahalanobis distances that ae-train stored in ``training_scores`` (``aekit.evaluate.ensemble``).
 """
 
@@ -43,11 +43,11 @@ def _auto_one(model) -> tuple[str, str]:
     arch = getattr(getattr(model, "config", None), "arch", "?")
     want = preferred(model)
     if want == "mse":
-        return "mse", f"--arch {arch} prefers mse"
+        return "mse", f"model kind {arch} prefers mse"
     if getattr(model, "mahalanobis", None):
-        return "mahalanobis", f"--arch {arch} prefers mahalanobis and the model stores its " \
+        return "mahalanobis", f"model kind {arch} prefers mahalanobis and the model stores its " \
                               "statistics"
-    return "mse", f"--arch {arch} prefers mahalanobis, but the model stores no Mahalanobis " \
+    return "mse", f"model kind {arch} prefers mahalanobis, but the model stores no Mahalanobis " \
                   "statistics (trained before aekit stored them, or error vectors too long)"
 
 
@@ -72,7 +72,7 @@ def resolve_logged(model, score: str = AUTO) -> str:
     """``resolve``'s score; when ``score`` is 'auto', the choice and its reason logged (INFO)."""
     name, why = resolve(model, score)
     if score == AUTO:
-        LOG.info("score: %s (--score auto: %s)", name, why)
+        LOG.info("score: %s (auto: %s)", name, why)
     return name
 
 

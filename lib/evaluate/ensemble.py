@@ -29,8 +29,7 @@ from typing import Sequence
 import numpy as np
 
 from aekit.errors import InputError
-from aekit.evaluate.trainingscores import (KEY, MAX_VALUES, OUT_OF_SAMPLE, SCORERS,  # noqa: F401
-                                          ids_sha256, member_stats, training_stats)
+from aekit.evaluate.trainingscores import MAX_VALUES, member_stats
 
 THRESHOLD_QUANTILE = 0.9  # as aekit.evaluate.scoring: the DCASE baselines' 90th percentile
 COMBINATION = "mean over members of (score - training mean) / training std"

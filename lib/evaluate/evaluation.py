@@ -21,12 +21,13 @@ import torch
 
 from aekit import __version__
 from aekit.errors import InputError
-from aekit.system.fileio import display_name, null_progress
+from aekit.system.fileio import null_progress
+from aekit.system.textinput import display_name
 from aekit.evaluate.evalcontext import EvalContext, Labels, label_column
 from aekit.evaluate.evalplots import make_plots
 from aekit.evaluate.inference import (DEFAULT_BATCH, check_compatible, score_rows,
                                       write_latents)
-from aekit.evaluate.reports import load_reports, provenance, summarize_files  # noqa: F401
+from aekit.evaluate.reports import provenance
 from aekit.evaluate.sections import REPORT_FORMAT, REPORT_FORMAT_VERSION
 from aekit.models.modelfile import LoadedModel
 from aekit.data.store import FeatureFile

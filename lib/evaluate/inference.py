@@ -19,7 +19,8 @@ import torch
 
 from aekit.errors import InputError
 from aekit.models.modelfile import LoadedModel
-from aekit.data.store import FeatureFile, LatentsWriter, params_mismatch
+from aekit.data.store import FeatureFile, params_mismatch
+from aekit.data.latents import LatentsWriter
 
 LOG = logging.getLogger("aekit")
 
@@ -149,20 +150,3 @@ def write_latents(path: str | os.PathLike, model: LoadedModel, ff: FeatureFile,
             if advance:
                 advance(len(idx))
     return w.n
-
-
-_MOVED = {  # old public names of this module, now in aekit.evaluate.evaluation / aekit.data.store
-    "provenance": "evaluate.evaluation", "row_split_names": "evaluate.evaluation", "EvalOptions": "evaluate.evaluation",
-    "evaluate": "evaluate.evaluation", "make_plots": "evaluate.evaluation", "fold_for": "evaluate.evaluation",
-    "open_inputs": "evaluate.evaluation", "encode_file": "evaluate.evaluation", "evaluate_file": "evaluate.evaluation",
-    "ProgressFactory": "evaluate.evaluation", "LatentsFile": "data.store", "LATENTS_FORMAT": "data.store",
-    "LATENTS_FORMAT_VERSION": "data.store",
-}
-
-
-def __getattr__(name: str):
-    if name in _MOVED:
-        import importlib
-
-        return getattr(importlib.import_module(f"aekit.{_MOVED[name]}"), name)
-    raise AttributeError(f"module 'aekit.evaluate.inference' has no attribute {name!r}")

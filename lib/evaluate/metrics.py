@@ -35,16 +35,6 @@ MAX_FPR = 0.1  # DCASE Task 2: pAUC over FPR in [0, 0.1]
 PERCENTILES = (5, 25, 50, 75, 95)
 
 
-def __getattr__(name: str):
-    """``METRIC_SECTIONS``: the sections ``summarize_reports`` averages, from the registry
-    (:mod:`aekit.evaluate.sections`); ``SETTING_KEYS``: their settings, never averaged."""
-    if name == "METRIC_SECTIONS":
-        return _sections.summarized()
-    if name == "SETTING_KEYS":
-        return frozenset().union(*(s.settings for s in _sections.registered()))
-    raise AttributeError(f"module 'aekit.evaluate.metrics' has no attribute {name!r}")
-
-
 def _num(x) -> float | None:
     """A JSON-safe float: None for NaN/inf."""
     x = float(x)

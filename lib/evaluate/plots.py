@@ -16,7 +16,8 @@ from typing import Sequence
 import numpy as np
 
 from aekit.errors import InputError
-from aekit.system.fileio import atomic_path, display_name, read_csv
+from aekit.system.fileio import atomic_path
+from aekit.system.textinput import display_name, read_csv
 
 DPI = 110
 

@@ -33,7 +33,7 @@ def provenance(model_path: str | os.PathLike, features_path: str | os.PathLike,
 def load_reports(paths: Sequence[str], check_version: bool = False) -> list[dict]:
     """Read ae-eval JSON reports ('-' = stdin), refusing anything else (InputError); with
     ``check_version``, also a report whose format_version this aekit does not know."""
-    from aekit.system.fileio import read_text_input
+    from aekit.system.textinput import read_text_input
 
     loaded = []
     for path in paths:

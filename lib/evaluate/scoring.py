@@ -28,8 +28,6 @@ from aekit.evaluate.checks import as_model as _as_model  # noqa: F401  (the old 
 from aekit.evaluate.checks import check_batch as _check_batch
 from aekit.evaluate.checks import check_jobs as _check_jobs
 from aekit.evaluate.checks import check_scores, path_list as _path_list
-from aekit.evaluate.thresholds import (THRESHOLD_QUANTILE, fit_threshold,  # noqa: F401
-                                       stored_threshold, training_fit, training_threshold)
 from aekit.models.clipcheck import check_clips
 
 if TYPE_CHECKING:  # torch is imported by the functions that need it

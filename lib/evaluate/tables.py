@@ -39,7 +39,6 @@ from pathlib import Path
 from typing import Sequence
 
 from aekit.evaluate.dcase import PROTOCOLS, _amean, _hmean
-from aekit.evaluate.sections import KNOWN_VERSIONS, REPORT_FORMAT  # noqa: F401  (the format read)
 from aekit.errors import InputError, preview
 
 SHAPE_2020 = "dcase2020"

@@ -103,7 +103,7 @@ def training_fit(model, normalizer, features: str | os.PathLike, rows: np.ndarra
     error vectors are longer than ``aekit.models.mahalanobis.MAX_DIM`` or no domain has 2 clips.
     ``scores_out`` (a dict), when given, receives the training clips' ids ("ids") and their
     scores {"mse", "mae", "mahalanobis" (None without statistics)}: float64 [N] in row order
-    (``aekit.evaluate.ensemble.training_stats``)."""
+    (``aekit.evaluate.trainingscores.training_stats``)."""
     import torch
 
     from aekit.models import mahalanobis as mh

@@ -11,8 +11,8 @@ from aekit.errors import InputError
 def check_clips(model, x) -> np.ndarray:
     """Clips as float32 [N, C, M, T] (one clip [C, M, T] becomes N = 1), refused (InputError)
     when their shape is not the model's, or when a value is NaN, Inf or beyond
-    +-``aekit.data.store.FEATURE_LIMIT`` (log-Mel dB values are within about [-100, 390])."""
-    from aekit.data.store import FEATURE_LIMIT
+    +-``aekit.data.integrity.FEATURE_LIMIT`` (log-Mel dB values are within about [-100, 390])."""
+    from aekit.data.integrity import FEATURE_LIMIT
 
     a = np.asarray(x)
     if a.dtype.kind not in "fiu":

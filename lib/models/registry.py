@@ -106,6 +106,17 @@ def register(name: str, config_cls: type, build: Callable[[Any], Any], *,
     missing = {"arch", "input_shape", "latent"} - names
     if missing:
         raise ValueError(f"model kind {name!r}: the config has no field {', '.join(sorted(missing))}")
+    for f in fields(config_cls):  # what a model file of this kind must be able to hold
+        if f.name in ("arch", "input_shape"):
+            continue
+        if f.default is MISSING and f.default_factory is MISSING:
+            raise ValueError(f"model kind {name!r}: config field {f.name} needs a default")
+        d = f.default if f.default is not MISSING else f.default_factory()
+        if (isinstance(d, int) and not isinstance(d, bool) and d < 1) or (
+                isinstance(d, tuple) and not all(type(x) is int and x >= 1 for x in d)):
+            raise ValueError(f"model kind {name!r}: config field {f.name} defaults to {d!r}; "
+                             "integer fields (and tuples of them) are sizes or counts, >= 1, "
+                             "as a model file holds them")
     options = dict(options or {})
     defaults_of = {f.name: f.default for f in fields(config_cls)}
     for opt in options:

@@ -1,6 +1,6 @@
 """CSV as every command writes it: comma-separated, '\n' line ends, a field quoted only when it
 holds a comma, a double quote or a line break (a double quote doubled), text always valid UTF-8
-(a file name that is not has its bytes written as ``\\xNN``, ``aekit.system.fileio.text_name``).
+(a file name that is not has its bytes written as ``\\xNN``, ``aekit.system.textinput.text_name``).
 
 ``csv_line`` writes one row as it comes (``ae-score`` streams its rows); ``write_frame`` a whole
 pandas table (``ae-eval --scores``, ``--result-csv``): the same dialect."""
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import IO, Iterable
 
-from aekit.system.fileio import text_name
+from aekit.system.textinput import text_name
 
 LINE_END = "\n"
 _SPECIAL = (",", '"', "\n", "\r")

@@ -26,11 +26,7 @@ from typing import IO, Iterator
 from aekit.errors import InputError
 
 # Re-exported: ``from aekit.system.fileio import ...`` stays the one import path of callers.
-from aekit.system.oserrors import (WRITE_ERRNOS, WriteError, _as_write_error,  # noqa: F401
-                                   describe_os_error, write_errno)
-from aekit.system.textinput import (HDF5_SIGNATURE, check_csv_fields,  # noqa: F401
-                                    display_name, is_utf8_name, read_csv, read_text_input,
-                                    text_name)
+from aekit.system.oserrors import WriteError, _as_write_error, describe_os_error, write_errno
 
 
 def check_regular_file(path: str | os.PathLike, what: str = "input") -> Path:

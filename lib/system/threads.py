@@ -118,7 +118,7 @@ def apply_threads(threads: int | None = None) -> tuple[int, str]:
     if threads is not None:
         if threads < 1:
             raise InputError(f"must be at least 1, got {threads}", param="threads")
-        n, why = threads, "--threads"
+        n, why = threads, "given"
     else:
         n, why = auto_threads()
         if why != "AEKIT_THREADS" and n > _TORCH_DEFAULT[0]:

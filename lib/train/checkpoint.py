@@ -182,7 +182,7 @@ def data_content_id(ff, verify: bool) -> str:
     ids, shape, parameters and stored hash are unchanged: one pass over the file per resume,
     none per epoch.
     """
-    from aekit.data.store import content_sha256
+    from aekit.data.integrity import content_sha256
 
     stored = ff.content_sha256
     if stored is not None and not verify:

@@ -46,17 +46,13 @@ from aekit.system.fileio import LOG_STAMP, elapsed_text
 from aekit.train import faststep
 from aekit.train.batches import (STREAM_BLOCK_ROWS, batch_sizes, epoch_order, open_source,
                                  select_training_rows)
-from aekit.train.checkpoint import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION,  # noqa: F401
-                                    CONTENT_KEY, checkpoint_dir_for, data_content_id,
+from aekit.train.checkpoint import (CONTENT_KEY, checkpoint_dir_for, data_content_id,
                                     load_checkpoint, lock_checkpoint_dir, make_checkpoint_dir,
-                                    removes_empty_checkpoint_dir, resume_mismatch,
-                                    save_checkpoint)
-from aekit.train.distributed import Dist, distributed, distributed_env  # noqa: F401 (public here too)
-from aekit.train.faststep import StepInBackward  # noqa: F401 (public here too)
+                                    removes_empty_checkpoint_dir, resume_mismatch, save_checkpoint)
+from aekit.train.distributed import Dist
 from aekit.train.losses import _loss_weight, evaluate  # noqa: F401 (_loss_weight: public here too)
 from aekit.train.schedule import lr_at
-from aekit.train.settings import (EXIT_PREEMPTED, KEEP, PRECISIONS, PRESETS,  # noqa: F401
-                                  RESUME_MUST_MATCH, SCHEDULES, TrainSettings, make_settings)
+from aekit.train.settings import EXIT_PREEMPTED, TrainSettings
 from aekit.train.state import Run, TrainData, TrainJob, TrainResult, TrainState, write_log
 
 LOG = logging.getLogger("aekit")
@@ -378,9 +374,9 @@ def _training_fit(job: TrainJob, state: TrainState, rows) -> tuple:
     from all training clips scored with the weights kept (rank 0 scores them all):
     (threshold, mahalanobis, training_scores); no threshold where one cannot be fitted (the
     log says why)."""
-    from aekit.evaluate.ensemble import training_stats
+    from aekit.evaluate.trainingscores import training_stats
     from aekit.models.mahalanobis import train_domains
-    from aekit.evaluate.scoring import training_fit
+    from aekit.evaluate.thresholds import training_fit
 
     mahalanobis = training_scores = None
     try:

@@ -1,4 +1,5 @@
-"""Training settings without torch: defaults, presets.
+"""Training settings: defaults, presets (the module imports no torch; making a TrainSettings
+looks its model kind up, and the kinds bring torch).
 
 Everything that decides the trained weights is one ``TrainSettings``; ``ae-train``'s
 options take their defaults and help from here, so a default lives in one place. What a

@@ -4,7 +4,6 @@ result. No training happens here (aekit.train.loop)."""
 
 from __future__ import annotations
 
-import csv
 import os
 import time
 from dataclasses import dataclass, field
@@ -15,6 +14,7 @@ import torch
 
 from aekit.models.modelfile import Normalizer
 from aekit.models.registry import ClipModel
+from aekit.system.csvout import csv_line
 from aekit.system.fileio import atomic_path, null_progress
 from aekit.train.checkpoint import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, rng_state,
                                     set_rng_state)
@@ -206,8 +206,8 @@ def write_log(path: str, history: list[dict], final: bool = False) -> None:
     cols = ["epoch", "train_loss", "val_loss", "lr", "seconds", "samples_per_s"]
     with atomic_path(path, special_ok=True) as tmp, \
             open(tmp, "a" if tmp == Path(path) else "w", encoding="utf-8", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(cols)
+        fh.write(csv_line(cols))
         for h in history:
-            w.writerow(["" if h.get(c) is None
-                        else (f"{h[c]:.6g}" if isinstance(h[c], float) else h[c]) for c in cols])
+            fh.write(csv_line("" if h.get(c) is None
+                              else (f"{h[c]:.6g}" if isinstance(h[c], float) else h[c])
+                              for c in cols))
