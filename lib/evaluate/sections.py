@@ -11,8 +11,8 @@ An entry (:class:`MetricSection`) owns everything about its section:
   ``ctx`` (:class:`~aekit.evaluate.evalcontext.EvalContext`);
 - its summary: ``summarize`` (whether ``ae-eval --summarize`` averages its numbers),
   ``settings`` (numeric keys that are settings, not results: never averaged), ``detail``
-  (last key parts that ``--table`` leaves out unless ``--all-metrics``), ``schema`` (one
-  line describing it), ``done`` (its part of ae-eval's closing log line); ``codes``: whether
+  (last key parts that ``--table`` leaves out unless ``--all-metrics``), ``schema`` (its
+  description in the report schema), ``done`` (its part of ae-eval's closing log line); ``codes``: whether
   ``compute`` needs the codes z of the evaluated clips (``ctx.scores.latents``);
   ``table(section, file_type) -> {(machine type, key): {column: value}}`` (optional): how
   ``ae-table --section NAME`` shows it, one row per machine type and key (titled
