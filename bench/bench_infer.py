@@ -33,7 +33,8 @@ from aekit.evaluate import inference  # noqa: E402
 from aekit.system.device import resolve_device  # noqa: E402
 from aekit.models.modelfile import LoadedModel, Normalizer  # noqa: E402
 from aekit.models.mlp import AEConfig  # noqa: E402
-from aekit.models.registry import build_model, count_parameters  # noqa: E402
+from aekit.models.base import count_parameters  # noqa: E402
+from aekit.models.registry import build_model  # noqa: E402
 
 
 def _sync(dev: torch.device) -> None:

@@ -64,7 +64,8 @@ def make_model(path: Path) -> int:
 
     from aekit.audio.features import MelParams
     from aekit.models.modelfile import make_normalizer, save_model
-    from aekit.models.registry import build_model, count_parameters, make_config
+    from aekit.models.base import count_parameters
+    from aekit.models.registry import build_model, make_config
 
     params = MelParams.from_preset(PRESET)
     torch.manual_seed(0)

@@ -189,7 +189,8 @@ def run_one(name: str, cfg, warmup: int, steps: int, n: int, device: str = "cpu"
         from aekit.train.batches import MemorySource, batch_sizes, epoch_order
         from aekit.models.modelfile import Normalizer
         from aekit.models.mlp import AEConfig
-        from aekit.models.registry import build_model, count_parameters
+        from aekit.models.base import count_parameters
+        from aekit.models.registry import build_model
 
         precision = "bf16" if name.endswith("bf16") else "fp32"
         model = build_model(AEConfig(arch="improved", input_shape=cfg["shape"],

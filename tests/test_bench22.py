@@ -3,7 +3,6 @@ the frames benchmark's rows at tiny sizes, and CUDA refused where there is none.
 
 from __future__ import annotations
 
-import csv
 import importlib.util
 import sys
 from pathlib import Path

@@ -4,7 +4,6 @@ model file; ae-eval / ae-score --score mahalanobis, score_features(score="mahala
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from aekit.models import registry as models
+from aekit.models.base import ClipModel
 from aekit.train import loop as tr
 from aekit.train.settings import make_settings
 from aekit.cmds.encode import cli as encode_cli
@@ -36,7 +37,7 @@ class HalvesConfig:
     latent: int = 4
 
 
-class Halves(models.ClipModel):
+class Halves(ClipModel):
     """Two units per clip: frames [0, T/2) and [T/2, T), each flattened to C*M*T/2."""
 
     def __init__(self, config: HalvesConfig):

@@ -25,7 +25,8 @@ from aekit.cmds.train import SIGTERM_AT_STEP_ENV, cli
 from aekit.train.batches import batch_sizes, epoch_order
 from aekit.models.modelfile import load_model, read_info
 from aekit.models.mlp import AEConfig
-from aekit.models.registry import build_model, count_parameters, layer_summary
+from aekit.models.base import count_parameters, layer_summary
+from aekit.models.registry import build_model
 
 SMALL = ["--hidden", "32,16", "--latent", "8"]
 

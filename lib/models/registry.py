@@ -42,8 +42,6 @@ LOG = logging.getLogger("aekit")
 #: The input normalizations a model file may hold (``aekit.models.modelfile.Normalizer``).
 NORM_MODES = ("none", "global", "per-feature")
 SCORES = ("mse", "mahalanobis")
-#: The names ``base`` defines, still importable from here (loaded on first use).
-_BASE_NAMES = ("ClipModel", "mirrored", "count_parameters", "layer_summary", "unit_target")
 
 
 @dataclass(frozen=True)
@@ -273,11 +271,3 @@ def build_model(config, device=None):
             return build(config)
     model = build(config)
     return model.to(device) if device is not None else model
-
-
-def __getattr__(name: str):
-    if name in _BASE_NAMES:
-        from aekit.models import base
-
-        return getattr(base, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

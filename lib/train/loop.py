@@ -39,8 +39,8 @@ import torch
 from aekit.data.store import FeatureFile
 from aekit.errors import AekitError, DataError, InputError
 from aekit.models.modelfile import make_normalizer, save_model
-from aekit.models.registry import (ClipModel, build_model, config_to_dict, count_parameters,
-                                   kind, make_config, unit_target)
+from aekit.models.base import ClipModel, count_parameters, unit_target
+from aekit.models.registry import build_model, config_to_dict, kind, make_config
 from aekit.system.device import resolve_device
 from aekit.system.fileio import LOG_STAMP, elapsed_text
 from aekit.train import faststep

@@ -8,7 +8,7 @@ from typing import ContextManager
 import torch
 
 from aekit.models.modelfile import Normalizer
-from aekit.models.registry import ClipModel, unit_target
+from aekit.models.base import ClipModel, unit_target
 from aekit.train.distributed import Dist
 
 

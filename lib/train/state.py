@@ -13,7 +13,7 @@ from typing import Callable, ContextManager
 import torch
 
 from aekit.models.modelfile import Normalizer
-from aekit.models.registry import ClipModel
+from aekit.models.base import ClipModel
 from aekit.system.csvout import csv_line
 from aekit.system.fileio import atomic_path, null_progress
 from aekit.train.checkpoint import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, rng_state,
