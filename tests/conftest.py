@@ -253,3 +253,15 @@ def pixels_of(rgb: np.ndarray, colour, tol: int = 0, alpha: float = 1.0) -> int:
     white."""
     want = np.round(255 - alpha * (255 - np.asarray(colour, dtype=float)))
     return int((np.abs(rgb.astype(int) - want).max(-1) <= tol).sum())
+
+
+@pytest.fixture()
+def one_thread():
+    """Tiny models on a shared machine: one torch thread (no OpenMP spin-waits between cores),
+    the previous count restored afterwards (an in-process ae-train later must not inherit it)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -8,7 +8,6 @@ import itertools
 import re
 
 import pytest
-import torch
 from click.testing import CliRunner
 
 from conftest import write_features, write_splits, write_tone
@@ -18,12 +17,7 @@ from aekit.cmds import common
 STAMP = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models, one thread
 
 
 @pytest.fixture

@@ -21,12 +21,7 @@ from aekit.train.schedule import PLATEAU_PATIENCE, Plateau
 SMALL = ["--hidden", "32,16", "--latent", "8", "--batch-size", "4", "--workers", "0"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models, one thread
 
 
 @pytest.fixture()

@@ -26,9 +26,7 @@ SHAPE = (2, 4, 12)
 TINY = dict(hidden=(16, 8), latent=3)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models, one thread
 
 
 def windows_np(x: np.ndarray, context: int) -> np.ndarray:

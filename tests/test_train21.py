@@ -17,12 +17,7 @@ from aekit.train.settings import make_settings
 SMALL = dict(hidden=(16, 8), latent=4, epochs=2, batch_size=8, seed=3)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models, one thread
 
 
 @pytest.fixture()
