@@ -254,7 +254,7 @@ def test_summarize_folds(data):
     r = run("--summarize", "--labels", d / "labels.csv", d / "fold0.json")
     assert r.exit_code == 2 and "--labels cannot be used with --summarize" in one_error_line(r)
     r = run("--summarize", d / "labels.csv")
-    assert r.exit_code == 2 and "not JSON" in one_error_line(r)
+    assert r.exit_code == 2 and "not valid JSON" in one_error_line(r)
     (d / "other.json").write_text('{"a": 1}')
     r = run("--summarize", d / "other.json")
     assert r.exit_code == 2 and "not an ae-eval report" in one_error_line(r)

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
-from aekit.audio.params import AMIN, MAX_CLIP_BYTES, StftParams, param
+from aekit.audio.params import AMIN, MAX_CLIP_BYTES, StftFrontend, StftParams, param
 from aekit.errors import InputError
 
 if TYPE_CHECKING:  # torch is imported where it is used, so option parsing stays instant
@@ -103,40 +103,24 @@ class MelParams(StftParams):
         return MelFrontend(self, device)
 
 
-class MelFrontend:
+class MelFrontend(StftFrontend):
     """waveforms [B, C, N] (or [C, N]) -> log-Mel dB [B, C, n_mels, frames] (or [C, ...])."""
 
     def __init__(self, params: MelParams, device: str | torch.device = "cpu"):
-        import torch
         import torchaudio.functional as AF
 
-        self.params = p = params
-        self.window = torch.hann_window(p.n_fft, device=device)
+        super().__init__(params, device)
+        p = params
         # [n_freqs, n_mels], exactly the matrix torchaudio's MelScale uses
         self.fb = AF.melscale_fbanks(p.bins, p.f_min, p.f_max_hz, p.n_mels, p.sample_rate,
                                      norm=p.mel_norm, mel_scale=p.mel_scale).to(device)
         self.fb_t = self.fb.T.contiguous()  # [n_mels, n_freqs]
 
-    def warm_up(self) -> None:
-        """Run one silent clip: the FFT plan and buffers are set up before real work (and
-        before forking workers, which then inherit them)."""
+    def features(self, power: torch.Tensor, b: int, c: int) -> torch.Tensor:
         import torch
 
-        p = self.params
-        with torch.inference_mode():
-            self(torch.zeros(p.channels, p.num_samples))
-
-    def __call__(self, wave: torch.Tensor) -> torch.Tensor:
-        import torch
-
-        p = self.params
-        single = wave.dim() == 2
-        x = wave.unsqueeze(0) if single else wave  # [B, C, N]
-        b, c, n = x.shape
-        power = p.power(x.reshape(b * c, n), self.window)  # [BC, F, T]
         mel = torch.matmul(self.fb_t, power)  # [M, F] @ [BC, F, T] -> [BC, M, T]
-        db = p.to_db(mel.reshape(b, c, p.n_mels, -1))  # [B, C, M, T]
-        return db[0] if single else db
+        return self.params.to_db(mel.reshape(b, c, self.params.n_mels, -1))  # [B, C, M, T]
 
 
 def tutorial_features(waveform: torch.Tensor, sample_rate: int, params: MelParams) -> torch.Tensor:

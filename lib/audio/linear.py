@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
-from aekit.audio.params import StftParams
+from aekit.audio.params import StftFrontend, StftParams
 from aekit.errors import InputError
 
 if TYPE_CHECKING:
@@ -62,29 +62,13 @@ class LinearParams(StftParams):
         return LinearFrontend(self, device)
 
 
-class LinearFrontend:
+class LinearFrontend(StftFrontend):
     """waveforms [B, C, N] (or [C, N]) -> log-power dB [B, C, bins kept, frames] (or [C, ...])."""
 
     def __init__(self, params: LinearParams, device: str | torch.device = "cpu"):
-        import torch
-
-        self.params = params
-        self.window = torch.hann_window(params.n_fft, device=device)
+        super().__init__(params, device)
         self.lo, self.hi = params.bin_range
 
-    def warm_up(self) -> None:
-        """Run one silent clip: the FFT plan and buffers are set up before real work."""
-        import torch
-
-        p = self.params
-        with torch.inference_mode():
-            self(torch.zeros(p.channels, p.num_samples))
-
-    def __call__(self, wave: torch.Tensor) -> torch.Tensor:
-        p = self.params
-        single = wave.dim() == 2
-        x = wave.unsqueeze(0) if single else wave  # [B, C, N]
-        b, c, n = x.shape
-        power = p.power(x.reshape(b * c, n), self.window)[:, self.lo:self.hi]  # [BC, F', T]
-        db = p.to_db(power.reshape(b, c, self.hi - self.lo, -1))
-        return db[0] if single else db
+    def features(self, power: torch.Tensor, b: int, c: int) -> torch.Tensor:
+        kept = power[:, self.lo:self.hi]  # [BC, F', T]
+        return self.params.to_db(kept.reshape(b, c, self.hi - self.lo, -1))

@@ -291,3 +291,35 @@ class StftParams(ClipParams):
             floor = db.amax(dim=(1, 2, 3), keepdim=True) - self.top_db
             db = torch.maximum(db, floor)
         return db
+
+
+class StftFrontend:
+    """The front end of an STFT kind: waveforms [B, C, N] (or one clip [C, N]) -> the STFT
+    power of every channel -> ``features(power, b, c)`` [B, C, *, frames] in dB (or [C, ...]).
+    A kind subclasses it and writes only ``features``."""
+
+    def __init__(self, params: StftParams, device: str | torch.device = "cpu"):
+        import torch
+
+        self.params = params
+        self.window = torch.hann_window(params.n_fft, device=device)
+
+    def warm_up(self) -> None:
+        """Run one silent clip: the FFT plan and buffers are set up before real work (and
+        before forking workers, which then inherit them)."""
+        import torch
+
+        p = self.params
+        with torch.inference_mode():
+            self(torch.zeros(p.channels, p.num_samples))
+
+    def features(self, power: torch.Tensor, b: int, c: int) -> torch.Tensor:
+        """Power [B*C, bins, frames] -> features [B, C, *, frames] in dB."""
+        raise NotImplementedError
+
+    def __call__(self, wave: torch.Tensor) -> torch.Tensor:
+        single = wave.dim() == 2
+        x = wave.unsqueeze(0) if single else wave  # [B, C, N]
+        b, c, n = x.shape
+        db = self.features(self.params.power(x.reshape(b * c, n), self.window), b, c)
+        return db[0] if single else db

@@ -256,16 +256,10 @@ def from_json(doc, name: str = "categories") -> Categories:
 
 
 def load_categories(path: str | os.PathLike) -> Categories:
-    from aekit.system.textinput import display_name, read_text_input
+    from aekit.system.textinput import display_name, read_json_input
 
     name = display_name(path)
-    text = read_text_input(path)
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{name}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
-    except RecursionError:
-        raise InputError(f"{name}: JSON nested too deeply; not an aekit categories file") from None
+    doc = read_json_input(path, "an aekit categories file")
     return from_json(doc, name)
 
 

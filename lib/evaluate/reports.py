@@ -3,7 +3,6 @@ check every reader uses) and ``ae-eval --summarize`` (``summarize_files``)."""
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Sequence
@@ -33,17 +32,11 @@ def provenance(model_path: str | os.PathLike, features_path: str | os.PathLike,
 def load_reports(paths: Sequence[str], check_version: bool = False) -> list[dict]:
     """Read ae-eval JSON reports ('-' = stdin), refusing anything else (InputError); with
     ``check_version``, also a report whose format_version this aekit does not know."""
-    from aekit.system.textinput import read_text_input
+    from aekit.system.textinput import read_json_input
 
     loaded = []
     for path in paths:
-        text = read_text_input(path)
-        try:
-            rep = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{path}: not JSON ({exc.msg} at line {exc.lineno})") from None
-        except RecursionError:
-            raise InputError(f"{path}: JSON nested too deeply; not an ae-eval report") from None
+        rep = read_json_input(path, "an ae-eval report")
         if not isinstance(rep, dict) or rep.get("format") != REPORT_FORMAT:
             raise InputError(f"{path}: not an ae-eval report (expected \"format\": "
                              f"\"{REPORT_FORMAT}\")")

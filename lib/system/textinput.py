@@ -47,6 +47,21 @@ def read_text_input(path: str | os.PathLike) -> str:
         raise InputError(f"{name}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
 
 
+def read_json_input(path: str | os.PathLike, what: str):
+    """A JSON file (or '-') read once, as UTF-8, parsed; InputError naming the file when it is
+    not JSON or nests too deeply (``what``: the kind of file it should have been)."""
+    import json
+
+    name = display_name(path)
+    text = read_text_input(path)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{name}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    except RecursionError:
+        raise InputError(f"{name}: JSON nested too deeply; not {what}") from None
+
+
 def check_csv_fields(text: str, name: str) -> None:
     """Refuse a CSV whose header repeats a column name or whose records have more or fewer
     fields than the header (a trailing comma, a missing cell): pandas would otherwise take
