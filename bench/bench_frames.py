@@ -31,6 +31,10 @@ times (a slow minute of a shared machine hits them alike), the fastest run kept:
                  anomaly detection: a lean peer
 
 Targets (CPU): ae-train >= 0.8x the floor and >= 3x the dcase2023 loop's windows/s.
+The hardware's own bound is printed under the table: the step's matrix products
+(forward, weight and input gradients) at the fp32 matmul peak measured in the same run,
+and the share of it the floor and ae-train reach (the rest of a step: BatchNorm,
+activations, the loss, Adam, and products too small to run at the peak).
 Threads: every row uses the same torch thread count (--threads, default aekit's automatic
 choice, aekit.system.threads). The device every row ran on is printed with it.
 """
@@ -48,7 +52,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import save, table  # noqa: E402
+from common import matmul_peak, save, table  # noqa: E402
 
 FULL = dict(clips=100, mels=128, frames=313, hidden=(128, 128, 128, 128), latent=8, epochs=2)
 SMALL = dict(clips=6, mels=16, frames=24, hidden=(16, 16), latent=4, epochs=1)
@@ -78,9 +82,10 @@ def write_features(path: Path, cfg: dict, seed: int = 0) -> None:
     w.close()
 
 
-def _windows(path: str, dtype=None):
-    """Every window of every clip, pre-cut: [clips x (frames - 4), mels x 5] (the layout of
-    aekit's frames model and of the DCASE baseline's vectors: band-major, frame-minor)."""
+def _windows(path: str, dtype=None, frame_major: bool = False):
+    """Every window of every clip, pre-cut: [clips x (frames - 4), mels x 5], in aekit's
+    window layout (band by band, the frames within each band) or, ``frame_major``, in the
+    DCASE baselines' (frame by frame: ``vector_array[:, n_mels * t: n_mels * (t + 1)]``)."""
     import torch
 
     from aekit.data.store import FeatureFile
@@ -90,8 +95,20 @@ def _windows(path: str, dtype=None):
 
         x = torch.from_numpy(ff.read(np.arange(len(ff.ids))))  # [N, 1, M, T]
     w = x.unfold(3, CONTEXT, 1).permute(0, 3, 1, 2, 4)  # [N, W, 1, M, 5]
-    w = w.reshape(-1, w.shape[2] * w.shape[3] * CONTEXT).contiguous()
+    if frame_major:
+        w = w.permute(0, 1, 4, 2, 3)  # [N, W, 5, 1, M]
+    w = w.reshape(w.shape[0] * w.shape[1], -1).contiguous()
     return w if dtype is None else w.to(dtype)
+
+
+def step_flops_per_window(cfg: dict) -> int:
+    """FLOPs of the matrix products of one training step, per window: each Linear layer's
+    forward, weight gradient and input gradient (none for the first layer: the input needs
+    no gradient), 2 x in x out each. BatchNorm, activations, loss and Adam not counted."""
+    dims = [cfg["mels"] * CONTEXT, *cfg["hidden"], cfg["latent"]]
+    layers = list(zip(dims[:-1], dims[1:])) + list(zip(dims[::-1][:-1], dims[::-1][1:]))
+    macs = sum(a * b for a, b in layers)
+    return 2 * (3 * macs - dims[0] * dims[1])
 
 
 def _sync(dev) -> None:
@@ -129,7 +146,7 @@ def row_floor(path: str, cfg: dict, dev) -> list[float]:
                                      hidden=cfg["hidden"], latent=cfg["latent"],
                                      context=CONTEXT), dev)
     opt = tr.make_optimizer(model.parameters(), 1e-3)
-    faststep.attach(model, opt, faststep.applies(distributed=False))
+    faststep.attach(model, opt, faststep.applies(False, model))
     amp = tr.autocast_for(dev, "fp32")
     model.train()
     n, batch = x.shape[0], 512
@@ -175,7 +192,7 @@ def row_dcase2023(path: str, cfg: dict, dev) -> list[float]:
     from torch.utils.data import DataLoader, Dataset, Subset
 
     torch.manual_seed(0)
-    data = _windows(path, torch.float64).numpy()  # the baseline keeps its vectors in float64
+    data = _windows(path, torch.float64, frame_major=True).numpy()  # float64, as the baseline
     per_file = cfg["frames"] - CONTEXT + 1
 
     class Windows(Dataset):  # the item the baseline's loader returns
@@ -231,7 +248,7 @@ def row_dcase2020(path: str, cfg: dict, dev) -> list[float]:
     from torch.utils.data import DataLoader, Dataset
 
     torch.manual_seed(0)
-    data = _windows(path).numpy()
+    data = _windows(path, frame_major=True).numpy()
 
     class Windows(Dataset):
         def __getitem__(self, i):
@@ -308,6 +325,7 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=None, help="rows in turn, best kept (default 2)")
     ap.add_argument("--rows", default=",".join(ROWS), help=argparse.SUPPRESS)
     ap.add_argument("--one", nargs=2, metavar=("ROW", "FILE"), help=argparse.SUPPRESS)
+    ap.add_argument("--peak", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     cfg = dict(SMALL if args.small else FULL)
     cfg.update({k: v for k, v in (("clips", args.clips), ("epochs", args.epochs)) if v})
@@ -319,6 +337,12 @@ def main(argv=None) -> int:
     if args.one:
         print(json.dumps(run_row(args.one[0], args.one[1], cfg, device, threads)))
         return 0
+    if args.peak:
+        import torch
+
+        torch.set_num_threads(threads)
+        print(json.dumps({"gflops": matmul_peak("float32", 0.5 if args.small else 2.0, device)}))
+        return 0
     rounds = args.rounds or (1 if args.small else 2)
     names = [n for n in args.rows.split(",") if n]
     t_start = time.time()
@@ -326,7 +350,12 @@ def main(argv=None) -> int:
         path = str(Path(d) / "frames.h5")
         write_features(Path(path), cfg)
         runs: dict[str, list[dict]] = {n: [] for n in names}
+        peaks = []
         for _ in range(rounds):
+            peak_cmd = [sys.executable, os.path.abspath(__file__), "--peak", "--device", device,
+                        "--threads", str(threads)] + (["--small"] if args.small else [])
+            out = subprocess.run(peak_cmd, check=True, capture_output=True, text=True).stdout
+            peaks.append(json.loads(out.strip().splitlines()[-1])["gflops"])
             for n in names:
                 cmd = [sys.executable, os.path.abspath(__file__), "--one", n, path,
                        "--device", device, "--threads", str(threads),
@@ -360,12 +389,19 @@ def main(argv=None) -> int:
                             f"{'met' if w / peer >= TARGET_PEER else 'not met'})")
     for v in verdicts:
         print(v)
+    flops, peak = step_flops_per_window(cfg), max(peaks)
+    bound = peak * 1e9 / flops
+    print(f"matrix products of a step: {flops / 1e6:.2f} MFLOP per window; at the matmul peak "
+          f"measured in this run ({peak:.0f} GFLOP/s, fp32 square) {bound:,.0f} windows/s: "
+          + ", ".join(f"{n} {best[n]['windows_per_s'] / bound:.2f}x" for n in names
+                      if n in ("floor", "ae-train/memory")) + " of that bound")
     print("windows/s of every run (best kept): " + "; ".join(
         f"{n} " + ", ".join(f"{r['windows_per_s']:.0f}" for r in runs[n]) for n in names))
     print(f"({time.time() - t_start:.0f} s in all)")
     save("frames", {"config": {k: list(v) if isinstance(v, tuple) else v
                                for k, v in cfg.items()},
-                    "device": device, "threads": threads, "runs": runs})
+                    "device": device, "threads": threads, "runs": runs,
+                    "matmul_peak_gflops": peaks, "step_flops_per_window": flops})
     return 0
 
 

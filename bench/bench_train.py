@@ -15,9 +15,10 @@ a matmul peak measured in the same run, and peak RSS.
                  backward; step
   ae-train       aekit.train.loop.train_step as ae-train runs it: rows pre-loaded as one tensor
                  indexed by the epoch's permutation (no DataLoader), fused Adam run per
-                 parameter inside backward (aekit.train.faststep, StepInBackward: each Linear's weight gradient
-                 computed into one scratch buffer reused by every layer and step, so no
-                 gradient is allocated), 2 MiB pages (aekit.system.hostmem), no per-step host sync
+                 parameter inside backward at this size (aekit.train.faststep.applies;
+                 StepInBackward: each Linear's weight gradient computed into one
+                 scratch buffer reused by every layer and step, so no gradient is
+                 allocated), 2 MiB pages (aekit.system.hostmem), no per-step host sync
   ae-train/plain-step  the same with zero_grad + backward + opt.step() (ablation; as ae-train
                  under DDP): each step's gradients allocated afresh, in 2 MiB pages
   ae-train/foreach   plain step with the multi-tensor Adam instead of the fused one (ablation)
@@ -47,6 +48,9 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import matmul_peak  # noqa: E402
+
 FULL = dict(shape=(2, 32, 391), hidden=(8224, 2056, 1024, 512), latent=256)
 SMALL = dict(shape=(2, 32, 40), hidden=(512, 256, 128, 64), latent=32)
 
@@ -71,24 +75,6 @@ def _sync(dev) -> None:
 
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
-
-
-def matmul_peak(dtype_name: str, seconds: float = 3.0, device: str = "cpu") -> float:
-    """GFLOP/s of a large square matmul: the device's practical ceiling for this dtype."""
-    import torch
-
-    dev = torch.device(device)
-    dtype = getattr(torch, dtype_name)
-    n = 2048 if dev.type == "cpu" else 8192
-    a, b = torch.randn(n, n, device=dev).to(dtype), torch.randn(n, n, device=dev).to(dtype)
-    a @ b
-    _sync(dev)
-    reps, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        a @ b
-        reps += 1
-        _sync(dev)
-    return 2 * n ** 3 * reps / (time.perf_counter() - t0) / 1e9
 
 
 BYTES_PER_PARAM = 40  # fp32 Adam step: see the module docstring
@@ -200,8 +186,9 @@ def run_one(name: str, cfg, warmup: int, steps: int, n: int, device: str = "cpu"
             opt = torch.optim.Adam(model.parameters(), lr=1e-3, foreach=True)
         else:
             opt = tr.make_optimizer(model.parameters(), 1e-3)
-        in_backward = name in ("ae-train", "ae-train/bf16", "ae-train/4k-pages")
-        faststep.attach(model, opt, in_backward)  # ae-train's switch (aekit.train.faststep)
+        in_backward = (name in ("ae-train", "ae-train/bf16", "ae-train/4k-pages")
+                       and faststep.applies(False, model))  # ae-train's switch (--small: plain)
+        faststep.attach(model, opt, in_backward)
         norm = Normalizer("none")
         src = MemorySource.from_tensor(x, norm, dev)
         src.prepare()

@@ -58,6 +58,26 @@ def matmul_peak_gflops(n: int = 2048, repeat: int = 5, dtype=None) -> float:
     return 2 * n**3 / t / 1e9
 
 
+def matmul_peak(dtype_name: str = "float32", seconds: float = 3.0, device: str = "cpu") -> float:
+    """GFLOP/s of a large square matmul on ``device`` (2048^3 on the CPU, 8192^3 on a GPU),
+    repeated for ``seconds``: the device's practical ceiling for this dtype."""
+    import torch
+
+    dev = torch.device(device)
+    dtype = getattr(torch, dtype_name)
+    n = 2048 if dev.type == "cpu" else 8192
+    a, b = torch.randn(n, n, device=dev).to(dtype), torch.randn(n, n, device=dev).to(dtype)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda *_: None)
+    a @ b
+    sync(dev)
+    reps, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        a @ b
+        reps += 1
+        sync(dev)
+    return 2 * n ** 3 * reps / (time.perf_counter() - t0) / 1e9
+
+
 def cores() -> int:
     try:
         return len(os.sched_getaffinity(0))

@@ -53,7 +53,7 @@ def test_frames_rows_run_on_the_chosen_device(tmp_path, torch_state):
                               latent=2, context=bf.CONTEXT))
     k = cfg["frames"] - bf.CONTEXT + 1
     u = torch.arange(windows)
-    assert torch.equal(m.gather_units(x, u // k, u % k), w)
+    assert torch.equal(m.gather_units(m.unit_store(x), u // k, u % k), w)
 
 
 def test_frames_ae_train_rows_pass_the_device(tmp_path, monkeypatch, torch_state):
@@ -118,3 +118,23 @@ def test_cuda_refused_without_a_device(monkeypatch):
     monkeypatch.setattr(sys, "argv", ["bench_train.py", "--small", "--device", "cuda"])
     with pytest.raises(InputError, match="CUDA is not available"):
         bt.main()
+
+
+def test_frames_step_flops_are_the_step_products_torch_counts():
+    """The bound under the frames table: FLOPs of a step's matrix products per window,
+    recomputed by torch's own counter over one forward and backward of the model."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from aekit.models.frames import FramesAE, FramesConfig
+
+    bf = load("bench_frames")
+    for cfg in (bf.SMALL, bf.FULL):
+        m = FramesAE(FramesConfig(input_shape=(1, cfg["mels"], cfg["frames"]),
+                                  hidden=cfg["hidden"], latent=cfg["latent"], context=bf.CONTEXT))
+        x = torch.randn(8, cfg["mels"] * bf.CONTEXT)  # no gradient wanted for the input
+        with FlopCounterMode(display=False) as counter:
+            out, _ = m(x)
+            torch.nn.functional.mse_loss(out, x).backward()
+        products = sum(v for k, v in counter.get_flop_counts()["Global"].items()
+                       if str(k).split(".")[-1] in ("mm", "addmm"))
+        assert products == 8 * bf.step_flops_per_window(cfg)

@@ -48,7 +48,13 @@ def test_units_are_windows():
     assert m.units_per_clip(12) == 9 and m.norm_shape() == (2, 4, 1)
     clip, off = torch.tensor([4, 0, 4, 2]), torch.tensor([8, 0, 3, 5])
     want = windows_np(x.numpy(), 4)[clip.numpy(), off.numpy()]
-    np.testing.assert_array_equal(m.gather_units(x, clip, off).numpy(), want)
+    store = m.unit_store(x)  # frame-major: [N, T, C*M], one copy
+    assert store.shape == (5, 12, 8) and store.is_contiguous()
+    assert torch.equal(store[3, 7], x[3, :, :, 7].reshape(-1))
+    np.testing.assert_array_equal(m.gather_units(store, clip, off).numpy(), want)
+    # Clip by clip: a block of clips laid out alone is the same rows (the sources lay out
+    # blocks of clips).
+    assert torch.equal(m.unit_store(x[2:4]), store[2:4])
     np.testing.assert_array_equal(m.take_units(x[clip], off).numpy(), want)
     # Per-(channel, band) statistics laid out like a window.
     stats = torch.arange(8.0).reshape(2, 4, 1)

@@ -40,7 +40,7 @@ def test_shapes_and_the_input_is_the_window_without_its_centre():
     assert m.units_per_clip(12) == 8 and m.norm_shape() == (2, 4, 1)
     x = torch.arange(3 * 2 * 4 * 12, dtype=torch.float32).reshape(3, 2, 4, 12)
     clip, off = torch.tensor([2, 0, 1]), torch.tensor([7, 0, 3])
-    u = m.gather_units(x, clip, off)  # the frames model's window: [3, 2*4*5]
+    u = m.gather_units(m.unit_store(x), clip, off)  # the frames model's window: [3, 2*4*5]
     assert u.shape == (3, 40)
     for b in range(3):
         w = x[clip[b], :, :, off[b]:off[b] + 5]  # [2, 4, 5] by hand

@@ -418,6 +418,9 @@ class _Halves:
         halves = torch.stack([clips[..., :h], clips[..., h:2 * h]], 1)  # [B, 2, C, M, h]
         return halves[torch.arange(clips.shape[0]), offsets].flatten(1)
 
+    def unit_store(self, x):  # as models.ClipModel's
+        return x
+
     def gather_units(self, x, clip, offsets):  # as models.ClipModel's
         return self.take_units(x.index_select(0, clip), offsets)
 

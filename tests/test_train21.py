@@ -35,15 +35,15 @@ def _train(feats, out, **job):
 def test_the_switch_decides_fast_or_plain_and_both_train_the_same_weights(feats, tmp_path,
                                                                           monkeypatch):
     """One switch (faststep.applies) picks the step; the loop runs either: the same weights,
-    bit for bit, and the fast one was the one attached by default (single process)."""
+    bit for bit; a small model gets the plain step by default."""
     attached = []
     real_attach = faststep.attach
     monkeypatch.setattr(faststep, "attach",
                         lambda m, o, fast: attached.append(fast) or real_attach(m, o, fast))
-    _train(feats, tmp_path / "fast.safetensors", splits=tmp_path / "s.csv", fold=0)
-    monkeypatch.setattr(faststep, "applies", lambda distributed: False)
     _train(feats, tmp_path / "plain.safetensors", splits=tmp_path / "s.csv", fold=0)
-    assert attached == [True, False]
+    monkeypatch.setattr(faststep, "applies", lambda distributed, model: True)
+    _train(feats, tmp_path / "fast.safetensors", splits=tmp_path / "s.csv", fold=0)
+    assert attached == [False, True]
     a, b = load_file(str(tmp_path / "fast.safetensors")), load_file(str(tmp_path / "plain.safetensors"))
     assert a.keys() == b.keys() and len(a) > 0
     for k in a:
@@ -51,7 +51,18 @@ def test_the_switch_decides_fast_or_plain_and_both_train_the_same_weights(feats,
 
 
 def test_switch_values():
-    assert (faststep.applies(False), faststep.applies(True)) == (True, False)
+    """In backward from MIN_PARAMETERS trained parameters, in one process only."""
+    n = faststep.MIN_PARAMETERS
+    assert n == 1 << 23
+    at = torch.nn.Linear(n // 2048, 2048, bias=False, device="meta")  # exactly n
+    below = torch.nn.Linear(n // 2048, 2047, device="meta")  # n - 4096 + 2047 < n
+    assert sum(p.numel() for p in at.parameters()) == n
+    assert (faststep.applies(False, at), faststep.applies(True, at)) == (True, False)
+    assert faststep.applies(False, below) is False
+    frozen = torch.nn.Sequential(torch.nn.Linear(n // 2048, 2048, bias=False, device="meta"),
+                                 torch.nn.Linear(4, 4, device="meta"))
+    frozen[0].weight.requires_grad_(False)  # only trained parameters count
+    assert faststep.applies(False, frozen) is False
     net = torch.nn.Linear(3, 3)
     opt = tr.make_optimizer(net.parameters(), 1e-3)
     assert faststep.attach(net, opt, False) is None and not getattr(opt, "aekit_step_in_backward", False)

@@ -6,7 +6,9 @@ Training, ``ae-encode`` and ``ae-eval`` only ever call the methods of ``ClipMode
 * training units: a clip holds ``units_per_clip(T)`` training examples (1 for a
   whole-clip model; e.g. one per window of frames), and ``take_units(clips, offsets)``
   cuts unit ``offsets[b]`` of clip ``b`` into a flat vector ``[B, D]``; the data layer
-  counts, shuffles and batches (clip, offset) pairs, never clips;
+  counts, shuffles and batches (clip, offset) pairs, never clips; clips held for training
+  are laid out once by ``unit_store`` and read by ``gather_units`` (a batch of units from
+  many clips in one indexing);
 * ``forward(units) -> (reconstruction [B, D'], code [B, latent])``, compared with
   ``unit_target(units)`` (the units themselves, D' = D, for an autoencoder; the centre frame
   of the window for the ``interp`` kind, which predicts it from its neighbours);
@@ -45,11 +47,17 @@ class ClipModel(nn.Module):
         """clips [B, C, M, T], offsets [B] -> units [B, D] (here the whole clip)."""
         return clips.flatten(1)  # [B, C*M*T]
 
+    def unit_store(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalized clips [N, C, M, T] -> the layout ``gather_units`` reads them in, for
+        clips held for training (here: as they are). Clip by clip: row i of the result
+        depends on clip i alone, so the clips may be laid out a block at a time."""
+        return x
+
     def gather_units(self, x: torch.Tensor, clip: torch.Tensor, offsets: torch.Tensor
                      ) -> torch.Tensor:
-        """Units of many clips held together: x [N, C, M, T], clip [B] (positions in x),
-        offsets [B] -> [B, D]. A model with many small units per clip overrides this to
-        index its units directly instead of copying whole clips first."""
+        """Units of many clips held together: x (clips laid out by ``unit_store``),
+        clip [B] (positions in x), offsets [B] -> [B, D]. A model with many small units per
+        clip overrides both to index its units directly instead of copying whole clips."""
         return self.take_units(x.index_select(0, clip), offsets)
 
     def forward(self, units: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

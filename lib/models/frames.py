@@ -1,9 +1,11 @@
 """Model kind ``frames``: the DCASE 2020 Task 2 baseline autoencoder over windows of frames.
 
 A training unit is a window of ``context`` consecutive frames of a clip's log-Mel,
-flattened channel-major to ``C * M * context`` values (C=1, M=128, context=5: 640, as in
-the DCASE baseline). A clip of T frames holds T - context + 1 windows; they are cut out
-of the clip tensors when a batch is made (``take_units``, one gather), never stored.
+flattened channel-major, then band by band, to ``C * M * context`` values (C=1, M=128,
+context=5: the DCASE baseline's 640; the baseline orders them frame by frame, the same
+values in another order, which an MLP learns alike). A clip of T frames holds T - context + 1 windows; they are cut out
+of the clips when a batch is made (``gather_units``, one indexing of the clips held
+frame-major by ``unit_store``), never stored.
 
 Layers (the DCASE baseline's Keras model): Linear + BatchNorm + ReLU at every hidden width
 and at the bottleneck, mirrored in the decoder, and a plain Linear output. A clip's score is
@@ -86,34 +88,26 @@ class FramesAE(ClipModel):
 
     def take_units(self, clips: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
         """clips [B, C, M, T], offsets [B] -> window offsets[b] of clip b, [B, C*M*context]."""
-        return self.gather_units(clips, torch.arange(clips.shape[0], device=clips.device),
-                                 offsets)
+        windows = clips.unfold(3, self.config.context, 1)  # [B, C, M, W, context], a view
+        rows = torch.arange(clips.shape[0], device=clips.device)
+        return windows[rows, :, :, offsets].flatten(1)  # [B, C, M, context] -> [B, D]
+
+    def unit_store(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalized clips [N, C, M, T] -> frame-major [N, T, C*M] (one copy, contiguous):
+        a window is then one contiguous run of context x C*M values, which gather_units
+        copies whole instead of picking context-value pieces out of C*M rows of T frames
+        (a batch of 512 windows of 1 x 128 x 5: 0.18 ms against 0.4 to 1.5 ms, measured
+        on a 2-core CPU; the same values)."""
+        n, c, m, t = x.shape
+        return x.permute(0, 3, 1, 2).reshape(n, t, c * m).contiguous()
 
     def gather_units(self, x: torch.Tensor, clip: torch.Tensor, offsets: torch.Tensor
                      ) -> torch.Tensor:
-        """x [N, C, M, T], clip [B], offsets [B] -> windows [B, C*M*context], one indexing
-        of the windows view (no copy of whole clips).
-
-        A contiguous x is read by one index_select of the window's elements in the flat
-        tensor (element (c, m, j) of window (n, o) is at n*C*M*T + (c*M + m)*T + o + j):
-        2x faster on the CPU than advanced indexing of the unfold view, the same values."""
-        if x.is_contiguous() and x.dim() == 4 and clip.numel():
-            n, c, m, t = x.shape
-            idx = (clip * (c * m * t) + offsets).unsqueeze(1) + self._window_base(x)
-            return x.reshape(-1).index_select(0, idx.view(-1)).view(clip.shape[0], -1)
-        windows = x.unfold(3, self.config.context, 1)  # [N, C, M, W, context], a view
-        return windows[clip, :, :, offsets].flatten(1)  # [B, C, M, context] -> [B, D]
-
-    def _window_base(self, x: torch.Tensor) -> torch.Tensor:
-        """Flat offsets [C*M*context] of window 0 of clip 0 in a contiguous [N, C, M, T] x,
-        in the window's layout (channel, band, frame); cached per shape and device."""
-        _, c, m, t = x.shape
-        key = (c, m, t, x.device)
-        cache = self.__dict__.setdefault("_bases", {})
-        if key not in cache:
-            rows = torch.arange(c * m, device=x.device).unsqueeze(1) * t
-            cache[key] = (rows + torch.arange(self.config.context, device=x.device)).view(-1)
-        return cache[key]
+        """x [N, T, C*M] (``unit_store``'s layout), clip [B], offsets [B] -> windows
+        [B, C*M*context] in the window's layout (channel, band, frame): one indexing of the
+        windows view, each window read as one contiguous run."""
+        windows = x.unfold(1, self.config.context, 1)  # [N, W, C*M, context], a view
+        return windows[clip, offsets].reshape(clip.shape[0], -1)
 
     def norm_shape(self) -> tuple[int, ...]:
         c, m, _ = self.input_shape

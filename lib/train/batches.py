@@ -12,8 +12,9 @@ Batches: the epoch's order is one permutation of the local training units, a pur
 function of (seed, epoch, rank, world size), so a resumed run replays it exactly.
 Two sources serve the batches of that order:
   MemorySource  every clip loaded once as one float32 tensor [N, C, M, T], normalized
-                once, on the training device (in pinned host memory when it would take
-                more than a tenth of a GPU); a batch is an index into it (no DataLoader).
+                once and laid out by the model (``unit_store``), block by block, on the
+                training device (in pinned host memory when it would take more than a
+                tenth of a GPU); a batch is an index into it (no DataLoader).
   StreamSource  clips read from the HDF5 file in contiguous blocks of 256 clips by a
                 background thread (its own file handle) while the step runs; the order
                 shuffles contiguous blocks of units and units within a block, so each
@@ -41,6 +42,7 @@ from aekit.data.store import FeatureFile
 MEMORY_FRACTION = 0.25  # load into memory when the rows take less than this share of RAM
 STREAM_BLOCK_ROWS = 256  # rows per contiguous block when streaming from HDF5
 DEVICE_FRACTION = 0.10  # keep in-memory rows on the GPU when under this share of its memory
+PREPARE_ROWS = 1024  # clips normalized and laid out at a time when loading into memory
 
 
 @dataclass
@@ -174,6 +176,9 @@ class WholeClips:
     def take_units(self, clips: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
         return clips.flatten(1)
 
+    def unit_store(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
     def gather_units(self, x: torch.Tensor, clip: torch.Tensor, offsets: torch.Tensor
                      ) -> torch.Tensor:
         return x.index_select(0, clip).flatten(1)
@@ -187,8 +192,9 @@ def _split_units(u: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class MemorySource:
-    """Clips held as one normalized float32 tensor [N, C, M, T] on the device; a batch of
-    units is an index into it, cut into units by the model."""
+    """Clips held as one normalized float32 tensor on the device, laid out by the model
+    (``unit_store``: [N, C, M, T] as read, or the model's own layout); a batch of units is
+    an index into it, cut into units by the model (``gather_units``)."""
 
     streaming = False
 
@@ -224,7 +230,9 @@ class MemorySource:
             yield self.raw[s:s + block]
 
     def prepare(self) -> None:
-        """Normalize once (after the normalizer is fitted or restored) and move to the device.
+        """Normalize once (after the normalizer is fitted or restored), lay the clips out
+        for the model (``unit_store``) and move them to the device, PREPARE_ROWS clips at a
+        time (the held copy and one block at most beside the raw clips).
 
         On a GPU the clips stay in (pinned) host memory when they would take more than a
         tenth of the GPU's memory, and each batch is copied over as it is used.
@@ -235,21 +243,28 @@ class MemorySource:
             total = torch.cuda.get_device_properties(self.device).total_memory
             if raw.numel() * 4 > DEVICE_FRACTION * total:
                 self.home = torch.device("cpu")
-        if self.home == self.device:
-            self.x = self.normalizer.transform(raw.to(self.device)).contiguous()
-        else:
-            n = self.normalizer
-            x = raw if n.mode == "none" else (raw - n.mean.cpu()) / n.std.cpu()
-            self.x = x.contiguous().pin_memory()
+        n = self.normalizer
+
+        def laid_out(part: torch.Tensor) -> torch.Tensor:
+            if self.home == self.device:
+                return self.model.unit_store(n.transform(part.to(self.device)))
+            return self.model.unit_store(part if n.mode == "none"
+                                         else (part - n.mean.cpu()) / n.std.cpu())
+
+        first = laid_out(raw[:PREPARE_ROWS])
+        if (first.device == raw.device and first.data_ptr() == raw.data_ptr()
+                and self.home == self.device):  # nothing to copy: the raw clips as they are
+            self.x = laid_out(raw).contiguous()
+            return
+        x = torch.empty((raw.shape[0], *first.shape[1:]), dtype=first.dtype, device=self.home,
+                        pin_memory=self.home != self.device)
+        for s in range(0, raw.shape[0], PREPARE_ROWS):
+            x[s:s + PREPARE_ROWS] = first if s == 0 else laid_out(raw[s:s + PREPARE_ROWS])
+        self.x = x
 
     def __len__(self) -> int:
         """The number of training units (clips x units per clip)."""
         return self.n_clips * self.k
-
-    def _units(self, clips: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-        if self.home != self.device:
-            clips = clips.to(self.device, non_blocking=True)
-        return self.model.take_units(clips, offsets.to(self.device))  # [b, D]
 
     def batches(self, order: torch.Tensor, sizes: Sequence[int], start: int = 0
                 ) -> Iterator[torch.Tensor]:
@@ -266,11 +281,7 @@ class MemorySource:
         for s in range(0, len(self), block):
             u = torch.arange(s, min(len(self), s + block), device=self.home)
             clip, off = _split_units(u, self.k)
-            if self.k == 1:
-                yield self._units(self.x[s:s + block], off)
-            else:
-                yield self.model.gather_units(self.x, clip, off).to(self.device,
-                                                                    non_blocking=True)
+            yield self.model.gather_units(self.x, clip, off).to(self.device, non_blocking=True)
 
 
 def _index(a: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -378,14 +389,16 @@ class StreamSource:
         pass
 
     def _prepare_block(self, raw: torch.Tensor) -> torch.Tensor:
+        """On the reader's thread: a CPU block normalized and laid out for the model."""
         if self.device.type == "cpu":
-            return self.normalizer.transform(raw)
+            return self.model.unit_store(self.normalizer.transform(raw))
         return raw.pin_memory() if self.device.type == "cuda" else raw
 
     def _on_device(self, x: torch.Tensor) -> torch.Tensor:
         if self.device.type == "cpu":
             return x
-        return self.normalizer.transform(x.to(self.device, non_blocking=True))
+        return self.model.unit_store(self.normalizer.transform(x.to(self.device,
+                                                                     non_blocking=True)))
 
     def _serve(self, batches: list[np.ndarray]) -> Iterator[torch.Tensor]:
         """Units [b, D] of each batch of unit numbers, blocks read ahead in order of first use."""

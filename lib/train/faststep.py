@@ -25,10 +25,22 @@ import torch
 from aekit.system import hostmem
 
 
-def applies(distributed: bool) -> bool:
-    """The switch: the step runs inside backward in a single process; under DDP a gradient
-    is final only after its all-reduce, so the plain step runs there."""
-    return not distributed
+#: The step runs inside backward from this many trained parameters up (32 MiB of float32
+#: gradients). Below it the plain step is faster: one fused Adam over every parameter
+#: instead of one call per parameter tensor, and gradients that small cost little to
+#: allocate. Measured on a 2-core CPU (fast vs plain ms per step, interleaved pairs): the
+#: DCASE frames model (0.27 M parameters, batch 512) 9.5 vs 7.8, frames at width 1024
+#: (5.5 M) 118 vs 105, a whole-clip model of 8.7 M at batch 64 29 vs 28, of 17.9 M 62 vs
+#: 90, of 37.9 M at batch 25 81 vs 209.
+MIN_PARAMETERS = 1 << 23
+
+
+def applies(distributed: bool, model: torch.nn.Module) -> bool:
+    """The switch: the step runs inside backward for a model of MIN_PARAMETERS trained
+    parameters or more in a single process; under DDP a gradient is final only after its
+    all-reduce, so the plain step runs there, as it does for a smaller model."""
+    trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return not distributed and trained >= MIN_PARAMETERS
 
 
 def attach(model: torch.nn.Module, opt: torch.optim.Optimizer,

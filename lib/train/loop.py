@@ -156,7 +156,7 @@ def setup(job: TrainJob, s: TrainSettings) -> tuple[Run, TrainState, object, dic
               torch.zeros(2, device=device),
               "clips" if model.units_per_clip(data.config.input_shape[-1]) == 1 else "windows")
     # The one switch between the fast step and the plain one (aekit.train.faststep).
-    faststep.attach(model, state.optimizer, faststep.applies(dist.enabled))
+    faststep.attach(model, state.optimizer, faststep.applies(dist.enabled, model))
     return run, state, data.rows, data.feature_params
 
 
