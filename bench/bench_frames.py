@@ -11,9 +11,11 @@ on the same windows and reports its best epoch's windows/s (training steps only:
 validation, no start-up), each row in its own subprocess, the rows taken in turn --rounds
 times (a slow minute of a shared machine hits them alike), the fastest run kept:
 
-  floor          aekit's step (aekit.train.loop.train_step: the frames model, its fused Adam run
-                 inside backward) on windows already gathered into one contiguous tensor
-                 [windows, 640], batches as slices of it, batch 512: no data path at all
+  floor          aekit's step (aekit.train.loop.train_step: the frames model, the step
+                 aekit.train.faststep.applies picks for it: at 0.27 M parameters the plain
+                 one, one fused Adam over all tensors) on windows already gathered into one
+                 contiguous tensor [windows, 640], batches as slices of it, batch 512: no
+                 data path at all
   ae-train/memory  the ae-train command, --data memory, batch 512 (its default): windows
                  cut from the clips in memory at each batch; windows/s of its log
   ae-train/stream  the same with --data stream (blocks of clips read from HDF5 on a thread)

@@ -16,7 +16,8 @@ Two sources serve the batches of that order:
                 training device (in pinned host memory when it would take more than a
                 tenth of a GPU); a batch is an index into it (no DataLoader).
   StreamSource  clips read from the HDF5 file in contiguous blocks of 256 clips by a
-                background thread (its own file handle) while the step runs; the order
+                background thread (its own file handle) while the step runs, each block
+                normalized and laid out at its first use; the order
                 shuffles contiguous blocks of units and units within a block, so each
                 block is read once per epoch and a batch is an index into one or two.
 """
@@ -293,8 +294,8 @@ class _BlockReader:
     background thread (``ahead`` blocks in flight) or inline (``ahead`` 0).
 
     A block is ``block`` consecutive selected rows, read as contiguous slices of the file
-    (one HDF5 read per run of rows) and normalized once; the thread holds its own handle on
-    the file and does the work while the step runs (h5py and torch release the GIL).
+    (one HDF5 read per run of rows) and handed to ``prepare``; the thread holds its own
+    handle on the file and reads while the step runs (its torch kernels release the GIL).
     """
 
     def __init__(self, path: str, rows: np.ndarray, block: int, blocks: list[int],
@@ -356,7 +357,8 @@ class _BlockReader:
 
 class StreamSource:
     """Clips read from HDF5 in contiguous blocks, prefetched on a thread while the step
-    runs, normalized once per block, cut into units by the model.
+    runs, normalized and laid out once per block on the training thread, cut into units by
+    the model.
 
     The epoch order (``epoch_order(..., block=STREAM_BLOCK_ROWS * k)``) visits units block
     by block, so a batch needs one or two blocks and each block is read once per epoch;
