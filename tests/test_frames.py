@@ -55,6 +55,8 @@ def test_units_are_windows():
     # Clip by clip: a block of clips laid out alone is the same rows (the sources lay out
     # blocks of clips).
     assert torch.equal(m.unit_store(x[2:4]), store[2:4])
+    none = torch.zeros(0, dtype=torch.int64)
+    assert m.gather_units(store, none, none).shape == (0, 2 * 4 * 4)  # an empty batch
     np.testing.assert_array_equal(m.take_units(x[clip], off).numpy(), want)
     # Per-(channel, band) statistics laid out like a window.
     stats = torch.arange(8.0).reshape(2, 4, 1)

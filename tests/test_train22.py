@@ -42,3 +42,22 @@ def test_weighted_mse_differentiates_a_target_or_weight_that_needs_it():
     err = (out - target).detach()
     torch.testing.assert_close(gt, -go)
     torch.testing.assert_close(gw, (err * err).sum(0) / err.numel())
+
+
+def test_weighted_mse_other_dtypes_and_an_empty_batch():
+    """A wider weight or target (float64) takes autograd's expression (no dtype clash in the
+    dot product); an empty batch gives a finite gradient (empty), never a division by zero."""
+    out = torch.randn(6, 8, requires_grad=True)
+    target = torch.randn(6, 8)
+    w64 = torch.rand(8, dtype=torch.float64) + 0.5
+    loss = weighted_mse(out, target, w64)
+    want = _reference(out, target, w64)
+    assert loss.dtype == torch.float64 and abs(loss.item() - want.item()) <= 1e-6 * want.item()
+    (g,) = torch.autograd.grad(loss, out)
+    assert g.dtype == torch.float32 and torch.isfinite(g).all()
+    loss = weighted_mse(out, target.double(), w64.float())
+    assert abs(loss.item() - _reference(out, target, w64.float()).item()) <= 1e-5 * loss.item()
+    empty = torch.zeros(0, 8, requires_grad=True)
+    loss = weighted_mse(empty, torch.zeros(0, 8), torch.rand(8))
+    (g,) = torch.autograd.grad(loss, empty)
+    assert g.shape == (0, 8)

@@ -3,9 +3,10 @@
 A training unit is a window of ``context`` consecutive frames of a clip's log-Mel,
 flattened channel-major, then band by band, to ``C * M * context`` values (C=1, M=128,
 context=5: the DCASE baseline's 640; the baseline orders them frame by frame, the same
-values in another order, which an MLP learns alike). A clip of T frames holds T - context + 1 windows; they are cut out
-of the clips when a batch is made (``gather_units``, one indexing of the clips held
-frame-major by ``unit_store``), never stored.
+values in another order, which an MLP learns alike). A clip of T frames holds
+T - context + 1 windows; they are cut out of the clips when a batch is made
+(``gather_units``, one indexing of the clips held frame-major by ``unit_store``), never
+stored.
 
 Layers (the DCASE baseline's Keras model): Linear + BatchNorm + ReLU at every hidden width
 and at the bottleneck, mirrored in the decoder, and a plain Linear output. A clip's score is
@@ -105,9 +106,9 @@ class FramesAE(ClipModel):
                      ) -> torch.Tensor:
         """x [N, T, C*M] (``unit_store``'s layout), clip [B], offsets [B] -> windows
         [B, C*M*context] in the window's layout (channel, band, frame): one indexing of the
-        windows view, each window read as one contiguous run."""
+        windows view, each window read from one contiguous run, then put in that order."""
         windows = x.unfold(1, self.config.context, 1)  # [N, W, C*M, context], a view
-        return windows[clip, offsets].reshape(clip.shape[0], -1)
+        return windows[clip, offsets].flatten(1)  # [B, C*M, context] -> [B, D]
 
     def norm_shape(self) -> tuple[int, ...]:
         c, m, _ = self.input_shape

@@ -9,8 +9,9 @@ page by page again. Two kinds of work here allocate the same large buffers over 
   of every step, the size of the model (451 M parameters: 1.8 GB per step). Measured on a
   2-core CPU at full widths, batch 25: 436,000 page faults and 1.5-2 s of kernel time per
   step with the defaults; about 4,000 faults and 0.4-0.7 s with ``for_cpu_training`` (2 MiB
-  pages). A single-process ae-train allocates no Linear gradient at all (the step runs in
-  each layer's backward, into one reused buffer: aekit.train.faststep.StepInBackward).
+  pages). A single-process ae-train of a large model (8.4 M trained parameters or more)
+  allocates no Linear gradient at all (the step runs in each layer's backward, into one
+  reused buffer: aekit.train.faststep.StepInBackward); a smaller one runs the plain step.
 
 Both only touch this process (and the processes it forks afterwards); on anything but
 glibc/Linux they do nothing. ``AEKIT_MALLOC=system`` in the environment turns them off.

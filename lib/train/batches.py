@@ -5,8 +5,9 @@ other train folds, test rows never touched) and a ``where`` query on a labels CS
 
 Units: a training example is a *unit*, ``model.units_per_clip(T)`` of them per clip
 (1 for a whole-clip model; one per window for a model of frame windows). Unit u is
-offset ``u % k`` of clip ``u // k``; the model cuts it out (``take_units``) on the fly
-from the clip tensors, so no copy of the data set is ever made.
+offset ``u % k`` of clip ``u // k``; the model cuts a batch of units out of the clips
+held (``gather_units``) on the fly, so no copy of the data set's units is ever made (the
+clips themselves are held once, normalized and laid out by the model: ``unit_store``).
 
 Batches: the epoch's order is one permutation of the local training units, a pure
 function of (seed, epoch, rank, world size), so a resumed run replays it exactly.
@@ -259,8 +260,10 @@ class MemorySource:
             return
         x = torch.empty((raw.shape[0], *first.shape[1:]), dtype=first.dtype, device=self.home,
                         pin_memory=self.home != self.device)
-        for s in range(0, raw.shape[0], PREPARE_ROWS):
-            x[s:s + PREPARE_ROWS] = first if s == 0 else laid_out(raw[s:s + PREPARE_ROWS])
+        x[:first.shape[0]] = first
+        del first
+        for s in range(PREPARE_ROWS, raw.shape[0], PREPARE_ROWS):
+            x[s:s + PREPARE_ROWS] = laid_out(raw[s:s + PREPARE_ROWS])
         self.x = x
 
     def __len__(self) -> int:

@@ -50,7 +50,7 @@ from aekit.train.checkpoint import (CONTENT_KEY, checkpoint_dir_for, data_conten
                                     load_checkpoint, lock_checkpoint_dir, make_checkpoint_dir,
                                     removes_empty_checkpoint_dir, resume_mismatch, save_checkpoint)
 from aekit.train.distributed import Dist
-from aekit.train.losses import _loss_weight, evaluate, weighted_mse  # noqa: F401 (_loss_weight: public here too)
+from aekit.train.losses import _loss_weight, evaluate, weighted_mse  # noqa: F401 (_loss_weight)
 from aekit.train.schedule import lr_at
 from aekit.train.settings import EXIT_PREEMPTED, TrainSettings
 from aekit.train.state import Run, TrainData, TrainJob, TrainResult, TrainState, write_log

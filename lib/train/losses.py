@@ -26,7 +26,8 @@ def weighted_mse(out: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) 
     ``(err * err * weight).mean()`` runs eight passes over the batch (measured on a 2-core
     CPU, batch 512 x 640: 0.15 against 0.69 ms forward and backward). The value equals that
     expression up to float32 rounding (the order of the sum differs)."""
-    if target.requires_grad or weight.requires_grad:  # not the training loss: autograd's
+    if (target.requires_grad or weight.requires_grad  # not the training loss: autograd's
+            or torch.result_type(out, weight) != out.dtype or target.dtype != out.dtype):
         err = out - target
         return (err * err * weight).mean()
     return _WeightedMSE.apply(out, target, weight)
@@ -38,7 +39,7 @@ class _WeightedMSE(torch.autograd.Function):
         err = out - target
         scaled = err * weight
         ctx.save_for_backward(scaled)
-        ctx.n = err.numel()
+        ctx.n = max(1, err.numel())  # an empty batch: 0/1, not a division by zero backward
         return torch.dot(scaled.reshape(-1), err.reshape(-1)) / ctx.n
 
     @staticmethod
